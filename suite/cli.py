@@ -1,0 +1,132 @@
+"""The ``mtbench`` command: a thin click shell over library calls."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import UserError
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a :class:`UserError` as one line on stderr and exit 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"mtbench: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("mtbench: interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mtbench")
+def main() -> None:
+    """mtbench: benchmark meta-learning and transfer-learning methods on shared, seeded episodes."""
+
+
+@main.command("ls")
+@click.argument("kind", required=False, type=click.Choice(["datasets", "methods", "backbones"]))
+@user_errors
+def ls(kind: str | None) -> None:
+    """List registered datasets, methods and backbones with a one-line description each."""
+    from .backbones import BACKBONES
+    from .data import DATASETS
+    from .methods import METHODS
+    from .registry import describe
+
+    for name, registry in (("datasets", DATASETS), ("methods", METHODS), ("backbones", BACKBONES)):
+        if kind and kind != name:
+            continue
+        click.echo(f"{name}:")
+        for item, obj in registry.items():
+            click.echo(f"  {item:<12} {describe(obj)}")
+
+
+def _budget(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value in ("quick", "paper") or value.isdigit():
+        return value
+    raise click.BadParameter(f"'{value}' is not quick, paper or a whole number of iterations")
+
+
+@main.command("run")
+@click.option("--method", "-m", required=True, help="Method name (see `mtbench ls`) or module:Class.")
+@click.option("--dataset", "-d", required=True, help="Dataset name (see `mtbench ls`).")
+@click.option("--ways", type=int, default=5, show_default=True, help="Classes per episode.")
+@click.option("--shots", type=int, default=1, show_default=True, help="Labelled images per class.")
+@click.option("--queries", type=int, default=15, show_default=True, help="Query images per class.")
+@click.option("--episodes", type=int, default=600, show_default=True, help="Fixed test episodes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the episodes and the fit.")
+@click.option("--budget", default="quick", show_default=True, callback=_budget,
+              help="Fit length: quick (a few CPU minutes), paper (the paper's schedule) or a number of iterations.")
+@click.option("--hp", "hparams", multiple=True, metavar="NAME=VALUE", help="Override a method hparam (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding the datasets (default: $MTBENCH_DATA, else ~/.cache/mtbench/data).")
+@click.option("--out", type=click.Path(), default="results", show_default=True, help="Folder for the result JSON.")
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Download a missing dataset from its official URL (with checksum).")
+@click.option("--malloc-tuning/--no-malloc-tuning", default=True, show_default=True,
+              help="On the CPU, keep freed memory in glibc's heap (about 2x faster training here).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@user_errors
+def run_cmd(method: str, dataset: str, ways: int, shots: int, queries: int, episodes: int, seed: int,
+            budget: str, hparams: tuple[str, ...], device: str, data_root: str | None, out: str,
+            download: bool, malloc_tuning: bool, progress: bool) -> None:
+    """Fit METHOD on DATASET, evaluate it on the fixed test episodes and write one result JSON."""
+    from .episodes import EpisodeSpec
+    from .methods import parse_overrides
+    from .runner import RunSpec, run
+    from .runtime import tune_malloc
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the result JSON")
+    spec = RunSpec(
+        method=method, dataset=dataset,
+        episodes=EpisodeSpec(ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed),
+        budget=budget, hparams=tuple(parse_overrides(hparams).items()), device=device,
+        data_root=data_root, out=out, download=download, progress=progress,
+    )
+    if malloc_tuning and device != "cuda":
+        tune_malloc()
+    doc, path = run(spec)
+    click.echo(summary(doc, path))
+
+
+def summary(doc: dict[str, Any], path: Path | None) -> str:
+    """A short human-readable table of one result."""
+    acc, fit, adapt, p = doc["accuracy"], doc["fit"], doc["adaptation"], doc["protocol"]
+    steps = " ".join(f"{s['mean']:.3f}" for s in acc["by_step"])
+    rows = [
+        ("method", f"{doc['method']['name']}{' (transductive)' if doc['method']['transductive'] else ''}"),
+        ("dataset", f"{doc['dataset']['name']} {doc['dataset']['split']} split"),
+        ("protocol", f"{p['ways']}-way {p['shots']}-shot, {p['queries']} queries, {p['episodes']} episodes, "
+                     f"seed {p['seed']}, episodes {p['episodes_sha'][:12]}"),
+        ("accuracy", f"{acc['mean']:.4f} ± {acc['ci95']:.4f} (95% CI)"),
+        ("by step", steps),
+        ("adapt", f"{adapt['ms_per_episode']:.2f} ms/episode over {adapt['steps']} predictor(s)"),
+        ("fit", f"{fit['seconds']:.1f} s, {fit['iterations']} it, {fit['tasks_per_s']:.1f} tasks/s, "
+                f"{fit['images_per_s']:.0f} images/s, peak {fit['peak_memory_bytes'] / 2**20:.0f} MiB "
+                f"({fit['peak_memory_kind']})"),
+        ("evaluation", f"{doc['evaluation']['seconds']:.1f} s, {doc['evaluation']['tasks_per_s']:.1f} episodes/s"),
+        ("device", doc["provenance"]["device"]),
+        ("result", str(path) if path else "(not written)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,145 @@
+"""Few-shot episodes: a validated :class:`EpisodeSpec`, the sampler, and the fixed :class:`EpisodeSet`.
+
+Random draws use CPU generators, so the same seed gives the same episodes on every device; the
+resulting index table goes to the device once and every episode is gathered there by indexing.
+Evaluation episode *i* has its own generator, seeded from (split fingerprint, spec, seed, i):
+episodes do not depend on each other, on the number of episodes, or on any global RNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .data import Split
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """The shape of every episode of a protocol, and how many fixed test episodes there are.
+
+    Args:
+        ways: classes per episode.
+        shots: labelled support images per class.
+        queries: query images per class.
+        episodes: number of fixed evaluation episodes.
+        seed: seed of the evaluation episodes (and the default seed of training).
+    """
+
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    episodes: int = 600
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for field_name in ("ways", "shots", "queries", "episodes"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"--{field_name} must be a whole number ≥ 1, got {value!r}")
+        if self.ways < 2:
+            raise UserError(f"--ways must be at least 2 for a classification episode, got {self.ways}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"--seed must be a whole number ≥ 0, got {self.seed!r}")
+
+    @property
+    def per_class(self) -> int:
+        return self.shots + self.queries
+
+    def check(self, split: Split) -> None:
+        """Raise a :class:`UserError` when ``split`` cannot supply episodes of this shape."""
+        where = f"{split.dataset}/{split.name}"
+        if self.ways > split.num_classes:
+            raise UserError(f"--ways {self.ways} is more than the {split.num_classes} classes of {where}; "
+                            f"use --ways {split.num_classes} or fewer")
+        fewest = int(split.class_count.min())
+        if self.per_class > fewest:
+            raise UserError(f"--shots {self.shots} + --queries {self.queries} = {self.per_class} images per class, "
+                            f"but some classes of {where} have only {fewest}; lower --shots or --queries")
+
+    def describe(self) -> str:
+        return f"{self.ways}-way {self.shots}-shot, {self.queries} queries/class"
+
+
+def sample_indices(split: Split, ways: int, per_class: int, generator: torch.Generator, n: int = 1) -> Tensor:
+    """Draw ``n`` episodes' image indices: ``int64[n, ways, per_class]`` (CPU), classes and images without replacement."""
+    counts = split.class_count.cpu()
+    starts = split.class_start.cpu()
+    classes = torch.rand(n, split.num_classes, generator=generator).argsort(dim=1)[:, :ways]  # [n, ways]
+    most = int(counts.max())
+    keys = torch.rand(n, ways, most, generator=generator)
+    keys[torch.arange(most).expand(n, ways, most) >= counts[classes].unsqueeze(-1)] = 2.0  # beyond a class: last
+    within = keys.argsort(dim=-1)[..., :per_class]
+    return starts[classes].unsqueeze(-1) + within
+
+
+@dataclass(frozen=True, eq=False)
+class Episode:
+    """One few-shot task. Support/query images are normalised floats on the split's device.
+
+    Attributes:
+        support_x: ``float[ways*shots, C, H, W]``, class-major.
+        support_y: ``int64[ways*shots]`` in ``[0, ways)``.
+        query_x: ``float[ways*queries, C, H, W]``.
+        query_y: ``int64[ways*queries]``.
+    """
+
+    index: int
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+
+def make_episode(split: Split, indices: Tensor, shots: int, index: int = 0) -> Episode:
+    """Gather one episode from ``indices: int64[ways, shots+queries]`` (on the split's device)."""
+    ways, per_class = indices.shape
+    labels = torch.arange(ways, device=indices.device)
+    return Episode(
+        index,
+        split.gather(indices[:, :shots].reshape(-1)),
+        labels.repeat_interleave(shots),
+        split.gather(indices[:, shots:].reshape(-1)),
+        labels.repeat_interleave(per_class - shots),
+    )
+
+
+def episode_seed(fingerprint: str, spec: EpisodeSpec, i: int) -> int:
+    text = f"{fingerprint}|{spec.ways}|{spec.shots}|{spec.queries}|{spec.seed}|{i}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+class EpisodeSet:
+    """The fixed evaluation episodes of a split under a spec: identical for every method.
+
+    Args:
+        split: the split to draw from (its device is where episodes are gathered).
+        spec: the episode shape, count and seed.
+    """
+
+    def __init__(self, split: Split, spec: EpisodeSpec) -> None:
+        spec.check(split)
+        self.split, self.spec = split, spec
+        table = torch.stack([
+            sample_indices(split, spec.ways, spec.per_class,
+                           torch.Generator().manual_seed(episode_seed(split.fingerprint, spec, i)))[0]
+            for i in range(spec.episodes)
+        ])  # [episodes, ways, per_class]
+        digest = hashlib.sha256(f"{split.fingerprint}|{spec.ways}|{spec.shots}|{spec.queries}".encode())
+        digest.update(table.numpy().astype("<i8").tobytes())
+        self.sha = digest.hexdigest()
+        self.indices = table.to(split.device)
+
+    def __len__(self) -> int:
+        return self.spec.episodes
+
+    def __getitem__(self, i: int) -> Episode:
+        return make_episode(self.split, self.indices[i], self.spec.shots, i)
+
+    def __iter__(self) -> Iterator[Episode]:
+        return (self[i] for i in range(len(self)))

@@ -1,0 +1,170 @@
+"""The Method protocol, its registry, hyper-parameter parsing and the context ``fit`` receives.
+
+A method is a class with:
+
+* ``name`` / ``description`` — registry name and a one-line summary;
+* ``Hparams`` — a frozen dataclass whose defaults are the paper's settings, with per-dataset
+  overrides in ``presets`` (the paper's settings for that dataset) and fit lengths in ``budgets``;
+* ``transductive`` — whether predictions for a query depend on the other queries;
+* ``fit(ctx)`` — (meta-)training on the source split, may do nothing;
+* ``adapt(support_x, support_y, ways)`` — yields a predictor after each adaptation step
+  (a non-iterative method yields once); a predictor maps ``float[Q, C, H, W]`` to logits
+  ``float[Q, ways]``. ``adapt`` runs under ``torch.no_grad()``; a method that needs autograd
+  enables it itself, and must not leave state behind between episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .data import Split
+from .episodes import EpisodeSpec
+from .errors import UserError
+from .registry import Registry
+
+Predictor = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class FitContext:
+    """What ``Method.fit`` gets: the source split on the device, the protocol, the budget, a generator.
+
+    Attributes:
+        source: the split to (meta-)train on, already on ``device``.
+        spec: the evaluation protocol (methods match its ways/shots by default).
+        iterations: how many (meta-)iterations the budget allows.
+        generator: CPU generator for every random draw of the fit (episodes, init, augmentation).
+        device: where the computation runs.
+        progress: show a progress bar.
+    """
+
+    source: Split
+    spec: EpisodeSpec
+    iterations: int
+    generator: torch.Generator
+    device: torch.device
+    progress: bool = True
+    tasks: int = 0
+    images: int = 0
+
+    def loop(self, desc: str) -> Iterator[int]:
+        """Iterate over ``range(iterations)`` with a progress bar."""
+        yield from tqdm(range(self.iterations), desc=desc, unit="it", disable=not self.progress,
+                        mininterval=1.0, dynamic_ncols=True)
+
+    def count(self, tasks: int, images: int) -> None:
+        """Record work done, for the tasks/s and images/s figures."""
+        self.tasks += tasks
+        self.images += images
+
+
+class Method:
+    """Base class of every method; see the module docstring for the protocol."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Hparams: ClassVar[type] = type(None)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    budgets: ClassVar[dict[str, dict[str, int]]] = {"default": {"quick": 0, "paper": 0}}
+    transductive: ClassVar[bool] = False
+    version: ClassVar[str] = "1"
+
+    def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
+                 device: torch.device) -> None:
+        self.hparams = hparams
+        self.in_shape = in_shape
+        self.device = device
+
+    def fit(self, ctx: FitContext) -> None:
+        """(Meta-)train on ``ctx.source``; the default does nothing."""
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def iterations_for(cls, budget: str | int, dataset: str) -> int:
+        """Fit iterations for ``budget`` (``"quick"``, ``"paper"`` or a number) on ``dataset``."""
+        if isinstance(budget, int) or str(budget).isdigit():
+            value = int(budget)
+            if value < 0:
+                raise UserError(f"--budget must be quick, paper or a whole number ≥ 0, got {budget}")
+            return value
+        table = cls.budgets.get(dataset, cls.budgets.get("default", {}))
+        if budget not in table:
+            raise UserError(f"--budget must be one of {', '.join(sorted(table))} or a number of iterations, got '{budget}'")
+        return table[budget]
+
+
+METHODS: Registry[type[Method]] = Registry("methods", builtins=("mtbench.baselines",))
+
+
+# -- hyper-parameters ---------------------------------------------------------------------------
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _convert(method: str, key: str, text: str, kind: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        choices = typing.get_args(kind)
+        if text not in [str(c) for c in choices]:
+            raise UserError(f"--hp {key}={text}: {method} accepts {key} in {{{', '.join(map(str, choices))}}}")
+        return next(c for c in choices if str(c) == text)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return _convert(method, key, text, args[0])
+    if kind is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise UserError(f"--hp {key}={text}: {key} of {method} is true/false")
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise UserError(f"--hp {key}={text}: {key} of {method} must be {getattr(kind, '__name__', kind)}") from None
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``, with a clear error on a malformed item."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--hp '{item}' is not name=value; write e.g. --hp inner_lr=0.4")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str]) -> Any:
+    """The method's hparams: dataclass defaults, then the dataset preset, then ``--hp`` overrides."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Hparams)}
+    hints = typing.get_type_hints(cls.Hparams)
+    values: dict[str, Any] = dict(cls.presets.get(dataset, {}))
+    for key, text in overrides.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=2)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise UserError(f"--hp {key}: {cls.name} has no hparam '{key}'{hint}; its hparams are {', '.join(fields)}")
+        values[key] = _convert(cls.name, key, text, hints[key])
+    try:
+        return cls.Hparams(**values)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad hparams for {cls.name}: {exc}") from None
+
+
+def positive(name: str, value: float) -> None:
+    """For ``Hparams.__post_init__``: reject a value ≤ 0 with the field's name."""
+    if not value > 0:
+        raise UserError(f"--hp {name}={value}: must be > 0")

@@ -1,0 +1,147 @@
+"""The result record: one JSON document per run, with a versioned schema, written atomically.
+
+Fields (``schema_version`` 1):
+
+* ``method`` {name, version, hparams, transductive}; ``dataset`` {name, version, fit_split, split};
+* ``protocol`` {ways, shots, queries, episodes, seed, episodes_sha};
+* ``budget`` {name, iterations};
+* ``accuracy`` {mean, ci95, per_episode, by_step: [{step, mean, ci95}]} — the top-level figures are
+  after the last adaptation step; ``ci95`` is the half-width of the normal 95 % interval;
+* ``adaptation`` {steps, ms_per_episode, ms_by_step}: time to adapt one episode (inside ``adapt``);
+* ``fit`` {seconds, iterations, tasks, images, tasks_per_s, images_per_s, peak_memory_bytes,
+  peak_memory_kind}; ``evaluation`` {seconds, tasks_per_s, peak_memory_bytes, peak_memory_kind};
+* ``provenance`` {mtbench_version, git_commit, git_dirty, torch, python, device, device_type,
+  threads, malloc, timestamp, command}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+
+_NUM = (int, float)
+SCHEMA: dict[str, Any] = {
+    "schema_version": int,
+    "method": {"name": str, "version": str, "hparams": dict, "transductive": bool},
+    "dataset": {"name": str, "version": str, "fit_split": str, "split": str},
+    "protocol": {"ways": int, "shots": int, "queries": int, "episodes": int, "seed": int, "episodes_sha": str},
+    "budget": {"name": str, "iterations": int},
+    "accuracy": {"mean": _NUM, "ci95": _NUM, "per_episode": list, "by_step": list},
+    "adaptation": {"steps": int, "ms_per_episode": _NUM, "ms_by_step": list},
+    "fit": {"seconds": _NUM, "iterations": int, "tasks": int, "images": int, "tasks_per_s": _NUM,
+            "images_per_s": _NUM, "peak_memory_bytes": int, "peak_memory_kind": str},
+    "evaluation": {"seconds": _NUM, "tasks_per_s": _NUM, "peak_memory_bytes": int, "peak_memory_kind": str},
+    "provenance": {"mtbench_version": str, "git_commit": (str, type(None)), "git_dirty": (bool, type(None)),
+                   "torch": str, "device": str, "timestamp": str},
+}
+
+
+def validate(doc: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> list[str]:
+    """Problems with ``doc`` against the schema (empty when it conforms)."""
+    if not isinstance(doc, dict):
+        return [f"{where or 'result'}: expected an object"]
+    problems = []
+    for key, kind in schema.items():
+        path = f"{where}.{key}" if where else key
+        if key not in doc:
+            problems.append(f"{path}: missing")
+        elif isinstance(kind, dict):
+            problems.extend(validate(doc[key], kind, path))
+        elif not isinstance(doc[key], kind) or (kind in (int, _NUM) and isinstance(doc[key], bool)):
+            problems.append(f"{path}: expected {getattr(kind, '__name__', kind)}, got {type(doc[key]).__name__}")
+    if not where and not problems:
+        if doc["schema_version"] != SCHEMA_VERSION:
+            problems.append(f"schema_version: {doc['schema_version']} is not {SCHEMA_VERSION}")
+        acc = doc["accuracy"]
+        if len(acc["per_episode"]) != doc["protocol"]["episodes"]:
+            problems.append("accuracy.per_episode: length differs from protocol.episodes")
+        if len(acc["by_step"]) != doc["adaptation"]["steps"]:
+            problems.append("accuracy.by_step: length differs from adaptation.steps")
+    return problems
+
+
+def git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout mtbench runs from, or (None, None) outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit or None, bool(status.strip())
+
+
+def provenance(device_name: str, device_type: str, malloc: dict[str, Any]) -> dict[str, Any]:
+    commit, dirty = git_state()
+    return {
+        "mtbench_version": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "device": device_name,
+        "device_type": device_type,
+        "threads": torch.get_num_threads(),
+        "malloc": malloc,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["mtbench", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("mtbench") else None,
+    }
+
+
+def result_filename(doc: dict[str, Any]) -> str:
+    p = doc["protocol"]
+    stamp = doc["provenance"]["timestamp"].replace(":", "").replace("-", "").replace("+0000", "Z")
+    return f"{doc['dataset']['name']}_{p['ways']}w{p['shots']}s_{doc['method']['name']}_seed{p['seed']}_{stamp}.json"
+
+
+def write_result(doc: dict[str, Any], out_dir: Path) -> Path:
+    """Validate and write ``doc`` into ``out_dir`` atomically (temp file + rename); return its path."""
+    problems = validate(doc)
+    if problems:
+        raise ValueError("refusing to write an invalid result: " + "; ".join(problems))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the results folder {out_dir} ({exc.strerror}); choose another with --out") from None
+    path = out_dir / result_filename(doc)
+    n = 1
+    while path.exists():
+        path = out_dir / f"{path.stem.rsplit('.', 1)[0]}.{n}.json"
+        n += 1
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".", suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """Load a result file and check it against the schema (a :class:`UserError` names the problems)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read result {path}: {exc}") from None
+    problems = validate(doc)
+    if problems:
+        raise UserError(f"{path} is not a valid mtbench result: {'; '.join(problems)}")
+    return doc

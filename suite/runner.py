@@ -1,0 +1,106 @@
+"""One run, end to end: a frozen :class:`RunSpec` in, a validated result record out."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import DATASETS, resolve_data_root
+from .episodes import EpisodeSet, EpisodeSpec
+from .evaluate import evaluate
+from .methods import METHODS, FitContext, make_hparams
+from .results import SCHEMA_VERSION, provenance, write_result
+from .runtime import device_name, malloc_setting, peak_memory, reset_peak_memory, select_device, timer
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines a run.
+
+    Args:
+        method: registered method name (or ``module:attr``).
+        dataset: registered dataset name.
+        episodes: the evaluation protocol.
+        budget: ``"quick"``, ``"paper"`` or a number of fit iterations.
+        hparams: ``(name, value-text)`` overrides of the method's hparams.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        data_root: dataset folder (else ``$MTBENCH_DATA``, else the user cache).
+        out: folder for the result file; ``None`` writes nothing.
+        download: allow downloading a missing dataset from its official URL.
+        progress: show progress bars.
+    """
+
+    method: str
+    dataset: str
+    episodes: EpisodeSpec = EpisodeSpec()
+    budget: str = "quick"
+    hparams: tuple[tuple[str, str], ...] = ()
+    device: str = "auto"
+    data_root: str | None = None
+    out: str | None = "results"
+    download: bool = True
+    progress: bool = True
+
+
+def fit_seed(seed: int) -> int:
+    """The seed of a run's training generator, derived from ``--seed`` but distinct from the episodes'."""
+    return int.from_bytes(hashlib.sha256(f"fit|{seed}".encode()).digest()[:8], "little") >> 1
+
+
+def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
+    """Fit the method on the dataset's fit split, evaluate it on the fixed test episodes, write the result.
+
+    Every check of the user's input (names, hparams, budget, device, protocol against the data)
+    happens before any training, and the result file is only written at the very end.
+    """
+    method_cls = METHODS.get(spec.method)
+    dataset_cls = DATASETS.get(spec.dataset)
+    hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams))
+    iterations = method_cls.iterations_for(spec.budget, spec.dataset)
+    device = select_device(spec.device)
+
+    data = dataset_cls(root=resolve_data_root(spec.data_root), progress=spec.progress)
+    data.prepare(download=spec.download)
+    test = data.load(data.eval_split).to(device)
+    episodes = EpisodeSet(test, spec.episodes)
+    source = data.load(data.fit_split).to(device) if iterations > 0 else test
+    if iterations > 0:
+        spec.episodes.check(source)
+
+    generator = torch.Generator().manual_seed(fit_seed(spec.episodes.seed))
+    method = method_cls(hparams, test.image_shape, generator, device)
+    ctx = FitContext(source, spec.episodes, iterations, generator, device, spec.progress)
+    reset_peak_memory(device)
+    start = timer(device)
+    if iterations > 0:
+        method.fit(ctx)
+    fit_seconds = timer(device) - start
+    fit_mem, fit_mem_kind = peak_memory(device)
+    scores = evaluate(method, episodes, spec.progress)
+
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "method": {"name": method_cls.name, "version": method_cls.version,
+                   "hparams": dataclasses.asdict(hparams), "transductive": method_cls.transductive},
+        "dataset": {"name": dataset_cls.name, "version": dataset_cls.version, "fit_split": data.fit_split,
+                    "split": data.eval_split},
+        "protocol": {**dataclasses.asdict(spec.episodes), "episodes_sha": episodes.sha},
+        "budget": {"name": str(spec.budget), "iterations": iterations},
+        "accuracy": scores["accuracy"],
+        "adaptation": scores["adaptation"],
+        "fit": {
+            "seconds": fit_seconds, "iterations": iterations, "tasks": ctx.tasks, "images": ctx.images,
+            "tasks_per_s": ctx.tasks / fit_seconds if fit_seconds > 0 else 0.0,
+            "images_per_s": ctx.images / fit_seconds if fit_seconds > 0 else 0.0,
+            "peak_memory_bytes": fit_mem, "peak_memory_kind": fit_mem_kind,
+        },
+        "evaluation": scores["evaluation"],
+        "provenance": provenance(device_name(device), device.type, malloc_setting()),
+    }
+    path = write_result(doc, Path(spec.out)) if spec.out is not None else None
+    return doc, path
