@@ -44,7 +44,7 @@ class EpisodeSpec:
                 raise UserError(f"--{field_name} must be a whole number ≥ 1, got {value!r}")
         if self.ways < 2:
             raise UserError(f"--ways must be at least 2 for a classification episode, got {self.ways}")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise UserError(f"--seed must be a whole number ≥ 0, got {self.seed!r}")
 
     @property

@@ -9,9 +9,14 @@ outside ones: a module that is imported, or a ``module:attr`` string, or an entr
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Generic, TypeVar
 
 from .errors import UserError
@@ -37,22 +42,35 @@ def describe(obj: object) -> str:
     return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
+def _import_file(path: Path) -> ModuleType:
+    """Import a Python file once per resolved path (a second request returns the same module)."""
+    path = path.resolve()
+    module_name = "mtbench_user_" + hashlib.sha1(str(path).encode()).hexdigest()[:12] + "_" + path.stem
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UserError(f"cannot import '{path}': not a Python file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
 def load_object(spec: str) -> object:
     """Import ``"package.module:attr"`` (or a file path ``"path/to/file.py:attr"``) and return attr."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise UserError(f"'{spec}' is not a 'module:attr' reference; write it as e.g. 'mypkg.methods:MyMethod'")
     if module_name.endswith(".py"):
-        import importlib.util
-        import pathlib
-
-        path = pathlib.Path(module_name)
+        path = Path(module_name)
         if not path.is_file():
             raise UserError(f"file '{path}' does not exist; give the path of a Python file, e.g. 'methods/mine.py:Mine'")
-        module_spec = importlib.util.spec_from_file_location(f"mtbench_user_{path.stem}", path)
-        assert module_spec is not None and module_spec.loader is not None
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        module = _import_file(path)
     else:
         try:
             module = importlib.import_module(module_name)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import os
 import socket
-import threading
 import zipfile
 from pathlib import Path
 
@@ -15,6 +13,8 @@ import pytest
 
 from mtbench.data.download import download_and_extract, extract_zip, fetch, md5sum
 from mtbench.errors import DownloadError
+
+from support import server  # noqa: F401  (fixture)
 
 MEMBER = "images_background/Alpha/character01/0001_01.png"
 PAYLOAD = b"\x89PNG fake image bytes" * 50
@@ -30,46 +30,6 @@ def make_zip(members: dict[str, bytes]) -> bytes:
 
 GOOD_ZIP = make_zip({MEMBER: PAYLOAD})
 GOOD_MD5 = hashlib.md5(GOOD_ZIP).hexdigest()
-
-
-@pytest.fixture
-def server(tmp_path):
-    """Serve files from a folder; ``/truncated/<name>`` promises more bytes than it sends."""
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):  # keep test output quiet
-            pass
-
-        def do_GET(self):
-            name = self.path.lstrip("/")
-            truncated = name.startswith("truncated/")
-            if truncated:
-                name = name[len("truncated/"):]
-            path = served / name
-            if "/" in name or not path.is_file():
-                self.send_error(404)
-                return
-            body = path.read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/zip")
-            self.send_header("Content-Length", str(len(body) + 1000 if truncated else len(body)))
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2] if truncated else body)
-            self.wfile.flush()
-            self.close_connection = True
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", served
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -1,0 +1,168 @@
+"""Tests for hyper-parameter parsing: ``--hp`` items, presets, type conversion and error messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+
+from mtbench.baselines.maml import MAML
+from mtbench.baselines.protonet import ProtoNet
+from mtbench.errors import UserError
+from mtbench.methods import make_hparams, parse_overrides
+
+
+def defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls.Hparams)}
+
+
+# -- parse_overrides ----------------------------------------------------------------------------
+def test_parse_overrides_splits_name_and_value():
+    assert parse_overrides(["inner_lr=0.4", " meta_batch = 8 ", "backbone=conv4"]) == {
+        "inner_lr": "0.4", "meta_batch": "8", "backbone": "conv4"}
+    assert parse_overrides(("a=b=c",)) == {"a": "b=c"}  # only the first '=' splits
+    assert parse_overrides([]) == {}
+
+
+def test_parse_overrides_last_value_wins():
+    assert parse_overrides(["lr=1", "lr=2"]) == {"lr": "2"}
+
+
+@pytest.mark.parametrize("item", ["noequals", "=x", " =x"])
+def test_parse_overrides_rejects_malformed_items(item):
+    with pytest.raises(UserError) as info:
+        parse_overrides(["lr=0.1", item])
+    assert f"'{item}'" in str(info.value)
+    assert "name=value" in str(info.value)
+
+
+# -- defaults and presets -----------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [ProtoNet, MAML])
+def test_make_hparams_defaults_without_preset(cls):
+    hp = make_hparams(cls, "no-such-dataset-preset", {})
+    assert isinstance(hp, cls.Hparams)
+    assert dataclasses.asdict(hp) == defaults(cls)
+
+
+def test_protonet_defaults_are_the_papers():
+    hp = make_hparams(ProtoNet, "no-such-dataset-preset", {})
+    assert hp.backbone == "conv4"
+    assert hp.lr == pytest.approx(1e-3)
+    assert hp.train_shots == 0
+
+
+@pytest.mark.parametrize(("cls", "dataset"), [(ProtoNet, "synthetic"), (ProtoNet, "omniglot"), (MAML, "synthetic")])
+def test_make_hparams_applies_the_dataset_preset(cls, dataset):
+    preset = cls.presets[dataset]
+    assert preset, "the preset under test should set something"
+    hp = dataclasses.asdict(make_hparams(cls, dataset, {}))
+    expected = {**defaults(cls), **preset}
+    assert hp == expected
+
+
+def test_protonet_synthetic_preset_differs_from_default():
+    assert ProtoNet.presets["synthetic"]["train_ways"] != defaults(ProtoNet)["train_ways"]
+    assert make_hparams(ProtoNet, "synthetic", {}).train_ways == ProtoNet.presets["synthetic"]["train_ways"]
+
+
+def test_override_beats_preset():
+    preset = MAML.presets["synthetic"]
+    assert "meta_batch" in preset and preset["meta_batch"] != 3
+    hp = make_hparams(MAML, "synthetic", {"meta_batch": "3"})
+    assert hp.meta_batch == 3
+    assert hp.inner_lr == preset.get("inner_lr", defaults(MAML)["inner_lr"])  # the rest of the preset stays
+
+
+# -- type conversion ----------------------------------------------------------------------------
+def test_protonet_overrides_are_converted():
+    hp = make_hparams(ProtoNet, "synthetic", {"lr": "0.01", "train_ways": "7", "backbone": "conv4"})
+    assert hp.lr == 0.01 and type(hp.lr) is float
+    assert hp.train_ways == 7 and type(hp.train_ways) is int
+    assert hp.backbone == "conv4"
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("0", False), ("False", False), ("yes", True),
+                                             ("1", True), ("off", False)])
+def test_maml_bool_override(text, value):
+    hp = make_hparams(MAML, "synthetic", {"first_order": text})
+    assert hp.first_order is value
+
+
+def test_maml_literal_override():
+    choices = typing.get_args(typing.get_type_hints(MAML.Hparams)["task_batching"])
+    assert "loop" in choices
+    hp = make_hparams(MAML, "synthetic", {"task_batching": "loop"})
+    assert hp.task_batching == "loop"
+    for choice in choices:
+        assert make_hparams(MAML, "synthetic", {"task_batching": str(choice)}).task_batching == choice
+
+
+def test_maml_numeric_overrides_are_converted():
+    hp = make_hparams(MAML, "omniglot", {"inner_steps": "2", "eval_steps": "5", "meta_lr": "3e-4"})
+    assert (hp.inner_steps, hp.eval_steps) == (2, 5)
+    assert type(hp.inner_steps) is int
+    assert hp.meta_lr == pytest.approx(3e-4) and type(hp.meta_lr) is float
+
+
+def test_hparams_are_frozen():
+    hp = make_hparams(MAML, "synthetic", {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hp.inner_lr = 1.0  # type: ignore[misc]
+
+
+# -- errors -------------------------------------------------------------------------------------
+def test_unknown_hparam_suggests_and_lists():
+    with pytest.raises(UserError) as info:
+        make_hparams(MAML, "synthetic", {"inner_l": "0.1"})
+    message = str(info.value)
+    assert "'inner_l'" in message
+    assert "did you mean" in message and "inner_lr" in message
+    for field in dataclasses.fields(MAML.Hparams):
+        assert field.name in message  # the full list
+
+
+def test_unknown_hparam_without_near_miss_still_lists():
+    with pytest.raises(UserError) as info:
+        make_hparams(ProtoNet, "synthetic", {"zzzzzz": "1"})
+    message = str(info.value)
+    assert "did you mean" not in message
+    assert "protonet has no hparam 'zzzzzz'" in message
+    assert "train_ways" in message and "lr_halve_every" in message
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "text"),
+    [
+        (ProtoNet, "lr", "abc"),
+        (MAML, "inner_lr", "abc"),
+        (ProtoNet, "train_ways", "2.5"),
+        (MAML, "first_order", "maybe"),
+        (MAML, "task_batching", "gpu"),
+        (ProtoNet, "lr", "-0.1"),
+        (MAML, "inner_lr", "0"),
+        (MAML, "inner_lr", "nan"),
+        (MAML, "meta_batch", "0"),
+        (MAML, "inner_steps", "0"),
+        (ProtoNet, "train_ways", "-3"),
+    ],
+)
+def test_bad_values_name_the_hparam(cls, key, text):
+    with pytest.raises(UserError) as info:
+        make_hparams(cls, "synthetic", {key: text})
+    assert key in str(info.value)
+
+
+def test_bad_literal_lists_the_choices():
+    choices = typing.get_args(typing.get_type_hints(MAML.Hparams)["task_batching"])
+    with pytest.raises(UserError) as info:
+        make_hparams(MAML, "synthetic", {"task_batching": "gpu"})
+    message = str(info.value)
+    assert "gpu" in message
+    for choice in choices:
+        assert str(choice) in message
+
+
+def test_bad_float_message_says_the_type():
+    with pytest.raises(UserError, match=r"--hp lr=abc: lr of protonet must be float"):
+        make_hparams(ProtoNet, "synthetic", {"lr": "abc"})
