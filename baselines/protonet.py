@@ -65,7 +65,7 @@ class ProtoNet(Method):
     description = "Prototypical Networks: nearest class mean in a learned embedding (Snell et al. 2017)"
     Hparams = ProtoNetHparams
     presets = {"omniglot": {"train_ways": 60, "train_queries": 5}, "synthetic": {"train_ways": 20}}
-    budgets = {"default": {"quick": 300, "paper": 20000}, "omniglot": {"quick": 1000, "paper": 20000}}
+    budgets = {"default": {"quick": 300, "paper": 20000}, "synthetic": {"quick": 150, "paper": 20000}, "omniglot": {"quick": 1000, "paper": 20000}}
     transductive = False
 
     def __init__(self, hparams: ProtoNetHparams, in_shape, generator, device) -> None:

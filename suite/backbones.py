@@ -86,7 +86,7 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
     """Re-initialise ``module`` in place from ``generator``, with PyTorch's default schemes.
 
     Conv and Linear weights: Kaiming-uniform (a=sqrt(5)); biases uniform in ±1/sqrt(fan_in);
-    norm layers: weight 1, bias 0. Parameters must be on the CPU (generators are CPU ones), so
+    norm layers: weight 1, bias 0; recurrent layers: uniform in ±1/sqrt(hidden_size). Parameters must be on the CPU (generators are CPU ones), so
     the same seed gives the same weights on every device.
     """
     for m in module.modules():
@@ -99,6 +99,10 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
         elif isinstance(m, (nn.BatchNorm2d, BatchStatNorm2d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LSTM, nn.LSTMCell, nn.GRU, nn.GRUCell)):
+            bound = 1 / math.sqrt(m.hidden_size)
+            for p in m.parameters(recurse=False):
+                nn.init.uniform_(p, -bound, bound, generator=generator)
     return module
 
 

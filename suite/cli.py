@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -92,6 +93,7 @@ def run_cmd(method: str, dataset: str, ways: int, shots: int, queries: int, epis
         episodes=EpisodeSpec(ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed),
         budget=budget, hparams=tuple(parse_overrides(hparams).items()), device=device,
         data_root=data_root, out=out, download=download, progress=progress,
+        command=shlex.join(["mtbench", *sys.argv[1:]]),
     )
     if malloc_tuning and device != "cuda":
         tune_malloc()
@@ -102,7 +104,7 @@ def run_cmd(method: str, dataset: str, ways: int, shots: int, queries: int, epis
 def summary(doc: dict[str, Any], path: Path | None) -> str:
     """A short human-readable table of one result."""
     acc, fit, adapt, p = doc["accuracy"], doc["fit"], doc["adaptation"], doc["protocol"]
-    steps = " ".join(f"{s['mean']:.3f}" for s in acc["by_step"])
+    steps = "  ".join(f"{s['step']}: {s['mean']:.3f}" for s in acc["by_step"])
     rows = [
         ("method", f"{doc['method']['name']}{' (transductive)' if doc['method']['transductive'] else ''}"),
         ("dataset", f"{doc['dataset']['name']} {doc['dataset']['split']} split"),

@@ -26,6 +26,7 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True) -> dic
     device, ways = episodes.split.device, episodes.spec.ways
     per_step_acc: list[torch.Tensor] = []  # one float[steps] per episode, kept on the device
     per_step_ms: list[list[float]] = []
+    step_numbers: list[int] = []
     reset_peak_memory(device)
     start = timer(device)
     with torch.no_grad():
@@ -40,6 +41,8 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True) -> dic
                 except StopIteration:
                     break
                 elapsed += timer(device) - t0
+                if not per_step_ms:
+                    step_numbers.append(int(getattr(predictor, "step", len(ms))))
                 ms.append(elapsed * 1000.0)
                 accs.append(accuracy(predictor(ep.query_x), ep.query_y))
             if not accs:
@@ -55,7 +58,7 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True) -> dic
     by_step = []
     for s in range(steps):
         mean, ci = mean_ci95(table[:, s].tolist())
-        by_step.append({"step": s, "mean": mean, "ci95": ci})
+        by_step.append({"step": step_numbers[s], "mean": mean, "ci95": ci})
     final = table[:, -1].tolist()
     mem, kind = peak_memory(device)
     ms_by_step = [sum(m[s] for m in per_step_ms) / len(per_step_ms) for s in range(steps)]

@@ -6,7 +6,9 @@ was meta-trained. Parameters are plain ``dict[str, Tensor]``; nothing is mutated
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,36 +38,78 @@ def classification_loss(params: Params, model: nn.Module, x: Tensor, y: Tensor) 
     return F.cross_entropy(forward(model, params, x), y)
 
 
-def sgd_inner_loop(model: nn.Module, params: Params, x: Tensor, y: Tensor, steps: int, lr: float,
-                   first_order: bool = False) -> Iterator[Params]:
-    """Plain gradient descent on the support set; yields the parameters before and after every step.
+@dataclass(frozen=True)
+class SGD:
+    """Functional plain gradient descent: ``p <- p - lr * g``."""
 
-    Works inside ``torch.func.vmap`` (one task per vmapped slice) and under outer autograd: with
+    lr: float
+
+    def init(self, params: Params) -> None:
+        return None
+
+    def step(self, params: Params, grads: Params, state: None) -> tuple[Params, None]:
+        return {k: p - self.lr * grads[k] for k, p in params.items()}, state
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Functional Adam (Kingma & Ba 2015) with bias correction; state is ``(t, m, v)``."""
+
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def init(self, params: Params) -> tuple[int, Params, Params]:
+        zeros = {k: torch.zeros_like(p) for k, p in params.items()}
+        return 0, zeros, dict(zeros)
+
+    def step(self, params: Params, grads: Params, state: tuple[int, Params, Params]):
+        t, m, v = state
+        t += 1
+        m = {k: self.beta1 * m[k] + (1 - self.beta1) * g for k, g in grads.items()}
+        v = {k: self.beta2 * v[k] + (1 - self.beta2) * g * g for k, g in grads.items()}
+        c1, c2 = 1 - self.beta1**t, 1 - self.beta2**t
+        new = {k: p - self.lr * (m[k] / c1) / ((v[k] / c2).sqrt() + self.eps) for k, p in params.items()}
+        return new, (t, m, v)
+
+
+def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor, Tensor]], optimizer: SGD | Adam,
+               first_order: bool = False) -> Iterator[Params]:
+    """Gradient steps on a task's labelled data; yields the parameters before and after every step.
+
+    The one inner loop of the suite: MAML and Reptile train and evaluate through it. It works inside
+    ``torch.func.vmap`` (one task per vmapped slice) and under outer autograd: with
     ``first_order=False`` the yielded parameters stay differentiable with respect to ``params``
     through the inner gradients (second-order MAML); with ``first_order=True`` the inner gradients
-    are treated as constants. ``torch.func.grad`` ignores an outer ``torch.no_grad()``, so the same
-    loop adapts at evaluation time.
+    are constants. ``torch.func.grad`` ignores an outer ``torch.no_grad()``, so the same loop
+    adapts at evaluation time.
 
     Args:
         model: the network, used functionally.
         params: starting parameters.
-        x: ``float[S, C, H, W]`` support images.
-        y: ``int64[S]`` support labels.
-        steps: number of gradient steps.
-        lr: inner step size.
+        batches: one ``(float[B, C, H, W], int64[B])`` batch per step.
+        optimizer: :class:`SGD` or :class:`Adam`.
         first_order: drop second-order terms.
 
     Yields:
-        ``steps + 1`` parameter dicts: the starting ones, then after each step.
+        The starting parameters, then the parameters after each step.
     """
     loss_grad = grad(classification_loss)
+    state = optimizer.init(params)
     yield params
-    for _ in range(steps):
+    for x, y in batches:
         grads = loss_grad(params, model, x, y)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
-        params = {k: p - lr * grads[k] for k, p in params.items()}
+        params, state = optimizer.step(params, grads, state)
         yield params
+
+
+def sgd_inner_loop(model: nn.Module, params: Params, x: Tensor, y: Tensor, steps: int, lr: float,
+                   first_order: bool = False) -> Iterator[Params]:
+    """:func:`inner_loop` with plain SGD on the whole support set ``(x, y)`` at every step (MAML)."""
+    return inner_loop(model, params, itertools.repeat((x, y), steps), SGD(lr), first_order)
 
 
 def last(iterator: Iterator[Params]) -> Params:

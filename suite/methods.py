@@ -8,7 +8,8 @@ A method is a class with:
 * ``transductive`` — whether predictions for a query depend on the other queries;
 * ``fit(ctx)`` — (meta-)training on the source split, may do nothing;
 * ``adapt(support_x, support_y, ways)`` — yields a predictor after each adaptation step
-  (a non-iterative method yields once); a predictor maps ``float[Q, C, H, W]`` to logits
+  (a non-iterative method yields once; one with many steps may yield at chosen steps, labelled
+  with :func:`at_step`); a predictor maps ``float[Q, C, H, W]`` to logits
   ``float[Q, ways]``. ``adapt`` runs under ``torch.no_grad()``; a method that needs autograd
   enables it itself, and must not leave state behind between episodes.
 """
@@ -33,6 +34,15 @@ from .errors import UserError
 from .registry import Registry
 
 Predictor = Callable[[Tensor], Tensor]
+
+
+def at_step(step: int, predictor: Predictor) -> Predictor:
+    """Label a predictor with its adaptation step, for methods that do not yield after every step.
+
+    The evaluator records ``step`` in ``accuracy.by_step``; unlabelled predictors count 0, 1, 2, ...
+    """
+    predictor.step = step  # type: ignore[attr-defined]
+    return predictor
 
 
 @dataclass

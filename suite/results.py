@@ -86,7 +86,7 @@ def git_state() -> tuple[str | None, bool | None]:
     return commit or None, bool(status.strip())
 
 
-def provenance(device_name: str, device_type: str, malloc: dict[str, Any]) -> dict[str, Any]:
+def provenance(device_name: str, device_type: str, malloc: dict[str, Any], command: str | None) -> dict[str, Any]:
     commit, dirty = git_state()
     return {
         "mtbench_version": __version__,
@@ -99,7 +99,7 @@ def provenance(device_name: str, device_type: str, malloc: dict[str, Any]) -> di
         "threads": torch.get_num_threads(),
         "malloc": malloc,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["mtbench", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("mtbench") else None,
+        "command": command,
     }
 
 

@@ -33,6 +33,7 @@ class RunSpec:
         out: folder for the result file; ``None`` writes nothing.
         download: allow downloading a missing dataset from its official URL.
         progress: show progress bars.
+        command: the command line that asked for the run, recorded in the provenance.
     """
 
     method: str
@@ -45,6 +46,7 @@ class RunSpec:
     out: str | None = "results"
     download: bool = True
     progress: bool = True
+    command: str | None = None
 
 
 def fit_seed(seed: int) -> int:
@@ -72,6 +74,8 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     if iterations > 0:
         spec.episodes.check(source)
 
+    # the code and device state as the run starts (edits made while it runs do not count)
+    origin = provenance(device_name(device), device.type, malloc_setting(), spec.command)
     generator = torch.Generator().manual_seed(fit_seed(spec.episodes.seed))
     method = method_cls(hparams, test.image_shape, generator, device)
     ctx = FitContext(source, spec.episodes, iterations, generator, device, spec.progress)
@@ -100,7 +104,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
             "peak_memory_bytes": fit_mem, "peak_memory_kind": fit_mem_kind,
         },
         "evaluation": scores["evaluation"],
-        "provenance": provenance(device_name(device), device.type, malloc_setting()),
+        "provenance": origin,
     }
     path = write_result(doc, Path(spec.out)) if spec.out is not None else None
     return doc, path

@@ -68,6 +68,7 @@ class Split:
     version: str = "1"
     class_start: Tensor = field(init=False, repr=False)
     class_count: Tensor = field(init=False, repr=False)
+    _scale: tuple[Tensor, Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -84,6 +85,11 @@ class Split:
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "class_count", count.to(self.images.device))
         object.__setattr__(self, "class_start", start.to(self.images.device))
+        if len(self.mean) != self.images.shape[1] or len(self.std) != self.images.shape[1]:
+            raise ValueError("mean and std need one value per channel")
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1).to(self.images.device)
+        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1).to(self.images.device)
+        object.__setattr__(self, "_scale", (mean, std))
 
     # -- facts ----------------------------------------------------------------------------------
     @property
@@ -116,23 +122,13 @@ class Split:
                      self.class_names, self.mean, self.std, self.version)
 
     def normalize(self, images: Tensor) -> Tensor:
-        """``uint8[..., C, H, W]`` -> normalised ``float32`` on the same device."""
-        mean = torch.tensor(self.mean, device=images.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(-1, 1, 1)
+        """``uint8[..., C, H, W]`` on the split's device -> normalised ``float32`` (no host transfer)."""
+        mean, std = self._scale
         return (images.float().div_(255.0) - mean) / std
 
     def gather(self, indices: Tensor) -> Tensor:
         """Normalised float images at ``indices`` (any shape ``S``) -> ``float32[*S, C, H, W]``."""
         return self.normalize(self.images[indices])
-
-    def subset(self, classes: list[int], name: str) -> "Split":
-        """A new split made of some classes (relabelled 0..len-1 in the given order)."""
-        parts = [torch.arange(int(self.class_start[c]), int(self.class_start[c] + self.class_count[c]))
-                 for c in classes]
-        idx = torch.cat(parts).to(self.images.device)
-        labels = torch.cat([torch.full((len(p),), i, dtype=torch.int64) for i, p in enumerate(parts)])
-        return Split(self.dataset, name, self.images[idx], labels.to(self.images.device),
-                     tuple(self.class_names[c] for c in classes), self.mean, self.std, self.version)
 
 
 class Dataset:

@@ -1,0 +1,92 @@
+"""Feature extraction: a frozen pre-trained backbone and a classifier fitted on the support features."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtbench.backbones import build_backbone
+from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
+from mtbench.training import make_head, pretrain_classifier
+
+
+@dataclass(frozen=True)
+class FeatureExtractHparams:
+    """Pre-training as :class:`~mtbench.baselines.finetune.Finetune` (Adam 1e-3, batch 16), then:
+
+    Attributes:
+        backbone: registered backbone name.
+        classifier: ``logreg`` (multinomial logistic regression on L2-normalised features, fitted
+            with L-BFGS) or ``centroid`` (nearest class mean by cosine similarity).
+        l2: weight decay of the logistic regression.
+        lbfgs_steps: L-BFGS iterations.
+        batch_size, lr: pre-training minibatch and Adam learning rate.
+    """
+
+    backbone: str = "conv4"
+    classifier: Literal["logreg", "centroid"] = "logreg"
+    l2: float = 1e-3
+    lbfgs_steps: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        positive("lbfgs_steps", self.lbfgs_steps)
+        positive("batch_size", self.batch_size)
+        positive("lr", self.lr)
+
+
+@METHODS.register
+class FeatureExtract(Method):
+    """Frozen pre-trained features + logistic regression or nearest centroid (the "linear probe").
+
+    The backbone is pre-trained with cross-entropy on all source classes and never changes after;
+    adaptation fits only a closed-form-like classifier on the support features, so it is a single
+    step. Not transductive.
+    """
+
+    name = "feature-extract"
+    description = "frozen pre-trained backbone + logistic regression or nearest centroid on support features"
+    Hparams = FeatureExtractHparams
+    budgets = {"default": {"quick": 300, "paper": 30000}, "omniglot": {"quick": 4000, "paper": 30000}}
+    transductive = False
+
+    def __init__(self, hparams: FeatureExtractHparams, in_shape, generator, device) -> None:
+        super().__init__(hparams, in_shape, generator, device)
+        self.backbone = build_backbone(hparams.backbone, in_shape, generator).to(device)
+
+    def fit(self, ctx: FitContext) -> None:
+        head = make_head("linear", self.backbone.out_features, ctx.source.num_classes, ctx.generator)
+        pretrain_classifier(self.backbone, head, ctx, self.hparams.batch_size, self.hparams.lr,
+                            f"{self.name} pre-training on {ctx.source.num_classes} classes")
+
+    def features(self, x: Tensor) -> Tensor:
+        return F.normalize(self.backbone(x), dim=-1)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
+        self.backbone.eval()
+        z = self.features(support_x)
+        if self.hparams.classifier == "centroid":
+            centroids = F.normalize(torch.stack([z[support_y == c].mean(0) for c in range(ways)]), dim=-1)
+            yield lambda query_x: self.features(query_x) @ centroids.T
+            return
+        weight = torch.zeros(ways, z.shape[1], device=z.device, requires_grad=True)
+        bias = torch.zeros(ways, device=z.device, requires_grad=True)
+        opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=self.hparams.lbfgs_steps,
+                                line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(z @ weight.T + bias, support_y) + self.hparams.l2 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        w, b = weight.detach(), bias.detach()
+        yield lambda query_x: self.features(query_x) @ w.T + b

@@ -1,0 +1,154 @@
+"""Reptile (Nichol, Achiam & Schulman, 2018, "On First-Order Meta-Learning Algorithms")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import vmap
+
+from mtbench.backbones import build_backbone, linear_head
+from mtbench.episodes import sample_indices
+from mtbench.errors import UserError
+from mtbench.functional import Adam, Params, detached, forward, inner_loop, last, params_of
+from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive
+
+
+@dataclass(frozen=True)
+class ReptileHparams:
+    """Defaults: the paper's Omniglot settings (Nichol et al. 2018, Table 3).
+
+    Attributes:
+        backbone: registered backbone name (batch-statistics BatchNorm, as the paper's code).
+        inner_lr: inner Adam step size (beta1 = 0, as the paper's code).
+        inner_steps: inner Adam steps per training task.
+        inner_batch: images per inner step in training.
+        train_shots: images per class of a training task (10 in the paper, whatever the test shots).
+        meta_batch: tasks per outer update.
+        meta_step: outer step size epsilon at the start, annealed linearly to ``meta_step_final``.
+        meta_step_final: outer step size at the end of training.
+        eval_steps: inner Adam steps at evaluation, on the whole support set.
+        report_steps: adaptation steps whose predictor is scored (0 = before adapting); the last
+            is always ``eval_steps``.
+    """
+
+    backbone: str = "conv4"
+    inner_lr: float = 1e-3
+    inner_steps: int = 5
+    inner_batch: int = 10
+    train_shots: int = 10
+    meta_batch: int = 5
+    meta_step: float = 1.0
+    meta_step_final: float = 0.0
+    eval_steps: int = 50
+    report_steps: str = "0,1,2,5,10,20"
+
+    def __post_init__(self) -> None:
+        for name in ("inner_lr", "inner_steps", "inner_batch", "train_shots", "meta_batch", "meta_step", "eval_steps"):
+            positive(name, getattr(self, name))
+        try:
+            steps = [int(s) for s in self.report_steps.split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--hp report_steps={self.report_steps}: give step numbers separated by commas") from None
+        if any(s < 0 for s in steps):
+            raise UserError(f"--hp report_steps={self.report_steps}: steps must be ≥ 0")
+
+    def reported(self) -> list[int]:
+        steps = {int(s) for s in self.report_steps.split(",") if s.strip()}
+        return sorted(s for s in steps | {self.eval_steps} if s <= self.eval_steps)
+
+
+@METHODS.register
+class Reptile(Method):
+    """Reptile (Nichol et al. 2018): move the initialisation toward task-adapted weights.
+
+    Inner loop: Adam on minibatches of one task, through :func:`mtbench.functional.inner_loop`
+    (the loop MAML uses), vmapped over the meta-batch; outer update
+    ``theta += epsilon * (mean_i phi_i - theta)``, epsilon annealed linearly. This variant is
+    **not transductive**: each query is classified in a batch made of the support set and that
+    query alone, so no query sees another's statistics (see ``reptile-transductive``).
+    """
+
+    name = "reptile"
+    description = "Reptile: first-order meta-learning toward adapted weights, non-transductive (Nichol et al. 2018)"
+    Hparams = ReptileHparams
+    presets = {"synthetic": {"eval_steps": 10, "report_steps": "0,5"}}
+    budgets = {"default": {"quick": 100, "paper": 100000}, "synthetic": {"quick": 50, "paper": 100000}, "omniglot": {"quick": 3000, "paper": 100000}}
+    transductive = False
+
+    def __init__(self, hparams: ReptileHparams, in_shape, generator, device) -> None:
+        super().__init__(hparams, in_shape, generator, device)
+        self._generator = generator
+        self.backbone = build_backbone(hparams.backbone, in_shape, generator, norm="batch")
+        self.model: nn.Module | None = None
+        self.optimizer = Adam(hparams.inner_lr, beta1=0.0)
+
+    def _build(self, ways: int) -> nn.Module:
+        if self.model is None:
+            self.model = nn.Sequential(self.backbone, linear_head(self.backbone.out_features, ways, self._generator))
+            self.model.to(self.device)
+            self.ways = ways
+        elif ways != self.ways:
+            raise UserError(f"this Reptile model was built for {self.ways}-way tasks, not {ways}-way")
+        return self.model
+
+    def _adapt_task(self, params: Params, xb: Tensor, yb: Tensor) -> Params:
+        """Inner loop over ``xb: float[steps, B, C, H, W]`` minibatches of one task."""
+        batches = ((xb[s], yb[s]) for s in range(xb.shape[0]))
+        return last(inner_loop(self.model, params, batches, self.optimizer, first_order=True))
+
+    def fit(self, ctx: FitContext) -> None:
+        hp, ways = self.hparams, ctx.spec.ways
+        model = self._build(ways)
+        model.train()
+        per_task = ways * hp.train_shots
+        labels = torch.arange(ways).repeat_interleave(hp.train_shots)
+        for it in ctx.loop("reptile meta-training"):
+            idx = sample_indices(ctx.source, ways, hp.train_shots, ctx.generator, n=hp.meta_batch).flatten(1)
+            # each inner step takes the next `inner_batch` images of a shuffled pass over the task
+            order = torch.rand(hp.meta_batch, hp.inner_steps, per_task, generator=ctx.generator).argsort(-1)
+            pick = order[..., : hp.inner_batch]  # [T, steps, B]
+            rows = torch.arange(hp.meta_batch).view(-1, 1, 1)
+            xb = ctx.source.gather(idx[rows, pick].to(ctx.device))
+            yb = labels[pick].to(ctx.device)
+            params = detached(params_of(model))
+            adapted = vmap(self._adapt_task, in_dims=(None, 0, 0))(params, xb, yb)
+            frac = it / max(ctx.iterations - 1, 1)
+            epsilon = hp.meta_step + frac * (hp.meta_step_final - hp.meta_step)
+            with torch.no_grad():
+                for k, p in params_of(model).items():
+                    p.add_(epsilon * (adapted[k].mean(0) - p))
+            ctx.count(hp.meta_batch, hp.meta_batch * hp.inner_steps * hp.inner_batch)
+
+    def predict(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
+        """Each query in a batch with the support set alone (non-transductive BatchNorm statistics)."""
+        model = self.model
+
+        def one(q: Tensor) -> Tensor:
+            return forward(model, params, torch.cat([support_x, q.unsqueeze(0)]))[-1]
+
+        return vmap(one)(query_x)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
+        model = self._build(ways)
+        model.train()
+        wanted = set(self.hparams.reported())
+        batches = [(support_x, support_y)] * self.hparams.eval_steps
+        for step, params in enumerate(inner_loop(model, detached(params_of(model)), batches, self.optimizer, True)):
+            if step in wanted:
+                params = detached(params)
+                yield at_step(step, lambda query_x, p=params: self.predict(p, support_x, query_x))
+
+
+@METHODS.register
+class ReptileTransductive(Reptile):
+    """Reptile evaluated transductively: all queries share one batch, hence BatchNorm statistics."""
+
+    name = "reptile-transductive"
+    description = "Reptile with transductive evaluation (queries batched together), as the paper's headline numbers"
+    transductive = True
+
+    def predict(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
+        return forward(self.model, params, query_x)
