@@ -77,6 +77,9 @@ class MAML(Method):
         self.backbone = build_backbone(hparams.backbone, in_shape, generator, norm="batch")
         self.model: nn.Module | None = None
 
+    def prepare(self, ways: int) -> None:
+        self._build(ways)
+
     def _build(self, ways: int) -> nn.Module:
         if self.model is None:
             head = linear_head(self.backbone.out_features, ways, self._generator)

@@ -85,6 +85,9 @@ class Reptile(Method):
         self.model: nn.Module | None = None
         self.optimizer = Adam(hparams.inner_lr, beta1=0.0)
 
+    def prepare(self, ways: int) -> None:
+        self._build(ways)
+
     def _build(self, ways: int) -> nn.Module:
         if self.model is None:
             self.model = nn.Sequential(self.backbone, linear_head(self.backbone.out_features, ways, self._generator))

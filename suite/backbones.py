@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .errors import UserError
 from .registry import Registry
 
 BackboneFactory = Callable[..., nn.Module]
@@ -55,14 +56,12 @@ class Conv4(nn.Module):
 
     def __init__(self, in_shape: tuple[int, int, int], width: int = 64, norm: str = "running") -> None:
         super().__init__()
-        if norm not in ("running", "batch"):
-            raise ValueError(f"norm must be 'running' or 'batch', got {norm!r}")
         layers: list[nn.Module] = []
         channels, h, w = in_shape
         for _ in range(4):
             layers += [
                 nn.Conv2d(channels, width, 3, padding=1),
-                nn.BatchNorm2d(width) if norm == "running" else BatchStatNorm2d(width),
+                _norm(width, norm),
                 nn.ReLU(),
                 nn.MaxPool2d(2),
             ]
@@ -80,6 +79,70 @@ class Conv4(nn.Module):
 def conv4(in_shape: tuple[int, int, int], width: int = 64, norm: str = "running") -> nn.Module:
     """4 x [conv3x3-64, BatchNorm, ReLU, maxpool] (Vinyals et al. 2016); the few-shot standard."""
     return Conv4(in_shape, width=width, norm=norm)
+
+
+def _norm(channels: int, norm: str) -> nn.Module:
+    if norm not in ("running", "batch"):
+        raise ValueError(f"norm must be 'running' or 'batch', got {norm!r}")
+    return nn.BatchNorm2d(channels) if norm == "running" else BatchStatNorm2d(channels)
+
+
+class ResBlock12(nn.Module):
+    """3 x [conv3x3, BatchNorm] with LeakyReLU(0.1) between, a 1x1 conv shortcut, then maxpool 2."""
+
+    def __init__(self, cin: int, cout: int, norm: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(cout, norm), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(cout, norm), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(cout, norm),
+        )
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), _norm(cout, norm))
+        self.out = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.body(x) + self.shortcut(x))
+
+
+@BACKBONES.register
+def resnet12(in_shape: tuple[int, int, int], widths: tuple[int, ...] = (64, 160, 320, 640),
+             norm: str = "running") -> nn.Module:
+    """ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019): 4 residual blocks 64-160-320-640, global average pool."""
+    blocks, cin = [], in_shape[0]
+    for width in widths:
+        blocks.append(ResBlock12(cin, width, norm))
+        cin = width
+    net = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.out_features = cin  # type: ignore[assignment]
+    return net
+
+
+def timm_backbone(model_name: str, in_shape: tuple[int, int, int], generator: torch.Generator,
+                  weights: str | None = None) -> nn.Module:
+    """Any timm model as a feature extractor (``num_classes=0``); weights from a local file when given.
+
+    timm initialises from the global RNG, so it runs inside ``fork_rng`` seeded from ``generator``:
+    the result is reproducible and the caller's global RNG state is left untouched.
+    """
+    import timm
+
+    if model_name not in timm.list_models():
+        close = timm.list_models(f"*{model_name}*")[:5]
+        raise UserError(f"timm has no model '{model_name}'" + (f"; close: {', '.join(close)}" if close else ""))
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_shape[0])
+    if weights:
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise UserError(f"cannot read backbone weights {weights}: {exc}") from None
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing:
+            raise UserError(f"weights {weights} do not fit timm:{model_name}: missing {', '.join(missing[:5])}")
+    net.out_features = net.num_features  # type: ignore[assignment]
+    return net
 
 
 def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
@@ -107,7 +170,10 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
 
 
 def build_backbone(name: str, in_shape: tuple[int, int, int], generator: torch.Generator, **options) -> nn.Module:
-    """Build a registered backbone for ``in_shape`` and initialise it from ``generator``."""
+    """Build a registered backbone (or ``timm:<model>``) for ``in_shape``, initialised from ``generator``."""
+    if name.startswith("timm:"):
+        options.pop("norm", None)  # timm models bring their own normalisation layers
+        return timm_backbone(name.removeprefix("timm:"), in_shape, generator, **options)
     return init_parameters(BACKBONES.get(name)(in_shape, **options), generator)
 
 
@@ -116,4 +182,5 @@ def linear_head(in_features: int, ways: int, generator: torch.Generator) -> nn.L
     return init_parameters(nn.Linear(in_features, ways), generator)  # type: ignore[return-value]
 
 
-__all__ = ["BACKBONES", "BatchStatNorm2d", "Conv4", "build_backbone", "conv4", "init_parameters", "linear_head"]
+__all__ = ["BACKBONES", "BatchStatNorm2d", "Conv4", "build_backbone", "conv4", "init_parameters", "linear_head",
+           "resnet12", "timm_backbone"]

@@ -75,11 +75,15 @@ def ls(kind: str | None) -> None:
               help="Download a missing dataset from its official URL (with checksum).")
 @click.option("--malloc-tuning/--no-malloc-tuning", default=True, show_default=True,
               help="On the CPU, keep freed memory in glibc's heap (about 2x faster training here).")
+@click.option("--init", "init", type=click.Path(dir_okay=False), default=None,
+              help="Start from a checkpoint written by --save (another method: its backbone only).")
+@click.option("--save", "save", type=click.Path(dir_okay=False), default=None,
+              help="Write the fitted method to this checkpoint file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @user_errors
 def run_cmd(method: str, dataset: str, ways: int, shots: int, queries: int, episodes: int, seed: int,
             budget: str, hparams: tuple[str, ...], device: str, data_root: str | None, out: str,
-            download: bool, malloc_tuning: bool, progress: bool) -> None:
+            download: bool, malloc_tuning: bool, init: str | None, save: str | None, progress: bool) -> None:
     """Fit METHOD on DATASET, evaluate it on the fixed test episodes and write one result JSON."""
     from .episodes import EpisodeSpec
     from .methods import parse_overrides
@@ -93,7 +97,7 @@ def run_cmd(method: str, dataset: str, ways: int, shots: int, queries: int, epis
         episodes=EpisodeSpec(ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed),
         budget=budget, hparams=tuple(parse_overrides(hparams).items()), device=device,
         data_root=data_root, out=out, download=download, progress=progress,
-        command=shlex.join(["mtbench", *sys.argv[1:]]),
+        command=shlex.join(["mtbench", *sys.argv[1:]]), init=init, save=save,
     )
     if malloc_tuning and device != "cuda":
         tune_malloc()
@@ -107,6 +111,8 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
     steps = "  ".join(f"{s['step']}: {s['mean']:.3f}" for s in acc["by_step"])
     rows = [
         ("method", f"{doc['method']['name']}{' (transductive)' if doc['method']['transductive'] else ''}"),
+        *([("init", f"{doc['init']['method']} fitted on {doc['init']['dataset']} ({doc['init']['iterations']} it), "
+                    f"{doc['init']['path']}")] if doc.get("init") else []),
         ("dataset", f"{doc['dataset']['name']} {doc['dataset']['split']} split"),
         ("protocol", f"{p['ways']}-way {p['shots']}-shot, {p['queries']} queries, {p['episodes']} episodes, "
                      f"seed {p['seed']}, episodes {p['episodes_sha'][:12]}"),

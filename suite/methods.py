@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import Split
@@ -94,6 +94,13 @@ class Method:
         self.hparams = hparams
         self.in_shape = in_shape
         self.device = device
+
+    def prepare(self, ways: int) -> None:
+        """Build whatever depends on the number of ways (heads); called before a checkpoint loads."""
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The learned state: every ``nn.Module`` attribute, by attribute name (saved by ``--save``)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module)}
 
     def fit(self, ctx: FitContext) -> None:
         """(Meta-)train on ``ctx.source``; the default does nothing."""

@@ -5,6 +5,8 @@ Fields (``schema_version`` 1):
 * ``method`` {name, version, hparams, transductive}; ``dataset`` {name, version, fit_split, split};
 * ``protocol`` {ways, shots, queries, episodes, seed, episodes_sha};
 * ``budget`` {name, iterations};
+* ``init`` — null, or the checkpoint this run started from {path, sha256, method, hparams, dataset,
+  fit_split, budget, iterations, fit_seconds, git_commit, recalibrated_batchnorm, init (its own)};
 * ``accuracy`` {mean, ci95, per_episode, by_step: [{step, mean, ci95}]} — the top-level figures are
   after the last adaptation step; ``ci95`` is the half-width of the normal 95 % interval;
 * ``adaptation`` {steps, ms_per_episode, ms_by_step}: time to adapt one episode (inside ``adapt``);
@@ -17,10 +19,8 @@ Fields (``schema_version`` 1):
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .atomic import atomic_write
 from .errors import UserError
 
 SCHEMA_VERSION = 1
@@ -39,6 +40,7 @@ SCHEMA: dict[str, Any] = {
     "dataset": {"name": str, "version": str, "fit_split": str, "split": str},
     "protocol": {"ways": int, "shots": int, "queries": int, "episodes": int, "seed": int, "episodes_sha": str},
     "budget": {"name": str, "iterations": int},
+    "init": (dict, type(None)),
     "accuracy": {"mean": _NUM, "ci95": _NUM, "per_episode": list, "by_step": list},
     "adaptation": {"steps": int, "ms_per_episode": _NUM, "ms_by_step": list},
     "fit": {"seconds": _NUM, "iterations": int, "tasks": int, "images": int, "tasks_per_s": _NUM,
@@ -92,7 +94,7 @@ def provenance(device_name: str, device_type: str, malloc: dict[str, Any], comma
         "mtbench_version": __version__,
         "git_commit": commit,
         "git_dirty": dirty,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "python": sys.version.split()[0],
         "device": device_name,
         "device_type": device_type,
@@ -123,16 +125,7 @@ def write_result(doc: dict[str, Any], out_dir: Path) -> Path:
     while path.exists():
         path = out_dir / f"{path.stem.rsplit('.', 1)[0]}.{n}.json"
         n += 1
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
 
 
 def read_result(path: Path) -> dict[str, Any]:

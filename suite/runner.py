@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .checkpoints import load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
 from .data import DATASETS, resolve_data_root
 from .episodes import EpisodeSet, EpisodeSpec
 from .evaluate import evaluate
@@ -34,6 +35,9 @@ class RunSpec:
         download: allow downloading a missing dataset from its official URL.
         progress: show progress bars.
         command: the command line that asked for the run, recorded in the provenance.
+        init: a checkpoint (``--save`` of an earlier run) to start from: all of it for the same
+            method, the backbone for another (a meta-then-transfer pipeline).
+        save: where to write this run's fitted method as a checkpoint.
     """
 
     method: str
@@ -47,6 +51,8 @@ class RunSpec:
     download: bool = True
     progress: bool = True
     command: str | None = None
+    init: str | None = None
+    save: str | None = None
 
 
 def fit_seed(seed: int) -> int:
@@ -65,12 +71,15 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams))
     iterations = method_cls.iterations_for(spec.budget, spec.dataset)
     device = select_device(spec.device)
+    blob, blob_sha = read_checkpoint(spec.init) if spec.init else (None, None)
 
     data = dataset_cls(root=resolve_data_root(spec.data_root), progress=spec.progress)
     data.prepare(download=spec.download)
     test = data.load(data.eval_split).to(device)
     episodes = EpisodeSet(test, spec.episodes)
-    source = data.load(data.fit_split).to(device) if iterations > 0 else test
+    # a backbone without BatchNorm statistics is calibrated on the training split, never on the test one
+    needs_source = iterations > 0 or blob is not None
+    source = data.load(data.fit_split).to(device) if needs_source else test
     if iterations > 0:
         spec.episodes.check(source)
 
@@ -78,6 +87,15 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     origin = provenance(device_name(device), device.type, malloc_setting(), spec.command)
     generator = torch.Generator().manual_seed(fit_seed(spec.episodes.seed))
     method = method_cls(hparams, test.image_shape, generator, device)
+    init = None
+    if blob is not None:
+        missing_stats = load_into(method, blob, spec.episodes.ways)
+        if missing_stats:
+            recalibrate_batchnorm(method.backbone, source, generator)
+        init = {"path": str(spec.init), "sha256": blob_sha, "recalibrated_batchnorm": bool(missing_stats),
+                **{k: blob.get(k) for k in ("method", "hparams", "dataset", "fit_split", "budget", "iterations",
+                                           "fit_seconds", "init")},
+                "git_commit": blob.get("provenance", {}).get("git_commit")}
     ctx = FitContext(source, spec.episodes, iterations, generator, device, spec.progress)
     reset_peak_memory(device)
     start = timer(device)
@@ -85,6 +103,13 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
         method.fit(ctx)
     fit_seconds = timer(device) - start
     fit_mem, fit_mem_kind = peak_memory(device)
+    if spec.save:
+        save_checkpoint(method, {
+            "method": method_cls.name, "method_version": method_cls.version, "hparams": dataclasses.asdict(hparams),
+            "in_shape": list(test.image_shape), "dataset": dataset_cls.name, "fit_split": data.fit_split,
+            "ways": spec.episodes.ways, "shots": spec.episodes.shots, "budget": str(spec.budget),
+            "iterations": iterations, "fit_seconds": fit_seconds, "provenance": origin, "init": init,
+        }, Path(spec.save))
     scores = evaluate(method, episodes, spec.progress)
 
     doc: dict[str, Any] = {
@@ -95,6 +120,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
                     "split": data.eval_split},
         "protocol": {**dataclasses.asdict(spec.episodes), "episodes_sha": episodes.sha},
         "budget": {"name": str(spec.budget), "iterations": iterations},
+        "init": init,
         "accuracy": scores["accuracy"],
         "adaptation": scores["adaptation"],
         "fit": {

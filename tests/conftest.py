@@ -1,6 +1,9 @@
-"""Shared fixtures for the unit tests."""
+"""Shared fixtures: one torch thread for tiny runs, a local HTTP server for download tests."""
 
 from __future__ import annotations
+
+import http.server
+import threading
 
 import pytest
 import torch
@@ -17,3 +20,43 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serve files from a folder; ``/truncated/<name>`` promises more bytes than it sends."""
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep test output quiet
+            pass
+
+        def do_GET(self):
+            name = self.path.lstrip("/")
+            truncated = name.startswith("truncated/")
+            if truncated:
+                name = name[len("truncated/"):]
+            path = served / name
+            if "/" in name or not path.is_file():
+                self.send_error(404)
+                return
+            body = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/zip")
+            self.send_header("Content-Length", str(len(body) + 1000 if truncated else len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if truncated else body)
+            self.wfile.flush()
+            self.close_connection = True
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", served
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

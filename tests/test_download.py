@@ -14,7 +14,6 @@ import pytest
 from mtbench.data.download import download_and_extract, extract_zip, fetch, md5sum
 from mtbench.errors import DownloadError
 
-from support import server  # noqa: F401  (fixture)
 
 MEMBER = "images_background/Alpha/character01/0001_01.png"
 PAYLOAD = b"\x89PNG fake image bytes" * 50

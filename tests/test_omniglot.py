@@ -16,7 +16,7 @@ from PIL import Image
 from mtbench.data import omniglot as om
 from mtbench.errors import UserError
 
-from support import requires_real_data, server, shared_root  # noqa: F401  (fixture)
+from support import requires_real_data, shared_root
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write
 from ..errors import UserError
 from ..registry import Registry
 
@@ -168,11 +169,5 @@ class Dataset:
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` to a temp file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``torch.save`` atomically (see :func:`mtbench.atomic.atomic_write`)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

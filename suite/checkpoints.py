@@ -1,0 +1,99 @@
+"""Fitted methods saved and loaded, for meta-then-transfer pipelines (``--save`` / ``--init``).
+
+A checkpoint holds the state of every module of a fitted method and where it came from (method,
+hparams, dataset, budget, provenance). Loading it into the **same** method restores everything;
+loading it into **another** method transfers the backbone only, so e.g. MAML's meta-learned
+backbone can be fine-tuned by ``finetune``, or ``finetune``'s pre-trained backbone meta-trained by
+``maml``. BatchNorm statistics that the source did not keep (MAML normalises with batch
+statistics) are re-estimated on the new method's source images before it runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .atomic import atomic_write
+from .data import Split
+from .errors import UserError
+from .methods import Method
+
+FORMAT = "mtbench-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(method: Method, info: dict[str, Any], path: Path) -> Path:
+    """Write ``method``'s modules and ``info`` (what was fitted, how, where) to ``path`` atomically."""
+    blob = {"format": FORMAT, "version": VERSION, **info,
+            "state": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()} for k, m in method.modules().items()}}
+    return atomic_write(Path(path), lambda tmp: torch.save(blob, tmp))
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The checkpoint at ``path`` and its sha256; a :class:`UserError` when it is not one."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        reason = "not a checkpoint file" if isinstance(exc, pickle.UnpicklingError) else str(exc).splitlines()[0]
+        raise UserError(f"--init {path}: cannot read it as an mtbench checkpoint ({reason})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise UserError(f"--init {path} is not an mtbench checkpoint; make one with `mtbench run ... --save PATH`")
+    return blob, hashlib.sha256(data).hexdigest()
+
+
+def load_into(method: Method, blob: dict[str, Any], ways: int) -> list[str]:
+    """Load a checkpoint into ``method``; return the names of BatchNorm statistics it did not provide."""
+    theirs, ours = blob.get("hparams", {}).get("backbone"), getattr(method.hparams, "backbone", None)
+    if theirs != ours:
+        raise UserError(f"--init: the checkpoint's backbone is {theirs!r}, this run's is {ours!r}; "
+                        f"add --hp backbone={theirs} to use it")
+    method.prepare(ways)
+    state = blob["state"]
+    targets = method.modules()
+    names = list(state) if blob["method"] == method.name else ["backbone"]
+    missing_stats: list[str] = []
+    for attr in names:
+        if attr not in targets or attr not in state:
+            raise UserError(f"checkpoint of {blob['method']} has no '{attr}' that {method.name} can load")
+        module = targets[attr]
+        try:
+            missing, unexpected = module.load_state_dict(state[attr], strict=False)
+        except RuntimeError as exc:
+            raise UserError(f"checkpoint of {blob['method']} ({blob['hparams'].get('backbone')}) does not fit "
+                            f"{method.name}'s {attr} ({method.hparams.backbone}): {str(exc).splitlines()[0]}") from None
+        stats = ("running_mean", "running_var", "num_batches_tracked")
+        bad = [k for k in missing if not k.endswith(stats)]
+        if bad or unexpected:
+            raise UserError(f"checkpoint of {blob['method']} does not fit {method.name}'s {attr}: "
+                            f"missing {', '.join(bad[:4]) or '-'}, unexpected {', '.join(unexpected[:4]) or '-'}")
+        missing_stats += [f"{attr}.{k}" for k in missing]
+    return missing_stats
+
+
+def recalibrate_batchnorm(module: nn.Module, source: Split, generator: torch.Generator, batches: int = 50,
+                          batch_size: int = 64) -> None:
+    """Re-estimate BatchNorm running statistics of ``module`` on source images (weights unchanged)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = module.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    module.train()
+    n = source.images.shape[0]
+    with torch.no_grad():
+        for _ in range(batches):
+            idx = torch.randint(n, (batch_size,), generator=generator).to(source.device)
+            module(source.gather(idx))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    module.train(was_training)

@@ -1,0 +1,79 @@
+"""Backbones: shapes, seeded initialisation, vmap-safe BatchNorm, timm models and local weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtbench.backbones import BACKBONES, BatchStatNorm2d, build_backbone
+from mtbench.errors import UserError
+
+SHAPES = [(1, 28, 28), (3, 32, 32)]
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_backbone_maps_images_to_its_feature_size(name: str, shape, one_thread) -> None:
+    net = build_backbone(name, shape, torch.Generator().manual_seed(0))
+    out = net(torch.randn(4, *shape, generator=torch.Generator().manual_seed(1)))
+    assert out.shape == (4, net.out_features) and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_initialisation_comes_from_the_generator_only(name: str) -> None:
+    rng_before = torch.get_rng_state()
+    a = build_backbone(name, (1, 28, 28), torch.Generator().manual_seed(5))
+    torch.manual_seed(12345)  # the global RNG must not matter
+    b = build_backbone(name, (1, 28, 28), torch.Generator().manual_seed(5))
+    c = build_backbone(name, (1, 28, 28), torch.Generator().manual_seed(6))
+    assert same_weights(a, b) and not same_weights(a, c)
+    torch.set_rng_state(rng_before)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_batch_norm_option_has_no_running_statistics(name: str) -> None:
+    net = build_backbone(name, (1, 28, 28), torch.Generator().manual_seed(0), norm="batch")
+    assert any(isinstance(m, BatchStatNorm2d) for m in net.modules())
+    assert not list(net.buffers())
+
+
+def test_batch_stat_norm_matches_functional_batch_norm() -> None:
+    x = torch.randn(6, 3, 5, 5, dtype=torch.float64)
+    norm = BatchStatNorm2d(3).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    expected = torch.nn.functional.batch_norm(x, None, None, norm.weight, norm.bias, training=True)
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_conv4_rejects_images_too_small() -> None:
+    with pytest.raises(ValueError, match="16x16"):
+        build_backbone("conv4", (1, 8, 8), torch.Generator())
+
+
+def test_timm_model_by_name_is_seeded_and_leaves_global_rng_alone(tmp_path) -> None:
+    state = torch.get_rng_state()
+    a = build_backbone("timm:resnet18", (3, 32, 32), torch.Generator().manual_seed(0))
+    assert torch.equal(torch.get_rng_state(), state)
+    b = build_backbone("timm:resnet18", (3, 32, 32), torch.Generator().manual_seed(0))
+    assert a.out_features == 512 and same_weights(a, b)
+    assert a.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+    # weights from a local file (the way pretrained weights arrive without a hub)
+    path = tmp_path / "weights.pt"
+    torch.save(a.state_dict(), path)
+    c = build_backbone("timm:resnet18", (3, 32, 32), torch.Generator().manual_seed(9), weights=str(path))
+    assert same_weights(a, c)
+
+
+def test_timm_unknown_model_and_bad_weights_are_user_errors(tmp_path) -> None:
+    with pytest.raises(UserError, match="no model 'resnet19x'"):
+        build_backbone("timm:resnet19x", (3, 32, 32), torch.Generator())
+    bad = tmp_path / "bad.pt"
+    torch.save({"nothing": torch.zeros(1)}, bad)
+    with pytest.raises(UserError, match="do not fit"):
+        build_backbone("timm:resnet18", (3, 32, 32), torch.Generator(), weights=str(bad))

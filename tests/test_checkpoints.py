@@ -1,0 +1,73 @@
+"""--save / --init: exact restore for the same method, backbone transfer between methods, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtbench.episodes import EpisodeSpec
+from mtbench.errors import UserError
+from mtbench.results import validate
+from mtbench.runner import RunSpec, run
+
+SPEC = EpisodeSpec(5, 1, 5, 12, seed=1)
+
+
+def spec(method: str, **kw) -> RunSpec:
+    return RunSpec(method=method, dataset="synthetic", episodes=SPEC, device="cpu", out=None, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def maml_checkpoint(tmp_path_factory, one_thread):
+    path = tmp_path_factory.mktemp("ckpt") / "maml.pt"
+    doc, _ = run(spec("maml", budget="8", save=str(path)))
+    return path, doc
+
+
+def test_same_method_restores_exactly(maml_checkpoint) -> None:
+    path, saved = maml_checkpoint
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # atomic: no temp files left
+    restored, _ = run(spec("maml", budget="0", init=str(path)))
+    assert restored["accuracy"]["per_episode"] == saved["accuracy"]["per_episode"]
+    assert restored["init"]["method"] == "maml" and restored["init"]["iterations"] == 8
+    assert restored["init"]["recalibrated_batchnorm"] is False
+    assert saved["init"] is None and validate(restored) == []
+
+
+def test_meta_then_transfer_names_both_stages_and_moves_the_backbone(maml_checkpoint, monkeypatch) -> None:
+    path, _ = maml_checkpoint
+    blob = torch.load(path, weights_only=True)
+    seen = {}
+    from mtbench.baselines.finetune import Finetune
+
+    original = Finetune.adapt
+
+    def spy(self, support_x, support_y, ways):
+        seen["conv"] = self.backbone.features[0].weight.detach().clone()
+        return original(self, support_x, support_y, ways)
+
+    monkeypatch.setattr(Finetune, "adapt", spy)
+    doc, _ = run(spec("finetune", budget="0", init=str(path)))
+    assert doc["method"]["name"] == "finetune" and doc["init"]["method"] == "maml"
+    assert doc["init"]["dataset"] == "synthetic" and len(doc["init"]["sha256"]) == 64
+    assert doc["init"]["recalibrated_batchnorm"] is True  # MAML keeps no running statistics
+    assert torch.equal(seen["conv"], blob["state"]["backbone"]["features.0.weight"])
+    assert validate(doc) == []
+
+
+def test_bad_checkpoints_are_user_errors(maml_checkpoint, tmp_path) -> None:
+    path, _ = maml_checkpoint
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    out = tmp_path / "out"
+    for bad, match in [(tmp_path / "missing.pt", "cannot read"), (junk, "not a checkpoint")]:
+        with pytest.raises(UserError, match=match):
+            run(RunSpec(method="protonet", dataset="synthetic", episodes=SPEC, budget="0", init=str(bad),
+                        out=str(out), progress=False))
+    with pytest.raises(UserError, match="backbone=conv4"):
+        run(RunSpec(method="protonet", dataset="synthetic", episodes=SPEC, budget="0", init=str(path),
+                    hparams=(("backbone", "resnet12"),), out=str(out), progress=False))
+    with pytest.raises(UserError, match="4-way|size mismatch|does not fit"):
+        run(RunSpec(method="maml", dataset="synthetic", episodes=EpisodeSpec(4, 1, 5, 12, seed=1), budget="0",
+                    init=str(path), out=None, progress=False))
+    assert not out.exists()
