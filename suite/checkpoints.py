@@ -48,6 +48,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
     return blob, hashlib.sha256(data).hexdigest()
 
 
+def init_record(blob: dict[str, Any], sha256: str, path: str, recalibrated: bool) -> dict[str, Any]:
+    """The ``init`` section of a result: which fitted method a run started from, and how it was made."""
+    keys = ("method", "hparams", "dataset", "fit_split", "budget", "iterations", "fit_seconds", "init")
+    return {"path": path, "sha256": sha256, "recalibrated_batchnorm": recalibrated,
+            **{k: blob.get(k) for k in keys}, "git_commit": blob.get("provenance", {}).get("git_commit")}
+
+
 def load_into(method: Method, blob: dict[str, Any], ways: int) -> list[str]:
     """Load a checkpoint into ``method``; return the names of BatchNorm statistics it did not provide."""
     theirs, ours = blob.get("hparams", {}).get("backbone"), getattr(method.hparams, "backbone", None)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .checkpoints import load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
+from .checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
 from .data import DATASETS, resolve_data_root
 from .episodes import EpisodeSet, EpisodeSpec
 from .evaluate import evaluate
@@ -92,10 +92,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
         missing_stats = load_into(method, blob, spec.episodes.ways)
         if missing_stats:
             recalibrate_batchnorm(method.backbone, source, generator)
-        init = {"path": str(spec.init), "sha256": blob_sha, "recalibrated_batchnorm": bool(missing_stats),
-                **{k: blob.get(k) for k in ("method", "hparams", "dataset", "fit_split", "budget", "iterations",
-                                           "fit_seconds", "init")},
-                "git_commit": blob.get("provenance", {}).get("git_commit")}
+        init = init_record(blob, blob_sha, str(spec.init), recalibrated=bool(missing_stats))
     ctx = FitContext(source, spec.episodes, iterations, generator, device, spec.progress)
     reset_peak_memory(device)
     start = timer(device)
