@@ -12,18 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtbench.backbones import build_backbone
-from mtbench.errors import UserError
-from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive
+from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive, report_steps
 from mtbench.training import episode_generator, make_head, minibatches, pretrain_classifier
-
-
-def parse_steps(text: str, last: int) -> set[int]:
-    """``"0,10,50"`` -> the steps to score, always including ``last``; a clear error otherwise."""
-    try:
-        steps = {int(s) for s in text.split(",") if s.strip()}
-    except ValueError:
-        raise UserError(f"--hp report_steps={text}: give step numbers separated by commas, e.g. 0,10,50") from None
-    return {s for s in steps if 0 <= s <= last} | {last}
 
 
 @dataclass(frozen=True)
@@ -57,7 +47,7 @@ class FinetuneHparams:
     def __post_init__(self) -> None:
         for name in ("batch_size", "lr", "ft_lr", "ft_batch", "ft_epochs"):
             positive(name, getattr(self, name))
-        parse_steps(self.report_steps, 0)
+        report_steps(self.report_steps, 0)
 
 
 @METHODS.register
@@ -99,7 +89,7 @@ class Finetune(Method):
                               weight_decay=hp.ft_weight_decay)
         features = None if hp.finetune_backbone else backbone(support_x)
         batches = minibatches(len(support_y), hp.ft_batch, hp.ft_epochs, g)
-        wanted = parse_steps(hp.report_steps, len(batches))
+        wanted = report_steps(hp.report_steps, len(batches))
 
         def snapshot() -> Predictor:
             model = copy.deepcopy(nn.Sequential(backbone, head) if hp.finetune_backbone else head)

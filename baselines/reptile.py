@@ -13,7 +13,7 @@ from mtbench.backbones import build_backbone, linear_head
 from mtbench.episodes import sample_indices
 from mtbench.errors import UserError
 from mtbench.functional import Adam, Params, detached, forward, inner_loop, last, params_of
-from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive
+from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive, report_steps
 
 
 @dataclass(frozen=True)
@@ -48,16 +48,7 @@ class ReptileHparams:
     def __post_init__(self) -> None:
         for name in ("inner_lr", "inner_steps", "inner_batch", "train_shots", "meta_batch", "meta_step", "eval_steps"):
             positive(name, getattr(self, name))
-        try:
-            steps = [int(s) for s in self.report_steps.split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"--hp report_steps={self.report_steps}: give step numbers separated by commas") from None
-        if any(s < 0 for s in steps):
-            raise UserError(f"--hp report_steps={self.report_steps}: steps must be ≥ 0")
-
-    def reported(self) -> list[int]:
-        steps = {int(s) for s in self.report_steps.split(",") if s.strip()}
-        return sorted(s for s in steps | {self.eval_steps} if s <= self.eval_steps)
+        report_steps(self.report_steps, self.eval_steps)
 
 
 @METHODS.register
@@ -137,7 +128,7 @@ class Reptile(Method):
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
         model = self._build(ways)
         model.train()
-        wanted = set(self.hparams.reported())
+        wanted = report_steps(self.hparams.report_steps, self.hparams.eval_steps)
         batches = [(support_x, support_y)] * self.hparams.eval_steps
         for step, params in enumerate(inner_loop(model, detached(params_of(model)), batches, self.optimizer, True)):
             if step in wanted:

@@ -11,10 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtbench.backbones import build_backbone, linear_head
-from mtbench.methods import METHODS, Method, Predictor, at_step, positive
+from mtbench.methods import METHODS, Method, Predictor, at_step, positive, report_steps
 from mtbench.training import episode_generator
-
-from .finetune import parse_steps
 
 
 @dataclass(frozen=True)
@@ -34,7 +32,7 @@ class ScratchHparams:
     def __post_init__(self) -> None:
         positive("lr", self.lr)
         positive("steps", self.steps)
-        parse_steps(self.report_steps, 0)
+        report_steps(self.report_steps, 0)
 
 
 @METHODS.register
@@ -58,7 +56,7 @@ class Scratch(Method):
         backbone = build_backbone(hp.backbone, self.in_shape, g)
         model = nn.Sequential(backbone, linear_head(backbone.out_features, ways, g)).to(support_x.device)
         opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
-        wanted = parse_steps(hp.report_steps, hp.steps)
+        wanted = report_steps(hp.report_steps, hp.steps)
 
         def snapshot() -> Predictor:
             frozen = copy.deepcopy(model).eval()

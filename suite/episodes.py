@@ -68,8 +68,7 @@ class EpisodeSpec:
 
 def sample_indices(split: Split, ways: int, per_class: int, generator: torch.Generator, n: int = 1) -> Tensor:
     """Draw ``n`` episodes' image indices: ``int64[n, ways, per_class]`` (CPU), classes and images without replacement."""
-    counts = split.class_count.cpu()
-    starts = split.class_start.cpu()
+    counts, starts = split.class_count, split.class_start  # CPU tensors
     classes = torch.rand(n, split.num_classes, generator=generator).argsort(dim=1)[:, :ways]  # [n, ways]
     most = int(counts.max())
     keys = torch.rand(n, ways, most, generator=generator)

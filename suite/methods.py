@@ -181,6 +181,20 @@ def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str]) -> 
         raise UserError(f"bad hparams for {cls.name}: {exc}") from None
 
 
+def report_steps(text: str, last: int) -> set[int]:
+    """``"0,10,50"`` -> the adaptation steps to score (those ≤ ``last``), always including ``last``.
+
+    For the ``report_steps`` hparam of methods with long adaptations; a clear error on bad text.
+    """
+    try:
+        steps = {int(s) for s in text.split(",") if s.strip()}
+    except ValueError:
+        raise UserError(f"--hp report_steps={text}: give step numbers separated by commas, e.g. 0,10,50") from None
+    if any(s < 0 for s in steps):
+        raise UserError(f"--hp report_steps={text}: steps must be ≥ 0")
+    return {s for s in steps if s <= last} | {last}
+
+
 def positive(name: str, value: float) -> None:
     """For ``Hparams.__post_init__``: reject a value ≤ 0 with the field's name."""
     if not value > 0:

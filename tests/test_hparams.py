@@ -10,7 +10,7 @@ import pytest
 from mtbench.baselines.maml import MAML
 from mtbench.baselines.protonet import ProtoNet
 from mtbench.errors import UserError
-from mtbench.methods import make_hparams, parse_overrides
+from mtbench.methods import METHODS, make_hparams, parse_overrides
 
 
 def defaults(cls) -> dict:
@@ -166,3 +166,16 @@ def test_bad_literal_lists_the_choices():
 def test_bad_float_message_says_the_type():
     with pytest.raises(UserError, match=r"--hp lr=abc: lr of protonet must be float"):
         make_hparams(ProtoNet, "synthetic", {"lr": "abc"})
+
+
+def test_report_steps_parsing_is_shared_and_strict() -> None:
+    from mtbench.methods import report_steps
+
+    assert report_steps("0, 10,50,999", 200) == {0, 10, 50, 200}
+    for bad in ("a,b", "-1,3"):
+        with pytest.raises(UserError, match="report_steps"):
+            report_steps(bad, 10)
+    for name in ("reptile", "finetune", "scratch"):
+        cls = METHODS.get(name)
+        with pytest.raises(UserError, match="report_steps"):
+            make_hparams(cls, "omniglot", {"report_steps": "x"})

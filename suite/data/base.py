@@ -84,8 +84,9 @@ class Split:
             raise ValueError("every class must have at least one image and a name")
         start = torch.cumsum(count, 0) - count
         object.__setattr__(self, "labels", labels)
-        object.__setattr__(self, "class_count", count.to(self.images.device))
-        object.__setattr__(self, "class_start", start.to(self.images.device))
+        # index metadata stays on the CPU, where episodes are drawn: no device->host copy per episode
+        object.__setattr__(self, "class_count", count)
+        object.__setattr__(self, "class_start", start)
         if len(self.mean) != self.images.shape[1] or len(self.std) != self.images.shape[1]:
             raise ValueError("mean and std need one value per channel")
         mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1).to(self.images.device)
@@ -109,7 +110,7 @@ class Split:
     def fingerprint(self) -> str:
         """Identifies this split's content layout: dataset, version, split, shape and labels."""
         h = hashlib.sha256(f"{self.dataset}|{self.version}|{self.name}|{list(self.images.shape)}".encode())
-        h.update(self.class_count.cpu().numpy().tobytes())
+        h.update(self.class_count.numpy().tobytes())
         h.update("\n".join(self.class_names).encode())
         return h.hexdigest()[:16]
 
