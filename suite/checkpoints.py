@@ -1,7 +1,8 @@
 """Fitted methods saved and loaded, for meta-then-transfer pipelines (``--save`` / ``--init``).
 
 A checkpoint holds the state of every module of a fitted method and where it came from (method,
-hparams, dataset, budget, provenance). Loading it into the **same** method restores everything;
+hparams, dataset, budget, provenance). Loading it into the **same** method, or a variant of it
+(a subclass either way, e.g. ``reptile-transductive``), restores everything;
 loading it into **another** method transfers the backbone only, so e.g. MAML's meta-learned
 backbone can be fine-tuned by ``finetune``, or ``finetune``'s pre-trained backbone meta-trained by
 ``maml``. BatchNorm statistics that the source did not keep (MAML normalises with batch
@@ -21,7 +22,7 @@ from torch import nn
 from .atomic import atomic_write
 from .data import Split
 from .errors import UserError
-from .methods import Method
+from .methods import METHODS, Method
 
 FORMAT = "mtbench-checkpoint"
 VERSION = 1
@@ -55,6 +56,20 @@ def init_record(blob: dict[str, Any], sha256: str, path: str, recalibrated: bool
             **{k: blob.get(k) for k in keys}, "git_commit": blob.get("provenance", {}).get("git_commit")}
 
 
+def same_family(saved: str, method: Method) -> bool:
+    """Whether a checkpoint of method ``saved`` restores all of ``method``: the same method, or a
+    registered variant of it (``reptile`` <-> ``reptile-transductive``, ``dann`` <-> ``source-only``),
+    i.e. one is a subclass of the other, so one fit can be evaluated both ways."""
+    if saved == method.name:
+        return True
+    ours = {getattr(c, "name", None) for c in type(method).__mro__}
+    try:
+        theirs = {getattr(c, "name", None) for c in METHODS.get(saved).__mro__}
+    except UserError:
+        return False
+    return saved in ours or method.name in theirs
+
+
 def load_into(method: Method, blob: dict[str, Any], ways: int) -> list[str]:
     """Load a checkpoint into ``method``; return the names of BatchNorm statistics it did not provide."""
     theirs, ours = blob.get("hparams", {}).get("backbone"), getattr(method.hparams, "backbone", None)
@@ -64,7 +79,7 @@ def load_into(method: Method, blob: dict[str, Any], ways: int) -> list[str]:
     method.prepare(ways)
     state = blob["state"]
     targets = method.modules()
-    names = list(state) if blob["method"] == method.name else ["backbone"]
+    names = list(state) if same_family(blob["method"], method) else ["backbone"]
     missing_stats: list[str] = []
     for attr in names:
         if attr not in targets or attr not in state:

@@ -113,7 +113,8 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
         ("method", f"{doc['method']['name']}{' (transductive)' if doc['method']['transductive'] else ''}"),
         *([("init", f"{doc['init']['method']} fitted on {doc['init']['dataset']} ({doc['init']['iterations']} it), "
                     f"{doc['init']['path']}")] if doc.get("init") else []),
-        ("dataset", f"{doc['dataset']['name']} {doc['dataset']['split']} split"),
+        ("dataset", f"{doc['dataset']['name']} {doc['dataset']['split']} split"
+                    + (f" (fit also saw the {u} split, unlabelled)" if (u := doc['dataset'].get('unlabelled_split')) else "")),
         ("protocol", f"{p['ways']}-way {p['shots']}-shot, {p['queries']} queries, {p['episodes']} episodes, "
                      f"seed {p['seed']}, episodes {p['episodes_sha'][:12]}"),
         ("accuracy", f"{acc['mean']:.4f} ± {acc['ci95']:.4f} (95% CI)"),
@@ -122,6 +123,7 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
         ("fit", f"{fit['seconds']:.1f} s, {fit['iterations']} it, {fit['tasks_per_s']:.1f} tasks/s, "
                 f"{fit['images_per_s']:.0f} images/s, peak {fit['peak_memory_bytes'] / 2**20:.0f} MiB "
                 f"({fit['peak_memory_kind']})"),
+        *[("note", n) for n in fit.get("notes", [])],
         ("evaluation", f"{doc['evaluation']['seconds']:.1f} s, {doc['evaluation']['tasks_per_s']:.1f} episodes/s"),
         ("device", doc["provenance"]["device"]),
         ("result", str(path) if path else "(not written)"),

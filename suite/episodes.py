@@ -69,6 +69,10 @@ class EpisodeSpec:
 def sample_indices(split: Split, ways: int, per_class: int, generator: torch.Generator, n: int = 1) -> Tensor:
     """Draw ``n`` episodes' image indices: ``int64[n, ways, per_class]`` (CPU), classes and images without replacement."""
     counts, starts = split.class_count, split.class_start  # CPU tensors
+    if ways > split.num_classes or per_class > int(counts.min()):
+        raise UserError(f"{split.dataset}/{split.name} cannot supply {ways}-way tasks of {per_class} images per class "
+                        f"(it has {split.num_classes} classes, the smallest with {int(counts.min())} images); "
+                        f"lower --ways/--shots or the method's train_* hparams")
     classes = torch.rand(n, split.num_classes, generator=generator).argsort(dim=1)[:, :ways]  # [n, ways]
     most = int(counts.max())
     keys = torch.rand(n, ways, most, generator=generator)

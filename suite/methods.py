@@ -5,6 +5,8 @@ A method is a class with:
 * ``name`` / ``description`` — registry name and a one-line summary;
 * ``Hparams`` — a frozen dataclass whose defaults are the paper's settings, with per-dataset
   overrides in ``presets`` (the paper's settings for that dataset) and fit lengths in ``budgets``;
+  ``quick_presets`` (per dataset) are the deviations the ``quick`` budget makes to get far in a
+  few CPU minutes (e.g. a larger step size), recorded like every hparam in the result;
 * ``transductive`` — whether predictions for a query depend on the other queries;
 * ``fit(ctx)`` — (meta-)training on the source split, may do nothing;
 * ``adapt(support_x, support_y, ways)`` — yields a predictor after each adaptation step
@@ -21,7 +23,7 @@ import difflib
 import types
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -56,6 +58,9 @@ class FitContext:
         generator: CPU generator for every random draw of the fit (episodes, init, augmentation).
         device: where the computation runs.
         progress: show a progress bar.
+        unlabelled: target-domain images without their labels (the dataset's ``unlabelled_split``,
+            one class named ``unlabelled``), or ``None``; never the evaluation images.
+        notes: what the fit wants the result to say (``note``), e.g. a fallback it took.
     """
 
     source: Split
@@ -64,8 +69,10 @@ class FitContext:
     generator: torch.Generator
     device: torch.device
     progress: bool = True
+    unlabelled: Split | None = None
     tasks: int = 0
     images: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def loop(self, desc: str) -> Iterator[int]:
         """Iterate over ``range(iterations)`` with a progress bar."""
@@ -77,6 +84,11 @@ class FitContext:
         self.tasks += tasks
         self.images += images
 
+    def note(self, text: str) -> None:
+        """Record something the result must say about this fit (kept in ``fit.notes``)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
 
 class Method:
     """Base class of every method; see the module docstring for the protocol."""
@@ -86,6 +98,7 @@ class Method:
     Hparams: ClassVar[type] = type(None)
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     budgets: ClassVar[dict[str, dict[str, int]]] = {"default": {"quick": 0, "paper": 0}}
+    quick_presets: ClassVar[dict[str, dict[str, Any]]] = {}
     transductive: ClassVar[bool] = False
     version: ClassVar[str] = "1"
 
@@ -164,11 +177,14 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
     return out
 
 
-def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str]) -> Any:
-    """The method's hparams: dataclass defaults, then the dataset preset, then ``--hp`` overrides."""
+def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str], budget: str | None = None) -> Any:
+    """The method's hparams: dataclass defaults, the dataset preset, the quick-budget deviations
+    (when ``budget == "quick"``), then ``--hp`` overrides."""
     fields = {f.name: f for f in dataclasses.fields(cls.Hparams)}
     hints = typing.get_type_hints(cls.Hparams)
     values: dict[str, Any] = dict(cls.presets.get(dataset, {}))
+    if budget == "quick":
+        values.update(cls.quick_presets.get(dataset, {}))
     for key, text in overrides.items():
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=2)

@@ -2,7 +2,8 @@
 
 Fields (``schema_version`` 1):
 
-* ``method`` {name, version, hparams, transductive}; ``dataset`` {name, version, fit_split, split};
+* ``method`` {name, version, hparams, transductive}; ``dataset`` {name, version, fit_split, split,
+  unlabelled_split (the target images ``fit`` saw without labels, or null; absent in older records)};
 * ``protocol`` {ways, shots, queries, episodes, seed, episodes_sha};
 * ``budget`` {name, iterations};
 * ``init`` — null, or the checkpoint this run started from {path, sha256, method, hparams, dataset,
@@ -11,7 +12,7 @@ Fields (``schema_version`` 1):
   after the last adaptation step; ``ci95`` is the half-width of the normal 95 % interval;
 * ``adaptation`` {steps, ms_per_episode, ms_by_step}: time to adapt one episode (inside ``adapt``);
 * ``fit`` {seconds, iterations, tasks, images, tasks_per_s, images_per_s, peak_memory_bytes,
-  peak_memory_kind}; ``evaluation`` {seconds, tasks_per_s, peak_memory_bytes, peak_memory_kind};
+  peak_memory_kind, notes (absent in older records)}; ``evaluation`` {seconds, tasks_per_s, peak_memory_bytes, peak_memory_kind};
 * ``provenance`` {mtbench_version, git_commit, git_dirty, torch, python, device, device_type,
   threads, malloc, timestamp, command}.
 """

@@ -68,7 +68,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     """
     method_cls = METHODS.get(spec.method)
     dataset_cls = DATASETS.get(spec.dataset)
-    hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams))
+    hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget))
     iterations = method_cls.iterations_for(spec.budget, spec.dataset)
     device = select_device(spec.device)
     blob, blob_sha = read_checkpoint(spec.init) if spec.init else (None, None)
@@ -80,8 +80,11 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     # a backbone without BatchNorm statistics is calibrated on the training split, never on the test one
     needs_source = iterations > 0 or blob is not None
     source = data.load(data.fit_split).to(device) if needs_source else test
-    if iterations > 0:
-        spec.episodes.check(source)
+    if iterations > 0:  # training draws support + at least one query per class from the fit split
+        dataclasses.replace(spec.episodes, queries=1).check(source)
+    # target-domain images for domain adaptation, labels withheld; never the evaluation split
+    unlabelled_split = data.unlabelled_split if iterations > 0 else None
+    unlabelled = data.load(unlabelled_split).without_labels().to(device) if unlabelled_split else None
 
     # the code and device state as the run starts (edits made while it runs do not count)
     origin = provenance(device_name(device), device.type, malloc_setting(), spec.command)
@@ -93,7 +96,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
         if missing_stats:
             recalibrate_batchnorm(method.backbone, source, generator)
         init = init_record(blob, blob_sha, str(spec.init), recalibrated=bool(missing_stats))
-    ctx = FitContext(source, spec.episodes, iterations, generator, device, spec.progress)
+    ctx = FitContext(source, spec.episodes, iterations, generator, device, spec.progress, unlabelled)
     reset_peak_memory(device)
     start = timer(device)
     if iterations > 0:
@@ -114,7 +117,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
         "method": {"name": method_cls.name, "version": method_cls.version,
                    "hparams": dataclasses.asdict(hparams), "transductive": method_cls.transductive},
         "dataset": {"name": dataset_cls.name, "version": dataset_cls.version, "fit_split": data.fit_split,
-                    "split": data.eval_split},
+                    "split": data.eval_split, "unlabelled_split": unlabelled_split},
         "protocol": {**dataclasses.asdict(spec.episodes), "episodes_sha": episodes.sha},
         "budget": {"name": str(spec.budget), "iterations": iterations},
         "init": init,
@@ -124,7 +127,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
             "seconds": fit_seconds, "iterations": iterations, "tasks": ctx.tasks, "images": ctx.images,
             "tasks_per_s": ctx.tasks / fit_seconds if fit_seconds > 0 else 0.0,
             "images_per_s": ctx.images / fit_seconds if fit_seconds > 0 else 0.0,
-            "peak_memory_bytes": fit_mem, "peak_memory_kind": fit_mem_kind,
+            "peak_memory_bytes": fit_mem, "peak_memory_kind": fit_mem_kind, "notes": ctx.notes,
         },
         "evaluation": scores["evaluation"],
         "provenance": origin,

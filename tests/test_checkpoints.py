@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from mtbench.checkpoints import load_into, read_checkpoint
 from mtbench.episodes import EpisodeSpec
 from mtbench.errors import UserError
+from mtbench.methods import METHODS, make_hparams
 from mtbench.results import validate
 from mtbench.runner import RunSpec, run
 
@@ -71,3 +75,28 @@ def test_bad_checkpoints_are_user_errors(maml_checkpoint, tmp_path) -> None:
         run(RunSpec(method="maml", dataset="synthetic", episodes=EpisodeSpec(4, 1, 5, 12, seed=1), budget="0",
                     init=str(path), out=None, progress=False))
     assert not out.exists()
+
+
+def test_feature_extract_from_a_finetune_checkpoint_is_feature_extract(tmp_path: Path, one_thread) -> None:
+    """The two methods pre-train alike, so the two-stage pipeline equals feature-extract's own fit."""
+    spec = dict(dataset="synthetic", episodes=EpisodeSpec(5, 1, 5, 8, seed=2), budget="20", device="cpu",
+                out=None, progress=False)
+    ckpt = tmp_path / "ft.pt"
+    run(RunSpec(method="finetune", save=str(ckpt), **spec))
+    direct, _ = run(RunSpec(method="feature-extract", **spec))
+    staged, _ = run(RunSpec(method="feature-extract", init=str(ckpt), **{**spec, "budget": "0"}))
+    assert staged["init"]["method"] == "finetune"
+    assert staged["accuracy"]["per_episode"] == direct["accuracy"]["per_episode"]
+
+
+def test_a_reptile_fit_evaluates_transductively_in_full(tmp_path: Path, one_thread) -> None:
+    """A variant (subclass) restores everything: the meta-learned head too, not only the backbone."""
+    ckpt = tmp_path / "reptile.pt"
+    run(spec("reptile", budget="3", save=str(ckpt)))
+    blob, _ = read_checkpoint(ckpt)
+    cls = METHODS.get("reptile-transductive")
+    method = cls(make_hparams(cls, "synthetic", {}), (3, 16, 16), torch.Generator().manual_seed(9), torch.device("cpu"))
+    load_into(method, blob, 5)
+    assert torch.equal(method.model[1].weight, blob["state"]["model"]["1.weight"])  # the head came along
+    doc, _ = run(spec("reptile-transductive", budget="0", init=str(ckpt)))
+    assert doc["init"]["method"] == "reptile" and doc["method"]["transductive"] is True

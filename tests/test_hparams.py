@@ -179,3 +179,13 @@ def test_report_steps_parsing_is_shared_and_strict() -> None:
         cls = METHODS.get(name)
         with pytest.raises(UserError, match="report_steps"):
             make_hparams(cls, "omniglot", {"report_steps": "x"})
+
+
+def test_quick_presets_apply_to_the_quick_budget_only() -> None:
+    from mtbench.baselines.reptile import Reptile
+
+    paper = Reptile.Hparams().inner_lr
+    assert make_hparams(Reptile, "omniglot", {}, "quick").inner_lr == Reptile.quick_presets["omniglot"]["inner_lr"] != paper
+    assert make_hparams(Reptile, "omniglot", {}, "paper").inner_lr == paper
+    assert make_hparams(Reptile, "omniglot", {}, "500").inner_lr == paper
+    assert make_hparams(Reptile, "omniglot", {"inner_lr": "0.01"}, "quick").inner_lr == 0.01  # --hp wins

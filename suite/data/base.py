@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..registry import Registry
 
 DATASETS: Registry[type["Dataset"]] = Registry(
-    "datasets", builtins=("mtbench.data.omniglot", "mtbench.data.synthetic")
+    "datasets", builtins=("mtbench.data.omniglot", "mtbench.data.omniglot_shift", "mtbench.data.synthetic")
 )
 
 
@@ -132,6 +132,11 @@ class Split:
         """Normalised float images at ``indices`` (any shape ``S``) -> ``float32[*S, C, H, W]``."""
         return self.normalize(self.images[indices])
 
+    def without_labels(self) -> "Split":
+        """The same images as one class named ``unlabelled``: what a method may see of a target domain."""
+        return Split(self.dataset, f"{self.name} (unlabelled)", self.images,
+                     torch.zeros_like(self.labels), ("unlabelled",), self.mean, self.std, self.version)
+
 
 class Dataset:
     """A registered dataset: knows where its files are, how to fetch them and how to load a split.
@@ -146,6 +151,8 @@ class Dataset:
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     fit_split: ClassVar[str] = "train"
     eval_split: ClassVar[str] = "test"
+    #: target-domain images a method may train on without their labels (domain adaptation), or None
+    unlabelled_split: ClassVar[str | None] = None
 
     def __init__(self, root: Path | None = None, cache_dir: Path | None = None, progress: bool = True) -> None:
         self.root = Path(root) if root is not None else resolve_data_root()
