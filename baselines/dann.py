@@ -79,7 +79,8 @@ class DANN(FeatureExtract):
     name = "dann"
     description = "DANN: domain-adversarial training with gradient reversal on unlabelled target images (Ganin et al. 2016)"
     Hparams = DannHparams
-    budgets = {"default": {"quick": 300, "paper": 30000}, "omniglot": {"quick": 3000, "paper": 30000},
+    budgets = {"default": {"quick": 300, "paper": 30000}, "synthetic": {"quick": 150, "paper": 30000},
+               "omniglot": {"quick": 3000, "paper": 30000},
                "omniglot-shift": {"quick": 3000, "paper": 30000}}
     quick_presets = {"omniglot": {"batch_size": 64}, "omniglot-shift": {"batch_size": 64}}
 

@@ -8,6 +8,8 @@ A backbone factory takes the input shape and keyword options and returns an ``nn
 from __future__ import annotations
 
 import math
+import pickle
+from pathlib import Path
 from collections.abc import Callable
 
 import torch
@@ -122,23 +124,31 @@ def timm_backbone(model_name: str, in_shape: tuple[int, int, int], generator: to
     """Any timm model as a feature extractor (``num_classes=0``); weights from a local file when given.
 
     timm initialises from the global RNG, so it runs inside ``fork_rng`` seeded from ``generator``:
-    the result is reproducible and the caller's global RNG state is left untouched.
+    the result is reproducible and the caller's global RNG state is left untouched. Weights load
+    through timm's own pretrained path (``pretrained_cfg_overlay=dict(file=...)``), which drops a
+    classifier the file may hold and adapts the first convolution to ``in_shape``'s channels
+    (e.g. ImageNet RGB weights on 1-channel Omniglot).
     """
     import timm
 
     if model_name not in timm.list_models():
         close = timm.list_models(f"*{model_name}*")[:5]
         raise UserError(f"timm has no model '{model_name}'" + (f"; close: {', '.join(close)}" if close else ""))
+    if weights and not Path(weights).is_file():
+        raise UserError(f"backbone weights {weights} not found: give the path of a local .pth/.safetensors file")
     seed = int(torch.randint(2**62, (1,), generator=generator))
+    options = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(weights)}} if weights else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_shape[0])
-    if weights:
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise UserError(f"cannot read backbone weights {weights}: {exc}") from None
-        missing, unexpected = net.load_state_dict(state, strict=False)
+            net = timm.create_model(model_name, num_classes=0, in_chans=in_shape[0], **options)
+        except (RuntimeError, KeyError, OSError, pickle.UnpicklingError) as exc:
+            raise UserError(f"weights {weights} do not fit timm:{model_name}: {str(exc).splitlines()[0][:300]}") from None
+    if weights:  # timm loads non-strictly once the classifier is dropped: check the file covered the model
+        from timm.models import load_state_dict
+
+        given = set(load_state_dict(str(weights)))
+        missing = [k for k in net.state_dict() if k not in given and not k.endswith("num_batches_tracked")]
         if missing:
             raise UserError(f"weights {weights} do not fit timm:{model_name}: missing {', '.join(missing[:5])}")
     net.out_features = net.num_features  # type: ignore[assignment]
@@ -170,10 +180,12 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
 
 
 def build_backbone(name: str, in_shape: tuple[int, int, int], generator: torch.Generator, **options) -> nn.Module:
-    """Build a registered backbone (or ``timm:<model>``) for ``in_shape``, initialised from ``generator``."""
+    """Build a registered backbone, or ``timm:<model>`` (``timm:<model>@<file>`` loads pretrained weights
+    from a local file), for ``in_shape``, initialised from ``generator``."""
     if name.startswith("timm:"):
         options.pop("norm", None)  # timm models bring their own normalisation layers
-        return timm_backbone(name.removeprefix("timm:"), in_shape, generator, **options)
+        model, _, weights = name.removeprefix("timm:").partition("@")  # timm:<model>@<weights file>
+        return timm_backbone(model, in_shape, generator, weights=weights or options.pop("weights", None), **options)
     return init_parameters(BACKBONES.get(name)(in_shape, **options), generator)
 
 

@@ -68,6 +68,11 @@ def test_timm_model_by_name_is_seeded_and_leaves_global_rng_alone(tmp_path) -> N
     torch.save(a.state_dict(), path)
     c = build_backbone("timm:resnet18", (3, 32, 32), torch.Generator().manual_seed(9), weights=str(path))
     assert same_weights(a, c)
+    d = build_backbone(f"timm:resnet18@{path}", (3, 32, 32), torch.Generator().manual_seed(9))  # as --hp gives it
+    assert same_weights(a, d)
+    # RGB weights on grey images: timm adapts the first convolution (sums over the colour channels)
+    grey = build_backbone(f"timm:resnet18@{path}", (1, 32, 32), torch.Generator().manual_seed(9))
+    assert torch.allclose(grey.conv1.weight, a.conv1.weight.sum(1, keepdim=True))
 
 
 def test_timm_unknown_model_and_bad_weights_are_user_errors(tmp_path) -> None:
@@ -77,3 +82,5 @@ def test_timm_unknown_model_and_bad_weights_are_user_errors(tmp_path) -> None:
     torch.save({"nothing": torch.zeros(1)}, bad)
     with pytest.raises(UserError, match="do not fit"):
         build_backbone("timm:resnet18", (3, 32, 32), torch.Generator(), weights=str(bad))
+    with pytest.raises(UserError, match="not found"):
+        build_backbone(f"timm:resnet18@{tmp_path / 'absent.pth'}", (3, 32, 32), torch.Generator())

@@ -22,7 +22,7 @@ import pytest
 from support import requires_real_data, shared_root
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
-EPISODES = "300"
+EPISODES = "200"
 
 
 def cli_run(method: str, dataset: str, out: Path, *extra: str) -> dict:
