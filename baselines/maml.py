@@ -31,6 +31,8 @@ class MAMLHparams:
         train_queries: query images per class of a training task; 0 = the evaluation shots,
             as the paper's code does.
         first_order: drop second-order terms of the meta-gradient (FOMAML).
+        head_only: adapt only the linear head in the inner loop, the backbone being meta-learned
+            but never adapted: ANIL (Raghu, Raghu, Bengio & Vinyals, ICLR 2020).
         task_batching: ``vmap`` runs the tasks of a meta-batch as one batched computation,
             ``loop`` one after the other (the plain reference). vmap was the faster of the two on
             a 2-core CPU as well as on GPUs.
@@ -44,6 +46,7 @@ class MAMLHparams:
     meta_lr: float = 1e-3
     train_queries: int = 0
     first_order: bool = False
+    head_only: bool = False
     task_batching: Literal["vmap", "loop"] = "vmap"
 
     def __post_init__(self) -> None:
@@ -58,7 +61,7 @@ class MAMLHparams:
 class MAML(Method):
     """MAML (Finn et al. 2017): learn an initialisation that adapts in a few gradient steps.
 
-    Second-order by default (``first_order=true`` for FOMAML). The inner loop is
+    Second-order by default (``first_order=true`` for FOMAML; ``head_only=true`` for ANIL). The inner loop is
     :func:`mtbench.functional.sgd_inner_loop`, shared by meta-training and evaluation, and the
     meta-batch is vmapped over tasks. BatchNorm uses batch statistics, as in the paper, so
     predictions on the query set use its statistics: transductive.
@@ -91,7 +94,8 @@ class MAML(Method):
 
     def inner_loop(self, params: Params, x: Tensor, y: Tensor, steps: int) -> Iterator[Params]:
         hp = self.hparams
-        return sgd_inner_loop(self.model, params, x, y, steps, hp.inner_lr, hp.first_order)
+        adapted = [k for k in params if k.startswith("1.")] if hp.head_only else None  # "1." = the head
+        return sgd_inner_loop(self.model, params, x, y, steps, hp.inner_lr, hp.first_order, adapted)
 
     def task_loss(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
         """Query loss and accuracy after adapting ``params`` on the support set of one task."""

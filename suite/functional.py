@@ -7,7 +7,7 @@ was meta-trained. Parameters are plain ``dict[str, Tensor]``; nothing is mutated
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +75,7 @@ class Adam:
 
 
 def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor, Tensor]], optimizer: SGD | Adam,
-               first_order: bool = False) -> Iterator[Params]:
+               first_order: bool = False, adapted: Collection[str] | None = None) -> Iterator[Params]:
     """Gradient steps on a task's labelled data; yields the parameters before and after every step.
 
     The one inner loop of the suite: MAML and Reptile train and evaluate through it. It works inside
@@ -91,25 +91,30 @@ def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor,
         batches: one ``(float[B, C, H, W], int64[B])`` batch per step.
         optimizer: :class:`SGD` or :class:`Adam`.
         first_order: drop second-order terms.
+        adapted: names of the parameters the steps change (``None``: all); the others stay fixed
+            but still carry outer gradients (ANIL adapts the head only).
 
     Yields:
         The starting parameters, then the parameters after each step.
     """
-    loss_grad = grad(classification_loss)
-    state = optimizer.init(params)
+    names = list(params) if adapted is None else [k for k in params if k in adapted]
+    frozen = {k: v for k, v in params.items() if k not in names}
+    loss_grad = grad(lambda fast, x, y: classification_loss({**frozen, **fast}, model, x, y))
+    fast = {k: params[k] for k in names}
+    state = optimizer.init(fast)
     yield params
     for x, y in batches:
-        grads = loss_grad(params, model, x, y)
+        grads = loss_grad(fast, x, y)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
-        params, state = optimizer.step(params, grads, state)
-        yield params
+        fast, state = optimizer.step(fast, grads, state)
+        yield {k: fast[k] if k in fast else frozen[k] for k in params}
 
 
 def sgd_inner_loop(model: nn.Module, params: Params, x: Tensor, y: Tensor, steps: int, lr: float,
-                   first_order: bool = False) -> Iterator[Params]:
+                   first_order: bool = False, adapted: Collection[str] | None = None) -> Iterator[Params]:
     """:func:`inner_loop` with plain SGD on the whole support set ``(x, y)`` at every step (MAML)."""
-    return inner_loop(model, params, itertools.repeat((x, y), steps), SGD(lr), first_order)
+    return inner_loop(model, params, itertools.repeat((x, y), steps), SGD(lr), first_order, adapted)
 
 
 def last(iterator: Iterator[Params]) -> Params:

@@ -15,9 +15,10 @@ from mtbench.methods import make_hparams
 WAYS, SHOTS, QUERIES, TASKS = 3, 2, 2, 4
 
 
-def build(batching: str, first_order: bool, inner_steps: int = 2) -> MAML:
+def build(batching: str, first_order: bool, inner_steps: int = 2, head_only: bool = False) -> MAML:
     hp = make_hparams(MAML, "synthetic", {"task_batching": batching, "first_order": str(first_order),
-                                          "inner_steps": str(inner_steps), "inner_lr": "0.3"})
+                                          "inner_steps": str(inner_steps), "inner_lr": "0.3",
+                                          "head_only": str(head_only)})
     m = MAML(hp, (1, 16, 16), torch.Generator().manual_seed(1), torch.device("cpu"))
     m._build(WAYS).double()
     return m
@@ -39,7 +40,8 @@ def meta_gradient(m: MAML) -> list[torch.Tensor]:
 
 
 def reference_gradient(m: MAML, second_order: bool) -> list[torch.Tensor]:
-    """The textbook loop: per task, unrolled SGD with autograd.grad(create_graph=True)."""
+    """The textbook loop: per task, unrolled SGD with autograd.grad(create_graph=True); with
+    ``head_only`` (ANIL) the inner steps move the head's parameters only."""
     names = [n for n, _ in m.model.named_parameters()]
     params = [p for _, p in m.model.named_parameters()]
     sx, sy, qx, qy = data()
@@ -49,7 +51,8 @@ def reference_gradient(m: MAML, second_order: bool) -> list[torch.Tensor]:
         for _ in range(m.hparams.inner_steps):
             loss = F.cross_entropy(functional_call(m.model, dict(zip(names, fast)), (sx[t],)), sy[t])
             grads = torch.autograd.grad(loss, fast, create_graph=second_order)
-            fast = [p - m.hparams.inner_lr * g for p, g in zip(fast, grads)]
+            moves = [not m.hparams.head_only or n.startswith("1.") for n in names]
+            fast = [p - m.hparams.inner_lr * g if move else p for p, g, move in zip(fast, grads, moves)]
         total = total + F.cross_entropy(functional_call(m.model, dict(zip(names, fast)), (qx[t],)), qy[t])
     return list(torch.autograd.grad(total / TASKS, params))
 
@@ -65,6 +68,26 @@ def test_meta_gradient_matches_unrolled_reference(batching: str, first_order: bo
     ours, ref = meta_gradient(m), reference_gradient(m, second_order=not first_order)
     for (name, _), x, y in zip(m.model.named_parameters(), ours, ref):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11, msg=f"meta-gradient of {name}")
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anil_meta_gradient_matches_unrolled_reference(first_order: bool) -> None:
+    m = build("vmap", first_order, head_only=True)
+    ours, ref = meta_gradient(m), reference_gradient(m, second_order=not first_order)
+    for (name, _), x, y in zip(m.model.named_parameters(), ours, ref):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11, msg=f"ANIL meta-gradient of {name}")
+    full = reference_gradient(build("vmap", first_order), second_order=not first_order)
+    assert max_abs_diff(ref, full) > 1e-4  # adapting the head only is a different algorithm here
+
+
+def test_anil_adaptation_leaves_the_backbone_alone() -> None:
+    m = build("vmap", first_order=False, head_only=True)
+    sx, sy, _, _ = data()
+    start = dict(m.model.named_parameters())
+    adapted = list(m.inner_loop(start, sx[0], sy[0], 2))[-1]
+    assert list(adapted) == list(start)
+    for name in start:
+        assert torch.equal(adapted[name], start[name]) is (not name.startswith("1.")), name
 
 
 def test_second_order_terms_are_not_negligible_here() -> None:
