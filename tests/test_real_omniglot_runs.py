@@ -6,10 +6,7 @@ subprocess (as a user runs it, allocator tuning included). Slow: several minutes
 
 from __future__ import annotations
 
-import json
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,27 +14,19 @@ import pytest
 from mtbench.episodes import EpisodeSpec
 from mtbench.runner import RunSpec, run
 
-from support import requires_real_data, shared_root
+from support import cli_run, requires_real_data, shared_root
 
 pytestmark = pytest.mark.realdata
 
 
-def cli_run(method: str, out: Path, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "mtbench.cli", "run", "--method", method, "--dataset", "omniglot",
-           "--ways", "5", "--shots", "1", "--budget", "quick", "--data-root", str(shared_root()),
-           "--out", str(out), "--no-download", "--no-progress", *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    files = list(out.glob("*.json"))
-    assert len(files) == 1
-    print(done.stdout)
-    return json.loads(files[0].read_text())
+def quick(method: str, out: Path) -> dict:
+    return cli_run(out, "--method", method, "--dataset", "omniglot", "--ways", "5", "--shots", "1", "--budget", "quick")
 
 
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     requires_real_data("omniglot")
-    return {m: cli_run(m, tmp_path_factory.mktemp(m)) for m in ("protonet", "maml")}
+    return {m: quick(m, tmp_path_factory.mktemp(m)) for m in ("protonet", "maml")}
 
 
 @pytest.mark.slow

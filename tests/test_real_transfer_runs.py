@@ -12,37 +12,28 @@ Slow: a few minutes on 2 CPU cores.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from support import requires_real_data, shared_root
+from support import cli_run, requires_real_data
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 EPISODES = "200"
 
 
-def cli_run(method: str, dataset: str, out: Path, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "mtbench.cli", "run", "--method", method, "--dataset", dataset,
-           "--ways", "5", "--shots", "1", "--episodes", EPISODES, "--data-root", str(shared_root()),
-           "--out", str(out), "--no-download", "--no-progress", *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-3000:]
-    files = list(out.glob("*.json"))
-    assert len(files) == 1
-    print(done.stdout)
-    return json.loads(files[0].read_text())
+def five_way_one_shot(method: str, dataset: str, out: Path, *extra: str) -> dict:
+    return cli_run(out, "--method", method, "--dataset", dataset, "--ways", "5", "--shots", "1",
+                   "--episodes", EPISODES, *extra)
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     requires_real_data("omniglot")
     ckpt = tmp_path_factory.mktemp("ckpt") / "finetune.pt"
-    first = cli_run("finetune", "omniglot", tmp_path_factory.mktemp("ft"), "--budget", "quick", "--save", str(ckpt))
-    second = cli_run("feature-extract", "omniglot", tmp_path_factory.mktemp("fe"), "--budget", "0",
+    first = five_way_one_shot("finetune", "omniglot", tmp_path_factory.mktemp("ft"), "--budget", "quick",
+                              "--save", str(ckpt))
+    second = five_way_one_shot("feature-extract", "omniglot", tmp_path_factory.mktemp("fe"), "--budget", "0",
                      "--init", str(ckpt))
     return {"finetune": first, "feature-extract": second}
 
@@ -66,7 +57,7 @@ def test_feature_extract_from_the_finetune_checkpoint_names_both_stages(pipeline
 def domain_shift(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     requires_real_data("omniglot")
     requires_real_data("mini-imagenet")
-    return {m: cli_run(m, "omniglot-shift", tmp_path_factory.mktemp(m), "--budget", "quick")
+    return {m: five_way_one_shot(m, "omniglot-shift", tmp_path_factory.mktemp(m), "--budget", "quick")
             for m in ("dann", "source-only")}
 
 
