@@ -34,7 +34,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     first = five_way_one_shot("finetune", "omniglot", tmp_path_factory.mktemp("ft"), "--budget", "quick",
                               "--save", str(ckpt))
     second = five_way_one_shot("feature-extract", "omniglot", tmp_path_factory.mktemp("fe"), "--budget", "0",
-                     "--init", str(ckpt))
+                               "--init", str(ckpt))
     return {"finetune": first, "feature-extract": second}
 
 
