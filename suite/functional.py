@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +76,8 @@ class Adam:
 
 
 def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor, Tensor]], optimizer: SGD | Adam,
-               first_order: bool = False, adapted: Collection[str] | None = None) -> Iterator[Params]:
+               first_order: bool = False, adapted: Collection[str] | None = None, state: Any = None,
+               with_state: bool = False) -> Iterator[Any]:
     """Gradient steps on a task's labelled data; yields the parameters before and after every step.
 
     The one inner loop of the suite: MAML and Reptile train and evaluate through it. It works inside
@@ -93,6 +95,9 @@ def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor,
         first_order: drop second-order terms.
         adapted: names of the parameters the steps change (``None``: all); the others stay fixed
             but still carry outer gradients (ANIL adapts the head only).
+        state: the optimizer state to start from (``None``: ``optimizer.init``), e.g. Adam moments
+            carried across tasks as Reptile's code does.
+        with_state: yield ``(params, state)`` pairs instead of parameters.
 
     Yields:
         The starting parameters, then the parameters after each step.
@@ -101,14 +106,15 @@ def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor,
     frozen = {k: v for k, v in params.items() if k not in names}
     loss_grad = grad(lambda fast, x, y: classification_loss({**frozen, **fast}, model, x, y))
     fast = {k: params[k] for k in names}
-    state = optimizer.init(fast)
-    yield params
+    state = optimizer.init(fast) if state is None else state
+    yield (params, state) if with_state else params
     for x, y in batches:
         grads = loss_grad(fast, x, y)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
         fast, state = optimizer.step(fast, grads, state)
-        yield {k: fast[k] if k in fast else frozen[k] for k in params}
+        out = {k: fast[k] if k in fast else frozen[k] for k in params}
+        yield (out, state) if with_state else out
 
 
 def sgd_inner_loop(model: nn.Module, params: Params, x: Tensor, y: Tensor, steps: int, lr: float,

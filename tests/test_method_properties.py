@@ -8,6 +8,8 @@ its training of that head, and DANN's gradient reversal, schedule and use of the
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -83,7 +85,7 @@ def test_reptile_one_inner_step_is_a_sign_like_adam_descent_step(train_split, on
     params = detached(params_of(method.model))
     before = {k: v.clone() for k, v in params.items()}
     xb, yb = task_batch(train_split)
-    adapted = method._adapt_task(params, xb, yb)
+    adapted, _, _ = method._adapt_task(params, None, xb, yb)
     grads = task_gradient(method, before, xb[0], yb[0])
     lr, eps = method.hparams.inner_lr, method.optimizer.eps
     assert method.optimizer.beta1 == 0.0
@@ -129,9 +131,9 @@ def test_reptile_fit_moves_weights_to_the_adapted_weights(train_split, monkeypat
     def recording_vmap(fn, *args, **kwargs):
         batched = real_vmap(fn, *args, **kwargs)
 
-        def wrapped(params, xb, yb):
+        def wrapped(params, state, xb, yb):
             calls.append(({k: v.clone() for k, v in params.items()}, xb.clone(), yb.clone()))
-            return batched(params, xb, yb)
+            return batched(params, state, xb, yb)
 
         return wrapped
 
@@ -153,7 +155,7 @@ def test_reptile_fit_moves_weights_to_the_adapted_weights(train_split, monkeypat
         assert len(source_class[yb[0, 0] == label].unique()) == 1
     assert len(source_class.unique()) == len(yb[0, 0].unique())
 
-    phi = real_vmap(method._adapt_task, in_dims=(None, 0, 0))(theta, xb, yb)
+    phi, _, _ = real_vmap(method._adapt_task, in_dims=(None, None, 0, 0))(theta, None, xb, yb)
     epsilon = float(meta_step)
     moved = False
     for k, p in params_of(method.model).items():
@@ -162,7 +164,7 @@ def test_reptile_fit_moves_weights_to_the_adapted_weights(train_split, monkeypat
         moved |= not torch.equal(p.detach(), theta[k])
     assert moved
     # the same phi without vmap, for the coordinates with a clear gradient: the task's own adaptation
-    single = method._adapt_task(theta, xb[0], yb[0])
+    single, _, _ = method._adapt_task(theta, None, xb[0], yb[0])
     grads = task_gradient(method, theta, xb[0, 0], yb[0, 0])
     for k, g in grads.items():
         big = g.abs() > 1e-5
@@ -328,3 +330,18 @@ def test_dann_without_an_unlabelled_pool_notes_it_and_trains_on_the_source(train
     for k, v in state_of(method.discriminator).items():
         assert torch.equal(v, disc_before[k]), k
     assert ctx.tasks == 2 and ctx.images == 2 * 8
+
+
+def test_reptile_carries_adam_moments_into_training_and_evaluation(train_split, one_thread) -> None:
+    """As the paper's code: the inner Adam's moments persist across tasks and seed each evaluation."""
+    method = build(Reptile, {"inner_steps": "3", "meta_batch": "2"})
+    method.fit(context(train_split, iterations=2))
+    t, m, v = method.moments.state()
+    assert t == 2 * 3 and all(float(x.abs().sum()) > 0 for x in v.values())
+    episode_x, episode_y = task_batch(train_split, per_class=1)
+    with torch.no_grad():
+        carried = list(method.adapt(episode_x[0], episode_y[0], 5))[-1](episode_x[0])
+        method.hparams = dataclasses.replace(method.hparams, carry_moments=False)
+        fresh = list(method.adapt(episode_x[0], episode_y[0], 5))[-1](episode_x[0])
+    assert not torch.allclose(carried, fresh)
+    assert method.moments.state()[0] == t  # evaluation reads the moments, never updates them
