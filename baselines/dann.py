@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from mtbench.backbones import init_parameters
 from mtbench.baselines.feature_extract import FeatureExtract, FeatureExtractHparams
 from mtbench.methods import METHODS, FitContext, positive
-from mtbench.training import make_head
+from mtbench.training import make_head, pretrain_classifier
 
 
 class _ReverseGrad(torch.autograd.Function):
@@ -97,28 +97,26 @@ class DANN(FeatureExtract):
         if hp.domain_weight > 0 and target is None:
             ctx.note(f"{ctx.source.dataset} has no unlabelled target split: trained on the source alone")
         head = make_head("linear", self.backbone.out_features, ctx.source.num_classes, ctx.generator).to(ctx.device)
-        modules = nn.ModuleList([self.backbone, head] + ([self.discriminator] if target is not None else []))
-        modules.train()
+        if target is None:  # the plain supervised pre-training feature-extract does
+            pretrain_classifier(self.backbone, head, ctx, hp.batch_size, hp.lr,
+                                f"{self.name}: source-only training on {ctx.source.num_classes} source classes")
+            return
+        modules = nn.ModuleList([self.backbone, head, self.discriminator]).train()
         opt = torch.optim.Adam(modules.parameters(), lr=hp.lr)
         n, b = ctx.source.images.shape[0], hp.batch_size
-        what = "DANN" if target is not None else "source-only"
-        for it in ctx.loop(f"{self.name}: {what} training on {ctx.source.num_classes} source classes"):
+        is_target = torch.cat([torch.zeros(b), torch.ones(b)]).to(ctx.device)  # domain labels, made once
+        for it in ctx.loop(f"{self.name}: DANN training on {ctx.source.num_classes} source classes"):
             idx = torch.randint(n, (b,), generator=ctx.generator).to(ctx.device)
-            x = ctx.source.gather(idx)
-            if target is None:
-                loss = F.cross_entropy(head(self.backbone(x)), ctx.source.labels[idx])
-            else:
-                t_idx = torch.randint(target.images.shape[0], (b,), generator=ctx.generator).to(ctx.device)
-                features = self.backbone(torch.cat([x, target.gather(t_idx)]))
-                coeff = hp.domain_weight * adaptation_factor(it / max(ctx.iterations - 1, 1), hp.gamma)
-                domain = self.discriminator(reverse_gradient(features, coeff)).squeeze(1)
-                is_target = torch.cat([torch.zeros(b), torch.ones(b)]).to(ctx.device)
-                loss = (F.cross_entropy(head(features[:b]), ctx.source.labels[idx])
-                        + F.binary_cross_entropy_with_logits(domain, is_target))
+            t_idx = torch.randint(target.images.shape[0], (b,), generator=ctx.generator).to(ctx.device)
+            features = self.backbone(torch.cat([ctx.source.gather(idx), target.gather(t_idx)]))
+            coeff = hp.domain_weight * adaptation_factor(it / max(ctx.iterations - 1, 1), hp.gamma)
+            domain = self.discriminator(reverse_gradient(features, coeff)).squeeze(1)
+            loss = (F.cross_entropy(head(features[:b]), ctx.source.labels[idx])
+                    + F.binary_cross_entropy_with_logits(domain, is_target))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            ctx.count(1, b if target is None else 2 * b)
+            ctx.count(1, 2 * b)
 
 
 @dataclass(frozen=True)
