@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from mtbench.errors import DownloadError
 
-__all__ = ["md5sum", "fetch", "extract_zip", "download_and_extract"]
+__all__ = ["md5sum", "fetch", "download_file", "extract_zip", "download_and_extract"]
 
 _CHUNK = 1 << 20
 
@@ -124,6 +124,30 @@ def fetch(url: str, dest: Path, md5: str, *, progress: bool = True, timeout: flo
         if not done:
             tmp.unlink(missing_ok=True)
     return dest
+
+
+def download_file(url: str, md5: str, dest: Path, *, progress: bool = True) -> Path:
+    """Make sure the single file ``dest`` (e.g. a ``.npz``) exists with the right MD5, downloading it if needed.
+
+    Unlike :func:`download_and_extract` nothing is unpacked: the verified file is the dataset. The
+    parent folder is created; the file appears atomically (see :func:`fetch`), and one the user saved
+    by hand with the right MD5 is used without network access.
+
+    Args:
+        url: Address of the file (a query string such as ``?download=1`` is fine: ``dest`` names the file).
+        md5: Expected hex MD5 digest of the file.
+        dest: Path the file is saved as.
+        progress: Show a tqdm progress bar while downloading.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        DownloadError: The download failed, was truncated or has the wrong checksum.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return fetch(url, dest, md5, progress=progress)
 
 
 def _unsafe(name: str) -> bool:
