@@ -20,7 +20,9 @@ from ..errors import UserError
 from ..registry import Registry
 
 DATASETS: Registry[type["Dataset"]] = Registry(
-    "datasets", builtins=("mtbench.data.omniglot", "mtbench.data.omniglot_shift", "mtbench.data.synthetic")
+    "datasets",
+    builtins=("mtbench.data.omniglot", "mtbench.data.omniglot_shift", "mtbench.data.synthetic",
+              "mtbench.data.miniimagenet"),
 )
 
 
@@ -158,6 +160,8 @@ class Dataset:
         self.root = Path(root) if root is not None else resolve_data_root()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else resolve_cache_dir()
         self.progress = progress
+        #: human-readable sentences about this copy of the data that a result should carry (e.g. a subset)
+        self.notes: list[str] = []
 
     def is_available(self) -> bool:
         """Whether the files needed to load are present under the data root."""
