@@ -22,7 +22,7 @@ from ..registry import Registry
 DATASETS: Registry[type["Dataset"]] = Registry(
     "datasets",
     builtins=("mtbench.data.omniglot", "mtbench.data.omniglot_shift", "mtbench.data.synthetic",
-              "mtbench.data.miniimagenet"),
+              "mtbench.data.miniimagenet", "mtbench.data.xray"),
 )
 
 

@@ -1,0 +1,227 @@
+"""Pediatric chest X-rays (Kermany et al. 2018): normal vs pneumonia, and normal / bacterial / viral.
+
+Three registered datasets:
+
+* ``xray`` — the Kermany et al. images from ``<root>/chest_xray/{train,test}/{NORMAL,PNEUMONIA}``
+  (the layout of the Mendeley Data release, doi:10.17632/rscbjbr9sj.2, and of the common Kaggle
+  copy; its 16-image ``val/`` folder, when present, is not used). Two classes, ``normal`` and
+  ``pneumonia``. Each X-ray is converted to grayscale, resized to 84x84 (the whole image, aspect
+  ratio not kept) and replicated to 3 channels, so that backbones trained on miniImageNet
+  (84x84 RGB) take it as it is; it is normalised with the ImageNet mean and std for the same reason.
+* ``xray3`` — the same images in three classes, ``normal``, ``bacterial`` and ``viral``: the
+  pneumonia subtype is in the file names, ``personN_bacteria_M.jpeg`` / ``personN_virus_M.jpeg``.
+* ``pneumoniamnist`` — MedMNIST's PneumoniaMNIST (Yang et al. 2023), a 28x28 grey version of the
+  same X-rays with its own train/val/test split, read from ``<root>/pneumoniamnist.npz``, which
+  :meth:`PneumoniaMNIST.prepare` downloads from Zenodo (MD5-checked). Kept at 28x28, one channel,
+  as MedMNIST distributes it: upsampling 28-pixel images to 84 would add no information.
+
+The Kermany images have no stable direct download URL, so a missing ``chest_xray/`` is reported
+with the DOI and the expected layout. Its images are decoded once per split into a tensor file in
+the cache folder (keyed on file names and sizes), shared by ``xray`` and ``xray3``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from .base import DATASETS, Dataset, Split, atomic_torch_save
+from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD
+
+KERMANY_DOI = "10.17632/rscbjbr9sj.2"
+KERMANY_URL = f"https://doi.org/{KERMANY_DOI}"
+CLASS_FOLDERS = ("NORMAL", "PNEUMONIA")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+SUBTYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
+
+# MedMNIST v3 (medmnist/info.py, INFO["pneumoniamnist"]): the 28x28 file on Zenodo and its MD5.
+PNEUMONIAMNIST_URL = "https://zenodo.org/records/10519652/files/pneumoniamnist.npz?download=1"
+PNEUMONIAMNIST_MD5 = "28209eda62fecd6e6a2d98b1501bb15f"
+PNEUMONIAMNIST_FILE = "pneumoniamnist.npz"
+
+
+def pneumonia_subtype(file_name: str) -> str:
+    """``"bacterial"`` or ``"viral"`` from a Kermany pneumonia file name (``personN_bacteria_M.jpeg``)."""
+    found = SUBTYPE.search(file_name)
+    if found is None:
+        raise UserError(f"cannot tell bacterial from viral pneumonia for {file_name}: Kermany et al. name these "
+                        f"files personN_bacteria_M.jpeg or personN_virus_M.jpeg; rename or remove it, or use "
+                        f"--dataset xray (normal vs pneumonia)")
+    return "bacterial" if found.group(1).lower() == "bacteria" else "viral"
+
+
+@DATASETS.register
+class ChestXray(Dataset):
+    """Kermany et al. 2018 pediatric chest X-rays, normal vs pneumonia, grey in 3 channels, 84x84."""
+
+    name = "xray"
+    description = "pediatric chest X-rays, normal vs pneumonia, 84x84 grey in 3 channels (Kermany et al. 2018)"
+    version = "1"
+    splits = ("train", "test")
+    fit_split = "train"
+    eval_split = "test"
+    size = 84  # as miniImageNet, so that its backbones transfer without resizing
+    class_names: tuple[str, ...] = ("normal", "pneumonia")
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "chest_xray"
+
+    def _class_dirs(self, split: str) -> list[Path]:
+        return [self.folder / split / c for c in CLASS_FOLDERS]
+
+    def is_available(self) -> bool:
+        return all(d.is_dir() for s in self.splits for d in self._class_dirs(s))
+
+    def _missing(self) -> UserError:
+        lacking = [str(d.relative_to(self.root)) for s in self.splits for d in self._class_dirs(s) if not d.is_dir()]
+        hint = ""
+        if (self.root / PNEUMONIAMNIST_FILE).is_file():
+            hint = f"; {self.root / PNEUMONIAMNIST_FILE} is there: --dataset pneumoniamnist reads it (28x28)"
+        return UserError(
+            f"the Kermany et al. chest X-rays are not in {self.folder} (missing {', '.join(lacking)}); they have no "
+            f"stable direct download: get them from Mendeley Data, DOI {KERMANY_DOI} ({KERMANY_URL}), and extract "
+            f"them so that {self.folder}/train/NORMAL, train/PNEUMONIA, test/NORMAL and test/PNEUMONIA hold the "
+            f".jpeg files, or point --data-root / MTBENCH_DATA at the folder that holds chest_xray/{hint}"
+        )
+
+    def prepare(self, download: bool = True) -> None:
+        """Nothing can be downloaded: raise a :class:`UserError` naming the DOI and layout when missing."""
+        if not self.is_available():
+            raise self._missing()
+
+    # -- decoding -------------------------------------------------------------------------------
+    def files(self, split: str) -> list[tuple[str, int]]:
+        """``[("NORMAL/IM-0001-0001.jpeg", 0), ...]``: image paths under ``split/`` and their folder's class."""
+        if not self.is_available():
+            raise self._missing()
+        out = []
+        for label, folder in enumerate(self._class_dirs(split)):
+            names = sorted(p.name for p in folder.iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+            if not names:
+                raise UserError(f"{folder} holds no .jpeg images; the copy of the chest X-rays is incomplete: "
+                                f"extract the archive from DOI {KERMANY_DOI} again")
+            out.extend((f"{folder.name}/{n}", label) for n in names)
+        return out
+
+    def _decoded(self, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """Relative file names, folder labels ``int64[N]`` and grey images ``uint8[N, 1, size, size]``, cached."""
+        files = self.files(split)
+        key = hashlib.sha256(f"{split}|{self.size}".encode())
+        for name, _ in files:
+            key.update(f"{name}:{(self.folder / split / name).stat().st_size}\n".encode())
+        cache = self.cache_dir / f"chest-xray-v{self.version}-{split}-{self.size}px-{key.hexdigest()[:12]}.pt"
+        if cache.exists():
+            blob = torch.load(cache, weights_only=True)
+            return list(blob["names"]), blob["labels"], blob["images"]
+        out = np.empty((len(files), 1, self.size, self.size), np.uint8)
+        for i, (name, _) in enumerate(tqdm(files, desc=f"decoding chest X-rays {split} (once)", unit="img",
+                                           disable=not self.progress)):
+            with Image.open(self.folder / split / name) as im:
+                im.draft(im.mode, (2 * self.size, 2 * self.size))  # JPEG: decode large originals at 1/2..1/8 scale
+                out[i, 0] = np.asarray(im.convert("L").resize((self.size, self.size), Image.Resampling.LANCZOS))
+        names = [n for n, _ in files]
+        labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+        images = torch.from_numpy(out)
+        atomic_torch_save({"names": names, "labels": labels, "images": images}, cache)
+        return names, labels, images
+
+    def labels_of(self, names: list[str], folder_labels: torch.Tensor) -> torch.Tensor:
+        """This dataset's class of each image (here: its folder's, 0 normal, 1 pneumonia)."""
+        return folder_labels
+
+    def load_split(self, split: str) -> Split:
+        names, folder_labels, grey = self._decoded(split)
+        labels = self.labels_of(names, folder_labels)
+        count = torch.bincount(labels, minlength=len(self.class_names))
+        if bool((count == 0).any()):
+            empty = [c for c, n in zip(self.class_names, count.tolist()) if n == 0]
+            raise UserError(f"{self.folder / split} has no images of the class(es) {', '.join(empty)}; the copy of the "
+                            f"chest X-rays is incomplete: extract the archive from DOI {KERMANY_DOI} again")
+        order = torch.sort(labels, stable=True).indices
+        images = grey[order].expand(-1, 3, -1, -1).contiguous()
+        return Split(self.name, split, images, labels[order], self.class_names,
+                     IMAGENET_MEAN, IMAGENET_STD, self.version)
+
+
+@DATASETS.register
+class ChestXray3(ChestXray):
+    """Kermany et al. 2018 chest X-rays in three classes: normal, bacterial and viral pneumonia, 84x84."""
+
+    name = "xray3"
+    description = "pediatric chest X-rays, normal / bacterial / viral pneumonia (from the file names), 84x84"
+    class_names = ("normal", "bacterial", "viral")
+
+    def labels_of(self, names: list[str], folder_labels: torch.Tensor) -> torch.Tensor:
+        index = {c: i for i, c in enumerate(self.class_names)}
+        return torch.tensor([0 if int(f) == 0 else index[pneumonia_subtype(n)]
+                             for n, f in zip(names, folder_labels)], dtype=torch.int64)
+
+
+@DATASETS.register
+class PneumoniaMNIST(Dataset):
+    """MedMNIST PneumoniaMNIST: the Kermany X-rays at 28x28 grey, normal vs pneumonia, its train/val/test split."""
+
+    name = "pneumoniamnist"
+    description = "MedMNIST PneumoniaMNIST: Kermany chest X-rays at 28x28 grey, normal vs pneumonia (Yang et al. 2023)"
+    version = "1"
+    splits = ("train", "val", "test")
+    fit_split = "train"
+    eval_split = "test"
+    size = 28  # as distributed; not upsampled
+    class_names = ("normal", "pneumonia")
+    url = PNEUMONIAMNIST_URL
+    md5 = PNEUMONIAMNIST_MD5
+
+    @property
+    def path(self) -> Path:
+        return self.root / PNEUMONIAMNIST_FILE
+
+    def is_available(self) -> bool:
+        return self.path.is_file()
+
+    def _by_hand(self) -> str:
+        return f"download {self.url} (MD5 {self.md5}) and save it as {self.path}"
+
+    def prepare(self, download: bool = True) -> None:
+        from .download import download_file
+
+        if self.is_available():
+            return
+        if not download:
+            raise UserError(f"PneumoniaMNIST is not in {self.root}: {self._by_hand()}, or run without --no-download")
+        print(f"downloading PneumoniaMNIST from {self.url} to {self.path}")
+        download_file(self.url, self.md5, self.path, progress=self.progress)
+
+    def load_split(self, split: str) -> Split:
+        if not self.is_available():
+            raise UserError(f"PneumoniaMNIST not found: {self._by_hand()}, or let mtbench download it "
+                            f"(set --data-root or MTBENCH_DATA to the folder that holds {PNEUMONIAMNIST_FILE})")
+        broken = f"; delete it and {self._by_hand()}"
+        try:
+            with np.load(self.path, allow_pickle=False) as npz:
+                if f"{split}_images" not in npz or f"{split}_labels" not in npz:
+                    raise UserError(f"{self.path} has no {split}_images / {split}_labels (it holds "
+                                    f"{', '.join(sorted(npz.files))}){broken}")
+                images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise UserError(f"{self.path} is not a readable .npz file ({exc}){broken}") from exc
+        labels = labels.reshape(-1)
+        if images.dtype != np.uint8 or images.shape[1:] != (self.size, self.size) or len(labels) != len(images):
+            raise UserError(f"{self.path}: {split}_images is {images.dtype}{list(images.shape)} with {len(labels)} "
+                            f"labels, expected uint8[N, 28, 28] with N labels{broken}")
+        if labels.size and not set(np.unique(labels).tolist()) <= {0, 1}:
+            raise UserError(f"{self.path}: {split}_labels holds values other than 0 (normal) and 1 (pneumonia){broken}")
+        labels_t = torch.from_numpy(labels.astype(np.int64))
+        order = torch.sort(labels_t, stable=True).indices
+        return Split(self.name, split, torch.from_numpy(images)[order].unsqueeze(1).contiguous(), labels_t[order],
+                     self.class_names, mean=(0.5,), std=(0.5,), version=self.version)
