@@ -223,9 +223,9 @@ class MiniImageNet(Dataset):
     def _missing(self) -> UserError:
         return UserError(
             f"miniImageNet is not in {self.folder}{_what_is_there(self.folder)} and has no official download: "
-            f"put {_layouts_help(self.folder)} (`mtbench data prepare miniimagenet --from PATH`, i.e. "
-            f"MiniImageNet.prepare_from, checks and copies a copy you have), or point --data-root / MTBENCH_DATA "
-            f"at the folder that holds mini-imagenet/"
+            f"put {_layouts_help(self.folder)} (MiniImageNet.prepare_from(PATH) checks a copy you have and installs "
+            f"it there; a command for it, `mtbench data prepare miniimagenet --from PATH`, is planned), or point "
+            f"--data-root / MTBENCH_DATA at the folder that holds mini-imagenet/"
         )
 
     def prepare(self, download: bool = True) -> None:
