@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 import torch
@@ -170,6 +171,35 @@ class Dataset:
     def prepare(self, download: bool = True) -> None:
         """Make the files available (download when allowed); raise a :class:`UserError` otherwise."""
 
+    # -- what ``mtbench data`` shows and does ----------------------------------------------------
+    def paths(self) -> tuple[Path, ...]:
+        """The files or folders under the data root that hold this dataset (none for generated data)."""
+        return ()
+
+    def how_to_get(self) -> str:
+        """One sentence: how to get this dataset when it is missing (the command, the URL or DOI)."""
+        return f"put its files under {self.root}, or point --data-root / MTBENCH_DATA at a folder that holds them"
+
+    def download(self) -> None:
+        """Fetch the dataset from its official URL; the default: there is none, a :class:`UserError` says what to do."""
+        raise UserError(f"mtbench cannot download {self.name}, there is no official download URL: {self.how_to_get()}")
+
+    def prepare_from(self, path: str | os.PathLike) -> Path:
+        """Check a copy the user has at ``path`` and install it under the data root (when the dataset supports it)."""
+        raise UserError(f"`mtbench data prepare` does not support {self.name}: {self.how_to_get()}")
+
+    def verify(self, memo: dict | None = None) -> "VerifyReport":
+        """Check this copy of the data: structure and counts against the official release, checksums.
+
+        The default knows no expected structure or checksum: a present dataset is reported as found,
+        not as verified. ``memo`` shares work (the hashing of one folder) between the datasets of one
+        command, e.g. ``xray`` and ``xray3``, which read the same folder.
+        """
+        if not self.is_available():
+            return VerifyReport.missing(self)
+        return VerifyReport(self.name, "found", self.paths(),
+                            notes=["no expected structure or checksums are known for this dataset"])
+
     def load(self, split: str) -> Split:
         """Load one split as CPU tensors."""
         if split not in self.splits:
@@ -183,3 +213,151 @@ class Dataset:
 def atomic_torch_save(obj: object, path: Path) -> None:
     """``torch.save`` atomically (see :func:`mtbench.atomic.atomic_write`)."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+# -- verification -----------------------------------------------------------------------------------
+SUMS_FILE = "SHA256SUMS"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification of a dataset copy.
+
+    Attributes:
+        what: what was checked (``"structure"``, ``"SHA256SUMS"``, ``"MD5 images_background.zip"``).
+        ok: ``True`` passed, ``False`` failed, ``None`` could not be done (e.g. no checksum file).
+        detail: one line: what was found.
+    """
+
+    what: str
+    ok: bool | None
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    """What ``mtbench data verify`` found for one dataset.
+
+    ``status`` is one of :data:`STATUSES`: ``missing`` (not under the data root), ``failed`` (a check
+    failed), ``subset`` (every check passed, but the copy holds fewer images than the official release),
+    ``verified`` (every check passed and at least one did something), ``found`` (present, nothing could
+    be checked), ``generated`` (no files: nothing to check).
+    """
+
+    dataset: str
+    status: str
+    paths: tuple[Path, ...] = ()
+    checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    how_to_get: str = ""
+
+    STATUSES: ClassVar[tuple[str, ...]] = ("verified", "subset", "found", "generated", "missing", "failed")
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    @classmethod
+    def missing(cls, dataset: "Dataset") -> "VerifyReport":
+        return cls(dataset.name, "missing", dataset.paths(), how_to_get=dataset.how_to_get())
+
+    @classmethod
+    def of_checks(cls, dataset: "Dataset", checks: list[Check], subset: bool = False,
+                  notes: Iterable[str] = ()) -> "VerifyReport":
+        """The report whose status follows from ``checks``: failed, else subset, else verified (or found)."""
+        if any(c.ok is False for c in checks):
+            status = "failed"
+        elif subset:
+            status = "subset"
+        else:
+            status = "verified" if any(c.ok for c in checks) else "found"
+        return cls(dataset.name, status, dataset.paths(), list(checks), list(notes))
+
+
+def some(items: Iterable[object], first: int = 3) -> str:
+    """``"a, b, c and 7 more"``: the first few of a list, and how many more there are."""
+    items = [str(i) for i in items]
+    shown = ", ".join(items[:first])
+    return shown + (f" and {len(items) - first} more" if len(items) > first else "")
+
+
+def _parse_sums(sums: Path) -> tuple[list[tuple[str, str]], list[int]]:
+    """``[(sha256, relative path), ...]`` of a ``sha256sum`` file, and the numbers of malformed lines."""
+    entries, bad = [], []
+    for number, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        digest, sep, rel = line.partition(" ")
+        rel = rel[1:] if rel[:1] in (" ", "*") else rel  # "hash  path" (text) or "hash *path" (binary)
+        parts = PurePosixPath(rel).parts
+        if (not sep or len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest) or not rel
+                or rel.startswith("/") or ".." in parts):
+            bad.append(number)
+            continue
+        entries.append((digest.lower(), rel))
+    return entries, bad
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256sums(folder: Path, progress: bool = True, memo: dict | None = None) -> Check:
+    """Check every file that ``folder/SHA256SUMS`` lists (``sha256  relative/path`` per line).
+
+    The list comes with the copy, not from an official release: a pass says that the files are the
+    ones this copy was published with (nothing corrupt, truncated or missing), and files it does not
+    list are not looked at. Shows a progress bar over the files when ``progress``.
+    """
+    from tqdm.auto import tqdm
+
+    folder = Path(folder)
+    key = ("sha256sums", str(folder.resolve()))
+    if memo is not None and key in memo:
+        return memo[key]
+    sums = folder / SUMS_FILE
+    if not sums.is_file():
+        out = Check(SUMS_FILE, None, f"no {SUMS_FILE} in {folder}: file contents not checked")
+    else:
+        entries, bad = _parse_sums(sums)
+        missing, differ = [], []
+        for digest, rel in tqdm(entries, desc=f"hashing {folder.name}", unit="file", leave=False,
+                                mininterval=0.5, disable=not progress or len(entries) < 100):
+            try:
+                if sha256_file(folder / rel) != digest:
+                    differ.append(rel)
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+                missing.append(rel)
+        problems = []
+        if differ:
+            problems.append(f"{len(differ)} differ: {some(differ)}")
+        if missing:
+            problems.append(f"{len(missing)} missing: {some(missing)}")
+        if bad:
+            problems.append(f"{len(bad)} malformed line(s) in {SUMS_FILE}: line {some(bad)}")
+        if not entries and not bad:
+            problems.append(f"{SUMS_FILE} lists no files")
+        if problems:
+            out = Check(SUMS_FILE, False, f"of the {len(entries)} files listed in {sums}, " + "; ".join(problems))
+        else:
+            out = Check(SUMS_FILE, True, f"all {len(entries)} files listed in {SUMS_FILE} match "
+                                         f"(the list that came with this copy)")
+    if memo is not None:
+        memo[key] = out
+    return out
+
+
+def check_md5(path: Path, md5: str, source: str) -> Check:
+    """Compare a file's MD5 with the official one published by ``source``."""
+    from .download import md5sum
+
+    got = md5sum(path)
+    if got == md5.lower():
+        return Check(f"MD5 {path.name}", True, f"{path.name} has the official MD5 {got} ({source})")
+    return Check(f"MD5 {path.name}", False, f"{path} has MD5 {got}, but the official file ({source}) has MD5 "
+                                            f"{md5.lower()}: it is corrupt, truncated or another version")
