@@ -9,6 +9,9 @@ rotated by 0/90/180/270 degrees is its own class, as in the papers.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .base import DATASETS, Dataset, Split, atomic_torch_save
+from .base import DATASETS, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_md5, check_sha256sums, some
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 ARCHIVES = {  # folder -> MD5 of its official zip
@@ -25,6 +28,9 @@ ARCHIVES = {  # folder -> MD5 of its official zip
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
 }
 ROTATIONS = (0, 90, 180, 270)
+# the official release: folder -> (alphabets, characters); 20 drawings of each character
+OFFICIAL_COUNTS = {"images_background": (30, 964), "images_evaluation": (20, 659)}
+DRAWINGS = 20
 
 # The Vinyals et al. split as used by Prototypical Networks and MAML: whole alphabets, except that
 # Gurmukhi's characters 42-45 are test classes. Everything not listed here is a training class.
@@ -56,6 +62,32 @@ def vinyals_classes(characters: list[str], split: str) -> list[str]:
     return out
 
 
+def drawing_counts(folder: Path) -> dict[str, int]:
+    """``{"Alphabet/characterNN": number of .png drawings}`` of one extracted Omniglot folder, sorted."""
+    return {f"{a.name}/{c.name}": sum(1 for _ in c.glob("*.png"))
+            for a in sorted(p for p in folder.iterdir() if p.is_dir())
+            for c in sorted(p for p in a.iterdir() if p.is_dir())}
+
+
+def structure_check(counts: dict[str, dict[str, int]]) -> Check:
+    """Alphabets, characters and drawings of ``{"images_background": drawing_counts(...), ...}`` against
+    the official release."""
+    problems, found = [], []
+    for f, (n_alphabets, n_chars) in OFFICIAL_COUNTS.items():
+        chars = counts.get(f, {})
+        alphabets = len({c.split("/")[0] for c in chars})
+        found.append(f"{f}/ {alphabets} alphabets, {len(chars)} characters")
+        if (alphabets, len(chars)) != (n_alphabets, n_chars):
+            problems.append(f"{f}/ holds {alphabets} alphabets and {len(chars)} characters where the official "
+                            f"release has {n_alphabets} and {n_chars}")
+        wrong = [f"{f}/{c} ({n})" for c, n in chars.items() if n != DRAWINGS]
+        if wrong:
+            problems.append(f"{len(wrong)} character(s) without {DRAWINGS} drawings: {some(wrong)}")
+    if problems:
+        return Check("structure", False, "; ".join(problems))
+    return Check("structure", True, f"{'; '.join(found)}, {DRAWINGS} drawings each, as the official release")
+
+
 @DATASETS.register
 class Omniglot(Dataset):
     """Omniglot handwritten characters, 28x28, Vinyals split with rotations (4800+1692 classes)."""
@@ -75,6 +107,18 @@ class Omniglot(Dataset):
     def is_available(self) -> bool:
         return all((self.folder / f).is_dir() for f in ARCHIVES)
 
+    def paths(self) -> tuple[Path, ...]:
+        return (self.folder,)
+
+    def how_to_get(self) -> str:
+        return (f"run `mtbench data download omniglot` (the two official zips from {BASE_URL}, MD5-checked), or "
+                f"`mtbench data prepare omniglot --from PATH` with a folder holding the two zips or the extracted "
+                f"images_background/ and images_evaluation/")
+
+    def download(self) -> None:
+        """Download and extract whichever of the two official zips is missing (MD5-checked, atomic)."""
+        self.prepare(download=True)
+
     def prepare(self, download: bool = True) -> None:
         from .download import download_and_extract
 
@@ -89,6 +133,111 @@ class Omniglot(Dataset):
                 )
             print(f"downloading Omniglot {folder} from {url} into {self.folder}")
             download_and_extract(url, md5, self.folder, folder, progress=self.progress)
+
+    # -- verification and installing a copy -----------------------------------------------------
+    def verify(self, memo: dict | None = None) -> VerifyReport:
+        """Structure against the official release (30 + 20 alphabets, 964 + 659 characters, 20 drawings
+        each), the Vinyals split files when the copy has them, ``SHA256SUMS`` when present, and the MD5 of
+        the official zips when they were kept."""
+        if not self.is_available():
+            return VerifyReport.missing(self)
+        counts = {f: drawing_counts(self.folder / f) for f in ARCHIVES}
+        checks = [structure_check(counts), *self._split_checks([c for f in ARCHIVES for c in counts[f]]),
+                  check_sha256sums(self.folder, self.progress, memo)]
+        zips = [self.folder / f"{f}.zip" for f in ARCHIVES]
+        checks += [check_md5(z, ARCHIVES[z.stem], f"{BASE_URL}/{z.name}") for z in zips if z.is_file()]
+        if not any(z.is_file() for z in zips):
+            checks.append(Check("MD5 archives", None, "the official zips were not kept (only the extracted folders): "
+                                                      "their MD5s could not be compared"))
+        return VerifyReport.of_checks(self, checks)
+
+    def _split_checks(self, characters: list[str]) -> list[Check]:
+        """The copy's ``splits/vinyals/{train,val,test}.txt``, when it has them, against the built-in split."""
+        folder = self.folder / "splits" / "vinyals"
+        files = [folder / f"{s}.txt" for s in ("train", "val", "test")]
+        if not all(f.is_file() for f in files):
+            return []
+        differ = [f.name for f in files if set(f.read_text().split()) != set(vinyals_classes(characters, f.stem))]
+        if differ:
+            return [Check("splits/vinyals", False, f"{some(differ)} in {folder} list other classes than mtbench's "
+                                                   f"Vinyals split of these characters")]
+        return [Check("splits/vinyals", True, "train/val/test.txt list the same classes as mtbench's Vinyals split")]
+
+    def prepare_from(self, path: str | os.PathLike) -> Path:
+        """Install Omniglot from ``path`` as ``<root>/omniglot``, checked, atomically.
+
+        Args:
+            path: a folder holding ``images_background/`` and ``images_evaluation/`` (extracted), or
+                the official ``images_background.zip`` and ``images_evaluation.zip`` (MD5-checked), or
+                the folder above one holding ``omniglot/``; or one of the two zips (its sibling is taken).
+
+        Only the folders missing from the data root are installed. Everything is copied or extracted
+        into a hidden folder in the data root and checked (20 drawings per character) before it is
+        renamed into place; on any failure nothing is left. ``SHA256SUMS`` and ``LICENSE`` come along.
+
+        Returns:
+            ``<root>/omniglot``.
+        """
+        from .download import extract_zip, md5sum
+
+        src = Path(path).expanduser()
+        if src.is_file() and src.suffix.lower() == ".zip":
+            src = src.parent
+        if not src.is_dir():
+            raise UserError(f"{src} does not exist or is not a folder; give the folder that holds the official "
+                            f"images_background.zip and images_evaluation.zip, or the extracted folders")
+
+        def holds(folder: Path) -> bool:
+            return any((folder / f).is_dir() or (folder / f"{f}.zip").is_file() for f in ARCHIVES)
+
+        if not holds(src) and holds(src / "omniglot"):
+            src = src / "omniglot"
+        needed = [f for f in ARCHIVES if not (self.folder / f).is_dir()]
+        if not needed:
+            raise UserError(f"{self.folder} already holds {' and '.join(ARCHIVES)}; remove it first if you want to "
+                            f"replace it with the copy in {src}")
+        sources = {}
+        for f in needed:
+            if (src / f).is_dir():
+                sources[f] = src / f
+            elif (src / f"{f}.zip").is_file():
+                sources[f] = src / f"{f}.zip"
+            else:
+                raise UserError(f"{src} holds neither {f}/ nor {f}.zip; give the folder that holds the official "
+                                f"Omniglot zips ({BASE_URL}/{f}.zip) or the folders extracted from them")
+        for f, source in sources.items():  # checksums before anything is written
+            if source.suffix == ".zip" and (got := md5sum(source)) != ARCHIVES[f].lower():
+                raise UserError(f"{source} has MD5 {got}, but the official {source.name} has MD5 {ARCHIVES[f]}: it is "
+                                f"corrupt or another file; download it again from {BASE_URL}/{source.name}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".omniglot-", dir=self.root))
+        try:
+            for f, source in sources.items():
+                if source.suffix == ".zip":
+                    extract_zip(source, tmp, f)
+                else:
+                    shutil.copytree(source, tmp / f)
+                counts = drawing_counts(tmp / f)
+                if not counts:
+                    raise UserError(f"{source} holds no Alphabet/characterNN/ folders of .png drawings: it is not "
+                                    f"Omniglot's {f}")
+                wrong = [f"{c} ({n})" for c, n in counts.items() if n != DRAWINGS]
+                if wrong:
+                    raise UserError(f"{source} is incomplete: {len(wrong)} character(s) without {DRAWINGS} drawings, "
+                                    f"{some(wrong)}; use the official {f}.zip")
+            for extra in ("SHA256SUMS", "LICENSE"):
+                if (src / extra).is_file() and not (self.folder / extra).exists():
+                    shutil.copyfile(src / extra, tmp / extra)
+            if not self.folder.exists() or (self.folder.is_dir() and not any(self.folder.iterdir())):
+                if self.folder.is_dir():
+                    self.folder.rmdir()
+                os.replace(tmp, self.folder)
+            else:
+                for name in sorted(os.listdir(tmp)):
+                    os.replace(tmp / name, self.folder / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.folder
 
     # -- decoding -------------------------------------------------------------------------------
     def characters(self) -> list[tuple[str, list[Path]]]:
