@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .base import DATASETS, Dataset, Split, atomic_torch_save
+from .base import DATASETS, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_sha256sums, some
 
 SIZE = 84
 IMAGES_PER_CLASS = 600  # the standard release
@@ -223,10 +223,70 @@ class MiniImageNet(Dataset):
     def _missing(self) -> UserError:
         return UserError(
             f"miniImageNet is not in {self.folder}{_what_is_there(self.folder)} and has no official download: "
-            f"put {_layouts_help(self.folder)} (MiniImageNet.prepare_from(PATH) checks a copy you have and installs "
-            f"it there; a command for it, `mtbench data prepare miniimagenet --from PATH`, is planned), or point "
-            f"--data-root / MTBENCH_DATA at the folder that holds mini-imagenet/"
+            f"put {_layouts_help(self.folder)} (`mtbench data prepare miniimagenet --from PATH` checks a copy you "
+            f"have and installs it there), or point --data-root / MTBENCH_DATA at the folder that holds mini-imagenet/"
         )
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.folder,)
+
+    def how_to_get(self) -> str:
+        return ("miniImageNet has no official download (its images are ImageNet's): get a copy in the images/ + "
+                "Ravi CSV layout or as the three mini-imagenet-cache-*.pkl files, then run "
+                "`mtbench data prepare miniimagenet --from PATH`")
+
+    # -- verification ---------------------------------------------------------------------------
+    def verify(self, memo: dict | None = None) -> VerifyReport:
+        """The Ravi & Larochelle classes (64/16/20) and the images per class against the standard 600 (fewer:
+        reported as a subset, with the counts, not as a failure), every image the CSVs list present, and
+        ``SHA256SUMS`` when the folder has one. There is no official archive, hence no official checksum."""
+        layout = self.layout
+        if layout is None:
+            return VerifyReport.missing(self)
+        counts: list[int] = []
+        problems: list[str] = []
+        for split in SPLITS:
+            try:
+                per_class = self._class_counts(split, layout)
+                check_classes(split, per_class, self.folder / (CSV_FILES if layout == "csv" else PICKLE_FILES)[split])
+            except UserError as exc:
+                problems.append(str(exc))
+                continue
+            counts.extend(per_class.values())
+        held = sorted(set(counts))
+        if held and held[-1] > IMAGES_PER_CLASS:
+            problems.append(f"classes with up to {held[-1]} images, more than the {IMAGES_PER_CLASS} of the "
+                            f"standard release")
+        if problems:
+            structure = Check("structure", False, " / ".join(problems))
+        else:
+            per = f"{held[0]}" if len(held) == 1 else f"{held[0]} to {held[-1]}"
+            structure = Check("structure", True, f"{'CSV' if layout == 'csv' else 'pickle'} layout, the Ravi & "
+                                                 f"Larochelle 64/16/20 classes, {per} images per class "
+                                                 f"({sum(counts)} images)"
+                                                 + (", every listed image present" if layout == "csv" else ""))
+        note = None if problems else subset_note(counts)
+        subset = bool(note) and held[0] < IMAGES_PER_CLASS
+        if subset:
+            structure = Check(structure.what, True, structure.detail + f": a subset of the standard release "
+                                                                      f"({IMAGES_PER_CLASS} per class)")
+        checks = [structure, check_sha256sums(self.folder, self.progress, memo)]
+        return VerifyReport.of_checks(self, checks, subset=subset, notes=[note] if note else [])
+
+    def _class_counts(self, split: str, layout: str) -> dict[str, int]:
+        """``{wnid: images}`` of one split; a :class:`UserError` when a listed image is missing."""
+        if layout == "pickle":
+            _, classes = read_pickle(self.folder / PICKLE_FILES[split], split)
+            return {wnid: len(idx) for wnid, idx in classes.items()}
+        rows = read_csv(self.folder / CSV_FILES[split])
+        missing = [name for name, _ in rows if not (self.folder / "images" / name).is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} of the {len(rows)} images that {CSV_FILES[split]} lists are missing from "
+                            f"{self.folder / 'images'}: {some(missing)}")
+        out: dict[str, int] = {}
+        for _, wnid in rows:
+            out[wnid] = out.get(wnid, 0) + 1
+        return out
 
     def prepare(self, download: bool = True) -> None:
         """Nothing to download: raise a :class:`UserError` that explains the layouts when the data is missing."""
