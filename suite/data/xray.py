@@ -23,17 +23,23 @@ the cache folder (keyed on file names and sizes), shared by ``xray`` and ``xray3
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+import tempfile
 import zipfile
-from pathlib import Path
+import zlib
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write
 from ..errors import UserError
-from .base import DATASETS, Dataset, Split, atomic_torch_save
+from .base import (DATASETS, SUMS_FILE, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_md5,
+                   check_sha256sums, some)
 from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 
 KERMANY_DOI = "10.17632/rscbjbr9sj.2"
@@ -41,6 +47,11 @@ KERMANY_URL = f"https://doi.org/{KERMANY_DOI}"
 CLASS_FOLDERS = ("NORMAL", "PNEUMONIA")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 SUBTYPE = re.compile(r"_(bacteria|virus)_", re.IGNORECASE)
+# the standard release (Mendeley Data v2 / the Kaggle copy): images per split and class folder, and the
+# pneumonia subtypes its file names give (bacteria, virus)
+OFFICIAL_COUNTS = {("train", "NORMAL"): 1341, ("train", "PNEUMONIA"): 3875,
+                   ("test", "NORMAL"): 234, ("test", "PNEUMONIA"): 390}
+OFFICIAL_SUBTYPES = {"train": (2530, 1345), "test": (242, 148)}
 
 # MedMNIST v3 (medmnist/info.py, INFO["pneumoniamnist"]): the 28x28 file on Zenodo and its MD5.
 PNEUMONIAMNIST_URL = "https://zenodo.org/records/10519652/files/pneumoniamnist.npz?download=1"
@@ -56,6 +67,17 @@ def pneumonia_subtype(file_name: str) -> str:
                         f"files personN_bacteria_M.jpeg or personN_virus_M.jpeg; rename or remove it, or use "
                         f"--dataset xray (normal vs pneumonia)")
     return "bacterial" if found.group(1).lower() == "bacteria" else "viral"
+
+
+def image_names(folder: Path) -> list[str]:
+    """The sorted names of the images in one class folder (hidden files such as .DS_Store left out)."""
+    return sorted(p.name for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+
+
+def _layout_help() -> str:
+    return (f"give the chest_xray folder (train/ and test/, each with NORMAL/ and PNEUMONIA/ holding the .jpeg "
+            f"images), the folder above it, or the .zip downloaded from DOI {KERMANY_DOI} ({KERMANY_URL})")
 
 
 @DATASETS.register
@@ -90,8 +112,154 @@ class ChestXray(Dataset):
             f"the Kermany et al. chest X-rays are not in {self.folder} (missing {', '.join(lacking)}); they have no "
             f"stable direct download: get them from Mendeley Data, DOI {KERMANY_DOI} ({KERMANY_URL}), and extract "
             f"them so that {self.folder}/train/NORMAL, train/PNEUMONIA, test/NORMAL and test/PNEUMONIA hold the "
-            f".jpeg files, or point --data-root / MTBENCH_DATA at the folder that holds chest_xray/{hint}"
+            f".jpeg files (`mtbench data prepare {self.name} --from PATH` checks the .zip or the extracted folder and "
+            f"installs it there), or point --data-root / MTBENCH_DATA at the folder that holds chest_xray/{hint}"
         )
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.folder,)
+
+    def how_to_get(self) -> str:
+        return (f"get the Kermany et al. chest X-rays (no stable direct download) from Mendeley "
+                f"Data, DOI {KERMANY_DOI} ({KERMANY_URL}), then run `mtbench data prepare {self.name} --from PATH` "
+                f"(the .zip or the extracted chest_xray folder)")
+
+    # -- verification ---------------------------------------------------------------------------
+    def verify(self, memo: dict | None = None) -> VerifyReport:
+        """Images per split and class folder against the standard release (train 1341 normal / 3875
+        pneumonia, test 234 / 390), and ``SHA256SUMS`` when the folder has one; mtbench knows no official
+        checksum of the images."""
+        if not self.is_available():
+            return VerifyReport.missing(self)
+        names = {(s, c): image_names(self.folder / s / c) for s in self.splits for c in CLASS_FOLDERS}
+        checks = [self._structure(names), *self._extra_checks(names),
+                  check_sha256sums(self.folder, self.progress, memo),
+                  Check("official checksum", None, "mtbench knows no official checksum of the Kermany images: their "
+                                                   "contents are checked only against the copy's SHA256SUMS, if any")]
+        notes = []
+        if (self.folder / "val").is_dir():
+            notes.append(f"{self.folder / 'val'} is not used, and its images are not counted")
+        return VerifyReport.of_checks(self, checks, notes=notes)
+
+    def _structure(self, names: dict[tuple[str, str], list[str]]) -> Check:
+        found = {k: len(v) for k, v in names.items()}
+        wrong = [f"{s}/{c} holds {found[s, c]}" for (s, c), n in OFFICIAL_COUNTS.items() if found[s, c] != n]
+        counts = ", ".join(f"{s}/{c} {n}" for (s, c), n in found.items())
+        if wrong:
+            return Check("structure", False, f"{'; '.join(wrong)} images where the standard release has "
+                                             f"{', '.join(f'{s}/{c} {n}' for (s, c), n in OFFICIAL_COUNTS.items())}")
+        return Check("structure", True, f"{counts} images, as the standard release")
+
+    def _extra_checks(self, names: dict[tuple[str, str], list[str]]) -> list[Check]:
+        return []
+
+    # -- installing a copy ----------------------------------------------------------------------
+    def prepare_from(self, path: str | os.PathLike) -> Path:
+        """Install the Kermany X-rays from ``path`` as ``<root>/chest_xray``, checked, atomically.
+
+        Args:
+            path: the ``chest_xray`` folder, the folder above it, or a ``.zip`` of it (such as the
+                Mendeley Data or Kaggle archive: the shortest folder in it that has the layout is taken,
+                ``__MACOSX`` and hidden files are skipped).
+
+        The layout, ``{train,test}/{NORMAL,PNEUMONIA}`` each holding images, is checked first. The images
+        of ``train/``, ``test/`` (and ``val/``, when present) and a ``SHA256SUMS`` beside them are copied
+        into a hidden folder in the data root that is renamed into place at the end; on any failure
+        nothing is left. The counts are not required to be the official ones: ``verify`` reports them.
+
+        Returns:
+            ``<root>/chest_xray``.
+        """
+        src = Path(path).expanduser()
+        if not src.exists():
+            raise UserError(f"{src} does not exist; {_layout_help()}")
+        dest = self.folder
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise UserError(f"{dest} already exists and is not empty; remove it first if you want to replace it with "
+                            f"the copy in {src}")
+        if src.is_dir():
+            copies = self._plan_folder(src)
+        elif zipfile.is_zipfile(src):
+            copies = None
+        else:
+            raise UserError(f"{src} is neither a folder nor a .zip archive; {_layout_help()}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".chest_xray-", dir=self.root))
+        try:
+            if copies is None:
+                self._extract(src, tmp)
+            else:
+                for source, rel in tqdm(copies, desc="copying chest X-rays", unit="file", disable=not self.progress):
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, tmp / rel)
+            if dest.is_dir():
+                dest.rmdir()  # empty, checked above
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
+    @staticmethod
+    def _layout_lacks(folder: Path) -> list[str]:
+        """What of the layout ``folder`` lacks: ``["test/PNEUMONIA (no images)", ...]``, empty when complete."""
+        lacks = []
+        for s in ("train", "test"):
+            for c in CLASS_FOLDERS:
+                d = folder / s / c
+                if not d.is_dir():
+                    lacks.append(f"{s}/{c}")
+                elif not image_names(d):
+                    lacks.append(f"{s}/{c} (no images)")
+        return lacks
+
+    def _plan_folder(self, src: Path) -> list[tuple[Path, str]]:
+        """``[(source file, path relative to chest_xray/), ...]`` of a folder copy, its layout checked."""
+        base = src
+        lacks = self._layout_lacks(src)
+        if lacks and (src / "chest_xray").is_dir():
+            base, lacks = src / "chest_xray", self._layout_lacks(src / "chest_xray")
+        if lacks:
+            raise UserError(f"{base} does not hold the chest X-ray layout: it lacks {', '.join(lacks)}; "
+                            f"{_layout_help()}")
+        plan = [(base / s / c / n, f"{s}/{c}/{n}") for s in ("train", "test", "val") for c in CLASS_FOLDERS
+                if (base / s / c).is_dir() for n in image_names(base / s / c)]
+        if (base / SUMS_FILE).is_file():
+            plan.append((base / SUMS_FILE, SUMS_FILE))
+        return plan
+
+    def _extract(self, archive: Path, tmp: Path) -> None:
+        """Extract the images of the chest X-ray layout found in a zip archive into ``tmp``, checked."""
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                found: dict[tuple[str, ...], dict[tuple[str, str], list[tuple[zipfile.ZipInfo, str]]]] = {}
+                for info in zf.infolist():
+                    parts = PurePosixPath(info.filename.replace("\\", "/")).parts
+                    if (info.is_dir() or len(parts) < 3 or "__MACOSX" in parts or parts[-1].startswith(".")
+                            or PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES
+                            or parts[-3] not in ("train", "test", "val") or parts[-2] not in CLASS_FOLDERS):
+                        continue
+                    found.setdefault(parts[:-3], {}).setdefault((parts[-3], parts[-2]), []).append((info, parts[-1]))
+                complete = [p for p, got in found.items() if all((s, c) in got for s in ("train", "test")
+                                                                  for c in CLASS_FOLDERS)]
+                if not complete:
+                    seen = sorted({f"{'/'.join(p + k)}/" for p, got in found.items() for k in got})
+                    raise UserError(f"the archive {archive} does not hold the chest X-ray layout (train/ and test/, "
+                                    f"each with NORMAL/ and PNEUMONIA/ images; it has "
+                                    f"{some(seen) if seen else 'no such folders'}); {_layout_help()}")
+                prefix = min(complete, key=lambda p: (len(p), p))
+                members = [(info, f"{s}/{c}/{name}") for (s, c), infos in sorted(found[prefix].items())
+                           for info, name in infos]
+                try:
+                    members.append((zf.getinfo("/".join((*prefix, SUMS_FILE))), SUMS_FILE))
+                except KeyError:
+                    pass  # no checksum file in the archive
+                for info, rel in tqdm(members, desc="extracting chest X-rays", unit="file", disable=not self.progress):
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as f, open(tmp / rel, "wb") as out:
+                        shutil.copyfileobj(f, out)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise UserError(f"the archive {archive} is corrupt ({exc}); download it again from DOI {KERMANY_DOI} "
+                            f"({KERMANY_URL})") from exc
 
     def prepare(self, download: bool = True) -> None:
         """Nothing can be downloaded: raise a :class:`UserError` naming the DOI and layout when missing."""
@@ -161,6 +329,21 @@ class ChestXray3(ChestXray):
     description = "pediatric chest X-rays, normal / bacterial / viral pneumonia (from the file names), 84x84"
     class_names = ("normal", "bacterial", "viral")
 
+    def _extra_checks(self, names: dict[tuple[str, str], list[str]]) -> list[Check]:
+        """The pneumonia subtypes in the file names: every name has one, counts as the standard release."""
+        unnamed = [f"{s}/PNEUMONIA/{n}" for s in self.splits for n in names[s, "PNEUMONIA"] if not SUBTYPE.search(n)]
+        if unnamed:
+            return [Check("subtypes", False, f"{len(unnamed)} pneumonia image(s) without _bacteria_ or _virus_ in the "
+                                             f"name: {some(unnamed)}")]
+        got = {s: (sum(SUBTYPE.search(n).group(1).lower() == "bacteria" for n in names[s, "PNEUMONIA"]),
+                   sum(SUBTYPE.search(n).group(1).lower() == "virus" for n in names[s, "PNEUMONIA"]))
+               for s in self.splits}
+        text = ", ".join(f"{s} {b} bacterial / {v} viral" for s, (b, v) in got.items())
+        if got != OFFICIAL_SUBTYPES:
+            want = ", ".join(f"{s} {b} / {v}" for s, (b, v) in OFFICIAL_SUBTYPES.items())
+            return [Check("subtypes", False, f"{text} where the standard release has {want}")]
+        return [Check("subtypes", True, f"{text}, as the standard release")]
+
     def labels_of(self, names: list[str], folder_labels: torch.Tensor) -> torch.Tensor:
         index = {c: i for i, c in enumerate(self.class_names)}
         return torch.tensor([0 if int(f) == 0 else index[pneumonia_subtype(n)]
@@ -191,6 +374,41 @@ class PneumoniaMNIST(Dataset):
 
     def _by_hand(self) -> str:
         return f"download {self.url} (MD5 {self.md5}) and save it as {self.path}"
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+    def how_to_get(self) -> str:
+        return (f"run `mtbench data download pneumoniamnist` ({self.url}, MD5-checked), or "
+                f"`mtbench data prepare pneumoniamnist --from PATH` with a copy of {PNEUMONIAMNIST_FILE}")
+
+    def download(self) -> None:
+        """Download the .npz from Zenodo (MD5-checked, atomic)."""
+        self.prepare(download=True)
+
+    def verify(self, memo: dict | None = None) -> VerifyReport:
+        """The MD5 of the .npz against MedMNIST's, which covers every array in it."""
+        if not self.is_available():
+            return VerifyReport.missing(self)
+        return VerifyReport.of_checks(self, [check_md5(self.path, self.md5, f"MedMNIST v3, {self.url}")])
+
+    def prepare_from(self, path: str | os.PathLike) -> Path:
+        """Install a copy of ``pneumoniamnist.npz`` (the file, or a folder holding it), MD5-checked, atomically."""
+        from .download import md5sum
+
+        src = Path(path).expanduser()
+        if src.is_dir():
+            src = src / PNEUMONIAMNIST_FILE
+        if not src.is_file():
+            raise UserError(f"{src} does not exist; give the path of {PNEUMONIAMNIST_FILE} ({self._by_hand()})")
+        if self.path.exists():
+            raise UserError(f"{self.path} already exists; remove it first if you want to replace it with {src}")
+        got = md5sum(src)
+        if got != self.md5.lower():
+            raise UserError(f"{src} has MD5 {got}, but MedMNIST's {PNEUMONIAMNIST_FILE} has MD5 {self.md5}: it is "
+                            f"corrupt or another version; {self._by_hand()}")
+        atomic_write(self.path, lambda tmp: shutil.copyfile(src, tmp))
+        return self.path
 
     def prepare(self, download: bool = True) -> None:
         from .download import download_file
