@@ -29,7 +29,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import UserError
-from .base import DATASETS, Dataset, Split
+from .base import DATASETS, Check, Dataset, Split, VerifyReport
 from .omniglot import Omniglot
 
 PHOTOS_PER_CLASS = 6  # the first 6 photos of each miniImageNet training class: 384 photos
@@ -76,6 +76,43 @@ class OmniglotShift(Dataset):
 
     def is_available(self) -> bool:
         return self.omniglot.is_available() and (self.photo_folder / "train.csv").is_file()
+
+    def paths(self) -> tuple[Path, ...]:
+        return (self.omniglot.folder, self.photo_folder)
+
+    def how_to_get(self) -> str:
+        steps = []
+        if not self.omniglot.is_available():
+            steps.append("`mtbench data download omniglot`")
+        if not (self.photo_folder / "train.csv").is_file():
+            steps.append("`mtbench data prepare miniimagenet --from PATH` (its photos are the backgrounds)")
+        return ("it is built from Omniglot and miniImageNet photos, nothing to download of its own"
+                + (f": run {' and '.join(steps)}" if steps else ""))
+
+    def verify(self, memo: dict | None = None) -> VerifyReport:
+        """The verification of the two datasets it is built from (shared through ``memo``, not repeated).
+
+        A miniImageNet subset is no failure here: only the first photos of each training class are used."""
+        from .miniimagenet import MiniImageNet
+
+        if not self.is_available():
+            return VerifyReport.missing(self)
+        checks, notes = [], []
+        for part in (self.omniglot, MiniImageNet(self.root, self.cache_dir, self.progress)):
+            report = part.verify(memo)
+            if report.status == "missing":
+                checks.append(Check(part.name, False, f"incomplete under {self.root}: {part.how_to_get()}"))
+            elif report.failed:
+                checks.append(Check(part.name, False, "failed: " + "; ".join(
+                    f"{c.what}: {c.detail}" for c in report.checks if c.ok is False)))
+            else:
+                passed = [c.what for c in report.checks if c.ok]
+                checks.append(Check(part.name, True if passed else None,
+                                    f"{report.status}" + (f" ({', '.join(passed)} passed)" if passed else "")))
+            if report.status == "subset":
+                notes.append(f"{part.name} is a subset; omniglot-shift uses only the first {PHOTOS_PER_CLASS} photos "
+                             f"of each training class, the same in the usual subsets")
+        return VerifyReport.of_checks(self, checks, notes=notes)
 
     def prepare(self, download: bool = True) -> None:
         self.omniglot.prepare(download)

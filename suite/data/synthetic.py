@@ -7,7 +7,7 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
-from .base import DATASETS, Dataset, Split
+from .base import DATASETS, Dataset, Split, VerifyReport
 
 _CLASSES = {"train": 64, "val": 16, "test": 32}
 
@@ -28,6 +28,15 @@ class Synthetic(Dataset):
     eval_split = "test"
     images_per_class = 20
     size = 16
+
+    def how_to_get(self) -> str:
+        return "it is generated on the fly: nothing to get"
+
+    def download(self) -> None:
+        """Nothing to download (the CLI says so before calling this, as the data is always available)."""
+
+    def verify(self, memo: dict | None = None) -> VerifyReport:
+        return VerifyReport(self.name, "generated", notes=["generated on the fly from fixed seeds: no files to check"])
 
     def load_split(self, split: str) -> Split:
         seed = int.from_bytes(hashlib.sha256(f"synthetic/{split}".encode()).digest()[:8], "little") >> 1
