@@ -132,5 +132,74 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+# -- mtbench data ----------------------------------------------------------------------------------
+def _data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")(fn)
+    return click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                        help="Folder holding the datasets (default: $MTBENCH_DATA, else ~/.cache/mtbench/data).")(fn)
+
+
+@main.group("data")
+def data_group() -> None:
+    """List, verify, download and install the datasets under the data root."""
+
+
+@data_group.command("list")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding the datasets (default: $MTBENCH_DATA, else ~/.cache/mtbench/data).")
+@user_errors
+def data_list(data_root: str | None) -> None:
+    """Each registered dataset: found or missing, where under the data root, and how to get a missing one."""
+    from .datacmd import list_text
+
+    click.echo(list_text(data_root))
+
+
+@data_group.command("verify")
+@click.argument("names", nargs=-1, metavar="[NAME...]")
+@_data_options
+@user_errors
+def data_verify(names: tuple[str, ...], data_root: str | None, progress: bool) -> None:
+    """Check structure, counts and checksums of the named datasets (default: all present ones).
+
+    Exits 1 when a check fails or a named dataset is missing, 2 on an unknown name.
+    """
+    from .datacmd import verify
+
+    text, ok = verify(names, data_root, progress)
+    click.echo(text)
+    if not ok:
+        sys.exit(1)
+
+
+@data_group.command("download")
+@click.argument("name")
+@_data_options
+@user_errors
+def data_download(name: str, data_root: str | None, progress: bool) -> None:
+    """Download NAME from its official URL, checksum-verified (omniglot, pneumoniamnist)."""
+    from .datacmd import download
+
+    click.echo(download(name, data_root, progress))
+
+
+@data_group.command("prepare")
+@click.argument("name")
+@click.option("--from", "source", required=True, type=click.Path(),
+              help="A copy you have: a folder, or an archive (.zip, .npz, .pkl) where the dataset accepts one.")
+@_data_options
+@user_errors
+def data_prepare(name: str, source: str, data_root: str | None, progress: bool) -> None:
+    """Check the copy of NAME at --from and install it under the data root, atomically, then verify it.
+
+    miniimagenet: a folder with images/ + train/val/test.csv, or the three mini-imagenet-cache-*.pkl;
+    xray, xray3: the chest_xray folder, its parent, or the .zip from DOI 10.17632/rscbjbr9sj.2;
+    omniglot: the two official zips (MD5-checked) or the extracted folders; pneumoniamnist: the .npz.
+    """
+    from .datacmd import prepare
+
+    click.echo(prepare(name, source, data_root, progress))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
