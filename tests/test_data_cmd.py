@@ -213,7 +213,7 @@ def test_list_on_the_shared_data() -> None:
 # -- verify -------------------------------------------------------------------------------------
 @pytest.mark.realdata
 def test_verify_passes_on_the_shared_data() -> None:
-    """Hashes every file the shared copies list (~48k files): about 5 s here with a warm page cache."""
+    """Hashes every file the shared copies list (48,303 files, ~100 MB): 1.4-2 s here with a warm page cache."""
     requires_real_data("omniglot")
     requires_real_data("mini-imagenet")
     requires_real_data("chest_xray")
