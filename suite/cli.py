@@ -160,7 +160,7 @@ def data_list(data_root: str | None) -> None:
 @_data_options
 @user_errors
 def data_verify(names: tuple[str, ...], data_root: str | None, progress: bool) -> None:
-    """Check structure, counts and checksums of the named datasets (default: all present ones).
+    """Check structure, counts and checksums of the named datasets (default: all; missing ones are listed).
 
     Exits 1 when a check fails or a named dataset is missing, 2 on an unknown name.
     """
