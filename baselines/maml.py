@@ -79,6 +79,7 @@ class MAML(Method):
         self._generator = generator
         self.backbone = build_backbone(hparams.backbone, in_shape, generator, norm="batch")
         self.model: nn.Module | None = None
+        self._zero_heads: dict[int, nn.Module] = {}
 
     def prepare(self, ways: int) -> None:
         self._build(ways)
@@ -92,10 +93,24 @@ class MAML(Method):
             raise UserError(f"this MAML model was built for {self.ways}-way tasks, not {ways}-way")
         return self.model
 
-    def inner_loop(self, params: Params, x: Tensor, y: Tensor, steps: int) -> Iterator[Params]:
+    def _target_model(self, ways: int) -> nn.Module:
+        """The model that adapts to a ``ways``-way task: the meta-trained one, or, for a target with
+        another number of classes than meta-training (a transfer), the meta-learned backbone under a
+        zero-initialised head, which treats every class alike (Ye & Chao, ICLR 2022)."""
+        if self.model is None or ways == self.ways:
+            return self._build(ways)
+        if ways not in self._zero_heads:
+            head = nn.Linear(self.backbone.out_features, ways).to(self.device)
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+            self._zero_heads[ways] = nn.Sequential(self.backbone, head)
+        return self._zero_heads[ways]
+
+    def inner_loop(self, params: Params, x: Tensor, y: Tensor, steps: int,
+                   model: nn.Module | None = None) -> Iterator[Params]:
         hp = self.hparams
         adapted = [k for k in params if k.startswith("1.")] if hp.head_only else None  # "1." = the head
-        return sgd_inner_loop(self.model, params, x, y, steps, hp.inner_lr, hp.first_order, adapted)
+        return sgd_inner_loop(model or self.model, params, x, y, steps, hp.inner_lr, hp.first_order, adapted)
 
     def task_loss(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
         """Query loss and accuracy after adapting ``params`` on the support set of one task."""
@@ -131,8 +146,8 @@ class MAML(Method):
             ctx.count(hp.meta_batch, idx.numel())
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
-        model = self._build(ways)
+        model = self._target_model(ways)
         start = detached(params_of(model))
-        for params in self.inner_loop(start, support_x, support_y, self.hparams.eval_steps):
+        for params in self.inner_loop(start, support_x, support_y, self.hparams.eval_steps, model):
             params = detached(params)
             yield lambda query_x, p=params: forward(model, p, query_x)

@@ -76,10 +76,13 @@ def load_into(method: Method, blob: dict[str, Any], ways: int) -> list[str]:
     if theirs != ours:
         raise UserError(f"--init: the checkpoint's backbone is {theirs!r}, this run's is {ours!r}; "
                         f"add --hp backbone={theirs} to use it")
-    method.prepare(ways)
+    whole = same_family(blob["method"], method)
+    # the whole method is rebuilt as it was fitted (its heads for its own ways); another method only
+    # takes the backbone and builds its heads for this run's ways
+    method.prepare(int(blob.get("ways", ways)) if whole else ways)
     state = blob["state"]
     targets = method.modules()
-    names = list(state) if same_family(blob["method"], method) else ["backbone"]
+    names = list(state) if whole else ["backbone"]
     missing_stats: list[str] = []
     for attr in names:
         if attr not in targets or attr not in state:

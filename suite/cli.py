@@ -59,10 +59,20 @@ def ls(kind: str | None) -> None:
 @main.command("run")
 @click.option("--method", "-m", required=True, help="Method name (see `mtbench ls`) or module:Class.")
 @click.option("--dataset", "-d", required=True, help="Dataset name (see `mtbench ls`).")
-@click.option("--ways", type=int, default=5, show_default=True, help="Classes per episode.")
-@click.option("--shots", type=int, default=1, show_default=True, help="Labelled images per class.")
-@click.option("--queries", type=int, default=15, show_default=True, help="Query images per class.")
-@click.option("--episodes", type=int, default=600, show_default=True, help="Fixed test episodes.")
+@click.option("--source", default=None,
+              help="Dataset to fit on (default: the dataset's own, or for a transfer target such as xray, miniimagenet).")
+@click.option("--protocol", type=click.Choice(["episodes", "transfer"]), default=None,
+              help="Few-shot episodes, or transfer: a fixed labelled target set over seeded trials "
+                   "(default: the dataset's; transfer for xray).")
+@click.option("--ways", type=int, default=None, help="Episodes: classes per episode.  [default: 5]")
+@click.option("--shots", type=int, default=None, help="Episodes: labelled images per class.  [default: 1]")
+@click.option("--queries", type=int, default=None, help="Episodes: query images per class.  [default: 15]")
+@click.option("--episodes", type=int, default=None, help="Episodes: number of fixed test episodes.  [default: 600]")
+@click.option("--train-images", type=int, default=None,
+              help="Transfer: labelled target images to adapt on, balanced over the classes.  [default: 200]")
+@click.option("--test-images", type=int, default=None,
+              help="Transfer: target test images per trial, balanced over the classes.  [default: 50]")
+@click.option("--trials", type=int, default=None, help="Transfer: seeded draws of both sets.  [default: 20]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the episodes and the fit.")
 @click.option("--budget", default="quick", show_default=True,
               help="Fit length: quick (a few CPU minutes), paper (the paper's schedule) or a number of iterations.")
@@ -81,12 +91,15 @@ def ls(kind: str | None) -> None:
               help="Write the fitted method to this checkpoint file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @user_errors
-def run_cmd(method: str, dataset: str, ways: int, shots: int, queries: int, episodes: int, seed: int,
-            budget: str, hparams: tuple[str, ...], device: str, data_root: str | None, out: str,
+def run_cmd(method: str, dataset: str, source: str | None, protocol: str | None, ways: int | None,
+            shots: int | None, queries: int | None, episodes: int | None, train_images: int | None,
+            test_images: int | None, trials: int | None, seed: int, budget: str, hparams: tuple[str, ...], device: str, data_root: str | None, out: str,
             download: bool, malloc_tuning: bool, init: str | None, save: str | None, progress: bool) -> None:
-    """Fit METHOD on DATASET, evaluate it on the fixed test episodes and write one result JSON."""
-    from .episodes import EpisodeSpec
+    """Fit METHOD on DATASET (or on --source), evaluate it on the fixed test episodes or transfer
+    trials and write one result JSON."""
+    from .data import DATASETS
     from .methods import parse_overrides
+    from .protocols import resolve
     from .runner import RunSpec, run
     from .runtime import tune_malloc
 
@@ -94,15 +107,41 @@ def run_cmd(method: str, dataset: str, ways: int, shots: int, queries: int, epis
         raise UserError(f"--out {out} is a file; give a folder for the result JSON")
     spec = RunSpec(
         method=method, dataset=dataset,
-        episodes=EpisodeSpec(ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed),
+        episodes=resolve(DATASETS.get(dataset).default_protocol, protocol, ways=ways, shots=shots, queries=queries,
+                         episodes=episodes, seed=seed, train_images=train_images, test_images=test_images,
+                         trials=trials),
         budget=budget, hparams=tuple(parse_overrides(hparams).items()), device=device,
         data_root=data_root, out=out, download=download, progress=progress,
-        command=shlex.join(["mtbench", *sys.argv[1:]]), init=init, save=save,
+        command=shlex.join(["mtbench", *sys.argv[1:]]), init=init, save=save, source=source,
     )
     if malloc_tuning and device != "cuda":
         tune_malloc()
     doc, path = run(spec)
     click.echo(summary(doc, path))
+
+
+@main.command("compare")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--markdown", "fmt", flag_value="markdown", help="Print Markdown tables.")
+@click.option("--text", "fmt", flag_value="text", default=True, help="Print aligned text tables (default).")
+@user_errors
+def compare_cmd(paths: tuple[str, ...], fmt: str) -> None:
+    """Rank the results in PATHS (files or folders) side by side, one table per set of shared episodes."""
+    from .compare import collect, render
+
+    click.echo(render(collect(paths), fmt))
+
+
+def protocol_line(p: dict[str, Any]) -> str:
+    """One line saying what a result's episodes or transfer trials were."""
+    where = (f", support from {p['support_from']}, queries from {p['queries_from']}"
+             if p.get("support_from", p.get("queries_from")) != p.get("queries_from") else "")
+    if p.get("kind") == "transfer":
+        return (f"transfer: {p['ways'] * p['shots']} labelled + {p['ways'] * p['queries']} test images "
+                f"({p['shots']} + {p['queries']} per class, {p['ways']} classes), {p['trials']} trials, "
+                f"seed {p['seed']}{where}, draws {p['episodes_sha'][:12]}")
+    return (f"{p['ways']}-way {p['shots']}-shot, {p['queries']} queries, {p['episodes']} episodes, "
+            f"seed {p['seed']}{where}, episodes {p['episodes_sha'][:12]}")
 
 
 def summary(doc: dict[str, Any], path: Path | None) -> str:
@@ -115,15 +154,16 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
                     f"{doc['init']['path']}")] if doc.get("init") else []),
         ("dataset", f"{doc['dataset']['name']} {doc['dataset']['split']} split"
                     + (f" (fit also saw the {u} split, unlabelled)" if (u := doc['dataset'].get('unlabelled_split')) else "")),
-        ("protocol", f"{p['ways']}-way {p['shots']}-shot, {p['queries']} queries, {p['episodes']} episodes, "
-                     f"seed {p['seed']}, episodes {p['episodes_sha'][:12]}"),
+        *([("source", f"fitted on {src['name']} {src['fit_split']} split")] if (src := doc.get("source")) else []),
+        ("protocol", protocol_line(p)),
         ("accuracy", f"{acc['mean']:.4f} ± {acc['ci95']:.4f} (95% CI)"),
         ("by step", steps),
         ("adapt", f"{adapt['ms_per_episode']:.2f} ms/episode over {adapt['steps']} predictor(s)"),
         ("fit", f"{fit['seconds']:.1f} s, {fit['iterations']} it, {fit['tasks_per_s']:.1f} tasks/s, "
                 f"{fit['images_per_s']:.0f} images/s, peak {fit['peak_memory_bytes'] / 2**20:.0f} MiB "
                 f"({fit['peak_memory_kind']})"),
-        *[("note", n) for n in fit.get("notes", [])],
+        *[("note", n) for n in [*doc["dataset"].get("notes", []), *((doc.get("source") or {}).get("notes", [])),
+                                *fit.get("notes", [])]],
         ("evaluation", f"{doc['evaluation']['seconds']:.1f} s, {doc['evaluation']['tasks_per_s']:.1f} episodes/s"),
         ("device", doc["provenance"]["device"]),
         ("result", str(path) if path else "(not written)"),

@@ -68,17 +68,47 @@ class EpisodeSpec:
 
 def sample_indices(split: Split, ways: int, per_class: int, generator: torch.Generator, n: int = 1) -> Tensor:
     """Draw ``n`` episodes' image indices: ``int64[n, ways, per_class]`` (CPU), classes and images without replacement."""
-    counts, starts = split.class_count, split.class_start  # CPU tensors
+    counts = split.class_count  # CPU tensors
     if ways > split.num_classes or per_class > int(counts.min()):
         raise UserError(f"{split.dataset}/{split.name} cannot supply {ways}-way tasks of {per_class} images per class "
                         f"(it has {split.num_classes} classes, the smallest with {int(counts.min())} images); "
                         f"lower --ways/--shots or the method's train_* hparams")
     classes = torch.rand(n, split.num_classes, generator=generator).argsort(dim=1)[:, :ways]  # [n, ways]
+    return _within(split, classes, per_class, generator)
+
+
+def _within(split: Split, classes: Tensor, per_class: int, generator: torch.Generator) -> Tensor:
+    """``per_class`` distinct image indices of ``split`` in each of ``classes: int64[n, ways]`` -> ``[n, ways, per_class]``."""
+    counts, starts = split.class_count, split.class_start
+    n, ways = classes.shape
     most = int(counts.max())
     keys = torch.rand(n, ways, most, generator=generator)
     keys[torch.arange(most).expand(n, ways, most) >= counts[classes].unsqueeze(-1)] = 2.0  # beyond a class: last
     within = keys.argsort(dim=-1)[..., :per_class]
     return starts[classes].unsqueeze(-1) + within
+
+
+def check_pair(support: Split, query: Split, spec: "EpisodeSpec") -> None:
+    """Raise a :class:`UserError` unless ``support`` (shots) and ``query`` (queries) can make episodes together."""
+    if support.class_names != query.class_names:
+        raise ValueError(f"{support.dataset}: support split {support.name} and query split {query.name} "
+                         f"have different classes")
+    if spec.ways > query.num_classes:
+        raise UserError(f"--ways {spec.ways} is more than the {query.num_classes} classes of {query.dataset}; "
+                        f"use --ways {query.num_classes} or fewer")
+    for split, need, option in ((support, spec.shots, "--shots"), (query, spec.queries, "--queries")):
+        fewest = int(split.class_count.min())
+        if need > fewest:
+            raise UserError(f"{option} {need} is more than the {fewest} images of the smallest class of "
+                            f"{split.dataset}/{split.name}; lower {option}")
+
+
+def sample_pair(support: Split, query: Split, spec: "EpisodeSpec", generator: torch.Generator) -> Tensor:
+    """One episode whose support comes from ``support`` and queries from ``query`` (same classes):
+    ``int64[ways, shots + queries]``, the first ``shots`` columns indexing ``support``."""
+    classes = torch.rand(1, query.num_classes, generator=generator).argsort(dim=1)[:, :spec.ways]
+    return torch.cat([_within(support, classes, spec.shots, generator),
+                      _within(query, classes, spec.queries, generator)], dim=-1)[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,13 +129,14 @@ class Episode:
     query_y: Tensor
 
 
-def make_episode(split: Split, indices: Tensor, shots: int, index: int = 0) -> Episode:
-    """Gather one episode from ``indices: int64[ways, shots+queries]`` (on the split's device)."""
+def make_episode(split: Split, indices: Tensor, shots: int, index: int = 0, support: Split | None = None) -> Episode:
+    """Gather one episode from ``indices: int64[ways, shots+queries]`` (on the split's device); the
+    first ``shots`` columns index ``support`` when given (support and queries from different splits)."""
     ways, per_class = indices.shape
     labels = torch.arange(ways, device=indices.device)
     return Episode(
         index,
-        split.gather(indices[:, :shots].reshape(-1)),
+        (support or split).gather(indices[:, :shots].reshape(-1)),
         labels.repeat_interleave(shots),
         split.gather(indices[:, shots:].reshape(-1)),
         labels.repeat_interleave(per_class - shots),
@@ -123,17 +154,29 @@ class EpisodeSet:
     Args:
         split: the split to draw from (its device is where episodes are gathered).
         spec: the episode shape, count and seed.
+        support: draw the support images from this split instead (same classes), the queries
+            from ``split``: e.g. a target's training images as the labelled set, its test images
+            as the queries. ``None``: both from ``split``.
     """
 
-    def __init__(self, split: Split, spec: EpisodeSpec) -> None:
-        spec.check(split)
-        self.split, self.spec = split, spec
-        table = torch.stack([
-            sample_indices(split, spec.ways, spec.per_class,
-                           torch.Generator().manual_seed(episode_seed(split.fingerprint, spec, i)))[0]
-            for i in range(spec.episodes)
-        ])  # [episodes, ways, per_class]
-        digest = hashlib.sha256(f"{split.fingerprint}|{spec.ways}|{spec.shots}|{spec.queries}".encode())
+    def __init__(self, split: Split, spec: EpisodeSpec, support: Split | None = None) -> None:
+        self.split, self.spec, self.support = split, spec, support
+        if support is None:
+            spec.check(split)
+            table = torch.stack([
+                sample_indices(split, spec.ways, spec.per_class,
+                               torch.Generator().manual_seed(episode_seed(split.fingerprint, spec, i)))[0]
+                for i in range(spec.episodes)
+            ])  # [episodes, ways, per_class]
+            digest = hashlib.sha256(f"{split.fingerprint}|{spec.ways}|{spec.shots}|{spec.queries}".encode())
+        else:
+            check_pair(support, split, spec)
+            pair = f"{support.fingerprint}>{split.fingerprint}"
+            table = torch.stack([
+                sample_pair(support, split, spec, torch.Generator().manual_seed(episode_seed(pair, spec, i)))
+                for i in range(spec.episodes)
+            ])
+            digest = hashlib.sha256(f"{pair}|{spec.ways}|{spec.shots}|{spec.queries}".encode())
         digest.update(table.numpy().astype("<i8").tobytes())
         self.sha = digest.hexdigest()
         self.indices = table.to(split.device)
@@ -142,7 +185,7 @@ class EpisodeSet:
         return self.spec.episodes
 
     def __getitem__(self, i: int) -> Episode:
-        return make_episode(self.split, self.indices[i], self.spec.shots, i)
+        return make_episode(self.split, self.indices[i], self.spec.shots, i, self.support)
 
     def __iter__(self) -> Iterator[Episode]:
         return (self[i] for i in range(len(self)))

@@ -177,14 +177,20 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
     return out
 
 
-def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str], budget: str | None = None) -> Any:
-    """The method's hparams: dataclass defaults, the dataset preset, the quick-budget deviations
-    (when ``budget == "quick"``), then ``--hp`` overrides."""
+def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str], budget: str | None = None,
+                 source: str | None = None) -> Any:
+    """The method's hparams: dataclass defaults, the presets of the ``source`` it is fitted on (when
+    not ``dataset`` itself) then of ``dataset``, the quick-budget deviations of both (when ``budget ==
+    "quick"``), then ``--hp`` overrides."""
     fields = {f.name: f for f in dataclasses.fields(cls.Hparams)}
     hints = typing.get_type_hints(cls.Hparams)
-    values: dict[str, Any] = dict(cls.presets.get(dataset, {}))
+    names = [n for n in (source, dataset) if n] if source != dataset else [dataset]
+    values: dict[str, Any] = {}
+    for name in names:
+        values.update(cls.presets.get(name, {}))
     if budget == "quick":
-        values.update(cls.quick_presets.get(dataset, {}))
+        for name in names:
+            values.update(cls.quick_presets.get(name, {}))
     for key, text in overrides.items():
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=2)

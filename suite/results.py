@@ -109,7 +109,9 @@ def provenance(device_name: str, device_type: str, malloc: dict[str, Any], comma
 def result_filename(doc: dict[str, Any]) -> str:
     p = doc["protocol"]
     stamp = doc["provenance"]["timestamp"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    return f"{doc['dataset']['name']}_{p['ways']}w{p['shots']}s_{doc['method']['name']}_seed{p['seed']}_{stamp}.json"
+    shape = (f"transfer{p['train_images']}-{p['test_images']}" if p.get("kind") == "transfer"
+             else f"{p['ways']}w{p['shots']}s")
+    return f"{doc['dataset']['name']}_{shape}_{doc['method']['name']}_seed{p['seed']}_{stamp}.json"
 
 
 def write_result(doc: dict[str, Any], out_dir: Path) -> Path:

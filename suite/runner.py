@@ -13,8 +13,10 @@ import torch
 from .checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
 from .data import DATASETS, resolve_data_root
 from .episodes import EpisodeSet, EpisodeSpec
+from .errors import UserError
 from .evaluate import evaluate
 from .methods import METHODS, FitContext, make_hparams
+from .protocols import TransferSpec
 from .results import SCHEMA_VERSION, provenance, write_result
 from .runtime import device_name, malloc_setting, peak_memory, reset_peak_memory, select_device, timer
 
@@ -26,7 +28,8 @@ class RunSpec:
     Args:
         method: registered method name (or ``module:attr``).
         dataset: registered dataset name.
-        episodes: the evaluation protocol.
+        episodes: the evaluation protocol: few-shot episodes, or the transfer setting (a fixed number
+            of labelled target images over seeded trials).
         budget: ``"quick"``, ``"paper"`` or a number of fit iterations.
         hparams: ``(name, value-text)`` overrides of the method's hparams.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -38,11 +41,13 @@ class RunSpec:
         init: a checkpoint (``--save`` of an earlier run) to start from: all of it for the same
             method, the backbone for another (a meta-then-transfer pipeline).
         save: where to write this run's fitted method as a checkpoint.
+        source: the dataset to fit on, when not the dataset's own ``default_source`` (a transfer
+            target such as ``xray`` defaults to ``miniimagenet``) or, without one, itself.
     """
 
     method: str
     dataset: str
-    episodes: EpisodeSpec = EpisodeSpec()
+    episodes: EpisodeSpec | TransferSpec = EpisodeSpec()
     budget: str = "quick"
     hparams: tuple[tuple[str, str], ...] = ()
     device: str = "auto"
@@ -53,6 +58,10 @@ class RunSpec:
     command: str | None = None
     init: str | None = None
     save: str | None = None
+    source: str | None = None
+
+#: the few-shot tasks a method is fitted with on a source domain other than the evaluation's
+SOURCE_EPISODES = EpisodeSpec(ways=5, shots=5, queries=15, episodes=1)
 
 
 def fit_seed(seed: int) -> int:
@@ -61,29 +70,49 @@ def fit_seed(seed: int) -> int:
 
 
 def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
-    """Fit the method on the dataset's fit split, evaluate it on the fixed test episodes, write the result.
+    """Fit the method on the source's fit split, evaluate it on the fixed test episodes, write the result.
 
-    Every check of the user's input (names, hparams, budget, device, protocol against the data)
-    happens before any training, and the result file is only written at the very end.
+    The source is the dataset itself unless it is a transfer target (``default_source``) or
+    ``spec.source`` names one. Every check of the user's input (names, hparams, budget, device,
+    protocol against the data) happens before any training; the result is written at the very end.
     """
     method_cls = METHODS.get(spec.method)
     dataset_cls = DATASETS.get(spec.dataset)
-    hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget))
-    iterations = method_cls.iterations_for(spec.budget, spec.dataset)
+    source_cls = DATASETS.get(spec.source or dataset_cls.default_source or dataset_cls.name)
+    cross = source_cls is not dataset_cls
+    hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source=source_cls.name)
+    iterations = method_cls.iterations_for(spec.budget, source_cls.name)
     device = select_device(spec.device)
     blob, blob_sha = read_checkpoint(spec.init) if spec.init else (None, None)
 
-    data = dataset_cls(root=resolve_data_root(spec.data_root), progress=spec.progress)
+    root = resolve_data_root(spec.data_root)
+    data = dataset_cls(root=root, progress=spec.progress)
     data.prepare(download=spec.download)
+    source_data = source_cls(root=root, progress=spec.progress) if cross else data
+    if cross:
+        source_data.prepare(download=spec.download)
     test = data.load(data.eval_split).to(device)
-    episodes = EpisodeSet(test, spec.episodes)
+    support = data.load(data.support_split).to(device) if data.support_split else None
+    transfer = spec.episodes if isinstance(spec.episodes, TransferSpec) else None
+    protocol = transfer.episodes(test.num_classes) if transfer else spec.episodes
+    episodes = EpisodeSet(test, protocol, support)
     # a backbone without BatchNorm statistics is calibrated on the training split, never on the test one
     needs_source = iterations > 0 or blob is not None
-    source = data.load(data.fit_split).to(device) if needs_source else test
+    source = source_data.load(source_data.fit_split).to(device) if needs_source else test
+    if needs_source and source.image_shape != test.image_shape:
+        raise UserError(f"--source {source_cls.name} has {_shape(source.image_shape)} images but {dataset_cls.name} has "
+                        f"{_shape(test.image_shape)}: a method fitted on one cannot take the other; choose a source "
+                        f"with the same image size and channels")
+    # fitting on another domain uses that domain's few-shot tasks, not the target's protocol
+    if cross or transfer:
+        fit_spec = dataclasses.replace(SOURCE_EPISODES, ways=min(SOURCE_EPISODES.ways, source.num_classes),
+                                       seed=protocol.seed)
+    else:
+        fit_spec = protocol
     if iterations > 0:  # training draws support + at least one query per class from the fit split
-        dataclasses.replace(spec.episodes, queries=1).check(source)
+        dataclasses.replace(fit_spec, queries=1).check(source)
     # target-domain images for domain adaptation, labels withheld; never the evaluation split
-    unlabelled_split = data.unlabelled_split if iterations > 0 else None
+    unlabelled_split = data.unlabelled_split if iterations > 0 and not cross else None
     unlabelled = data.load(unlabelled_split).without_labels().to(device) if unlabelled_split else None
 
     # the code and device state as the run starts (edits made while it runs do not count)
@@ -92,11 +121,11 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     method = method_cls(hparams, test.image_shape, generator, device)
     init = None
     if blob is not None:
-        missing_stats = load_into(method, blob, spec.episodes.ways)
+        missing_stats = load_into(method, blob, protocol.ways)
         if missing_stats:
             recalibrate_batchnorm(method.backbone, source, generator)
         init = init_record(blob, blob_sha, str(spec.init), recalibrated=bool(missing_stats))
-    ctx = FitContext(source, spec.episodes, iterations, generator, device, spec.progress, unlabelled)
+    ctx = FitContext(source, fit_spec, iterations, generator, device, spec.progress, unlabelled)
     reset_peak_memory(device)
     start = timer(device)
     if iterations > 0:
@@ -106,8 +135,8 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     if spec.save:
         save_checkpoint(method, {
             "method": method_cls.name, "method_version": method_cls.version, "hparams": dataclasses.asdict(hparams),
-            "in_shape": list(test.image_shape), "dataset": dataset_cls.name, "fit_split": data.fit_split,
-            "ways": spec.episodes.ways, "shots": spec.episodes.shots, "budget": str(spec.budget),
+            "in_shape": list(test.image_shape), "dataset": source_cls.name, "fit_split": source_data.fit_split,
+            "ways": fit_spec.ways, "shots": fit_spec.shots, "budget": str(spec.budget),
             "iterations": iterations, "fit_seconds": fit_seconds, "provenance": origin, "init": init,
         }, Path(spec.save))
     scores = evaluate(method, episodes, spec.progress)
@@ -117,8 +146,14 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
         "method": {"name": method_cls.name, "version": method_cls.version,
                    "hparams": dataclasses.asdict(hparams), "transductive": method_cls.transductive},
         "dataset": {"name": dataset_cls.name, "version": dataset_cls.version, "fit_split": data.fit_split,
-                    "split": data.eval_split, "unlabelled_split": unlabelled_split},
-        "protocol": {**dataclasses.asdict(spec.episodes), "episodes_sha": episodes.sha},
+                    "split": data.eval_split, "unlabelled_split": unlabelled_split,
+                    "support_split": data.support_split, "notes": data.notes},
+        "source": ({"name": source_cls.name, "version": source_cls.version, "fit_split": source_data.fit_split,
+                    "notes": source_data.notes} if cross else None),
+        "protocol": {"kind": "transfer" if transfer else "episodes", **(transfer.record() if transfer else {}),
+                     **dataclasses.asdict(protocol), "episodes_sha": episodes.sha,
+                     "support_from": data.support_split or data.eval_split, "queries_from": data.eval_split,
+                     "fit_episodes": dataclasses.asdict(fit_spec) if fit_spec is not protocol else None},
         "budget": {"name": str(spec.budget), "iterations": iterations},
         "init": init,
         "accuracy": scores["accuracy"],
@@ -134,3 +169,8 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     }
     path = write_result(doc, Path(spec.out)) if spec.out is not None else None
     return doc, path
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    c, h, w = shape
+    return f"{h}x{w} {'grey' if c == 1 else f'{c}-channel'}"

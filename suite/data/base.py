@@ -156,6 +156,14 @@ class Dataset:
     eval_split: ClassVar[str] = "test"
     #: target-domain images a method may train on without their labels (domain adaptation), or None
     unlabelled_split: ClassVar[str | None] = None
+    #: where evaluation draws the labelled (support) images from, when not ``eval_split`` itself: a
+    #: target's own training images, the queries then coming from its test images
+    support_split: ClassVar[str | None] = None
+    #: the dataset methods are fitted on when this one is a transfer target (``--source`` changes it);
+    #: ``None``: fit on this dataset's own ``fit_split``
+    default_source: ClassVar[str | None] = None
+    #: ``"episodes"`` (few-shot tasks) or ``"transfer"`` (a fixed-size labelled target set, many trials)
+    default_protocol: ClassVar[str] = "episodes"
 
     def __init__(self, root: Path | None = None, cache_dir: Path | None = None, progress: bool = True) -> None:
         self.root = Path(root) if root is not None else resolve_data_root()

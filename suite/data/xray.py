@@ -91,6 +91,10 @@ class ChestXray(Dataset):
     fit_split = "train"
     eval_split = "test"
     size = 84  # as miniImageNet, so that its backbones transfer without resizing
+    # a transfer target: fit on natural images, adapt on labelled training X-rays, score on test X-rays
+    default_source = "miniimagenet"
+    default_protocol = "transfer"
+    support_split = "train"
     class_names: tuple[str, ...] = ("normal", "pneumonia")
 
     @property
