@@ -53,9 +53,10 @@ class FeatureExtract(Method):
     name = "feature-extract"
     description = "frozen pre-trained backbone + logistic regression or nearest centroid on support features"
     Hparams = FeatureExtractHparams
-    budgets = {"default": {"quick": 300, "paper": 30000}, "omniglot": {"quick": 3000, "paper": 30000}}
+    budgets = {"default": {"quick": 300, "paper": 30000}, "omniglot": {"quick": 3000, "paper": 30000},
+               "miniimagenet": {"quick": 1000, "paper": 30000}}
     # quick: 4x the paper's minibatch, so 3,000 steps see ~40 images per class of Omniglot
-    quick_presets = {"omniglot": {"batch_size": 64}}
+    quick_presets = {"omniglot": {"batch_size": 64}, "miniimagenet": {"batch_size": 64}}
     transductive = False
 
     def __init__(self, hparams: FeatureExtractHparams, in_shape, generator, device) -> None:

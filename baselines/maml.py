@@ -73,7 +73,9 @@ class MAML(Method):
     # miniImageNet: the paper's (32-filter Conv4, alpha 0.01, 5 steps in training, 10 at test, 15 queries)
     presets = {"synthetic": {"inner_lr": 0.4, "meta_batch": 8},
                "miniimagenet": {"backbone": "conv4-32", "inner_lr": 0.01, "inner_steps": 5, "eval_steps": 10,
-                                "meta_batch": 4, "train_queries": 15}}
+                                "meta_batch": 4, "train_queries": 15},
+               # a 200-image target: more steps than a 5-shot task, the curve shows where it levels off
+               "xray": {"eval_steps": 25}, "xray3": {"eval_steps": 25}}
     budgets = {"default": {"quick": 100, "paper": 60000}, "omniglot": {"quick": 700, "paper": 60000},
                "miniimagenet": {"quick": 500, "paper": 60000}}
     # quick on miniImageNet: one inner step in training and 2 tasks per meta-batch (1.3 s per iteration

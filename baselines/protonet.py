@@ -11,7 +11,9 @@ from torch import Tensor
 
 from mtbench.backbones import build_backbone
 from mtbench.episodes import make_episode, sample_indices
+from mtbench.errors import UserError
 from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
+from mtbench.training import make_head, pretrain_classifier
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,11 @@ class ProtoNetHparams:
         train_queries: query images per class in training.
         lr: Adam learning rate.
         lr_halve_every: halve the learning rate every this many episodes.
+        pretrain_steps: minibatches of plain cross-entropy training over every source class before
+            the episodes (the classifier pre-training of Meta-Baseline, Chen et al. ICCV 2021);
+            0 = the paper's ProtoNet, trained on episodes only.
+        pretrain_batch: images per pre-training minibatch.
+        pretrain_lr: Adam learning rate of the pre-training (``lr`` is the episodes').
     """
 
     backbone: str = "conv4"
@@ -33,12 +40,19 @@ class ProtoNetHparams:
     train_queries: int = 5
     lr: float = 1e-3
     lr_halve_every: int = 2000
+    pretrain_steps: int = 0
+    pretrain_batch: int = 64
+    pretrain_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         positive("lr", self.lr)
         positive("train_ways", self.train_ways)
         positive("train_queries", self.train_queries)
         positive("lr_halve_every", self.lr_halve_every)
+        positive("pretrain_batch", self.pretrain_batch)
+        positive("pretrain_lr", self.pretrain_lr)
+        if self.pretrain_steps < 0:
+            raise UserError(f"--hp pretrain_steps={self.pretrain_steps}: must be ≥ 0")
 
 
 def squared_distances(queries: Tensor, prototypes: Tensor) -> Tensor:
@@ -64,8 +78,15 @@ class ProtoNet(Method):
     name = "protonet"
     description = "Prototypical Networks: nearest class mean in a learned embedding (Snell et al. 2017)"
     Hparams = ProtoNetHparams
-    presets = {"omniglot": {"train_ways": 60, "train_queries": 5}, "synthetic": {"train_ways": 20}}
-    budgets = {"default": {"quick": 300, "paper": 20000}, "synthetic": {"quick": 150, "paper": 20000}, "omniglot": {"quick": 1000, "paper": 20000}}
+    # miniImageNet: the paper's 5-shot training (20-way, 15 queries)
+    presets = {"omniglot": {"train_ways": 60, "train_queries": 5}, "synthetic": {"train_ways": 20},
+               "miniimagenet": {"train_ways": 20, "train_queries": 15}}
+    budgets = {"default": {"quick": 300, "paper": 20000}, "synthetic": {"quick": 150, "paper": 20000},
+               "omniglot": {"quick": 1000, "paper": 20000}, "miniimagenet": {"quick": 200, "paper": 20000}}
+    # quick on miniImageNet (2 CPU cores): 600 steps of classifier pre-training, then 200 5-way episodes
+    # at lr 1e-4. Episodes alone reached 0.41 (5-way 5-shot) after 600 5-way or 400 20-way episodes
+    # (~7 min); pre-training reached 0.505 in 2.8 min, 100 episodes at 1e-4 then 0.516, at 1e-3 0.415.
+    quick_presets = {"miniimagenet": {"pretrain_steps": 600, "train_ways": 5, "lr": 1e-4}}
     transductive = False
 
     def __init__(self, hparams: ProtoNetHparams, in_shape, generator, device) -> None:
@@ -76,6 +97,12 @@ class ProtoNet(Method):
         hp = self.hparams
         ways = min(hp.train_ways, ctx.source.num_classes)
         shots = hp.train_shots or ctx.spec.shots
+        if hp.pretrain_steps:
+            head = make_head("linear", self.backbone.out_features, ctx.source.num_classes, ctx.generator)
+            episodes, ctx.iterations = ctx.iterations, hp.pretrain_steps
+            pretrain_classifier(self.backbone, head, ctx, hp.pretrain_batch, hp.pretrain_lr,
+                                f"protonet pre-training on {ctx.source.num_classes} classes")
+            ctx.iterations = episodes
         opt = torch.optim.Adam(self.backbone.parameters(), lr=hp.lr)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_halve_every, gamma=0.5)
         self.backbone.train()

@@ -9,7 +9,12 @@ shift || true
 mtbench="${MTBENCH:-mtbench}"
 ckpt="$(mktemp -d)"
 trap 'rm -rf "$ckpt"' EXIT
-run() { "$mtbench" run --dataset xray --budget quick --out "$out" "$@"; }
+run() {  # one mtbench run, then its wall-clock time (loading, fit and the 20 trials)
+    local start=$SECONDS
+    "$mtbench" run --dataset xray --budget quick --out "$out" "$@"
+    echo "[wall $((SECONDS - start)) s] mtbench run --dataset xray --budget quick $*"
+    echo
+}
 
 run --method scratch "$@"
 run --method finetune "$@"

@@ -292,3 +292,23 @@ def test_scratch_minibatches_cover_every_step_and_full_batch_is_the_default(one_
     with pytest.raises(UserError, match="batch_size=-1"):
         make_hparams(Scratch, "xray", {"batch_size": "-1"})
     assert make_hparams(Scratch, "xray", {}).batch_size == 32
+
+
+def test_protonet_pretraining_stage_runs_before_the_episodes(one_thread) -> None:
+    from mtbench.baselines.protonet import ProtoNet
+    from mtbench.data import DATASETS as D
+
+    source = D.get("synthetic")().load("train")
+    hp = make_hparams(ProtoNet, "synthetic", {"pretrain_steps": "3", "pretrain_batch": "8", "train_ways": "4"})
+    method = ProtoNet(hp, source.image_shape, torch.Generator().manual_seed(0), torch.device("cpu"))
+    before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
+    ctx = FitContext(source, EpisodeSpec(4, 1, 2), 2, torch.Generator().manual_seed(1), torch.device("cpu"), False)
+    method.fit(ctx)
+    assert ctx.images == 3 * 8 + 2 * 4 * (1 + hp.train_queries)  # pre-training minibatches, then 2 episodes
+    assert ctx.iterations == 2  # the budget counts episodes; the pre-training is the hparam's
+    assert any(not torch.equal(before[k], v) for k, v in method.backbone.state_dict().items())
+    with pytest.raises(UserError, match="pretrain_steps=-1"):
+        make_hparams(ProtoNet, "synthetic", {"pretrain_steps": "-1"})
+    quick = make_hparams(ProtoNet, "miniimagenet", {}, "quick")
+    assert (quick.pretrain_steps, quick.lr, quick.train_ways) == (600, 1e-4, 5)
+    assert make_hparams(ProtoNet, "miniimagenet", {}, "paper").pretrain_steps == 0
