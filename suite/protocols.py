@@ -73,14 +73,18 @@ def resolve(default: str, protocol: str | None, *, ways: int | None = None, shot
         raise UserError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got '{protocol}'")
     if protocol == "episodes":
         if given_transfer:
-            raise UserError(f"{', '.join(given_transfer)} belong to --protocol transfer; this run uses few-shot "
+            raise UserError(f"{', '.join(given_transfer)} {_belong(given_transfer)} to --protocol transfer; this run uses few-shot "
                             f"episodes (--ways/--shots/--queries/--episodes): drop them or add --protocol transfer")
         return EpisodeSpec(ways=5 if ways is None else ways, shots=1 if shots is None else shots,
                            queries=15 if queries is None else queries,
                            episodes=600 if episodes is None else episodes, seed=seed)
     if given_episode:
-        raise UserError(f"{', '.join(given_episode)} belong to few-shot episodes; --protocol transfer takes "
+        raise UserError(f"{', '.join(given_episode)} {_belong(given_episode)} to few-shot episodes; --protocol transfer takes "
                         f"--train-images, --test-images and --trials: drop them or add --protocol episodes")
     return TransferSpec(train_images=200 if train_images is None else train_images,
                         test_images=50 if test_images is None else test_images,
                         trials=20 if trials is None else trials, seed=seed)
+
+
+def _belong(options: list[str]) -> str:
+    return "belongs" if len(options) == 1 else "belong"

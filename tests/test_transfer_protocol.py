@@ -47,9 +47,10 @@ def test_resolve_follows_the_dataset_default_unless_options_say_otherwise() -> N
 
 
 @pytest.mark.parametrize("kwargs, mentions", [
-    (dict(protocol="transfer", shots=5), "--shots belong to few-shot episodes"),
-    (dict(protocol="episodes", trials=5), "--trials belong to --protocol transfer"),
+    (dict(protocol="transfer", shots=5), "--shots belongs to few-shot episodes"),
+    (dict(protocol="episodes", trials=5), "--trials belongs to --protocol transfer"),
     (dict(protocol="bogus"), "--protocol must be one of episodes, transfer"),
+    (dict(protocol="transfer", ways=2, shots=5), "--ways, --shots belong to few-shot episodes"),
 ])
 def test_resolve_rejects_options_of_the_other_protocol(kwargs, mentions) -> None:
     protocol = kwargs.pop("protocol")
@@ -267,7 +268,7 @@ def test_compare_of_nothing_is_a_user_error(tmp_path: Path) -> None:
 def test_cli_refuses_mixed_protocol_options(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "-m", "protonet", "-d", "synthetic", "--protocol", "transfer",
                                        "--shots", "5", "--out", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "--shots belong to few-shot episodes" in result.output
+    assert result.exit_code == 2 and "--shots belongs to few-shot episodes" in result.output
     assert not (tmp_path / "r").exists()
 
 
