@@ -164,7 +164,7 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
                 f"({fit['peak_memory_kind']})"),
         *[("note", n) for n in [*doc["dataset"].get("notes", []), *((doc.get("source") or {}).get("notes", [])),
                                 *fit.get("notes", [])]],
-        ("evaluation", f"{doc['evaluation']['seconds']:.1f} s, {doc['evaluation']['tasks_per_s']:.1f} episodes/s"),
+        ("evaluation", f"{doc['evaluation']['seconds']:.1f} s, {doc['evaluation']['tasks_per_s']:.2f} episodes/s"),
         ("device", doc["provenance"]["device"]),
         ("result", str(path) if path else "(not written)"),
     ]

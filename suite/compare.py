@@ -43,7 +43,9 @@ def label(doc: dict[str, Any]) -> str:
     if hp.get("finetune_backbone"):
         name += " (whole network)"
     init = doc.get("init")
-    return f"{init['method']} → {name}" if init else name
+    if not init:
+        return name
+    return f"{name} (saved fit)" if init["method"] == doc["method"]["name"] else f"{init['method']} → {name}"
 
 
 def _protocol(p: dict[str, Any]) -> str:
