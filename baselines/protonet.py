@@ -99,10 +99,8 @@ class ProtoNet(Method):
         shots = hp.train_shots or ctx.spec.shots
         if hp.pretrain_steps:
             head = make_head("linear", self.backbone.out_features, ctx.source.num_classes, ctx.generator)
-            episodes, ctx.iterations = ctx.iterations, hp.pretrain_steps
             pretrain_classifier(self.backbone, head, ctx, hp.pretrain_batch, hp.pretrain_lr,
-                                f"protonet pre-training on {ctx.source.num_classes} classes")
-            ctx.iterations = episodes
+                                f"protonet pre-training on {ctx.source.num_classes} classes", steps=hp.pretrain_steps)
         opt = torch.optim.Adam(self.backbone.parameters(), lr=hp.lr)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_halve_every, gamma=0.5)
         self.backbone.train()

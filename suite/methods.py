@@ -74,9 +74,9 @@ class FitContext:
     images: int = 0
     notes: list[str] = field(default_factory=list)
 
-    def loop(self, desc: str) -> Iterator[int]:
-        """Iterate over ``range(iterations)`` with a progress bar."""
-        yield from tqdm(range(self.iterations), desc=desc, unit="it", disable=not self.progress,
+    def loop(self, desc: str, steps: int | None = None) -> Iterator[int]:
+        """Iterate over ``range(iterations)`` (or ``range(steps)``, for a stage of its own) with a progress bar."""
+        yield from tqdm(range(self.iterations if steps is None else steps), desc=desc, unit="it", disable=not self.progress,
                         mininterval=1.0, dynamic_ncols=True)
 
     def count(self, tasks: int, images: int) -> None:

@@ -42,15 +42,16 @@ def make_head(kind: str, in_features: int, classes: int, generator: torch.Genera
 
 
 def pretrain_classifier(backbone: nn.Module, head: nn.Module, ctx: FitContext, batch_size: int, lr: float,
-                        desc: str) -> None:
-    """Standard supervised training of ``head(backbone(x))`` on every class of ``ctx.source``.
+                        desc: str, steps: int | None = None) -> None:
+    """Standard supervised training of ``head(backbone(x))`` on every class of ``ctx.source``, for
+    ``steps`` minibatches (default: the budget's ``ctx.iterations``).
 
     Adam, cross-entropy, minibatches drawn uniformly (with a CPU generator) from all images.
     """
     model = nn.Sequential(backbone, head).to(ctx.device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = ctx.source.images.shape[0]
-    for _ in ctx.loop(desc):
+    for _ in ctx.loop(desc, steps):
         idx = torch.randint(n, (batch_size,), generator=ctx.generator).to(ctx.device, non_blocking=True)
         loss = F.cross_entropy(model(ctx.source.gather(idx)), ctx.source.labels[idx])
         opt.zero_grad(set_to_none=True)
