@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import vmap
+from torch.func import functional_call, vmap
 
 from mtbench.backbones import build_backbone, linear_head
 from mtbench.episodes import sample_indices
@@ -161,3 +162,45 @@ class MAML(Method):
         for params in self.inner_loop(start, support_x, support_y, self.hparams.eval_steps, model):
             params = detached(params)
             yield lambda query_x, p=params: forward(model, p, query_x)
+
+
+def reference_meta_loss(model: nn.Module, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
+                        steps: int, lr: float, first_order: bool = False,
+                        adapted: list[str] | None = None) -> Tensor:
+    """The textbook MAML meta-loss: a Python loop over the tasks, each adapted by unrolled SGD with
+    ``torch.autograd.grad(create_graph=True)`` (``create_graph=False`` for first order).
+
+    The plain reference that :class:`MAML` (``torch.func`` inner loop, tasks vmapped) is checked and
+    benchmarked against; same arguments as :meth:`MAML.meta_loss` plus the inner-loop settings.
+    ``adapted``: names of the parameters the inner steps move (``None``: all; ANIL: the head's).
+    """
+    names = list(params)
+    moves = [adapted is None or n in adapted for n in names]
+    total = sx.new_zeros(())
+    for t in range(sx.shape[0]):
+        fast = list(params.values())
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(model, dict(zip(names, fast)), (sx[t],)), sy[t])
+            grads = iter(torch.autograd.grad(loss, [p for p, m in zip(fast, moves) if m],
+                                             create_graph=not first_order))
+            fast = [p - lr * next(grads) if m else p for p, m in zip(fast, moves)]
+        total = total + F.cross_entropy(functional_call(model, dict(zip(names, fast)), (qx[t],)), qy[t])
+    return total / sx.shape[0]
+
+
+class MAMLReferenceLoop(MAML):
+    """:class:`MAML` with :func:`reference_meta_loss` as its meta-loss (not registered).
+
+    Everything else, sampling, the meta-optimiser and evaluation, is MAML's own, so timing its
+    ``fit`` against MAML's measures the batched ``torch.func`` meta-gradient against the per-task
+    loop and nothing else.
+    """
+
+    name = "maml-reference-loop"
+    description = "MAML with the textbook per-task autograd.grad(create_graph=True) meta-loss"
+
+    def meta_loss(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+        hp = self.hparams
+        adapted = [k for k in params if k.startswith("1.")] if hp.head_only else None  # "1." = the head
+        return reference_meta_loss(self.model, params, sx, sy, qx, qy, hp.inner_steps, hp.inner_lr,
+                                   hp.first_order, adapted)
