@@ -1,0 +1,283 @@
+"""Throughput measurements, shared by ``mtbench bench`` and the pytest-benchmark suite (``tests/benchmarks``).
+
+Each measurement is a :class:`Workload`: one step of real work through the suite's own code (episode
+sampling, ProtoNet's ``fit`` and the evaluator, MAML's ``fit``), which returns once the device has
+finished, with the number of tasks and images the step covers. ``mtbench bench`` times workloads with
+:func:`measure`; the pytest-benchmark suite hands the same callables to its ``benchmark`` fixture, so
+the two cannot measure different things. Inputs are Omniglot-shaped: 1x28x28, 5-way 1-shot with 15
+queries per class, Conv4; real Omniglot when it is under the data root, else random images of that
+shape (the timings do not depend on the pixel values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .data import DATASETS, Split, resolve_data_root
+from .episodes import EpisodeSet, EpisodeSpec, make_episode, sample_indices
+from .errors import UserError
+from .evaluate import evaluate
+from .methods import METHODS, FitContext, make_hparams
+from .results import git_state
+from .runtime import device_name, malloc_setting, peak_memory, reset_peak_memory, synchronize, timer
+
+SHAPE = (1, 28, 28)
+SPEC = EpisodeSpec(ways=5, shots=1, queries=15, episodes=600, seed=0)
+BACKBONE = "conv4"
+META_BATCHES = (1, 8, 32)
+EVAL_OVERHEAD_TARGET = 1.5  # evaluator time / bare forward passes, on the CPU
+
+
+# -- data ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BenchData:
+    """Where the images come from: ``fit`` for training steps, ``test`` for evaluation episodes."""
+
+    fit: Split
+    test: Split
+    description: str
+    real: bool
+
+
+def synthetic_split(name: str, classes: int, per_class: int = 20, seed: int = 0) -> Split:
+    """Random uint8 images of Omniglot's shape, ``classes`` x ``per_class``, the same on every machine."""
+    g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"bench/{name}/{seed}".encode()).digest()[:8],
+                                                     "little") >> 1)
+    images = torch.randint(0, 256, (classes * per_class, *SHAPE), generator=g, dtype=torch.uint8)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    return Split("bench-synthetic", name, images, labels, tuple(f"{name}-{i:04d}" for i in range(classes)),
+                 mean=(0.5,), std=(0.25,))
+
+
+def load_data(device: torch.device, data_root: str | None = None) -> BenchData:
+    """Omniglot's trainval and test splits when ``<data root>/omniglot`` holds the dataset, else synthetic
+    splits of the same image shape; both on ``device``."""
+    omniglot = DATASETS.get("omniglot")(root=resolve_data_root(data_root), progress=False)
+    if omniglot.is_available():
+        fit, test = omniglot.load(omniglot.fit_split), omniglot.load(omniglot.eval_split)
+        where = f"omniglot {omniglot.fit_split} ({fit.num_classes} classes) / {omniglot.eval_split} " \
+                f"({test.num_classes} classes) splits, from {omniglot.folder}"
+        return BenchData(fit.to(device), test.to(device), where, True)
+    fit, test = synthetic_split("fit", 256), synthetic_split("test", 64)
+    return BenchData(fit.to(device), test.to(device),
+                     f"synthetic {'x'.join(map(str, SHAPE))} images, 256 / 64 classes x 20 (no omniglot under "
+                     f"{omniglot.root})", False)
+
+
+# -- workloads -----------------------------------------------------------------------------------
+@dataclass
+class Workload:
+    """One step of work: calling it runs ``step`` and waits for the device.
+
+    Attributes:
+        method: what runs (``episodes``, ``protonet``, ``maml-vmap``, ``maml-loop``).
+        measurement: which part (``sample``, ``fixed set``, ``train``, ``evaluate``, ``forward``, ``meta-step``).
+        tasks, images: episodes (tasks) and images one step covers.
+        meta_batch: tasks per MAML meta-step, else ``None``.
+        config: what defines the work (hparams, episodes), for the record.
+    """
+
+    method: str
+    measurement: str
+    step: Callable[[], object]
+    tasks: int
+    images: int
+    device: torch.device
+    meta_batch: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self) -> None:
+        self.step()
+        synchronize(self.device)
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}/{self.measurement}" + (f"/{self.meta_batch}" if self.meta_batch else "")
+
+
+def _warm(w: Workload) -> Workload:
+    w()  # first calls allocate and initialise lazily; never timed
+    return w
+
+
+def episode_sampling(data: BenchData, spec: EpisodeSpec = SPEC) -> Workload:
+    """Draw one training episode's indices (:func:`sample_indices`) and gather its images on the device."""
+    g, device = torch.Generator().manual_seed(0), data.fit.device
+
+    def step() -> object:
+        idx = sample_indices(data.fit, spec.ways, spec.per_class, g)[0]
+        return make_episode(data.fit, idx.to(device, non_blocking=True), spec.shots)
+
+    return _warm(Workload("episodes", "sample", step, 1, spec.ways * spec.per_class, device,
+                          config={"split": data.fit.name}))
+
+
+def fixed_episodes(data: BenchData, spec: EpisodeSpec = SPEC) -> Workload:
+    """Build the fixed evaluation :class:`EpisodeSet` (``spec.episodes`` seeded draws) and gather every episode."""
+
+    def step() -> object:
+        return [ep.query_x for ep in EpisodeSet(data.test, spec)]
+
+    return _warm(Workload("episodes", "fixed set", step, spec.episodes, spec.episodes * spec.ways * spec.per_class,
+                          data.test.device, config={"split": data.test.name, "episodes": spec.episodes}))
+
+
+def _fit_workload(method: Any, name: str, data: BenchData, spec: EpisodeSpec, meta_batch: int | None = None) -> Workload:
+    """One iteration of ``method.fit`` per step; the tasks and images it covers are what it counts."""
+    ctx = FitContext(data.fit, spec, 1, torch.Generator().manual_seed(0), data.fit.device, progress=False)
+    w = Workload(name, "meta-step" if meta_batch else "train", lambda: method.fit(ctx), 0, 0, data.fit.device,
+                 meta_batch, {"hparams": dataclasses.asdict(method.hparams)})
+    _warm(w)
+    w.tasks, w.images = ctx.tasks, ctx.images
+    return w
+
+
+def protonet(data: BenchData, spec: EpisodeSpec = SPEC) -> Any:
+    """An (untrained) ProtoNet with a Conv4 backbone, training on episodes of the evaluation's shape."""
+    ProtoNet = METHODS.get("protonet")
+    hp = make_hparams(ProtoNet, "omniglot", {"backbone": BACKBONE, "train_ways": str(spec.ways),
+                                             "train_queries": str(spec.queries)})
+    return ProtoNet(hp, data.fit.image_shape, torch.Generator().manual_seed(0), data.fit.device)
+
+
+def protonet_train(data: BenchData, spec: EpisodeSpec = SPEC) -> Workload:
+    """One ProtoNet training episode: sample, gather, embed, loss, backward, Adam (``ProtoNet.fit``)."""
+    return _fit_workload(protonet(data, spec), "protonet", data, spec)
+
+
+def protonet_evaluate(data: BenchData, spec: EpisodeSpec = SPEC, method: Any = None) -> Workload:
+    """The evaluator (:func:`mtbench.evaluate.evaluate`) on ``spec.episodes`` fixed episodes."""
+    method = method or protonet(data, spec)
+    episodes = EpisodeSet(data.test, spec)
+    n = spec.episodes
+    return _warm(Workload("protonet", "evaluate", lambda: evaluate(method, episodes, progress=False), n,
+                          n * spec.ways * spec.per_class, data.test.device, config={"episodes": n}))
+
+
+def protonet_forward(data: BenchData, spec: EpisodeSpec = SPEC, method: Any = None) -> Workload:
+    """The bare work the evaluator needs: gather each episode, embed its support and its queries (eval mode,
+    no autograd), nothing else; the yardstick of the evaluator's overhead."""
+    method = method or protonet(data, spec)
+    episodes = EpisodeSet(data.test, spec)
+    backbone = method.backbone
+
+    def step() -> None:
+        backbone.eval()
+        with torch.no_grad():
+            for ep in episodes:
+                backbone(ep.support_x)
+                backbone(ep.query_x)
+
+    n = spec.episodes
+    return _warm(Workload("protonet", "forward", step, n, n * spec.ways * spec.per_class, data.test.device,
+                          config={"episodes": n}))
+
+
+def maml_meta_step(data: BenchData, meta_batch: int, batching: str, spec: EpisodeSpec = SPEC) -> Workload:
+    """One second-order MAML meta-step of ``meta_batch`` tasks (``MAML.fit``): ``vmap`` is the suite's
+    batched ``torch.func`` meta-loss, ``loop`` the textbook per-task ``autograd.grad`` loop
+    (:class:`~mtbench.baselines.maml.MAMLReferenceLoop`); sampling and the Adam step are shared."""
+    from mtbench.baselines.maml import MAML, MAMLReferenceLoop
+
+    if batching not in ("vmap", "loop"):
+        raise ValueError(f"batching must be vmap or loop, got {batching!r}")
+    hp = make_hparams(MAML, "omniglot", {"backbone": BACKBONE, "meta_batch": str(meta_batch),
+                                         "train_queries": str(spec.queries), "task_batching": "vmap"})
+    cls = MAML if batching == "vmap" else MAMLReferenceLoop
+    method = cls(hp, data.fit.image_shape, torch.Generator().manual_seed(0), data.fit.device)
+    return _fit_workload(method, f"maml-{batching}", data, spec, meta_batch)
+
+
+# -- timing --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measurement:
+    """Timed steps of one workload; rates use the median step time."""
+
+    method: str
+    measurement: str
+    meta_batch: int | None
+    tasks: int
+    images: int
+    seconds: tuple[float, ...]
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    device: str
+    config: dict[str, Any]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def as_dict(self) -> dict[str, Any]:
+        m = self.median
+        return {"method": self.method, "measurement": self.measurement, "meta_batch": self.meta_batch,
+                "tasks_per_step": self.tasks, "images_per_step": self.images, "seconds": list(self.seconds),
+                "ms_per_step": m * 1000.0, "tasks_per_s": self.tasks / m if m > 0 else 0.0,
+                "images_per_s": self.images / m if m > 0 else 0.0, "peak_memory_bytes": self.peak_memory_bytes,
+                "peak_memory_kind": self.peak_memory_kind, "device": self.device, "config": self.config}
+
+
+def measure(build: Callable[[], Workload], repeats: int) -> Measurement:
+    """Build (and warm up) a workload, then time ``repeats`` steps; peak memory covers both."""
+    w = build()
+    device = w.device
+    reset_peak_memory(device)
+    seconds = []
+    for _ in range(repeats):
+        t0 = timer(device)
+        w()
+        seconds.append(timer(device) - t0)
+    mem, kind = peak_memory(device)
+    return Measurement(w.method, w.measurement, w.meta_batch, w.tasks, w.images, tuple(seconds), mem, kind,
+                       str(device), w.config)
+
+
+def ratios(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """From :meth:`Measurement.as_dict` rows: ``maml_batched_over_loop`` per meta-batch (vmap tasks/s over
+    per-task loop tasks/s, above 1 when batching is faster) and ``protonet_eval_overhead`` (evaluator
+    time over the bare forward passes, target ≤ :data:`EVAL_OVERHEAD_TARGET` on the CPU)."""
+    by = {(r["method"], r["measurement"], r["meta_batch"]): r for r in rows}
+    speedup = {}
+    for (method, _, batch), row in by.items():
+        loop = by.get(("maml-loop", "meta-step", batch))
+        if method == "maml-vmap" and loop and loop["tasks_per_s"] > 0:
+            speedup[str(batch)] = row["tasks_per_s"] / loop["tasks_per_s"]
+    out: dict[str, Any] = {"maml_batched_over_loop": speedup}
+    ev, fw = by.get(("protonet", "evaluate", None)), by.get(("protonet", "forward", None))
+    if ev and fw and fw["ms_per_step"] > 0:
+        out["protonet_eval_overhead"] = ev["ms_per_step"] / fw["ms_per_step"]
+        out["protonet_eval_overhead_target"] = EVAL_OVERHEAD_TARGET
+    return out
+
+
+def machine_info(device: torch.device | None = None) -> dict[str, Any]:
+    """Device name (GPU model, else CPU model), torch version and git commit, for a benchmark's record."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    commit, dirty = git_state()
+    return {"device_name": device_name(device), "device_type": device.type,
+            "cpu": device_name(torch.device("cpu")),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": str(torch.__version__), "git_commit": commit, "git_dirty": dirty,
+            "threads": torch.get_num_threads(), "malloc": malloc_setting()}
+
+
+def parse_meta_batches(values: Iterable[str]) -> tuple[int, ...]:
+    """``("1,8", "32")`` -> ``(1, 8, 32)``; a :class:`UserError` on anything but whole numbers ≥ 1."""
+    out: list[int] = []
+    for text in values:
+        for item in str(text).split(","):
+            item = item.strip()
+            if not item.isdigit() or int(item) < 1:
+                raise UserError(f"--meta-batch {text}: give whole numbers ≥ 1 separated by commas, e.g. 1,8,32")
+            if int(item) not in out:
+                out.append(int(item))
+    if not out:
+        raise UserError("--meta-batch: give at least one meta-batch size, e.g. 1,8,32")
+    return tuple(out)
