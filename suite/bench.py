@@ -219,7 +219,7 @@ class Measurement:
         m = self.median
         return {"method": self.method, "measurement": self.measurement, "meta_batch": self.meta_batch,
                 "tasks_per_step": self.tasks, "images_per_step": self.images, "seconds": list(self.seconds),
-                "ms_per_step": m * 1000.0, "tasks_per_s": self.tasks / m if m > 0 else 0.0,
+                "ms_per_step": m * 1000.0, "steps_per_s": 1.0 / m if m > 0 else 0.0, "tasks_per_s": self.tasks / m if m > 0 else 0.0,
                 "images_per_s": self.images / m if m > 0 else 0.0, "peak_memory_bytes": self.peak_memory_bytes,
                 "peak_memory_kind": self.peak_memory_kind, "device": self.device, "config": self.config}
 

@@ -241,5 +241,40 @@ def data_prepare(name: str, source: str, data_root: str | None, progress: bool) 
     click.echo(prepare(name, source, data_root, progress))
 
 
+# -- mtbench bench ---------------------------------------------------------------------------------
+@main.command("bench")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--meta-batch", "meta_batch", multiple=True, default=("1,8,32",), show_default=True,
+              help="MAML meta-batch sizes, comma-separated or repeated.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed steps per measurement (after a warm-up).")
+@click.option("--episodes", type=int, default=600, show_default=True,
+              help="Episodes of the fixed evaluation set that the evaluator and the sampling measurements run.")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding omniglot/ (default: $MTBENCH_DATA, else ~/.cache/mtbench/data); "
+                   "without it, random images of Omniglot's shape.")
+@click.option("--out", default=None, metavar="FILE.json", help="Also write the measurements to this JSON file.")
+@click.option("--malloc-tuning/--no-malloc-tuning", default=True, show_default=True,
+              help="On the CPU, keep freed memory in glibc's heap, as `mtbench run` does.")
+@user_errors
+def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: int, data_root: str | None,
+              out: str | None, malloc_tuning: bool) -> None:
+    """Measure throughput on Omniglot-shaped tasks (5-way 1-shot, 15 queries, 28x28, Conv4): episode
+    sampling, ProtoNet training and evaluation, MAML meta-steps batched with vmap and as a per-task
+    loop; print a table and the ratios."""
+    from .bench import parse_meta_batches
+    from .benchcmd import BenchSpec, check, render, run, write
+    from .runtime import select_device, tune_malloc
+
+    spec = BenchSpec(device=device, meta_batches=parse_meta_batches(meta_batch), repeats=repeats, episodes=episodes,
+                     data_root=data_root, out=out, command=shlex.join(["mtbench", *sys.argv[1:]]))
+    check(spec)
+    if malloc_tuning and select_device(device).type == "cpu":
+        tune_malloc()
+    doc = run(spec, log=lambda text: click.echo(text, err=True))
+    click.echo(render(doc))
+    if out:
+        click.echo(f"\nwrote {write(doc, out)}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,138 @@
+"""What ``mtbench bench`` does: run the :mod:`mtbench.bench` measurements, print a table, write the JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import bench
+from .atomic import atomic_write
+from .errors import UserError
+from .results import provenance
+from .runtime import device_name, malloc_setting, select_device
+
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSpec:
+    """The command's options, checked by :func:`check` before anything is measured."""
+
+    device: str = "auto"
+    meta_batches: tuple[int, ...] = bench.META_BATCHES
+    repeats: int = 3
+    episodes: int = bench.SPEC.episodes
+    data_root: str | None = None
+    out: str | None = None
+    command: str | None = None
+
+
+def check(spec: BenchSpec) -> None:
+    """A :class:`UserError` for options that cannot work, before minutes of measuring."""
+    if spec.repeats < 1:
+        raise UserError(f"--repeats {spec.repeats}: must be a whole number ≥ 1")
+    if spec.episodes < 1:
+        raise UserError(f"--episodes {spec.episodes}: must be a whole number ≥ 1")
+    if spec.out is not None:
+        out = Path(spec.out)
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder; give a file name for the JSON, e.g. {out / 'bench.json'}")
+        if out.suffix.lower() != ".json":
+            raise UserError(f"--out {out}: give a .json file name")
+        folder = next(p for p in (out.absolute().parent, *out.absolute().parents) if p.exists())
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"--out {out}: cannot write in {folder}; choose another file")
+
+
+def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Callable[[], bench.Workload]]:
+    """The measurements, in order: episode sampling, ProtoNet, then MAML vmap and loop per meta-batch."""
+    episodes = dataclasses.replace(bench.SPEC, episodes=spec.episodes)
+    out: list[Callable[[], bench.Workload]] = [
+        lambda: bench.episode_sampling(data, episodes),
+        lambda: bench.fixed_episodes(data, episodes),
+        lambda: bench.protonet_train(data, episodes),
+        lambda: bench.protonet_evaluate(data, episodes),
+        lambda: bench.protonet_forward(data, episodes),
+    ]
+    for b in spec.meta_batches:
+        for batching in ("vmap", "loop"):
+            out.append(lambda b=b, batching=batching: bench.maml_meta_step(data, b, batching, episodes))
+    return out
+
+
+def run(spec: BenchSpec, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure everything on the chosen device and return the JSON document."""
+    check(spec)
+    device = select_device(spec.device)
+    origin = provenance(device_name(device), device.type, malloc_setting(), spec.command)
+    data = bench.load_data(device, spec.data_root)
+    log(f"data: {data.description}")
+    rows = []
+    for build in workloads(data, spec):
+        m = bench.measure(build, spec.repeats)
+        row = m.as_dict()
+        log(f"  {_label(row)}: {row['ms_per_step']:.1f} ms per step")
+        rows.append(row)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "mtbench-bench",
+        "config": {"ways": bench.SPEC.ways, "shots": bench.SPEC.shots, "queries": bench.SPEC.queries,
+                   "image_shape": list(bench.SHAPE), "backbone": bench.BACKBONE, "episodes": spec.episodes,
+                   "meta_batches": list(spec.meta_batches), "repeats": spec.repeats,
+                   "data": data.description, "real_data": data.real},
+        "measurements": rows,
+        "ratios": bench.ratios(rows),
+        "machine": bench.machine_info(device),
+        "provenance": origin,
+    }
+
+
+def _label(row: dict[str, Any]) -> str:
+    batch = f" (meta-batch {row['meta_batch']})" if row["meta_batch"] else ""
+    return f"{row['method']} {row['measurement']}{batch}"
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The measurements as an aligned text table, then the ratios."""
+    head = ("method", "measurement", "meta-batch", "tasks/s", "images/s", "ms/step", "peak memory", "device")
+    body = [(r["method"], r["measurement"], str(r["meta_batch"] or "-"), f"{r['tasks_per_s']:.1f}",
+             f"{r['images_per_s']:.0f}", f"{r['ms_per_step']:.2f}",
+             f"{r['peak_memory_bytes'] / 2**20:.0f} MiB {_kind(r['peak_memory_kind'])}", r["device"])
+            for r in doc["measurements"]]
+    widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
+    numeric = {3, 4, 5}
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    cfg, prov = doc["config"], doc["provenance"]
+    lines = [f"device: {prov['device']}, torch {prov['torch']}, commit {(prov['git_commit'] or 'unknown')[:12]}"
+             f"{' (modified)' if prov['git_dirty'] else ''}",
+             f"data: {cfg['data']}",
+             f"tasks: {cfg['ways']}-way {cfg['shots']}-shot, {cfg['queries']} queries per class, "
+             f"{'x'.join(map(str, cfg['image_shape']))} images, {cfg['backbone']}; median of {cfg['repeats']} "
+             f"step(s) after a warm-up", "", line(head), *(line(r) for r in body), ""]
+    ratio = doc["ratios"]
+    if ratio.get("maml_batched_over_loop"):
+        parts = ", ".join(f"meta-batch {b}: {x:.2f}x" for b, x in ratio["maml_batched_over_loop"].items())
+        lines.append(f"MAML batched (vmap) / per-task loop, tasks/s: {parts}")
+    if "protonet_eval_overhead" in ratio:
+        lines.append(f"ProtoNet evaluator / bare forward passes, time: {ratio['protonet_eval_overhead']:.2f}x "
+                     f"(target ≤ {ratio['protonet_eval_overhead_target']}x on the CPU)")
+    return "\n".join(lines).rstrip()
+
+
+def _kind(kind: str) -> str:
+    return {"cpu_peak_rss": "(process RSS)", "cuda_max_allocated": "(CUDA)"}.get(kind, f"({kind})")
+
+
+def write(doc: dict[str, Any], path: str | Path) -> Path:
+    """Write ``doc`` as JSON to ``path`` atomically (temp file + rename)."""
+    try:
+        return atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
+    except OSError as exc:
+        raise UserError(f"cannot write --out {path} ({exc.strerror}); choose another file") from None
