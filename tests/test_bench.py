@@ -1,0 +1,146 @@
+"""``mtbench bench`` and the measuring code it shares with the pytest-benchmark suite (tiny, CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mtbench import bench
+from mtbench.cli import main
+from mtbench.runtime import device_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, ["bench", "--no-malloc-tuning", *args])
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path, one_thread):
+    out = tmp_path / "out" / "bench.json"
+    result = invoke("--device", "cpu", "--meta-batch", "1", "--repeats", "1", "--episodes", "2",
+                    "--data-root", str(tmp_path / "no-data"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    table = result.stdout
+    for column in ("method", "measurement", "tasks/s", "images/s", "ms/step", "peak memory", "device"):
+        assert column in table
+    for method, measurement in (("episodes", "sample"), ("episodes", "fixed set"), ("protonet", "train"),
+                                ("protonet", "evaluate"), ("protonet", "forward"), ("maml-vmap", "meta-step"),
+                                ("maml-loop", "meta-step")):
+        assert any(line.split()[:2] == [method, measurement.split()[0]] for line in table.splitlines()), method
+    assert "MAML batched (vmap) / per-task loop" in table and "meta-batch 1:" in table
+    assert "ProtoNet evaluator / bare forward passes" in table
+    assert device_name(torch.device("cpu")) in table and "synthetic" in table
+    assert f"wrote {out}" in table
+
+    doc = json.loads(out.read_text())
+    assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # no temp file left beside it
+    assert doc["kind"] == "mtbench-bench" and doc["schema_version"] == 1
+    prov = doc["provenance"]
+    assert prov["device"] == device_name(torch.device("cpu")) and prov["device_type"] == "cpu"
+    assert prov["torch"] == str(torch.__version__) and "git_commit" in prov and prov["timestamp"]
+    assert doc["machine"]["device_name"] == prov["device"]
+    assert doc["config"]["real_data"] is False and doc["config"]["meta_batches"] == [1]
+    rows = {(r["method"], r["measurement"]): r for r in doc["measurements"]}
+    assert len(rows) == len(doc["measurements"]) == 7
+    for row in rows.values():
+        assert row["device"] == "cpu" and len(row["seconds"]) == 1
+        assert row["tasks_per_s"] > 0 and row["images_per_s"] > 0 and row["peak_memory_bytes"] > 0
+    per_task = 5 * (1 + 15)
+    assert rows[("protonet", "train")]["images_per_step"] == per_task
+    assert rows[("episodes", "fixed set")]["tasks_per_step"] == 2
+    assert rows[("maml-vmap", "meta-step")]["images_per_step"] == rows[("maml-loop", "meta-step")]["images_per_step"] \
+        == per_task
+    assert set(doc["ratios"]["maml_batched_over_loop"]) == {"1"}
+    assert doc["ratios"]["protonet_eval_overhead"] > 0
+
+
+@pytest.mark.parametrize(("args", "mentions"), [
+    (["--repeats", "0"], ["--repeats 0"]),
+    (["--episodes", "0"], ["--episodes 0"]),
+    (["--meta-batch", "x"], ["--meta-batch x", "1,8,32"]),
+    (["--meta-batch", "8,0"], ["--meta-batch 8,0"]),
+    (["--device", "tpu"], ["tpu"]),
+    (["--out", "{tmp}"], ["is a folder"]),
+    (["--out", "{tmp}/bench.txt"], [".json"]),
+])
+def test_bad_options_are_one_line_errors(tmp_path, args, mentions):
+    result = invoke(*[a.format(tmp=tmp_path) for a in args], "--data-root", str(tmp_path / "no-data"))
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mtbench: error:"), result.output
+    for text in mentions:
+        assert text in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing measured, nothing written
+
+
+def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    result = invoke("--device", "cuda", "--out", str(tmp_path / "b.json"))
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "--device cuda" in result.output
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_meta_batches_parse_from_commas_and_repeats():
+    assert bench.parse_meta_batches(["1,8", "32", "8"]) == (1, 8, 32)
+
+
+def test_measure_warms_up_then_times_the_repeats():
+    calls = []
+    w = bench.measure(lambda: bench._warm(bench.Workload("m", "x", lambda: calls.append(1), 2, 10,
+                                                         torch.device("cpu"))), repeats=3)
+    assert len(calls) == 4 and len(w.seconds) == 3  # one untimed warm-up
+    row = w.as_dict()
+    assert row["tasks_per_s"] == pytest.approx(2 / w.median) and row["images_per_s"] == pytest.approx(10 / w.median)
+
+
+def test_ratios_pair_vmap_with_loop_and_evaluator_with_forward():
+    def row(method, measurement, batch, ms, tasks=1):
+        return {"method": method, "measurement": measurement, "meta_batch": batch, "ms_per_step": ms,
+                "tasks_per_s": tasks / ms * 1000}
+
+    rows = [row("maml-vmap", "meta-step", 8, 100, 8), row("maml-loop", "meta-step", 8, 300, 8),
+            row("maml-vmap", "meta-step", 32, 100, 32), row("protonet", "evaluate", None, 12),
+            row("protonet", "forward", None, 10)]
+    r = bench.ratios(rows)
+    assert r["maml_batched_over_loop"] == {"8": pytest.approx(3.0)}  # 32 has no loop partner
+    assert r["protonet_eval_overhead"] == pytest.approx(1.2)
+
+
+# -- the pytest-benchmark suite ------------------------------------------------------------------
+def test_default_run_leaves_the_benchmark_suite_out(request):
+    assert "benchmarks" in request.config.getini("norecursedirs")
+    assert not any("benchmarks" in Path(str(item.path)).parts for item in request.session.items)
+
+
+def test_benchmark_command_collects_the_suite():
+    done = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "--collect-only", "-q",
+                           "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ids = [line for line in done.stdout.splitlines() if "::" in line]
+    for name in ("test_episode_sampling[cpu]", "test_protonet_training[cpu]", "test_protonet_evaluation[evaluate-cpu]",
+                 "test_protonet_evaluation[forward-cpu]", "test_maml_meta_step[vmap-32-cpu]",
+                 "test_maml_meta_step[loop-32-cpu]", "test_maml_meta_step[vmap-1-cuda]"):
+        assert any(i.endswith(name) for i in ids), name
+
+
+def test_benchmark_machine_info_names_device_torch_and_commit():
+    spec = importlib.util.spec_from_file_location("bench_conftest", ROOT / "tests" / "benchmarks" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    info = {"cpu": {"brand_raw": "kept"}}
+    module.pytest_benchmark_update_machine_info(None, info)
+    assert info["cpu"] == {"brand_raw": "kept"}
+    expected = torch.cuda.get_device_name() if torch.cuda.is_available() else device_name(torch.device("cpu"))
+    assert info["device_name"] == expected and info["torch"] == str(torch.__version__)
+    assert "git_commit" in info and info["mtbench"]["threads"] == torch.get_num_threads()
