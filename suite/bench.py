@@ -97,10 +97,6 @@ class Workload:
         self.step()
         synchronize(self.device)
 
-    @property
-    def key(self) -> str:
-        return f"{self.method}/{self.measurement}" + (f"/{self.meta_batch}" if self.meta_batch else "")
-
 
 def _warm(w: Workload) -> Workload:
     w()  # first calls allocate and initialise lazily; never timed
@@ -219,13 +215,14 @@ class Measurement:
         m = self.median
         return {"method": self.method, "measurement": self.measurement, "meta_batch": self.meta_batch,
                 "tasks_per_step": self.tasks, "images_per_step": self.images, "seconds": list(self.seconds),
-                "ms_per_step": m * 1000.0, "steps_per_s": 1.0 / m if m > 0 else 0.0, "tasks_per_s": self.tasks / m if m > 0 else 0.0,
-                "images_per_s": self.images / m if m > 0 else 0.0, "peak_memory_bytes": self.peak_memory_bytes,
+                "ms_per_step": m * 1000.0, "steps_per_s": 1.0 / m if m > 0 else 0.0,
+                "tasks_per_s": self.tasks / m if m > 0 else 0.0, "images_per_s": self.images / m if m > 0 else 0.0, "peak_memory_bytes": self.peak_memory_bytes,
                 "peak_memory_kind": self.peak_memory_kind, "device": self.device, "config": self.config}
 
 
 def measure(build: Callable[[], Workload], repeats: int) -> Measurement:
-    """Build (and warm up) a workload, then time ``repeats`` steps; peak memory covers both."""
+    """Build (and warm up) a workload, then time ``repeats`` steps. Peak memory: CUDA's maximum allocated
+    over the timed steps, or on the CPU the process's peak RSS so far (it cannot be reset)."""
     w = build()
     device = w.device
     reset_peak_memory(device)
