@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from mtbench.backbones import build_backbone, linear_head
+from mtbench import taskbatched
+from mtbench.backbones import Conv4, build_backbone, linear_head
 from mtbench.episodes import sample_indices
 from mtbench.functional import Params, accuracy, detached, forward, last, params_of, sgd_inner_loop
 from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
@@ -34,9 +36,12 @@ class MAMLHparams:
         first_order: drop second-order terms of the meta-gradient (FOMAML).
         head_only: adapt only the linear head in the inner loop, the backbone being meta-learned
             but never adapted: ANIL (Raghu, Raghu, Bengio & Vinyals, ICLR 2020).
-        task_batching: ``vmap`` runs the tasks of a meta-batch as one batched computation,
-            ``loop`` one after the other (the plain reference). vmap was the faster of the two on
-            a 2-core CPU as well as on GPUs.
+        task_batching: how the tasks of a meta-batch are computed (the same meta-gradient, checked
+            in float64): ``bmm`` as one network with per-task weights whose convolutions are
+            batched matrix products (:mod:`mtbench.taskbatched`; Conv4 only), ``vmap`` through
+            ``torch.func.vmap``, ``loop`` one task after the other. ``auto`` picks per device from
+            the measurements of ``mtbench bench`` (see :data:`AUTO_BATCHING`); the result records
+            the choice.
     """
 
     backbone: str = "conv4"
@@ -48,7 +53,7 @@ class MAMLHparams:
     train_queries: int = 0
     first_order: bool = False
     head_only: bool = False
-    task_batching: Literal["vmap", "loop"] = "vmap"
+    task_batching: Literal["auto", "bmm", "vmap", "loop"] = "auto"
 
     def __post_init__(self) -> None:
         positive("inner_lr", self.inner_lr)
@@ -56,6 +61,11 @@ class MAMLHparams:
         positive("meta_batch", self.meta_batch)
         if self.inner_steps < 1 or self.eval_steps < 1:
             raise UserError("--hp inner_steps and eval_steps must be ≥ 1")
+
+
+# task_batching=auto, per device type, from `mtbench bench` (Omniglot 5w1s, Conv4, second order):
+# on 2 CPU cores the loop was 1.5x faster than vmap at meta-batch 32 and level at 1 and 8
+AUTO_BATCHING = {"cpu": "loop", "cuda": "bmm"}
 
 
 @METHODS.register
@@ -89,6 +99,15 @@ class MAML(Method):
         super().__init__(hparams, in_shape, generator, device)
         self._generator = generator
         self.backbone = build_backbone(hparams.backbone, in_shape, generator, norm="batch")
+        batching = hparams.task_batching
+        if batching == "auto":
+            batching = AUTO_BATCHING.get(torch.device(device).type, "loop")
+        if batching == "bmm" and not isinstance(self.backbone, Conv4):
+            if hparams.task_batching == "bmm":
+                raise UserError(f"--hp task_batching=bmm computes Conv4 backbones only, not {hparams.backbone}; "
+                                f"use task_batching=vmap or loop")
+            batching = "vmap"
+        self.hparams = dataclasses.replace(hparams, task_batching=batching)  # what ran, for the result
         self.model: nn.Module | None = None
         self._zero_heads: dict[int, nn.Module] = {}
 
@@ -131,7 +150,12 @@ class MAML(Method):
 
     def meta_loss(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         """Mean query loss over a meta-batch: ``sx: float[T, S, C, H, W]`` etc."""
-        if self.hparams.task_batching == "vmap":
+        hp = self.hparams
+        if hp.task_batching == "bmm":
+            adapted = [k for k in params if k.startswith("1.")] if hp.head_only else None  # "1." = the head
+            return taskbatched.meta_loss(self.model, params, sx, sy, qx, qy, hp.inner_steps, hp.inner_lr,
+                                         hp.first_order, adapted)
+        if hp.task_batching == "vmap":
             losses, _ = vmap(self.task_loss, in_dims=(None, 0, 0, 0, 0))(params, sx, sy, qx, qy)
             return losses.mean()
         return torch.stack([self.task_loss(params, *task)[0] for task in zip(sx, sy, qx, qy)]).mean()

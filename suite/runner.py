@@ -134,7 +134,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     fit_mem, fit_mem_kind = peak_memory(device)
     if spec.save:
         save_checkpoint(method, {
-            "method": method_cls.name, "method_version": method_cls.version, "hparams": dataclasses.asdict(hparams),
+            "method": method_cls.name, "method_version": method_cls.version, "hparams": dataclasses.asdict(method.hparams),
             "in_shape": list(test.image_shape), "dataset": source_cls.name, "fit_split": source_data.fit_split,
             "ways": fit_spec.ways, "shots": fit_spec.shots, "budget": str(spec.budget),
             "iterations": iterations, "fit_seconds": fit_seconds, "provenance": origin, "init": init,
@@ -144,7 +144,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "method": {"name": method_cls.name, "version": method_cls.version,
-                   "hparams": dataclasses.asdict(hparams), "transductive": method_cls.transductive},
+                   "hparams": dataclasses.asdict(method.hparams), "transductive": method_cls.transductive},
         "dataset": {"name": dataset_cls.name, "version": dataset_cls.version, "fit_split": data.fit_split,
                     "split": data.eval_split, "unlabelled_split": unlabelled_split,
                     "support_split": data.support_split, "notes": data.notes},

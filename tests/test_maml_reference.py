@@ -63,7 +63,7 @@ def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize("batching", ["bmm", "vmap", "loop"])
 @pytest.mark.parametrize("first_order", [False, True])
 def test_meta_gradient_matches_unrolled_reference(batching: str, first_order: bool) -> None:
     m = build(batching, first_order)
@@ -72,9 +72,10 @@ def test_meta_gradient_matches_unrolled_reference(batching: str, first_order: bo
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11, msg=f"meta-gradient of {name}")
 
 
+@pytest.mark.parametrize("batching", ["bmm", "vmap"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_anil_meta_gradient_matches_unrolled_reference(first_order: bool) -> None:
-    m = build("vmap", first_order, head_only=True)
+def test_anil_meta_gradient_matches_unrolled_reference(first_order: bool, batching: str) -> None:
+    m = build(batching, first_order, head_only=True)
     ours, ref = meta_gradient(m), reference_gradient(m, second_order=not first_order)
     for (name, _), x, y in zip(m.model.named_parameters(), ours, ref):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11, msg=f"ANIL meta-gradient of {name}")
@@ -126,6 +127,24 @@ def test_benchmarked_reference_loop_equals_the_batched_meta_gradient(tasks: int,
     ours, ref = meta_gradient(batched, tasks), meta_gradient(loop, tasks)
     for (name, _), x, y in zip(batched.model.named_parameters(), ours, ref):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11, msg=f"meta-gradient of {name}")
+
+
+def test_task_batching_auto_picks_per_device_and_records_the_choice() -> None:
+    from mtbench.baselines.maml import AUTO_BATCHING
+
+    m = build("auto", first_order=False)
+    assert m.hparams.task_batching == AUTO_BATCHING["cpu"] != "auto"
+    hp = make_hparams(MAML, "synthetic", {"task_batching": "auto", "backbone": "resnet12"})
+    m = MAML(hp, (3, 16, 16), torch.Generator().manual_seed(1), torch.device("cuda"))  # nothing is allocated on it
+    assert m.hparams.task_batching == "vmap"  # bmm computes Conv4 only
+
+
+def test_bmm_refuses_other_backbones() -> None:
+    from mtbench.errors import UserError
+
+    hp = make_hparams(MAML, "synthetic", {"task_batching": "bmm", "backbone": "resnet12"})
+    with pytest.raises(UserError, match="task_batching=bmm computes Conv4 backbones only"):
+        MAML(hp, (3, 16, 16), torch.Generator().manual_seed(1), torch.device("cpu"))
 
 
 def test_benchmarked_reference_loop_differs_from_maml_only_in_the_meta_loss() -> None:
