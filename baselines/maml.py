@@ -15,6 +15,7 @@ from torch.func import functional_call, vmap
 from mtbench import taskbatched
 from mtbench.backbones import Conv4, build_backbone, linear_head
 from mtbench.episodes import sample_indices
+from mtbench.graphs import GraphedStep, capturable_adam
 from mtbench.functional import Params, accuracy, detached, forward, last, params_of, sgd_inner_loop
 from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
 from mtbench.errors import UserError
@@ -42,6 +43,8 @@ class MAMLHparams:
             ``torch.func.vmap``, ``loop`` one task after the other. ``auto`` picks per device from
             the measurements of ``mtbench bench`` (see :data:`AUTO_BATCHING`); the result records
             the choice.
+        cuda_graph: on a CUDA device, replay the meta-step as a CUDA graph after 3 eager steps
+            (:mod:`mtbench.graphs`). No effect on the CPU.
     """
 
     backbone: str = "conv4"
@@ -54,6 +57,7 @@ class MAMLHparams:
     first_order: bool = False
     head_only: bool = False
     task_batching: Literal["auto", "bmm", "vmap", "loop"] = "auto"
+    cuda_graph: bool = True
 
     def __post_init__(self) -> None:
         positive("inner_lr", self.inner_lr)
@@ -165,20 +169,27 @@ class MAML(Method):
         model = self._build(spec.ways)
         model.train()
         queries = hp.train_queries or spec.shots
-        opt = torch.optim.Adam(model.parameters(), lr=hp.meta_lr)
+        opt = capturable_adam(model.parameters(), hp.meta_lr, ctx.device)
         labels = torch.arange(spec.ways, device=ctx.device)
         sy = labels.repeat_interleave(spec.shots).expand(hp.meta_batch, -1)
         qy = labels.repeat_interleave(queries).expand(hp.meta_batch, -1)
-        for _ in ctx.loop(f"maml {'1st' if hp.first_order else '2nd'}-order meta-training"):
-            idx = sample_indices(ctx.source, spec.ways, spec.shots + queries, ctx.generator, n=hp.meta_batch)
-            x = ctx.source.gather(idx.to(ctx.device, non_blocking=True))  # [T, ways, per_class, C, H, W]
+
+        def step(idx: Tensor) -> None:
+            x = ctx.source.gather(idx)  # [T, ways, per_class, C, H, W]
             sx = x[:, :, : spec.shots].flatten(1, 2)
             qx = x[:, :, spec.shots:].flatten(1, 2)
             loss = self.meta_loss(params_of(model), sx, sy, qx, qy)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+
+        run = GraphedStep(step, ctx.device, enabled=hp.cuda_graph)
+        for _ in ctx.loop(f"maml {'1st' if hp.first_order else '2nd'}-order meta-training"):
+            idx = sample_indices(ctx.source, spec.ways, spec.shots + queries, ctx.generator, n=hp.meta_batch)
+            run(idx)
             ctx.count(hp.meta_batch, idx.numel())
+        if ctx.device.type == "cuda":
+            ctx.note(f"maml meta-steps ran as {run.mode}, tasks by {hp.task_batching}")
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
         model = self._target_model(ways)

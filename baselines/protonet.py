@@ -12,6 +12,7 @@ from torch import Tensor
 from mtbench.backbones import build_backbone
 from mtbench.episodes import make_episode, sample_indices
 from mtbench.errors import UserError
+from mtbench.graphs import GraphedStep, capturable_adam, set_lr
 from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
 from mtbench.training import make_head, pretrain_classifier
 
@@ -32,6 +33,9 @@ class ProtoNetHparams:
             0 = the paper's ProtoNet, trained on episodes only.
         pretrain_batch: images per pre-training minibatch.
         pretrain_lr: Adam learning rate of the pre-training (``lr`` is the episodes').
+        cuda_graph: on a CUDA device, replay the training step as a CUDA graph after 3 eager steps
+            (the same computation, without the launch cost of its small kernels; see
+            :mod:`mtbench.graphs`). No effect on the CPU.
     """
 
     backbone: str = "conv4"
@@ -43,6 +47,7 @@ class ProtoNetHparams:
     pretrain_steps: int = 0
     pretrain_batch: int = 64
     pretrain_lr: float = 1e-3
+    cuda_graph: bool = True
 
     def __post_init__(self) -> None:
         positive("lr", self.lr)
@@ -101,20 +106,28 @@ class ProtoNet(Method):
             head = make_head("linear", self.backbone.out_features, ctx.source.num_classes, ctx.generator)
             pretrain_classifier(self.backbone, head, ctx, hp.pretrain_batch, hp.pretrain_lr,
                                 f"protonet pre-training on {ctx.source.num_classes} classes", steps=hp.pretrain_steps)
-        opt = torch.optim.Adam(self.backbone.parameters(), lr=hp.lr)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_halve_every, gamma=0.5)
+        opt = capturable_adam(self.backbone.parameters(), hp.lr, ctx.device)
+        n_support = ways * shots
         self.backbone.train()
-        for _ in ctx.loop(f"protonet {ways}-way training"):
-            idx = sample_indices(ctx.source, ways, shots + hp.train_queries, ctx.generator)[0]
-            ep = make_episode(ctx.source, idx.to(ctx.device, non_blocking=True), shots)
+
+        def step(idx: Tensor) -> None:
+            ep = make_episode(ctx.source, idx, shots)
             z = self.backbone(torch.cat([ep.support_x, ep.query_x]))
-            protos = prototypes(z[: len(ep.support_y)], ep.support_y, ways)
-            loss = F.cross_entropy(-squared_distances(z[len(ep.support_y):], protos), ep.query_y)
+            protos = prototypes(z[:n_support], ep.support_y, ways)
+            loss = F.cross_entropy(-squared_distances(z[n_support:], protos), ep.query_y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+
+        run = GraphedStep(step, ctx.device, enabled=hp.cuda_graph)
+        for it in ctx.loop(f"protonet {ways}-way training"):
+            if it % hp.lr_halve_every == 0:  # halve the learning rate every lr_halve_every episodes
+                set_lr(opt, hp.lr * 0.5 ** (it // hp.lr_halve_every))
+            idx = sample_indices(ctx.source, ways, shots + hp.train_queries, ctx.generator)[0]
+            run(idx)
             ctx.count(1, idx.numel())
+        if ctx.device.type == "cuda":
+            ctx.note(f"protonet training steps ran as {run.mode}")
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
         self.backbone.eval()
