@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import statistics
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,7 @@ class Workload:
     device: torch.device
     meta_batch: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    close: Callable[[], None] = lambda: None  # frees what the workload holds (e.g. ends a running fit)
 
     def __call__(self) -> None:
         self.step()
@@ -125,14 +127,72 @@ def fixed_episodes(data: BenchData, spec: EpisodeSpec = SPEC) -> Workload:
                           data.test.device, config={"split": data.test.name, "episodes": spec.episodes}))
 
 
-def _fit_workload(method: Any, name: str, data: BenchData, spec: EpisodeSpec, meta_batch: int | None = None) -> Workload:
-    """One iteration of ``method.fit`` per step; the tasks and images it covers are what it counts."""
-    ctx = FitContext(data.fit, spec, 1, torch.Generator().manual_seed(0), data.fit.device, progress=False)
-    w = Workload(name, "meta-step" if meta_batch else "train", lambda: method.fit(ctx), 0, 0, data.fit.device,
-                 meta_batch, {"hparams": dataclasses.asdict(method.hparams)})
+class _SteppedContext(FitContext):
+    """A :class:`FitContext` whose ``loop`` runs ``segment`` iterations each time :meth:`advance` asks, in a
+    background thread, so that one long ``fit`` (optimizer, CUDA graph and all, as ``mtbench run`` builds
+    them once) can be timed segment by segment in its steady state."""
+
+    def __init__(self, *args: Any, segment: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.segment = segment
+        self._go, self._done = threading.Semaphore(0), threading.Semaphore(0)
+        self._stop, self._error = False, None
+
+    def loop(self, desc: str, steps: int | None = None) -> Iterator[int]:
+        i = 0
+        while True:
+            self._go.acquire()
+            if self._stop:
+                return
+            for _ in range(self.segment):
+                yield i
+                i += 1
+            synchronize(self.device)
+            self._done.release()
+
+    def start(self, fit: Callable[["_SteppedContext"], None]) -> None:
+        def body() -> None:
+            try:
+                fit(self)
+            except BaseException as exc:  # noqa: BLE001 - handed to the measuring thread
+                self._error = exc
+            self._done.release()
+
+        threading.Thread(target=body, name="mtbench-bench-fit", daemon=True).start()
+
+    def advance(self) -> None:
+        """Run one segment of the fit and wait for the device to finish it."""
+        self._go.release()
+        self._done.acquire()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._stop = True
+        self._go.release()
+        self._done.acquire()
+
+
+def _fit_workload(method: Any, name: str, data: BenchData, spec: EpisodeSpec, segment: int,
+                  meta_batch: int | None = None) -> Workload:
+    """``segment`` iterations of one running ``method.fit`` per step; the tasks and images they cover are what
+    it counts. The first segment (warm-up: optimizer state, CUDA graph capture) is run before timing."""
+    ctx = _SteppedContext(data.fit, spec, 0, torch.Generator().manual_seed(0), data.fit.device, progress=False,
+                          segment=segment)
+    ctx.start(method.fit)
+    w = Workload(name, "meta-step" if meta_batch else "train", ctx.advance, 0, 0, data.fit.device, meta_batch,
+                 {"hparams": dataclasses.asdict(method.hparams), "steps_per_timed_step": segment}, close=ctx.close)
     _warm(w)
-    w.tasks, w.images = ctx.tasks, ctx.images
+    w.tasks, w.images = ctx.tasks, ctx.images  # of one segment: the warm-up ran exactly one
     return w
+
+
+def train_segment(device: torch.device, meta_batch: int | None = None) -> int:
+    """Training iterations per timed step: enough on a GPU to time replayed CUDA graphs, one (MAML) or
+    a few (ProtoNet) on the CPU."""
+    if device.type != "cuda":
+        return 1 if meta_batch else 5
+    return 500 if meta_batch is None else max(5, 160 // meta_batch)
 
 
 def protonet(data: BenchData, spec: EpisodeSpec = SPEC) -> Any:
@@ -145,7 +205,7 @@ def protonet(data: BenchData, spec: EpisodeSpec = SPEC) -> Any:
 
 def protonet_train(data: BenchData, spec: EpisodeSpec = SPEC) -> Workload:
     """One ProtoNet training episode: sample, gather, embed, loss, backward, Adam (``ProtoNet.fit``)."""
-    return _fit_workload(protonet(data, spec), "protonet", data, spec)
+    return _fit_workload(protonet(data, spec), "protonet", data, spec, train_segment(data.fit.device))
 
 
 def protonet_evaluate(data: BenchData, spec: EpisodeSpec = SPEC, method: Any = None) -> Workload:
@@ -176,19 +236,25 @@ def protonet_forward(data: BenchData, spec: EpisodeSpec = SPEC, method: Any = No
                           config={"episodes": n}))
 
 
-def maml_meta_step(data: BenchData, meta_batch: int, batching: str, spec: EpisodeSpec = SPEC) -> Workload:
-    """One second-order MAML meta-step of ``meta_batch`` tasks (``MAML.fit``): ``vmap`` is the suite's
-    batched ``torch.func`` meta-loss, ``loop`` the textbook per-task ``autograd.grad`` loop
-    (:class:`~mtbench.baselines.maml.MAMLReferenceLoop`); sampling and the Adam step are shared."""
+def maml_meta_step(data: BenchData, meta_batch: int, batching: str, spec: EpisodeSpec = SPEC,
+                   graph: bool | None = None) -> Workload:
+    """Second-order MAML meta-steps of ``meta_batch`` tasks (``MAML.fit``). ``batching``: ``auto`` is what
+    ``mtbench run`` does on this device; ``bmm``, ``vmap`` the suite's batched meta-losses; ``loop`` the
+    textbook per-task ``autograd.grad`` loop (:class:`~mtbench.baselines.maml.MAMLReferenceLoop`), eager
+    unless ``graph`` (default: CUDA graphs for the suite's own, not for the reference loop). Sampling and
+    the Adam step are shared."""
     from mtbench.baselines.maml import MAML, MAMLReferenceLoop
 
-    if batching not in ("vmap", "loop"):
-        raise ValueError(f"batching must be vmap or loop, got {batching!r}")
+    if batching not in ("auto", "bmm", "vmap", "loop"):
+        raise ValueError(f"batching must be auto, bmm, vmap or loop, got {batching!r}")
+    graph = batching != "loop" if graph is None else graph
     hp = make_hparams(MAML, "omniglot", {"backbone": BACKBONE, "meta_batch": str(meta_batch),
-                                         "train_queries": str(spec.queries), "task_batching": "vmap"})
-    cls = MAML if batching == "vmap" else MAMLReferenceLoop
+                                         "train_queries": str(spec.queries), "cuda_graph": str(graph),
+                                         "task_batching": "vmap" if batching == "loop" else batching})
+    cls = MAMLReferenceLoop if batching == "loop" else MAML
     method = cls(hp, data.fit.image_shape, torch.Generator().manual_seed(0), data.fit.device)
-    return _fit_workload(method, f"maml-{batching}", data, spec, meta_batch)
+    name = f"maml-{batching}" + ("-graph" if batching == "loop" and graph and data.fit.device.type == "cuda" else "")
+    return _fit_workload(method, name, data, spec, train_segment(data.fit.device, meta_batch), meta_batch)
 
 
 # -- timing --------------------------------------------------------------------------------------
@@ -227,26 +293,40 @@ def measure(build: Callable[[], Workload], repeats: int) -> Measurement:
     device = w.device
     reset_peak_memory(device)
     seconds = []
-    for _ in range(repeats):
-        t0 = timer(device)
-        w()
-        seconds.append(timer(device) - t0)
-    mem, kind = peak_memory(device)
+    try:
+        for _ in range(repeats):
+            t0 = timer(device)
+            w()
+            seconds.append(timer(device) - t0)
+        mem, kind = peak_memory(device)
+    finally:
+        w.close()
     return Measurement(w.method, w.measurement, w.meta_batch, w.tasks, w.images, tuple(seconds), mem, kind,
                        str(device), w.config)
 
 
-def ratios(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """From :meth:`Measurement.as_dict` rows: ``maml_batched_over_loop`` per meta-batch (vmap tasks/s over
-    per-task loop tasks/s, above 1 when batching is faster) and ``protonet_eval_overhead`` (evaluator
-    time over the bare forward passes, target ≤ :data:`EVAL_OVERHEAD_TARGET` on the CPU)."""
+def ratios(rows: Iterable[dict[str, Any]], device_type: str = "cpu") -> dict[str, Any]:
+    """From :meth:`Measurement.as_dict` rows:
+
+    * ``maml_over_loop``: per MAML variant (``bmm``, ``vmap``, ``loop-graph``, ...) and meta-batch, its
+      tasks/s over the eager per-task reference loop's (above 1: faster than the loop);
+    * ``maml_batched_variant`` and ``maml_batched_over_loop``: the batched variant ``mtbench run`` uses on
+      this device type (``task_batching=auto``; where that is the loop, ``bmm``) and its ratios;
+    * ``protonet_eval_overhead``: evaluator time over the bare forward passes (target ≤
+      :data:`EVAL_OVERHEAD_TARGET` on the CPU).
+    """
+    from mtbench.baselines.maml import AUTO_BATCHING
+
     by = {(r["method"], r["measurement"], r["meta_batch"]): r for r in rows}
-    speedup = {}
+    over: dict[str, dict[str, float]] = {}
     for (method, _, batch), row in by.items():
         loop = by.get(("maml-loop", "meta-step", batch))
-        if method == "maml-vmap" and loop and loop["tasks_per_s"] > 0:
-            speedup[str(batch)] = row["tasks_per_s"] / loop["tasks_per_s"]
-    out: dict[str, Any] = {"maml_batched_over_loop": speedup}
+        if method.startswith("maml-") and method != "maml-loop" and loop and loop["tasks_per_s"] > 0:
+            over.setdefault(method.removeprefix("maml-"), {})[str(batch)] = row["tasks_per_s"] / loop["tasks_per_s"]
+    default = AUTO_BATCHING.get(device_type, "loop")
+    variant = default if default != "loop" else "bmm"
+    out: dict[str, Any] = {"maml_over_loop": over, "maml_run_default": default, "maml_batched_variant": variant,
+                           "maml_batched_over_loop": over.get(variant, {})}
     ev, fw = by.get(("protonet", "evaluate", None)), by.get(("protonet", "forward", None))
     if ev and fw and fw["ms_per_step"] > 0:
         out["protonet_eval_overhead"] = ev["ms_per_step"] / fw["ms_per_step"]

@@ -59,8 +59,10 @@ def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Callable[[], bench
         lambda: bench.protonet_forward(data, episodes),
     ]
     for b in spec.meta_batches:
-        for batching in ("vmap", "loop"):
+        for batching in ("bmm", "vmap", "loop"):
             out.append(lambda b=b, batching=batching: bench.maml_meta_step(data, b, batching, episodes))
+        if data.fit.device.type == "cuda":  # how much of the gain is the CUDA graph alone
+            out.append(lambda b=b: bench.maml_meta_step(data, b, "loop", episodes, graph=True))
     return out
 
 
@@ -85,7 +87,7 @@ def run(spec: BenchSpec, log: Callable[[str], None] = lambda _: None) -> dict[st
                    "meta_batches": list(spec.meta_batches), "repeats": spec.repeats,
                    "data": data.description, "real_data": data.real},
         "measurements": rows,
-        "ratios": bench.ratios(rows),
+        "ratios": bench.ratios(rows, device.type),
         "machine": bench.machine_info(device),
         "provenance": origin,
     }
@@ -117,9 +119,10 @@ def render(doc: dict[str, Any]) -> str:
              f"{'x'.join(map(str, cfg['image_shape']))} images, {cfg['backbone']}; median of {cfg['repeats']} "
              f"step(s) after a warm-up", "", line(head), *(line(r) for r in body), ""]
     ratio = doc["ratios"]
-    if ratio.get("maml_batched_over_loop"):
-        parts = ", ".join(f"meta-batch {b}: {x:.2f}x" for b, x in ratio["maml_batched_over_loop"].items())
-        lines.append(f"MAML batched (vmap) / per-task loop, tasks/s: {parts}")
+    for variant, by_batch in ratio.get("maml_over_loop", {}).items():
+        parts = ", ".join(f"meta-batch {b}: {x:.2f}x" for b, x in by_batch.items())
+        used = " (mtbench run's choice here)" if variant == ratio.get("maml_run_default") else ""
+        lines.append(f"MAML {variant}{used} / per-task reference loop, tasks/s: {parts}")
     if "protonet_eval_overhead" in ratio:
         lines.append(f"ProtoNet evaluator / bare forward passes, time: {ratio['protonet_eval_overhead']:.2f}x "
                      f"(target ≤ {ratio['protonet_eval_overhead_target']}x on the CPU)")

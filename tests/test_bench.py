@@ -32,10 +32,11 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, one_thread):
     for column in ("method", "measurement", "tasks/s", "images/s", "ms/step", "peak memory", "device"):
         assert column in table
     for method, measurement in (("episodes", "sample"), ("episodes", "fixed set"), ("protonet", "train"),
-                                ("protonet", "evaluate"), ("protonet", "forward"), ("maml-vmap", "meta-step"),
-                                ("maml-loop", "meta-step")):
+                                ("protonet", "evaluate"), ("protonet", "forward"), ("maml-bmm", "meta-step"),
+                                ("maml-vmap", "meta-step"), ("maml-loop", "meta-step")):
         assert any(line.split()[:2] == [method, measurement.split()[0]] for line in table.splitlines()), method
-    assert "MAML batched (vmap) / per-task loop" in table and "meta-batch 1:" in table
+    assert "MAML bmm / per-task reference loop, tasks/s: meta-batch 1:" in table
+    assert "MAML vmap / per-task reference loop, tasks/s: meta-batch 1:" in table
     assert "ProtoNet evaluator / bare forward passes" in table
     assert device_name(torch.device("cpu")) in table and "synthetic" in table
     assert f"wrote {out}" in table
@@ -49,15 +50,22 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, one_thread):
     assert doc["machine"]["device_name"] == prov["device"]
     assert doc["config"]["real_data"] is False and doc["config"]["meta_batches"] == [1]
     rows = {(r["method"], r["measurement"]): r for r in doc["measurements"]}
-    assert len(rows) == len(doc["measurements"]) == 7
+    assert len(rows) == len(doc["measurements"]) == 8
     for row in rows.values():
         assert row["device"] == "cpu" and len(row["seconds"]) == 1
         assert row["tasks_per_s"] > 0 and row["images_per_s"] > 0 and row["peak_memory_bytes"] > 0
     per_task = 5 * (1 + 15)
-    assert rows[("protonet", "train")]["images_per_step"] == per_task
+    train = rows[("protonet", "train")]
+    segment = bench.train_segment(torch.device("cpu"))
+    assert train["config"]["steps_per_timed_step"] == train["tasks_per_step"] == segment
+    assert train["images_per_step"] == per_task * segment
     assert rows[("episodes", "fixed set")]["tasks_per_step"] == 2
     assert rows[("maml-vmap", "meta-step")]["images_per_step"] == rows[("maml-loop", "meta-step")]["images_per_step"] \
-        == per_task
+        == rows[("maml-bmm", "meta-step")]["images_per_step"] == per_task
+    assert rows[("maml-bmm", "meta-step")]["config"]["hparams"]["task_batching"] == "bmm"
+    assert rows[("maml-loop", "meta-step")]["config"]["hparams"]["cuda_graph"] is False
+    assert set(doc["ratios"]["maml_over_loop"]) == {"bmm", "vmap"}
+    assert doc["ratios"]["maml_run_default"] == "loop" and doc["ratios"]["maml_batched_variant"] == "bmm"
     assert set(doc["ratios"]["maml_batched_over_loop"]) == {"1"}
     assert doc["ratios"]["protonet_eval_overhead"] > 0
 
@@ -104,16 +112,20 @@ def test_measure_warms_up_then_times_the_repeats():
     assert row["tasks_per_s"] == pytest.approx(2 / w.median) and row["images_per_s"] == pytest.approx(10 / w.median)
 
 
-def test_ratios_pair_vmap_with_loop_and_evaluator_with_forward():
+def test_ratios_pair_batched_variants_with_loop_and_evaluator_with_forward():
     def row(method, measurement, batch, ms, tasks=1):
         return {"method": method, "measurement": measurement, "meta_batch": batch, "ms_per_step": ms,
                 "tasks_per_s": tasks / ms * 1000}
 
     rows = [row("maml-vmap", "meta-step", 8, 100, 8), row("maml-loop", "meta-step", 8, 300, 8),
-            row("maml-vmap", "meta-step", 32, 100, 32), row("protonet", "evaluate", None, 12),
+            row("maml-vmap", "meta-step", 32, 100, 32), row("maml-bmm", "meta-step", 8, 50, 8),
+            row("maml-loop-graph", "meta-step", 8, 150, 8), row("protonet", "evaluate", None, 12),
             row("protonet", "forward", None, 10)]
-    r = bench.ratios(rows)
-    assert r["maml_batched_over_loop"] == {"8": pytest.approx(3.0)}  # 32 has no loop partner
+    r = bench.ratios(rows, "cuda")
+    assert r["maml_over_loop"] == {"vmap": {"8": pytest.approx(3.0)}, "bmm": {"8": pytest.approx(6.0)},
+                                   "loop-graph": {"8": pytest.approx(2.0)}}  # vmap 32 has no loop partner
+    assert r["maml_run_default"] == r["maml_batched_variant"] == "bmm"
+    assert r["maml_batched_over_loop"] == {"8": pytest.approx(6.0)}
     assert r["protonet_eval_overhead"] == pytest.approx(1.2)
 
 
@@ -129,7 +141,7 @@ def test_benchmark_command_collects_the_suite():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     ids = [line for line in done.stdout.splitlines() if "::" in line]
     for name in ("test_episode_sampling[cpu]", "test_protonet_training[cpu]", "test_protonet_evaluation[evaluate-cpu]",
-                 "test_protonet_evaluation[forward-cpu]", "test_maml_meta_step[vmap-32-cpu]",
+                 "test_protonet_evaluation[forward-cpu]", "test_maml_meta_step[vmap-32-cpu]", "test_maml_meta_step[bmm-32-cpu]",
                  "test_maml_meta_step[loop-32-cpu]", "test_maml_meta_step[vmap-1-cuda]"):
         assert any(i.endswith(name) for i in ids), name
 

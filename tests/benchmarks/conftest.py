@@ -68,8 +68,11 @@ def measure(benchmark):
         device = workload.device
         reset_peak_memory(device)
         benchmark.group = f"{group} ({device.type})"
-        benchmark(workload)
-        mem, kind = peak_memory(device)
+        try:
+            benchmark(workload)
+            mem, kind = peak_memory(device)
+        finally:
+            workload.close()
         if benchmark.stats is None:  # --benchmark-disable: the step ran once, untimed
             return None
         row = bench.Measurement(workload.method, workload.measurement, workload.meta_batch, workload.tasks,
@@ -88,11 +91,11 @@ def _pair(device: str, row: dict[str, Any], fixture: Any) -> None:
     _fixtures[(device, row["method"], row["measurement"], row["meta_batch"])] = fixture
     rows = _rows.setdefault(device, [])
     rows.append(row)
-    ratios = _ratios[device] = bench.ratios(rows)
-    for batch, value in ratios["maml_batched_over_loop"].items():
-        for method in ("maml-vmap", "maml-loop"):
-            if (f := _fixtures.get((device, method, "meta-step", int(batch)))) is not None:
-                f.extra_info["batched_over_loop"] = value
+    ratios = _ratios[device] = bench.ratios(rows, device)
+    for variant, by_batch in ratios["maml_over_loop"].items():
+        for batch, value in by_batch.items():
+            if (f := _fixtures.get((device, f"maml-{variant}", "meta-step", int(batch)))) is not None:
+                f.extra_info["over_loop"] = value
     if "protonet_eval_overhead" in ratios:
         for measurement in ("evaluate", "forward"):
             if (f := _fixtures.get((device, "protonet", measurement, None))) is not None:
@@ -102,10 +105,9 @@ def _pair(device: str, row: dict[str, Any], fixture: Any) -> None:
 
 def pytest_terminal_summary(terminalreporter) -> None:
     for device, ratios in _ratios.items():
-        if ratios["maml_batched_over_loop"]:
-            parts = ", ".join(f"meta-batch {b}: {x:.2f}x" for b, x in sorted(ratios["maml_batched_over_loop"].items(),
-                                                                            key=lambda kv: int(kv[0])))
-            terminalreporter.write_line(f"MAML batched (vmap) / per-task loop, tasks/s, {device}: {parts}")
+        for variant, by_batch in ratios["maml_over_loop"].items():
+            parts = ", ".join(f"meta-batch {b}: {x:.2f}x" for b, x in sorted(by_batch.items(), key=lambda kv: int(kv[0])))
+            terminalreporter.write_line(f"MAML {variant} / per-task reference loop, tasks/s, {device}: {parts}")
         if "protonet_eval_overhead" in ratios:
             terminalreporter.write_line(
                 f"ProtoNet evaluator / bare forward passes, time, {device}: {ratios['protonet_eval_overhead']:.2f}x "

@@ -44,8 +44,9 @@ def test_protonet_evaluation(measure, data, spec, device, measurement):
 
 
 @pytest.mark.parametrize("meta_batch", bench.META_BATCHES)
-@pytest.mark.parametrize("batching", ["vmap", "loop"])
+@pytest.mark.parametrize("batching", ["bmm", "vmap", "loop"])
 def test_maml_meta_step(measure, data, spec, device, batching, meta_batch):
-    """One second-order MAML meta-step: the batched torch.func (vmap) meta-loss, or the per-task
-    autograd.grad(create_graph=True) loop; same sampling and Adam step (meta-steps/s = tasks/s / meta-batch)."""
+    """Second-order MAML meta-steps: the suite's batched meta-losses (bmm: per-task weights as batched matrix
+    products; vmap: torch.func), CUDA graphs on CUDA as `mtbench run` does, or the eager per-task
+    autograd.grad(create_graph=True) reference loop; same sampling and Adam step."""
     measure(lambda: bench.maml_meta_step(data(device), meta_batch, batching, spec), f"maml meta-batch {meta_batch}")
