@@ -342,7 +342,11 @@ def machine_info(device: torch.device | None = None) -> dict[str, Any]:
             "cpu": device_name(torch.device("cpu")),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch": str(torch.__version__), "git_commit": commit, "git_dirty": dirty,
-            "threads": torch.get_num_threads(), "malloc": malloc_setting()}
+            "threads": torch.get_num_threads(), "malloc": malloc_setting(),
+            # PyTorch's defaults: cuDNN convolutions may use TF32 tensor cores, matrix products may not
+            "tf32": {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                     "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                     "float32_matmul_precision": torch.get_float32_matmul_precision()}}
 
 
 def parse_meta_batches(values: Iterable[str]) -> tuple[int, ...]:
