@@ -91,12 +91,14 @@ def ls(kind: str | None) -> None:
               help="Write the fitted method to this checkpoint file.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="fp32, or bf16: fit and evaluation under torch.autocast to bfloat16.")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="Compile the method's networks with torch.compile (not for maml or reptile).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @user_errors
 def run_cmd(method: str, dataset: str, source: str | None, protocol: str | None, ways: int | None,
             shots: int | None, queries: int | None, episodes: int | None, train_images: int | None,
             test_images: int | None, trials: int | None, seed: int, budget: str, hparams: tuple[str, ...], device: str, data_root: str | None, out: str,
-            download: bool, malloc_tuning: bool, init: str | None, save: str | None, precision: str,
+            download: bool, malloc_tuning: bool, init: str | None, save: str | None, precision: str, compile_: bool,
             progress: bool) -> None:
     """Fit METHOD on DATASET (or on --source), evaluate it on the fixed test episodes or transfer
     trials and write one result JSON."""
@@ -116,7 +118,7 @@ def run_cmd(method: str, dataset: str, source: str | None, protocol: str | None,
         budget=budget, hparams=tuple(parse_overrides(hparams).items()), device=device,
         data_root=data_root, out=out, download=download, progress=progress,
         command=shlex.join(["mtbench", *sys.argv[1:]]), init=init, save=save, source=source,
-        precision=precision,
+        precision=precision, compile=compile_,
     )
     if malloc_tuning and device != "cuda":
         tune_malloc()
