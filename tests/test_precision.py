@@ -216,7 +216,7 @@ def test_validate_rejects_a_bad_precision_or_compile(runs, key, value, problem):
     assert validate(doc) == [problem]
 
 
-# -- a compiled run (inductor needs a C++ compiler: ~45 s on 2 busy cores, ~15 s with its cache warm) --
+# -- a compiled run (inductor needs a C++ compiler: ~55 s on 2 busy cores, ~15 s with its cache warm) --
 @pytest.mark.slow
 def test_a_compiled_protonet_run_scores_as_the_plain_one(tmp_path, runs, one_thread):
     compiled = cli_run(tmp_path / "compiled", "--compile", "--save", str(tmp_path / "fit.pt"))
