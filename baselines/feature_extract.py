@@ -58,6 +58,7 @@ class FeatureExtract(Method):
     # quick: 4x the paper's minibatch, so 3,000 steps see ~40 images per class of Omniglot
     quick_presets = {"omniglot": {"batch_size": 64}, "miniimagenet": {"batch_size": 64}}
     transductive = False
+    compilable = True
 
     def __init__(self, hparams: FeatureExtractHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)

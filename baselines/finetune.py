@@ -69,6 +69,7 @@ class Finetune(Method):
     # quick: 4x the paper's minibatch, so 3,000 steps see ~40 images per class of Omniglot
     quick_presets = {"omniglot": {"batch_size": 64}, "miniimagenet": {"batch_size": 64}}
     transductive = False
+    compilable = True
 
     def __init__(self, hparams: FinetuneHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)

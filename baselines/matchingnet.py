@@ -85,6 +85,7 @@ class MatchingNet(Method):
     presets = {"synthetic": {"train_ways": 10, "train_queries": 5}}
     budgets = {"default": {"quick": 300, "paper": 20000}, "omniglot": {"quick": 2000, "paper": 20000}}
     transductive = False
+    compilable = True
 
     def __init__(self, hparams: MatchingNetHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)

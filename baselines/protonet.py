@@ -93,6 +93,7 @@ class ProtoNet(Method):
     # (~7 min); pre-training reached 0.505 in 2.8 min, 100 episodes at 1e-4 then 0.516, at 1e-3 0.415.
     quick_presets = {"miniimagenet": {"pretrain_steps": 600, "train_ways": 5, "lr": 1e-4}}
     transductive = False
+    compilable = True
 
     def __init__(self, hparams: ProtoNetHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)

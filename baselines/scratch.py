@@ -57,12 +57,15 @@ class Scratch(Method):
                "xray3": {"batch_size": 32}}
     budgets = {"default": {"quick": 0, "paper": 0}}
     transductive = False
+    compilable = True
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
         hp = self.hparams
         g = episode_generator(support_x, self.name)
         backbone = build_backbone(hp.backbone, self.in_shape, g)
         model = nn.Sequential(backbone, linear_head(backbone.out_features, ways, g)).to(support_x.device)
+        if self.compiled:  # built per episode, so compiled here rather than by compile_modules
+            model.compile()
         opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
         wanted = report_steps(hp.report_steps, hp.steps)
 

@@ -89,12 +89,17 @@ def ls(kind: str | None) -> None:
               help="Start from a checkpoint written by --save (another method: its backbone only).")
 @click.option("--save", "save", type=click.Path(dir_okay=False), default=None,
               help="Write the fitted method to this checkpoint file.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="fp32, or bf16: fit and evaluation under torch.autocast to bfloat16.")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="Compile the method's networks with torch.compile (not for maml or reptile).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @user_errors
 def run_cmd(method: str, dataset: str, source: str | None, protocol: str | None, ways: int | None,
             shots: int | None, queries: int | None, episodes: int | None, train_images: int | None,
             test_images: int | None, trials: int | None, seed: int, budget: str, hparams: tuple[str, ...], device: str, data_root: str | None, out: str,
-            download: bool, malloc_tuning: bool, init: str | None, save: str | None, progress: bool) -> None:
+            download: bool, malloc_tuning: bool, init: str | None, save: str | None, precision: str, compile_: bool,
+            progress: bool) -> None:
     """Fit METHOD on DATASET (or on --source), evaluate it on the fixed test episodes or transfer
     trials and write one result JSON."""
     from .data import DATASETS
@@ -113,6 +118,7 @@ def run_cmd(method: str, dataset: str, source: str | None, protocol: str | None,
         budget=budget, hparams=tuple(parse_overrides(hparams).items()), device=device,
         data_root=data_root, out=out, download=download, progress=progress,
         command=shlex.join(["mtbench", *sys.argv[1:]]), init=init, save=save, source=source,
+        precision=precision, compile=compile_,
     )
     if malloc_tuning and device != "cuda":
         tune_malloc()
@@ -146,6 +152,8 @@ def protocol_line(p: dict[str, Any]) -> str:
 
 def summary(doc: dict[str, Any], path: Path | None) -> str:
     """A short human-readable table of one result."""
+    from .results import execution_label
+
     acc, fit, adapt, p = doc["accuracy"], doc["fit"], doc["adaptation"], doc["protocol"]
     steps = "  ".join(f"{s['step']}: {s['mean']:.3f}" for s in acc["by_step"])
     rows = [
@@ -165,7 +173,7 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
         *[("note", n) for n in [*doc["dataset"].get("notes", []), *((doc.get("source") or {}).get("notes", [])),
                                 *fit.get("notes", [])]],
         ("evaluation", f"{doc['evaluation']['seconds']:.1f} s, {doc['evaluation']['tasks_per_s']:.2f} episodes/s"),
-        ("device", doc["provenance"]["device"]),
+        ("device", doc["provenance"]["device"] + execution_label(doc)),
         ("result", str(path) if path else "(not written)"),
     ]
     width = max(len(k) for k, _ in rows)

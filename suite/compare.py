@@ -15,7 +15,7 @@ import pandas as pd
 
 from .errors import UserError
 from .metrics import mean_ci95
-from .results import read_result
+from .results import execution_label, read_result
 
 
 def collect(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
@@ -35,7 +35,12 @@ def collect(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def label(doc: dict[str, Any]) -> str:
-    """The method's name, as a pipeline when it started from another method's checkpoint."""
+    """The method's name, as a pipeline when it started from another method's checkpoint, with its
+    precision and compilation when not fp32 and uncompiled (e.g. ``protonet (bf16)``)."""
+    return _method_label(doc) + execution_label(doc)
+
+
+def _method_label(doc: dict[str, Any]) -> str:
     name = doc["method"]["name"]
     hp = doc["method"]["hparams"]
     if hp.get("first_order"):

@@ -8,6 +8,12 @@ A method is a class with:
   ``quick_presets`` (per dataset) are the deviations the ``quick`` budget makes to get far in a
   few CPU minutes (e.g. a larger step size), recorded like every hparam in the result;
 * ``transductive`` — whether predictions for a query depend on the other queries;
+* ``compilable`` — whether ``--compile`` may compile its networks: true for a method that calls
+  its ``nn.Module`` s directly, false (the default) for one that calls them through
+  ``torch.func.functional_call`` under ``vmap``/``grad`` (MAML, Reptile). ``compile_modules()``
+  compiles every module of ``modules()`` in place (``nn.Module.compile``, so ``state_dict`` keys and
+  ``--save`` checkpoints are unchanged) and sets ``compiled``; a method that builds networks later
+  (per episode) compiles them itself when ``compiled`` is set;
 * ``fit(ctx)`` — (meta-)training on the source split, may do nothing;
 * ``adapt(support_x, support_y, ways)`` — yields a predictor after each adaptation step
   (a non-iterative method yields once; one with many steps may yield at chosen steps, labelled
@@ -100,7 +106,9 @@ class Method:
     budgets: ClassVar[dict[str, dict[str, int]]] = {"default": {"quick": 0, "paper": 0}}
     quick_presets: ClassVar[dict[str, dict[str, Any]]] = {}
     transductive: ClassVar[bool] = False
+    compilable: ClassVar[bool] = False
     version: ClassVar[str] = "1"
+    compiled: bool = False
 
     def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
                  device: torch.device) -> None:
@@ -114,6 +122,12 @@ class Method:
     def modules(self) -> dict[str, nn.Module]:
         """The learned state: every ``nn.Module`` attribute, by attribute name (saved by ``--save``)."""
         return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module)}
+
+    def compile_modules(self) -> None:
+        """``--compile``: compile every module in place with ``nn.Module.compile`` (only for ``compilable`` methods)."""
+        self.compiled = True
+        for module in self.modules().values():
+            module.compile()
 
     def fit(self, ctx: FitContext) -> None:
         """(Meta-)train on ``ctx.source``; the default does nothing."""

@@ -14,7 +14,8 @@ Fields (``schema_version`` 1):
 * ``fit`` {seconds, iterations, tasks, images, tasks_per_s, images_per_s, peak_memory_bytes,
   peak_memory_kind, notes (absent in older records)}; ``evaluation`` {seconds, tasks_per_s, peak_memory_bytes, peak_memory_kind};
 * ``provenance`` {mtbench_version, git_commit, git_dirty, torch, python, device, device_type,
-  threads, malloc, timestamp, command}.
+  threads, malloc, timestamp, command, precision (``fp32`` or ``bf16``), compile (bool); the last two
+  are absent in older records, which ran fp32 and uncompiled}.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from . import __version__
 from .atomic import atomic_write
 from .errors import UserError
+from .runtime import PRECISIONS
 
 SCHEMA_VERSION = 1
 
@@ -73,6 +75,11 @@ def validate(doc: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> list
             problems.append("accuracy.per_episode: length differs from protocol.episodes")
         if len(acc["by_step"]) != doc["adaptation"]["steps"]:
             problems.append("accuracy.by_step: length differs from adaptation.steps")
+        precision, compiled = execution(doc)
+        if precision not in PRECISIONS:
+            problems.append(f"provenance.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if not isinstance(compiled, bool):
+            problems.append(f"provenance.compile: expected bool, got {type(compiled).__name__}")
     return problems
 
 
@@ -89,7 +96,21 @@ def git_state() -> tuple[str | None, bool | None]:
     return commit or None, bool(status.strip())
 
 
-def provenance(device_name: str, device_type: str, malloc: dict[str, Any], command: str | None) -> dict[str, Any]:
+def execution(doc: dict[str, Any]) -> tuple[Any, Any]:
+    """``(precision, compile)`` a result ran with; ``("fp32", False)`` for records older than the options."""
+    prov = doc["provenance"]
+    return prov.get("precision", "fp32"), prov.get("compile", False)
+
+
+def execution_label(doc: dict[str, Any]) -> str:
+    """``" (bf16, compiled)"``, ``" (bf16)"``, ``" (compiled)"``, or ``""`` for an fp32 uncompiled run."""
+    precision, compiled = execution(doc)
+    parts = ([precision] if precision != "fp32" else []) + (["compiled"] if compiled else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def provenance(device_name: str, device_type: str, malloc: dict[str, Any], command: str | None,
+               precision: str = "fp32", compile: bool = False) -> dict[str, Any]:
     commit, dirty = git_state()
     return {
         "mtbench_version": __version__,
@@ -103,6 +124,8 @@ def provenance(device_name: str, device_type: str, malloc: dict[str, Any], comma
         "malloc": malloc,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
+        "precision": precision,
+        "compile": compile,
     }
 
 

@@ -18,7 +18,8 @@ from .evaluate import evaluate
 from .methods import METHODS, FitContext, make_hparams
 from .protocols import TransferSpec
 from .results import SCHEMA_VERSION, provenance, write_result
-from .runtime import device_name, malloc_setting, peak_memory, reset_peak_memory, select_device, timer
+from .runtime import (autocast, check_precision, device_name, malloc_setting, peak_memory, reset_peak_memory,
+                      select_device, timer)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class RunSpec:
         save: where to write this run's fitted method as a checkpoint.
         source: the dataset to fit on, when not the dataset's own ``default_source`` (a transfer
             target such as ``xray`` defaults to ``miniimagenet``) or, without one, itself.
+        precision: ``fp32`` (PyTorch's default, no autocast) or ``bf16`` (fit and evaluation under
+            ``torch.autocast`` to bfloat16).
+        compile: compile the method's networks in place (``nn.Module.compile``); only for methods
+            that are ``compilable``.
     """
 
     method: str
@@ -59,6 +64,8 @@ class RunSpec:
     init: str | None = None
     save: str | None = None
     source: str | None = None
+    precision: str = "fp32"
+    compile: bool = False
 
 #: the few-shot tasks a method is fitted with on a source domain other than the evaluation's
 SOURCE_EPISODES = EpisodeSpec(ways=5, shots=5, queries=15, episodes=1)
@@ -80,6 +87,10 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     dataset_cls = DATASETS.get(spec.dataset)
     source_cls = DATASETS.get(spec.source or dataset_cls.default_source or dataset_cls.name)
     cross = source_cls is not dataset_cls
+    check_precision(spec.precision)
+    if spec.compile and not method_cls.compilable:
+        raise UserError(f"--compile: {method_cls.name} is not compilable (it does not call its networks directly; maml "
+                        f"and reptile call theirs through torch.func under vmap/grad); drop --compile")
     hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source=source_cls.name)
     iterations = method_cls.iterations_for(spec.budget, source_cls.name)
     device = select_device(spec.device)
@@ -116,7 +127,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     unlabelled = data.load(unlabelled_split).without_labels().to(device) if unlabelled_split else None
 
     # the code and device state as the run starts (edits made while it runs do not count)
-    origin = provenance(device_name(device), device.type, malloc_setting(), spec.command)
+    origin = provenance(device_name(device), device.type, malloc_setting(), spec.command, spec.precision, spec.compile)
     generator = torch.Generator().manual_seed(fit_seed(spec.episodes.seed))
     method = method_cls(hparams, test.image_shape, generator, device)
     init = None
@@ -125,11 +136,14 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
         if missing_stats:
             recalibrate_batchnorm(method.backbone, source, generator)
         init = init_record(blob, blob_sha, str(spec.init), recalibrated=bool(missing_stats))
+    if spec.compile:  # in place, after loading: the state_dict keys stay those of the plain modules
+        method.compile_modules()
     ctx = FitContext(source, fit_spec, iterations, generator, device, spec.progress, unlabelled)
     reset_peak_memory(device)
     start = timer(device)
     if iterations > 0:
-        method.fit(ctx)
+        with autocast(device, spec.precision):
+            method.fit(ctx)
     fit_seconds = timer(device) - start
     fit_mem, fit_mem_kind = peak_memory(device)
     if spec.save:
@@ -139,7 +153,8 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
             "ways": fit_spec.ways, "shots": fit_spec.shots, "budget": str(spec.budget),
             "iterations": iterations, "fit_seconds": fit_seconds, "provenance": origin, "init": init,
         }, Path(spec.save))
-    scores = evaluate(method, episodes, spec.progress)
+    with autocast(device, spec.precision):
+        scores = evaluate(method, episodes, spec.progress)
 
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

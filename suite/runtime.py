@@ -1,7 +1,9 @@
-"""Where a run executes: device choice, device names, peak memory, and the CPU allocator setting."""
+"""Where a run executes: device choice, device names, numeric precision, peak memory, and the CPU
+allocator setting."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -16,6 +18,9 @@ from .errors import UserError
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
 MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 _malloc_tuned = False
+
+#: ``--precision``: ``fp32`` as PyTorch runs by default; ``bf16`` under ``torch.autocast`` to bfloat16
+PRECISIONS = ("fp32", "bf16")
 
 
 def select_device(name: str) -> torch.device:
@@ -47,6 +52,27 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"CPU {model} ({torch.get_num_threads()} threads)"
+
+
+def check_precision(precision: str) -> None:
+    """A :class:`UserError` unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context a run's fit and evaluation execute in: ``torch.autocast`` to bfloat16 on ``device``
+    for ``bf16``; for ``fp32`` no autocast at all (a do-nothing context), so fp32 runs exactly as
+    without the option. Nothing process-wide is changed either way.
+
+    The region spans whole training loops (``fit``, and ``adapt`` of methods that train per
+    episode), so autocast's cache of bfloat16 copies of the weights is off: it lives until the
+    region exits and is not refreshed by an optimiser step, so every forward after the first would
+    use the initial weights (a scratch run on synthetic stayed at chance).
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def synchronize(device: torch.device) -> None:
