@@ -260,7 +260,9 @@ def data_prepare(name: str, source: str, data_root: str | None, progress: bool) 
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Folder holding omniglot/ (default: $MTBENCH_DATA, else ~/.cache/mtbench/data); "
                    "without it, random images of Omniglot's shape.")
-@click.option("--out", default=None, metavar="FILE.json", help="Also write the measurements to this JSON file.")
+@click.option("--out", default=None, metavar="FILE.json",
+              help="Also write the measurements to this JSON file. `mtbench report` shows the files in "
+                   "leaderboards/throughput/: to publish a run, write it there as <device>_<UTC time>.json.")
 @click.option("--malloc-tuning/--no-malloc-tuning", default=True, show_default=True,
               help="On the CPU, keep freed memory in glibc's heap, as `mtbench run` does.")
 @user_errors
@@ -282,6 +284,23 @@ def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: 
     click.echo(render(doc))
     if out:
         click.echo(f"\nwrote {write(doc, out)}")
+
+
+# -- mtbench report --------------------------------------------------------------------------------
+@main.command("report")
+@click.option("--leaderboards", type=click.Path(), default="leaderboards", show_default=True,
+              help="The leaderboard folder; the throughput page reads the `mtbench bench` files in its throughput/.")
+@click.option("--out", type=click.Path(), default="reports", show_default=True,
+              help="Folder for the pages (index, throughput: .md and .html) and figures/; they are replaced.")
+@user_errors
+def report_cmd(leaderboards: str, out: str) -> None:
+    """Regenerate the report from the leaderboard folder alone: Markdown pages for GitHub, self-contained
+    HTML pages, SVG figures, and an index; the same inputs give byte-identical files."""
+    from .report import report
+
+    written = report(Path(leaderboards), Path(out))
+    pages = [str(p) for p in written if p.parent == Path(out)]
+    click.echo(f"wrote {', '.join(pages)} and {len(written) - len(pages)} figure(s) in {Path(out) / 'figures'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,7 @@ draws are ranked together, and each row shows its paired difference to the best 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +96,17 @@ def tables(results: list[tuple[Path, dict[str, Any]]]) -> list[tuple[str, pd.Dat
     return out
 
 
-def markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (without the optional ``tabulate`` dependency)."""
-    cols = list(frame.columns)
+def _pipes(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(frame: pd.DataFrame, cell: Callable[[str], str] = _pipes) -> str:
+    """A GitHub-flavoured Markdown table (without the optional ``tabulate`` dependency); ``cell`` escapes
+    each header and cell (by default only ``|``, which would end the cell)."""
+    cols = [cell(str(c)) for c in frame.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
+        lines.append("| " + " | ".join(cell(str(v)) for v in row) + " |")
     return "\n".join(lines)
 
 

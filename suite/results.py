@@ -36,7 +36,7 @@ from .runtime import PRECISIONS
 
 SCHEMA_VERSION = 1
 
-_NUM = (int, float)
+NUMBER = (int, float)
 SCHEMA: dict[str, Any] = {
     "schema_version": int,
     "method": {"name": str, "version": str, "hparams": dict, "transductive": bool},
@@ -44,30 +44,37 @@ SCHEMA: dict[str, Any] = {
     "protocol": {"ways": int, "shots": int, "queries": int, "episodes": int, "seed": int, "episodes_sha": str},
     "budget": {"name": str, "iterations": int},
     "init": (dict, type(None)),
-    "accuracy": {"mean": _NUM, "ci95": _NUM, "per_episode": list, "by_step": list},
-    "adaptation": {"steps": int, "ms_per_episode": _NUM, "ms_by_step": list},
-    "fit": {"seconds": _NUM, "iterations": int, "tasks": int, "images": int, "tasks_per_s": _NUM,
-            "images_per_s": _NUM, "peak_memory_bytes": int, "peak_memory_kind": str},
-    "evaluation": {"seconds": _NUM, "tasks_per_s": _NUM, "peak_memory_bytes": int, "peak_memory_kind": str},
+    "accuracy": {"mean": NUMBER, "ci95": NUMBER, "per_episode": list, "by_step": list},
+    "adaptation": {"steps": int, "ms_per_episode": NUMBER, "ms_by_step": list},
+    "fit": {"seconds": NUMBER, "iterations": int, "tasks": int, "images": int, "tasks_per_s": NUMBER,
+            "images_per_s": NUMBER, "peak_memory_bytes": int, "peak_memory_kind": str},
+    "evaluation": {"seconds": NUMBER, "tasks_per_s": NUMBER, "peak_memory_bytes": int, "peak_memory_kind": str},
     "provenance": {"mtbench_version": str, "git_commit": (str, type(None)), "git_dirty": (bool, type(None)),
                    "torch": str, "device": str, "timestamp": str},
 }
 
 
-def validate(doc: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> list[str]:
-    """Problems with ``doc`` against the schema (empty when it conforms)."""
+def check_fields(doc: Any, schema: dict[str, Any], where: str = "", what: str = "result") -> list[str]:
+    """Problems with ``doc`` against ``schema``: nested dicts of keys to types (or tuples of types);
+    ``what`` names the document when it is not an object at all."""
     if not isinstance(doc, dict):
-        return [f"{where or 'result'}: expected an object"]
+        return [f"{where or what}: expected an object"]
     problems = []
     for key, kind in schema.items():
         path = f"{where}.{key}" if where else key
         if key not in doc:
             problems.append(f"{path}: missing")
         elif isinstance(kind, dict):
-            problems.extend(validate(doc[key], kind, path))
-        elif not isinstance(doc[key], kind) or (kind in (int, _NUM) and isinstance(doc[key], bool)):
+            problems.extend(check_fields(doc[key], kind, path, what))
+        elif not isinstance(doc[key], kind) or (kind in (int, NUMBER) and isinstance(doc[key], bool)):
             problems.append(f"{path}: expected {getattr(kind, '__name__', kind)}, got {type(doc[key]).__name__}")
-    if not where and not problems:
+    return problems
+
+
+def validate(doc: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> list[str]:
+    """Problems with ``doc`` against the result schema (empty when it conforms)."""
+    problems = check_fields(doc, schema, where)
+    if not where and not problems and schema is SCHEMA:
         if doc["schema_version"] != SCHEMA_VERSION:
             problems.append(f"schema_version: {doc['schema_version']} is not {SCHEMA_VERSION}")
         acc = doc["accuracy"]
