@@ -69,7 +69,8 @@ def check(spec: BenchSpec) -> None:
 
 
 def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Callable[[], bench.Workload]]:
-    """The measurements, in order: episode sampling, ProtoNet, then MAML vmap and loop per meta-batch."""
+    """The measurements, in order: episode sampling, ProtoNet, then per meta-batch MAML bmm, vmap and the
+    reference loop (and, on CUDA, the loop in a CUDA graph)."""
     episodes = dataclasses.replace(bench.SPEC, episodes=spec.episodes)
     out: list[Callable[[], bench.Workload]] = [
         lambda: bench.episode_sampling(data, episodes),
