@@ -61,14 +61,14 @@ class ProtoNetHparams:
 
 
 def squared_distances(queries: Tensor, prototypes: Tensor) -> Tensor:
-    """``float[Q, D]``, ``float[W, D]`` -> ``float[Q, W]`` squared Euclidean distances."""
-    return (queries.unsqueeze(1) - prototypes.unsqueeze(0)).pow(2).sum(-1)
+    """``float[*B, Q, D]``, ``float[*B, W, D]`` -> ``float[*B, Q, W]`` squared Euclidean distances."""
+    return (queries.unsqueeze(-2) - prototypes.unsqueeze(-3)).pow(2).sum(-1)
 
 
 def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
-    """Class means: ``float[S, D]``, ``int64[S]`` -> ``float[ways, D]``."""
-    one_hot = F.one_hot(labels, ways).to(embeddings.dtype)  # [S, W]
-    return (one_hot.T @ embeddings) / one_hot.sum(0).unsqueeze(1)
+    """Class means: ``float[*B, S, D]``, ``int64[*B, S]`` -> ``float[*B, ways, D]``."""
+    one_hot = F.one_hot(labels, ways).to(embeddings.dtype)  # [*B, S, W]
+    return (one_hot.transpose(-2, -1) @ embeddings) / one_hot.sum(-2).unsqueeze(-1)
 
 
 @METHODS.register
@@ -134,3 +134,12 @@ class ProtoNet(Method):
         self.backbone.eval()
         protos = prototypes(self.backbone(support_x), support_y, ways)
         yield lambda query_x: -squared_distances(self.backbone(query_x), protos)
+
+    def predict_batch(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
+        """:meth:`adapt`'s logits for ``E`` episodes at once: one backbone pass (eval mode) over every
+        support and query image, prototypes by a batched one-hot product -> ``float[E, Q, ways]``."""
+        self.backbone.eval()
+        (e, s), q = support_y.shape, query_x.shape[1]
+        z = self.backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
+        protos = prototypes(z[: e * s].view(e, s, -1), support_y, ways)
+        return -squared_distances(z[e * s:].view(e, q, -1), protos)

@@ -24,7 +24,7 @@ import torch
 from .data import DATASETS, Split, resolve_data_root
 from .episodes import EpisodeSet, EpisodeSpec, make_episode, sample_indices
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import episode_chunks, evaluate
 from .methods import METHODS, FitContext, make_hparams
 from .results import git_state
 from .runtime import device_name, malloc_setting, peak_memory, reset_peak_memory, synchronize, timer
@@ -218,7 +218,8 @@ def protonet_evaluate(data: BenchData, spec: EpisodeSpec = SPEC, method: Any = N
 
 
 def protonet_forward(data: BenchData, spec: EpisodeSpec = SPEC, method: Any = None) -> Workload:
-    """The bare work the evaluator needs: gather each episode, embed its support and its queries (eval mode,
+    """The bare work the evaluator needs: gather each chunk of episodes the batched evaluator takes
+    (:func:`~mtbench.evaluate.episode_chunks`), embed its support and query images in one pass (eval mode,
     no autograd), nothing else; the yardstick of the evaluator's overhead."""
     method = method or protonet(data, spec)
     episodes = EpisodeSet(data.test, spec)
@@ -227,9 +228,9 @@ def protonet_forward(data: BenchData, spec: EpisodeSpec = SPEC, method: Any = No
     def step() -> None:
         backbone.eval()
         with torch.no_grad():
-            for ep in episodes:
-                backbone(ep.support_x)
-                backbone(ep.query_x)
+            for lo, hi in episode_chunks(episodes):
+                support_x, _, query_x, _ = episodes.batch(lo, hi)
+                backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
 
     n = spec.episodes
     return _warm(Workload("protonet", "forward", step, n, n * spec.ways * spec.per_class, data.test.device,

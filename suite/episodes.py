@@ -129,18 +129,25 @@ class Episode:
     query_y: Tensor
 
 
-def make_episode(split: Split, indices: Tensor, shots: int, index: int = 0, support: Split | None = None) -> Episode:
-    """Gather one episode from ``indices: int64[ways, shots+queries]`` (on the split's device); the
+def gather_episodes(split: Split, indices: Tensor, shots: int,
+                    support: Split | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gather episodes from ``indices: int64[*B, ways, shots+queries]`` (on the split's device), one
+    gather per tensor: ``support_x float[*B, ways*shots, C, H, W]``, ``support_y int64[*B, ways*shots]``,
+    ``query_x float[*B, ways*queries, C, H, W]``, ``query_y int64[*B, ways*queries]``, class-major. The
     first ``shots`` columns index ``support`` when given (support and queries from different splits)."""
-    ways, per_class = indices.shape
+    *batch, ways, per_class = indices.shape
     labels = torch.arange(ways, device=indices.device)
-    return Episode(
-        index,
-        (support or split).gather(indices[:, :shots].reshape(-1)),
-        labels.repeat_interleave(shots),
-        split.gather(indices[:, shots:].reshape(-1)),
-        labels.repeat_interleave(per_class - shots),
+    return (
+        (support or split).gather(indices[..., :shots].reshape(*batch, -1)),
+        labels.repeat_interleave(shots).repeat(*batch, 1),
+        split.gather(indices[..., shots:].reshape(*batch, -1)),
+        labels.repeat_interleave(per_class - shots).repeat(*batch, 1),
     )
+
+
+def make_episode(split: Split, indices: Tensor, shots: int, index: int = 0, support: Split | None = None) -> Episode:
+    """Gather one episode from ``indices: int64[ways, shots+queries]`` (see :func:`gather_episodes`)."""
+    return Episode(index, *gather_episodes(split, indices, shots, support))
 
 
 def episode_seed(fingerprint: str, spec: EpisodeSpec, i: int) -> int:
@@ -186,6 +193,14 @@ class EpisodeSet:
 
     def __getitem__(self, i: int) -> Episode:
         return make_episode(self.split, self.indices[i], self.spec.shots, i, self.support)
+
+    def batch(self, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Episodes ``start`` to ``stop - 1`` at once, one gather per tensor on the device: ``support_x
+        float[E, ways*shots, C, H, W]``, ``support_y int64[E, ways*shots]``, ``query_x float[E,
+        ways*queries, C, H, W]``, ``query_y int64[E, ways*queries]``; row ``e`` is episode ``start + e``."""
+        if not 0 <= start < stop <= len(self):
+            raise IndexError(f"episodes {start}:{stop} are not a non-empty range of the {len(self)} episodes")
+        return gather_episodes(self.split, self.indices[start:stop], self.spec.shots, self.support)
 
     def __iter__(self) -> Iterator[Episode]:
         return (self[i] for i in range(len(self)))

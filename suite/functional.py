@@ -133,5 +133,6 @@ def last(iterator: Iterator[Params]) -> Params:
 
 
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:
-    """Fraction of correct argmax predictions, as a 0-d tensor (no host sync)."""
-    return (logits.argmax(dim=-1) == y).to(torch.float32).mean()
+    """Fraction of correct argmax predictions: ``float[*B, Q, W]``, ``int64[*B, Q]`` -> ``float32[*B]``
+    (a 0-d tensor for one set of queries), on the device (no host sync)."""
+    return (logits.argmax(dim=-1) == y).to(torch.float32).mean(dim=-1)

@@ -19,7 +19,13 @@ A method is a class with:
   (a non-iterative method yields once; one with many steps may yield at chosen steps, labelled
   with :func:`at_step`); a predictor maps ``float[Q, C, H, W]`` to logits
   ``float[Q, ways]``. ``adapt`` runs under ``torch.no_grad()``; a method that needs autograd
-  enables it itself, and must not leave state behind between episodes.
+  enables it itself, and must not leave state behind between episodes;
+* ``predict_batch(support_x, support_y, query_x, ways)`` — optional (``None`` by default), for a
+  method whose ``adapt`` yields a single predictor and whose predictions for one episode do not
+  depend on the other episodes: that predictor's logits for ``E`` episodes at once, ``float[E, S,
+  C, H, W]``, ``int64[E, S]``, ``float[E, Q, C, H, W]`` -> ``float[E, Q, ways]``, under
+  ``torch.no_grad()``. The evaluator then scores chunks of episodes in one call each instead of
+  calling ``adapt`` per episode (its adaptation time is the chunk's, support and queries together).
 """
 
 from __future__ import annotations
@@ -109,6 +115,8 @@ class Method:
     compilable: ClassVar[bool] = False
     version: ClassVar[str] = "1"
     compiled: bool = False
+    #: ``adapt``'s logits for a batch of episodes at once, or ``None``; see the module docstring
+    predict_batch: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None
 
     def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
                  device: torch.device) -> None:

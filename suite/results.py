@@ -12,7 +12,8 @@ Fields (``schema_version`` 1):
   after the last adaptation step; ``ci95`` is the half-width of the normal 95 % interval;
 * ``adaptation`` {steps, ms_per_episode, ms_by_step}: time to adapt one episode (inside ``adapt``);
 * ``fit`` {seconds, iterations, tasks, images, tasks_per_s, images_per_s, peak_memory_bytes,
-  peak_memory_kind, notes (absent in older records)}; ``evaluation`` {seconds, tasks_per_s, peak_memory_bytes, peak_memory_kind};
+  peak_memory_kind, notes (absent in older records)}; ``evaluation`` {seconds, tasks_per_s, peak_memory_bytes,
+  peak_memory_kind, batched_episodes (episodes per ``predict_batch`` chunk, or null; absent in older records)};
 * ``provenance`` {mtbench_version, git_commit, git_dirty, torch, python, device, device_type,
   threads, malloc, timestamp, command, precision (``fp32`` or ``bf16``), compile (bool); the last two
   are absent in older records, which ran fp32 and uncompiled}.

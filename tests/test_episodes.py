@@ -259,6 +259,40 @@ def test_episode_set_on_unequal_classes_with_per_class_equal_to_the_smallest():
         assert len(set(picked.tolist())) == spec.ways * spec.per_class
 
 
+# -- EpisodeSet.batch ----------------------------------------------------------------------------
+def assert_batch_is_the_stacked_episodes(episodes: EpisodeSet, start: int, stop: int) -> None:
+    batch = episodes.batch(start, stop)
+    names = ("support_x", "support_y", "query_x", "query_y")
+    for name, got in zip(names, batch):
+        want = torch.stack([getattr(episodes[i], name) for i in range(start, stop)])
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+
+
+def test_batch_gives_the_episodes_stacked(synthetic_test):
+    episodes = EpisodeSet(synthetic_test, SPEC)
+    for start, stop in ((0, 10), (3, 7), (9, 10)):
+        assert_batch_is_the_stacked_episodes(episodes, start, stop)
+    support_x, support_y, query_x, query_y = episodes.batch(2, 5)
+    assert support_x.shape == (3, SPEC.ways * SPEC.shots, *synthetic_test.image_shape)
+    assert query_x.shape == (3, SPEC.ways * SPEC.queries, *synthetic_test.image_shape)
+    assert support_y.shape == (3, SPEC.ways * SPEC.shots) and query_y.shape == (3, SPEC.ways * SPEC.queries)
+
+
+def test_batch_draws_the_support_from_the_support_split():
+    support, query = tiny_split((9, 8, 10), name="train"), tiny_split((4, 5, 6), name="test")
+    episodes = EpisodeSet(query, EpisodeSpec(ways=2, shots=3, queries=2, episodes=6, seed=2), support=support)
+    assert_batch_is_the_stacked_episodes(episodes, 0, 6)
+    support_x, _, query_x, _ = episodes.batch(1, 4)
+    assert torch.equal(pixel_to_index(support_x.flatten(0, 1)).view(3, 2, 3), episodes.indices[1:4, :, :3])
+    assert torch.equal(pixel_to_index(query_x.flatten(0, 1)).view(3, 2, 2), episodes.indices[1:4, :, 3:])
+
+
+@pytest.mark.parametrize(("start", "stop"), [(0, 0), (5, 3), (-1, 2), (0, 11)])
+def test_batch_rejects_a_range_outside_the_episodes(synthetic_test, start, stop):
+    with pytest.raises(IndexError, match="of the 10 episodes"):
+        EpisodeSet(synthetic_test, SPEC).batch(start, stop)
+
+
 # -- no global RNG ------------------------------------------------------------------------------
 def test_sampling_does_not_touch_the_global_rng(synthetic_test):
     before = torch.get_rng_state()
