@@ -7,7 +7,8 @@
 #   4. the pytest-benchmark suite's CUDA cases, saved with pytest-benchmark's machine info.
 # Each stage has its own time limit and log; a failing stage does not stop the others.
 #
-# usage: scripts/gpu_evidence.sh OUT            (data: $MTBENCH_DATA must hold omniglot/)
+# usage: scripts/gpu_evidence.sh OUT            (data: $MTBENCH_DATA must hold omniglot/; outside a git
+#        checkout, set MTBENCH_GIT_COMMIT to the commit the tree was copied from, for the records)
 set -u
 out=${1:?usage: scripts/gpu_evidence.sh OUT_DIR}
 mkdir -p "$out/results"
@@ -26,12 +27,13 @@ stage() {  # stage NAME SECONDS COMMAND...
 "$py" -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name(0))" | tee "$out/device.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$out/device.txt" 2>&1
 
-stage bench 240 mtbench bench --device cuda --repeats 3 --out "$out/bench_cuda.json"
-stage run-protonet 90 mtbench run --method protonet --dataset omniglot --device cuda --no-progress --out "$out/results"
-stage run-protonet-bf16 90 mtbench run --method protonet --dataset omniglot --device cuda --precision bf16 \
+stage bench 200 mtbench bench --device cuda --repeats 3 --out "$out/bench_cuda.json"
+stage run-protonet 60 mtbench run --method protonet --dataset omniglot --device cuda --no-progress --out "$out/results"
+stage run-protonet-bf16 60 mtbench run --method protonet --dataset omniglot --device cuda --precision bf16 \
     --no-progress --out "$out/results"
-stage run-maml 120 mtbench run --method maml --dataset omniglot --device cuda --no-progress --out "$out/results"
-stage gpu-tests 150 "$py" -m pytest tests/test_graphs.py tests/test_methods.py -m gpu -q -p no:cacheprovider
-TAIL=15 stage pytest-benchmark 150 "$py" -m pytest tests/benchmarks --benchmark-only -k "cuda and (not loop or 32)" \
+stage run-maml 100 mtbench run --method maml --dataset omniglot --device cuda --no-progress --out "$out/results"
+stage gpu-tests 90 "$py" -m pytest tests/test_graphs.py tests/test_methods.py -m gpu -k "graph or protonet or maml" -q \
+    -p no:cacheprovider
+TAIL=15 stage pytest-benchmark 100 "$py" -m pytest tests/benchmarks --benchmark-only -k "cuda and (not loop or 32)" \
     --benchmark-json "$out/pytest_benchmark_cuda.json" --benchmark-min-rounds 3 --benchmark-max-time 0.5 \
     -p no:cacheprovider

@@ -22,6 +22,7 @@ Fields (``schema_version`` 1):
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -92,7 +93,9 @@ def validate(doc: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> list
 
 
 def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout mtbench runs from, or (None, None) outside a git checkout."""
+    """(commit, dirty) of the checkout mtbench runs from. Outside a git checkout (e.g. a copy of the tree
+    sent to another machine): ``$MTBENCH_GIT_COMMIT`` when the sender set it, dirtiness unknown; else
+    (None, None)."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
@@ -100,7 +103,7 @@ def git_state() -> tuple[str | None, bool | None]:
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                 capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return None, None
+        return os.environ.get("MTBENCH_GIT_COMMIT") or None, None
     return commit or None, bool(status.strip())
 
 
