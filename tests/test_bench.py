@@ -124,8 +124,8 @@ def test_ratios_pair_batched_variants_with_loop_and_evaluator_with_forward():
     r = bench.ratios(rows, "cuda")
     assert r["maml_over_loop"] == {"vmap": {"8": pytest.approx(3.0)}, "bmm": {"8": pytest.approx(6.0)},
                                    "loop-graph": {"8": pytest.approx(2.0)}}  # vmap 32 has no loop partner
-    assert r["maml_run_default"] == r["maml_batched_variant"] == "bmm"
-    assert r["maml_batched_over_loop"] == {"8": pytest.approx(6.0)}
+    assert r["maml_run_default"] == r["maml_batched_variant"] == "vmap"
+    assert r["maml_batched_over_loop"] == {"8": pytest.approx(3.0)}
     assert r["protonet_eval_overhead"] == pytest.approx(1.2)
 
 
