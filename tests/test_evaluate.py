@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from mtbench.baselines.protonet import prototypes, squared_distances
 from mtbench.data import DATASETS
 from mtbench.episodes import EpisodeSet, EpisodeSpec
 from mtbench.evaluate import CHUNK_VALUES, episode_chunks, evaluate
@@ -85,8 +86,6 @@ class MeanPixel(Method):
     name = "test-mean-pixel"
 
     def adapt(self, support_x, support_y, ways):
-        from mtbench.baselines.protonet import prototypes, squared_distances
-
         protos = prototypes(support_x.flatten(1), support_y, ways)
         yield lambda q: torch.zeros(len(q), ways)
         yield at_step(3, lambda q: -squared_distances(q.flatten(1), protos))
