@@ -156,3 +156,36 @@ def test_benchmark_machine_info_names_device_torch_and_commit():
     expected = torch.cuda.get_device_name() if torch.cuda.is_available() else device_name(torch.device("cpu"))
     assert info["device_name"] == expected and info["torch"] == str(torch.__version__)
     assert "git_commit" in info and info["mtbench"]["threads"] == torch.get_num_threads()
+
+
+def test_stepped_context_runs_one_fit_segment_by_segment_and_closes():
+    """The CUDA training workloads: one running fit, advanced a segment per timed step, ended by close()."""
+    seen, ended = [], []
+
+    def fit(ctx):
+        for i in ctx.loop("fake fit"):
+            seen.append(i)
+            ctx.count(1, 10)
+        ended.append(True)
+
+    data = bench.synthetic_split("fit", 4)
+    ctx = bench._SteppedContext(data, bench.SPEC, 0, torch.Generator(), torch.device("cpu"), progress=False, segment=3)
+    ctx.start(fit)
+    ctx.advance()
+    assert seen == [0, 1, 2] and ctx.tasks == 3
+    ctx.advance()
+    assert seen == [0, 1, 2, 3, 4, 5] and not ended
+    ctx.close()
+    assert ended == [True] and len(seen) == 6
+
+
+def test_stepped_context_hands_a_fit_error_to_the_measuring_thread():
+    def fit(ctx):
+        for _ in ctx.loop("failing fit"):
+            raise RuntimeError("boom")
+
+    ctx = bench._SteppedContext(bench.synthetic_split("fit", 4), bench.SPEC, 0, torch.Generator(),
+                                torch.device("cpu"), progress=False, segment=2)
+    ctx.start(fit)
+    with pytest.raises(RuntimeError, match="boom"):
+        ctx.advance()
