@@ -108,6 +108,10 @@ def pytest_terminal_summary(terminalreporter) -> None:
         for variant, by_batch in ratios["maml_over_loop"].items():
             parts = ", ".join(f"meta-batch {b}: {x:.2f}x" for b, x in sorted(by_batch.items(), key=lambda kv: int(kv[0])))
             terminalreporter.write_line(f"MAML {variant} / per-task reference loop, tasks/s, {device}: {parts}")
+        rates = {r["measurement"]: r["tasks_per_s"] for r in _rows.get(device, []) if r["method"] == "protonet"}
+        if rates:
+            terminalreporter.write_line(f"ProtoNet episodes/s, {device}: " + ", ".join(
+                f"{measurement} {rate:,.1f}" for measurement, rate in rates.items()))
         if "protonet_eval_overhead" in ratios:
             terminalreporter.write_line(
                 f"ProtoNet evaluator / bare forward passes, time, {device}: {ratios['protonet_eval_overhead']:.2f}x "
