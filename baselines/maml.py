@@ -141,11 +141,15 @@ class MAML(Method):
             self._zero_heads[ways] = nn.Sequential(self.backbone, head)
         return self._zero_heads[ways]
 
+    def adapted(self, params: Params) -> list[str] | None:
+        """The parameters the inner steps move: all (``None``), or with ``head_only`` (ANIL) the head's ("1.")."""
+        return [k for k in params if k.startswith("1.")] if self.hparams.head_only else None
+
     def inner_loop(self, params: Params, x: Tensor, y: Tensor, steps: int,
                    model: nn.Module | None = None) -> Iterator[Params]:
         hp = self.hparams
-        adapted = [k for k in params if k.startswith("1.")] if hp.head_only else None  # "1." = the head
-        return sgd_inner_loop(model or self.model, params, x, y, steps, hp.inner_lr, hp.first_order, adapted)
+        return sgd_inner_loop(model or self.model, params, x, y, steps, hp.inner_lr, hp.first_order,
+                              self.adapted(params))
 
     def task_loss(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
         """Query loss and accuracy after adapting ``params`` on the support set of one task."""
@@ -157,9 +161,8 @@ class MAML(Method):
         """Mean query loss over a meta-batch: ``sx: float[T, S, C, H, W]`` etc."""
         hp = self.hparams
         if hp.task_batching == "bmm":
-            adapted = [k for k in params if k.startswith("1.")] if hp.head_only else None  # "1." = the head
             return taskbatched.meta_loss(self.model, params, sx, sy, qx, qy, hp.inner_steps, hp.inner_lr,
-                                         hp.first_order, adapted)
+                                         hp.first_order, self.adapted(params))
         if hp.task_batching == "vmap":
             losses, _ = vmap(self.task_loss, in_dims=(None, 0, 0, 0, 0))(params, sx, sy, qx, qy)
             return losses.mean()
@@ -237,6 +240,5 @@ class MAMLReferenceLoop(MAML):
 
     def meta_loss(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         hp = self.hparams
-        adapted = [k for k in params if k.startswith("1.")] if hp.head_only else None  # "1." = the head
         return reference_meta_loss(self.model, params, sx, sy, qx, qy, hp.inner_steps, hp.inner_lr,
-                                   hp.first_order, adapted)
+                                   hp.first_order, self.adapted(params))

@@ -7,8 +7,7 @@
 #   4. the pytest-benchmark suite's CUDA cases, saved with pytest-benchmark's machine info.
 # Each stage has its own time limit and log; a failing stage does not stop the others.
 #
-# usage: scripts/gpu_evidence.sh OUT            (data: $MTBENCH_DATA must hold omniglot/; outside a git
-#        checkout, set MTBENCH_GIT_COMMIT to the commit the tree was copied from, for the records)
+# usage: scripts/gpu_evidence.sh OUT            (data: $MTBENCH_DATA must hold omniglot/)
 set -u
 out=${1:?usage: scripts/gpu_evidence.sh OUT_DIR}
 mkdir -p "$out/results"

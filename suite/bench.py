@@ -78,7 +78,7 @@ class Workload:
     """One step of work: calling it runs ``step`` and waits for the device.
 
     Attributes:
-        method: what runs (``episodes``, ``protonet``, ``maml-vmap``, ``maml-loop``).
+        method: what runs (``episodes``, ``protonet``, ``maml-bmm``, ``maml-vmap``, ``maml-loop``, ``maml-loop-graph``).
         measurement: which part (``sample``, ``fixed set``, ``train``, ``evaluate``, ``forward``, ``meta-step``).
         tasks, images: episodes (tasks) and images one step covers.
         meta_batch: tasks per MAML meta-step, else ``None``.
@@ -139,6 +139,8 @@ class _SteppedContext(FitContext):
         self._stop, self._error = False, None
 
     def loop(self, desc: str, steps: int | None = None) -> Iterator[int]:
+        if steps is not None:  # a stage of its own (e.g. ProtoNet's pre-training) would never end here
+            raise ValueError("a stepped fit times one-stage fits; this one asked for a stage of its own")
         i = 0
         while True:
             self._go.acquire()
@@ -293,8 +295,8 @@ class Measurement:
         return {"method": self.method, "measurement": self.measurement, "meta_batch": self.meta_batch,
                 "tasks_per_step": self.tasks, "images_per_step": self.images, "seconds": list(self.seconds),
                 "ms_per_step": m * 1000.0, "steps_per_s": 1.0 / m if m > 0 else 0.0,
-                "tasks_per_s": self.tasks / m if m > 0 else 0.0, "images_per_s": self.images / m if m > 0 else 0.0, "peak_memory_bytes": self.peak_memory_bytes,
-                "peak_memory_kind": self.peak_memory_kind, "device": self.device, "config": self.config}
+                "tasks_per_s": self.tasks / m if m > 0 else 0.0, "images_per_s": self.images / m if m > 0 else 0.0,
+                "peak_memory_bytes": self.peak_memory_bytes, "peak_memory_kind": self.peak_memory_kind, "device": self.device, "config": self.config}
 
 
 def measure(build: Callable[[], Workload], repeats: int) -> Measurement:

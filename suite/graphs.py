@@ -61,7 +61,8 @@ class GraphedStep:
 
     @property
     def mode(self) -> str:
-        return "CUDA graph" if self.graphed else "eager"
+        """How the steps ran: ``CUDA graph`` once a graph was captured and replayed, else ``eager``."""
+        return "CUDA graph" if self.graph is not None else "eager"
 
     def __call__(self, inputs: Tensor) -> None:
         if not self.graphed:

@@ -22,7 +22,6 @@ Fields (``schema_version`` 1):
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -73,10 +72,10 @@ def check_fields(doc: Any, schema: dict[str, Any], where: str = "", what: str = 
     return problems
 
 
-def validate(doc: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> list[str]:
+def validate(doc: Any) -> list[str]:
     """Problems with ``doc`` against the result schema (empty when it conforms)."""
-    problems = check_fields(doc, schema, where)
-    if not where and not problems and schema is SCHEMA:
+    problems = check_fields(doc, SCHEMA)
+    if not problems:
         if doc["schema_version"] != SCHEMA_VERSION:
             problems.append(f"schema_version: {doc['schema_version']} is not {SCHEMA_VERSION}")
         acc = doc["accuracy"]
@@ -93,9 +92,7 @@ def validate(doc: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> list
 
 
 def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout mtbench runs from. Outside a git checkout (e.g. a copy of the tree
-    sent to another machine): ``$MTBENCH_GIT_COMMIT`` when the sender set it, dirtiness unknown; else
-    (None, None)."""
+    """(commit, dirty) of the checkout mtbench runs from, or (None, None) outside a git checkout."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
@@ -103,7 +100,7 @@ def git_state() -> tuple[str | None, bool | None]:
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                 capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("MTBENCH_GIT_COMMIT") or None, None
+        return None, None
     return commit or None, bool(status.strip())
 
 

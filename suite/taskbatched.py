@@ -23,19 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import BatchStatNorm2d, Conv4
 from .functional import Params
-
-
-def supports(model: nn.Module) -> bool:
-    """Whether ``model`` is ``Sequential(Conv4 with batch-statistics norm, Linear)``, the network this module computes."""
-    if not (isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[0], Conv4)
-            and isinstance(model[1], nn.Linear)):
-        return False
-    layers = list(model[0].features)
-    return all(isinstance(layers[i], nn.Conv2d) and layers[i].kernel_size == (3, 3) and layers[i].padding == (1, 1)
-               and layers[i].stride == (1, 1) and layers[i].bias is not None
-               and isinstance(layers[i + 1], BatchStatNorm2d) for i in range(0, len(layers), 4))
 
 
 def _conv3x3(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -56,8 +44,8 @@ def _batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
 
 
 def forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
-    """Logits ``[T, N, ways]`` of ``model`` (see :func:`supports`) on ``x: [T, N, C, H, W]``, task ``t``
-    using ``{k: v[t] for k, v in params.items()}``."""
+    """Logits ``[T, N, ways]`` of ``model`` = ``Sequential(Conv4 with batch-statistics norm, Linear)`` (what
+    MAML builds) on ``x: [T, N, C, H, W]``, task ``t`` using ``{k: v[t] for k, v in params.items()}``."""
     layers = list(model[0].features)
     h = x.permute(0, 2, 1, 3, 4)  # [T, C, N, H, W]
     for i in range(0, len(layers), 4):

@@ -189,3 +189,16 @@ def test_stepped_context_hands_a_fit_error_to_the_measuring_thread():
     ctx.start(fit)
     with pytest.raises(RuntimeError, match="boom"):
         ctx.advance()
+
+
+def test_stepped_context_refuses_a_fit_with_a_stage_of_its_own():
+    """ProtoNet's pre-training asks ctx.loop for a number of steps: a stepped fit would never end it."""
+    def fit(ctx):
+        for _ in ctx.loop("pre-training", steps=10):
+            pass
+
+    ctx = bench._SteppedContext(bench.synthetic_split("fit", 4), bench.SPEC, 0, torch.Generator(),
+                                torch.device("cpu"), progress=False, segment=2)
+    ctx.start(fit)
+    with pytest.raises(ValueError, match="one-stage fits"):
+        ctx.advance()
