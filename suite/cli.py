@@ -302,5 +302,9 @@ def report_cmd(leaderboards: str, out: str) -> None:
     click.echo(f"wrote {', '.join(pages)} and {len(written) - len(pages)} figure(s) in {Path(out) / 'figures'}")
 
 
+from . import boardcmd  # noqa: E402  (its commands use user_errors above)
+
+main.add_command(boardcmd.official_cmd)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
