@@ -126,7 +126,7 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
         if dry_run:
             continue
         start = time.monotonic()
-        code = subprocess.call([sys.executable, "-m", "mtbench.cli", *argv[1:]])
+        code = subprocess.call([sys.executable, "-m", "mtbench", *argv[1:]])
         echo(f"[{i}/{len(todo)}] {'done' if code == 0 else f'FAILED (exit {code})'} in {time.monotonic() - start:.0f} s")
         failed += code != 0
     return failed
