@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .cli import user_errors
+from .cliutil import run_options, user_errors
+from .errors import UserError
 
 
 @click.command("official")
@@ -28,3 +31,84 @@ def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dr
     failed = run_missing(Path(leaderboards), settings(dataset, setting), run_options, dry_run, echo=click.echo)
     if failed:
         raise SystemExit(1)
+
+
+@click.command("validate")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding the datasets, to recompute the episode shas (default: $MTBENCH_DATA, else "
+                   "~/.cache/mtbench/data).")
+@click.option("--no-shas", is_flag=True, help="Skip the episode-sha check (no datasets needed).")
+@user_errors
+def validate_cmd(paths: tuple[str, ...], data_root: str | None, no_shas: bool) -> None:
+    """Check result files (default: leaderboards/) against the schema, their own per-episode accuracies and
+    the official episode shas; exit 1 when any fails."""
+    from .integrity import check
+
+    files = paths or ("leaderboards",)
+    failed = check(files, data_root, shas=not no_shas, echo=click.echo)
+    if failed:
+        click.echo(f"{failed} result file(s) failed validation", err=True)
+        raise SystemExit(1)
+    click.echo("all result files are valid")
+
+
+@click.command("leaderboard")
+@click.option("--dataset", "-d", default=None, help="Only this dataset (e.g. omniglot).")
+@click.option("--protocol", "-p", default=None, help="Only this setting, e.g. 5w1s, 20w1s or transfer200-50.")
+@click.option("--leaderboards", type=click.Path(), default="leaderboards", show_default=True,
+              help="The leaderboard folder (<dataset>/<setting>/<result>.json).")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="Adaptation speed: steps and ms to reach this fraction of the final accuracy.")
+@click.option("--markdown", "fmt", flag_value="markdown", help="Markdown tables instead of aligned text.")
+@user_errors
+def leaderboard_cmd(dataset: str | None, protocol: str | None, leaderboards: str, fraction: float,
+                    fmt: str | None) -> None:
+    """Print the ranked leaderboard: one table per dataset, setting and set of shared episodes; results on other
+    draws, protocols or schema versions are never ranked together."""
+    from .compare import markdown
+    from .leaderboard import LEGEND, frame, load, render
+
+    groups = load(Path(leaderboards), dataset, protocol)
+    if fmt == "markdown":
+        body = "\n\n".join(f"### {g.title}\n\n{markdown(frame(g, fraction))}" for g in groups)
+        click.echo(body + "\n\n" + LEGEND.format(f=fraction))
+    else:
+        click.echo(render(groups, fraction))
+
+
+@click.command("submit")
+@click.argument("reference", metavar="PATH.py[:Class]")
+@click.option("--dataset", "-d", required=True, help="Dataset of the official protocol (omniglot, miniimagenet, xray).")
+@run_options
+@click.option("--leaderboards", type=click.Path(file_okay=False), default="leaderboards", show_default=True,
+              help="The result goes into LEADERBOARDS/<dataset>/<setting>/.")
+@user_errors
+def submit_cmd(reference: str, dataset: str, leaderboards: str, **options: Any) -> None:
+    """Submit an outside method: check it on generated data (output shapes, finite outputs, deterministic under a
+    seed, support tensors untouched, a name of its own), then run the official protocol and write a result that
+    records the file's sha256 into the leaderboard. A refused method writes nothing."""
+    from .cliutil import run_spec, summary
+    from .integrity import check
+    from .methods import parse_overrides
+    from .protocols import TransferSpec
+    from .results import setting_name
+    from .runner import run
+    from .submit import conformance, load
+
+    sub = load(reference)
+    hparams = parse_overrides(options["hparams"])
+    ways, shots = options["ways"] or 5, options["shots"] or 1
+    click.echo(f"checking {sub.cls.__name__} ({sub.cls.name!r}, sha256 {sub.sha256[:12]}) on synthetic data ...", err=True)
+    problems = conformance(sub, ways, shots, hparams)
+    if problems:
+        raise UserError(f"{reference} is refused, nothing was written: {'; '.join(problems)}")
+    click.echo("conformance check passed", err=True)
+    spec = run_spec(sub.reference, dataset, leaderboards, submission=sub.record(), **options)
+    e = spec.episodes
+    protocol = e.record() if isinstance(e, TransferSpec) else dataclasses.asdict(e)
+    spec = dataclasses.replace(spec, out=str(Path(leaderboards) / dataset / setting_name(protocol)))
+    doc, path = run(spec)
+    click.echo(summary(doc, path))
+    if check([path], options["data_root"], echo=click.echo):
+        raise UserError(f"the result {path} failed validation (see above)")

@@ -75,9 +75,12 @@ class Bullets:
 
 @dataclass(frozen=True, eq=False)
 class Table:
-    """A table of strings (format numbers before); every header and cell is escaped."""
+    """A table of strings (format numbers before); every header and cell is escaped. In HTML the table gets
+    the class ``css`` when given, and body row *i* the attribute ``data-file="keys[i]"`` when ``keys`` are."""
 
     frame: pd.DataFrame
+    css: str = ""
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,11 +146,13 @@ def _md_block(block: Block) -> str:
 
 def to_markdown(title: str, blocks: Sequence[Block], nav: bool = True) -> str:
     """A Markdown page: a link back to the index (``nav``), the title, the blocks."""
-    head = [_md_inline([Link("mtbench reports", "index")])] if nav else []
+    head = [NAV_MD] if nav else []
     return "\n\n".join([*head, f"# {md_text(title)}", *map(_md_block, blocks)]) + "\n"
 
 
 # -- HTML ------------------------------------------------------------------------------------------
+NAV_MD = "[mtbench reports](index.md)"
+NAV_HTML = '<a href="index.html">mtbench reports</a>'
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; line-height: 1.5;
        max-width: 80rem; margin: 2rem auto; padding: 0 1rem; }
@@ -175,13 +180,25 @@ def _html_block(block: Block) -> str:
     if isinstance(block, Bullets):
         return "<ul>\n" + "\n".join(f"<li>{_html_inline(item)}</li>" for item in block.items) + "\n</ul>"
     if isinstance(block, Table):
-        return f'<div class="table">\n{block.frame.to_html(index=False, escape=True, border=0)}\n</div>'
+        return _html_table(block)
     return f'<figure><img src="{html.escape(block.src)}" alt="{html.escape(block.alt)}"></figure>'
+
+
+def _html_table(table: Table) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(str(c))}</th>" for c in table.frame.columns)
+    rows = []
+    for i, row in enumerate(table.frame.itertuples(index=False)):
+        key = f' data-file="{e(table.keys[i])}"' if table.keys else ""
+        rows.append(f"<tr{key}>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>")
+    css = f' class="{e(table.css)}"' if table.css else ""
+    return (f'<div class="table">\n<table{css}>\n<thead>\n<tr>{head}</tr>\n</thead>\n<tbody>\n'
+            + "\n".join(rows) + "\n</tbody>\n</table>\n</div>")
 
 
 def to_html(title: str, blocks: Sequence[Block], nav: bool = True) -> str:
     """A self-contained HTML page: inline CSS, no scripts, figures by relative path."""
-    head = [f"<nav>{_html_inline([Link('mtbench reports', 'index')])}</nav>"] if nav else []
+    head = [f"<nav>{NAV_HTML}</nav>"] if nav else []
     body = "\n".join([*head, f"<h1>{html.escape(title)}</h1>", *map(_html_block, blocks)])
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -441,16 +458,27 @@ PAGES: tuple[Page, ...] = (
 
 
 # -- the report ------------------------------------------------------------------------------------
-def build(leaderboards: Path, pages: Sequence[Page] = PAGES) -> dict[str, bytes]:
-    """Every file of the report, by path relative to the report folder, rendered in memory."""
+def all_pages(leaderboards: Path) -> list[Page]:
+    """The leaderboard pages (one per results folder, :mod:`mtbench.reportboard`), then :data:`PAGES`."""
+    from .reportboard import pages
+
+    return [*pages(leaderboards), *PAGES]
+
+
+def build(leaderboards: Path, pages: Sequence[Page] | None = None) -> dict[str, bytes]:
+    """Every file of the report, by path relative to the report folder, rendered in memory; ``pages``
+    defaults to :func:`all_pages`."""
     leaderboards = Path(leaderboards)
     if not leaderboards.is_dir():
         raise UserError(f"no leaderboard folder {leaderboards}; run mtbench report in the repository root, or "
                         f"give the folder with --leaderboards")
+    if pages is None:
+        pages = all_pages(leaderboards)
     built = [(page, b) for page in pages if (b := page.build(leaderboards)) is not None]
     if not built:
         wants = "; ".join(page.wants.replace("<leaderboards>", str(leaderboards)) for page in pages)
-        raise UserError(f"nothing to report in {leaderboards}: no {wants}")
+        raise UserError(f"nothing to report in {leaderboards}: no result files (<dataset>/<setting>/*.json, written "
+                        f"by mtbench run, official or submit) and no {wants}")
     files: dict[str, bytes] = {}
     for page, b in built:
         files[f"{page.name}.md"] = to_markdown(page.title, b.blocks).encode()
@@ -466,9 +494,18 @@ def build(leaderboards: Path, pages: Sequence[Page] = PAGES) -> dict[str, bytes]
     return files
 
 
-def write(files: dict[str, bytes], out: Path, pages: Sequence[Page] = PAGES) -> list[Path]:
-    """Write ``files`` under ``out``, each atomically; remove figures and pages an earlier report had and
-    this one does not. Returns the written paths."""
+def _generated(path: Path) -> bool:
+    """Whether a page file in the report folder was written by a report (it opens with the report's navigation)."""
+    try:
+        head = path.read_bytes()[:4096]
+    except OSError:
+        return False
+    return head.startswith(NAV_MD.encode()) or f"<nav>{NAV_HTML}</nav>".encode() in head
+
+
+def write(files: dict[str, bytes], out: Path) -> list[Path]:
+    """Write ``files`` under ``out``, each atomically; remove the figures and generated pages an earlier
+    report had and this one does not (other files, such as a README, stay). Returns the written paths."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the report")
@@ -476,8 +513,8 @@ def write(files: dict[str, bytes], out: Path, pages: Sequence[Page] = PAGES) -> 
         written = [atomic_write(out / rel, lambda tmp, data=data: tmp.write_bytes(data))
                    for rel, data in sorted(files.items())]
         stale = [p for p in sorted((out / FIGURES).glob("*.svg")) if f"{FIGURES}/{p.name}" not in files]
-        stale += [out / f"{page.name}{ext}" for page in pages for ext in (".md", ".html")
-                  if f"{page.name}{ext}" not in files and (out / f"{page.name}{ext}").exists()]
+        stale += [p for ext in ("*.md", "*.html") for p in sorted(out.glob(ext))
+                  if p.name not in files and _generated(p)]
         for path in stale:
             path.unlink()
     except OSError as exc:

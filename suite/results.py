@@ -6,7 +6,7 @@ Fields (``schema_version`` 1):
   unlabelled_split (the target images ``fit`` saw without labels, or null; absent in older records)};
 * ``protocol`` {ways, shots, queries, episodes, seed, episodes_sha};
 * ``budget`` {name, iterations};
-* ``init`` — null, or the checkpoint this run started from {path, sha256, method, hparams, dataset,
+* ``init`` — null (absent in the oldest records: read as null), or the checkpoint this run started from {path, sha256, method, hparams, dataset,
   fit_split, budget, iterations, fit_seconds, git_commit, recalibrated_batchnorm, init (its own)};
 * ``accuracy`` {mean, ci95, per_episode, by_step: [{step, mean, ci95}]} — the top-level figures are
   after the last adaptation step; ``ci95`` is the half-width of the normal 95 % interval;
@@ -16,7 +16,9 @@ Fields (``schema_version`` 1):
   peak_memory_kind, batched_episodes (episodes per ``predict_batch`` chunk, or null; absent in older records)};
 * ``provenance`` {mtbench_version, git_commit, git_dirty, torch, python, device, device_type,
   threads, malloc, timestamp, command, precision (``fp32`` or ``bf16``), compile (bool); the last two
-  are absent in older records, which ran fp32 and uncompiled}.
+  are absent in older records, which ran fp32 and uncompiled};
+* ``submission`` — null for a run of a registered method, or {source, class, source_sha256} for a
+  method given to ``mtbench submit`` (absent in older records: null).
 """
 
 from __future__ import annotations
@@ -137,12 +139,16 @@ def provenance(device_name: str, device_type: str, malloc: dict[str, Any], comma
     }
 
 
+def setting_name(protocol: dict[str, Any]) -> str:
+    """The protocol's short name, as file names and leaderboard folders spell it: ``5w1s``, ``transfer200-50``."""
+    p = protocol
+    return f"transfer{p['train_images']}-{p['test_images']}" if p.get("kind") == "transfer" else f"{p['ways']}w{p['shots']}s"
+
+
 def result_filename(doc: dict[str, Any]) -> str:
     p = doc["protocol"]
     stamp = doc["provenance"]["timestamp"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    shape = (f"transfer{p['train_images']}-{p['test_images']}" if p.get("kind") == "transfer"
-             else f"{p['ways']}w{p['shots']}s")
-    return f"{doc['dataset']['name']}_{shape}_{doc['method']['name']}_seed{p['seed']}_{stamp}.json"
+    return f"{doc['dataset']['name']}_{setting_name(p)}_{doc['method']['name']}_seed{p['seed']}_{stamp}.json"
 
 
 def write_result(doc: dict[str, Any], out_dir: Path) -> Path:
@@ -168,6 +174,8 @@ def read_result(path: Path) -> dict[str, Any]:
         doc = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read result {path}: {exc}") from None
+    if isinstance(doc, dict) and doc.get("schema_version") == SCHEMA_VERSION:
+        doc.setdefault("init", None)  # schema 1 records written before checkpoints existed started from nothing
     problems = validate(doc)
     if problems:
         raise UserError(f"{path} is not a valid mtbench result: {'; '.join(problems)}")

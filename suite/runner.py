@@ -48,6 +48,8 @@ class RunSpec:
             ``torch.autocast`` to bfloat16).
         compile: compile the method's networks in place (``nn.Module.compile``); only for methods
             that are ``compilable``.
+        submission: for ``mtbench submit``: the source file, class and the file's sha256, recorded
+            as the result's ``submission`` (``None``: a run of a registered method).
     """
 
     method: str
@@ -66,6 +68,7 @@ class RunSpec:
     source: str | None = None
     precision: str = "fp32"
     compile: bool = False
+    submission: dict[str, Any] | None = None
 
 #: the few-shot tasks a method is fitted with on a source domain other than the evaluation's
 SOURCE_EPISODES = EpisodeSpec(ways=5, shots=5, queries=15, episodes=1)
@@ -181,6 +184,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
         },
         "evaluation": scores["evaluation"],
         "provenance": origin,
+        "submission": spec.submission,
     }
     path = write_result(doc, Path(spec.out)) if spec.out is not None else None
     return doc, path

@@ -54,8 +54,8 @@ def leaderboards(tmp_path) -> Path:
     put(lb, "cpu-test_20260101T000000Z.json", bench_doc(CPU, "2026-01-01T00:00:00+00:00", speed=0.5))
     put(lb, "cpu-test_20260102T000000Z.json", bench_doc(CPU, "2026-01-02T00:00:00+00:00"))
     put(lb, "cuda-test_20260101T000000Z.json", bench_doc(GPU, "2026-01-01T00:00:00+00:00", speed=20.0))
-    (lb / "omniglot").mkdir()  # the result files of `mtbench run` live beside throughput/; not this page's
-    (lb / "omniglot" / "not-a-bench-file.json").write_text("{}")
+    (lb / "omniglot" / "5w1s").mkdir(parents=True)  # result files live beside throughput/: other pages
+    (lb / "omniglot" / "notes.txt").write_text("not a result")
     return lb
 
 

@@ -3,7 +3,6 @@ fitting on a source dataset, MAML's zero head for a target's ways, and ``mtbench
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -13,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from mtbench.cli import main
+from support import put_result, result_doc
 from mtbench.compare import collect, render, tables
 from mtbench.data import DATASETS, Dataset, Split
 from mtbench.episodes import EpisodeSet, EpisodeSpec
@@ -229,33 +229,26 @@ def test_maml_adapts_to_other_ways_from_a_zero_head(one_thread) -> None:
 
 
 # -- compare -----------------------------------------------------------------------------------
-def fake(tmp: Path, name: str, per_episode: list[float], sha: str = "a" * 64, init: str | None = None) -> Path:
-    doc = {"method": {"name": name, "hparams": {}}, "dataset": {"name": "xray"},
-           "protocol": {"kind": "transfer", "train_images": 200, "test_images": 50, "trials": len(per_episode),
-                        "ways": 2, "shots": 100, "episodes": len(per_episode), "episodes_sha": sha},
-           "accuracy": {"mean": sum(per_episode) / len(per_episode), "ci95": 0.01, "per_episode": per_episode,
-                        "by_step": [{"step": 0, "mean": 0.5}, {"step": 9, "mean": 0.9}]},
-           "fit": {"seconds": 10.0, "iterations": 5}, "adaptation": {"ms_per_episode": 3.0},
-           "init": {"method": init, "fit_seconds": 5.0, "dataset": "miniimagenet"} if init else None,
-           "source": {"name": "miniimagenet"}, "provenance": {"device": "cpu"}}
-    path = tmp / f"{name}-{sha[:2]}.json"
-    path.write_text(json.dumps(doc))
-    return path
+def test_compare_ranks_on_shared_draws_with_paired_differences(tmp_path: Path) -> None:
+    transfer = {"kind": "transfer", "train_images": 200, "test_images": 50, "trials": 4}
 
+    def fake(name: str, per_episode: list[float], sha: str = "a" * 64, init: str | None = None) -> None:
+        doc = result_doc(name, per_episode, dataset="xray", ways=2, shots=100, queries=25, sha=sha, by_step=[0.5],
+                         init={"method": init, "fit_seconds": 5.0, "dataset": "miniimagenet"} if init else None)
+        doc["protocol"].update(transfer)
+        put_result(tmp_path, doc, f"{name}-{sha[:2]}")
 
-def test_compare_ranks_on_shared_draws_with_paired_differences(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr("mtbench.compare.read_result", lambda p: json.loads(Path(p).read_text()))
-    fake(tmp_path, "good", [0.9, 0.8, 1.0, 0.9])
-    fake(tmp_path, "worse", [0.5, 0.6, 0.4, 0.5], init="maml")
-    fake(tmp_path, "elsewhere", [1.0, 1.0, 1.0, 1.0], sha="b" * 64)
+    fake("good", [0.9, 0.8, 1.0, 0.9])
+    fake("worse", [0.5, 0.6, 0.4, 0.5], init="maml")
+    fake("elsewhere", [1.0, 1.0, 1.0, 1.0], sha="b" * 64)
     found = tables(collect([tmp_path]))
     assert len(found) == 2  # other draws are never ranked together
     frame = next(f for t, f in found if "aaaaaaaaaaaa" in t)
     assert list(frame["method"]) == ["good", "maml → worse"]
-    assert frame["vs best (paired)"][1].startswith("-0.4000") and frame["vs best (paired)"][1].endswith("*")
+    assert frame["vs best (paired)"][1].startswith("-0.4000") and frame["vs best (paired)"][1].endswith("*)")
     assert frame["fit s"][1] == "15"  # the pipeline's first stage counts
     md = render(collect([tmp_path]), "markdown")
-    assert md.count("| rank | method |") == 2 and "### xray — transfer 200/50, 4 trials" in md
+    assert md.count("| rank | method |") == 2 and "### xray transfer200-50 (transfer, 200 labelled / 50 test" in md
 
 
 def test_compare_of_nothing_is_a_user_error(tmp_path: Path) -> None:
