@@ -177,14 +177,17 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
     for g in groups:
         stem = f"{page}-{g.sha[:8]}" if len(groups) > 1 else page
         figures[f"{stem}-accuracy.svg"] = svg(*_accuracy_figure(g))
-        figures[f"{stem}-adaptation.svg"] = svg(_adaptation_figure(g), (10.0, 4.0))
+        curves = any(e.doc["adaptation"]["steps"] > 1 for e in g.entries)
+        if curves:
+            figures[f"{stem}-adaptation.svg"] = svg(_adaptation_figure(g), (10.0, 4.0))
         figures[f"{stem}-throughput.svg"] = svg(_throughput_figure(g), (7.0, 4.5))
         blocks += [
             Heading(g.title),
             Table(lb.frame(g), css="leaderboard", keys=tuple(e.path.name for e in g.entries)),
             Para((lb.LEGEND.format(f=lb.FRACTION),)),
             Image(f"{FIGURES}/{stem}-accuracy.svg", f"accuracy with 95% CI of each result, {g.title}"),
-            Image(f"{FIGURES}/{stem}-adaptation.svg", f"accuracy against adaptation step and time, {g.title}"),
+            Image(f"{FIGURES}/{stem}-adaptation.svg", f"accuracy against adaptation step and time, {g.title}")
+            if curves else Para(("No adaptation curves: every method here predicts after a single step.",)),
             Image(f"{FIGURES}/{stem}-throughput.svg", f"accuracy against evaluation episodes per second, {g.title}"),
             Heading("Provenance", 3),
             Table(_provenance(g)),

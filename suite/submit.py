@@ -21,6 +21,7 @@ and validated like every committed result (:mod:`mtbench.integrity`). A refusal 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,9 @@ def conformance(sub: Submission, ways: int, shots: int, overrides: dict[str, str
     name = getattr(sub.cls, "name", None)
     if not isinstance(name, str) or not name:
         return [f"{sub.cls.__name__} has no `name`: give it a class attribute name = '...'"]
+    if not dataclasses.is_dataclass(getattr(sub.cls, "Hparams", None)):
+        return [f"{sub.cls.__name__} has no Hparams dataclass: give it one (with no fields if it has no "
+                f"hyper-parameters), as the baselines do"]
     builtin = METHODS.get(name) if name in METHODS else None
     if builtin is not None and builtin is not sub.cls:
         return [f"name {name!r} is taken by the built-in method {builtin.__module__}.{builtin.__qualname__}; "

@@ -1,0 +1,97 @@
+"""``mtbench submit``: the example outside method end to end on generated data, and every refusal of the
+conformance check, each with a one-line message and nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mtbench.cli import main
+from mtbench.report import report
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "cosine_protonet.py"
+
+
+def submit(*args: str):
+    return CliRunner().invoke(main, ["submit", *args])
+
+
+def test_example_is_submitted_validated_and_reported(tmp_path, one_thread):
+    lb = tmp_path / "leaderboards"
+    result = submit(str(EXAMPLE), "--dataset", "synthetic", "--budget", "5", "--episodes", "20",
+                    "--leaderboards", str(lb), "--no-progress")
+    assert result.exit_code == 0, result.output
+    [path] = (lb / "synthetic" / "5w1s").glob("*.json")
+    doc = json.loads(path.read_text())
+    assert doc["submission"] == {"source": str(EXAMPLE), "class": "CosinePrototypes",
+                                 "source_sha256": hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()}
+    assert doc["method"]["name"] == "cosine-protonet" and doc["budget"]["iterations"] == 5
+    assert f"ok   {path}" in result.output  # validated as it was written
+    assert CliRunner().invoke(main, ["validate", str(lb)]).exit_code == 0
+    report(lb, tmp_path / "reports")
+    page = (tmp_path / "reports" / "synthetic-5w1s.html").read_text()
+    assert f'<tr data-file="{path.name}"><td>1</td><td>cosine-protonet [submission]</td>' in page
+
+
+BASE = '''
+from dataclasses import dataclass
+from mtbench.methods import Method
+import torch
+
+@dataclass(frozen=True)
+class NoHparams:
+    pass
+
+class Bad(Method):
+    name = "{name}"
+    Hparams = NoHparams
+    budgets = {{"default": {{"quick": 0, "paper": 0}}}}
+
+    def adapt(self, support_x, support_y, ways):
+        {body}
+'''
+
+
+@pytest.mark.parametrize(("name", "body", "mentions"), [
+    ("bad-shape", "yield lambda q: torch.zeros(q.shape[0], ways + 1)", "returned shape [15, 6]; expected [15, 5]"),
+    ("bad-nan", "yield lambda q: torch.full((q.shape[0], ways), float('nan'))", "returned NaN or infinite values"),
+    ("bad-type", "yield lambda q: [0] * q.shape[0]", "returned list; it must return floating-point logits"),
+    ("bad-mutate", "support_x.zero_()\n        yield lambda q: torch.zeros(q.shape[0], ways)",
+     "modified the support tensors"),
+    ("bad-random", "yield lambda q: torch.rand(q.shape[0], ways)", "is not deterministic"),
+    ("bad-none", "return iter(())", "yielded no predictor"),
+    ("bad-raise", "raise ValueError('boom')\n        yield", "raised ValueError: boom"),
+    ("protonet", "yield lambda q: torch.zeros(q.shape[0], ways)", "name 'protonet' is taken by the built-in method"),
+])
+def test_a_nonconforming_method_is_refused_and_nothing_is_written(tmp_path, name, body, mentions):
+    source = tmp_path / f"{name.replace('-', '_')}.py"
+    source.write_text(textwrap.dedent(BASE.format(name=name, body=body)))
+    lb = tmp_path / "leaderboards"
+    result = CliRunner().invoke(main, ["submit", str(source), "--dataset", "synthetic", "--leaderboards", str(lb),
+                                       "--no-progress"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("mtbench: error:")]
+    assert len(errors) == 1 and "is refused, nothing was written" in errors[0] and mentions in errors[0], result.output
+    assert "Traceback" not in result.output and not lb.exists()
+
+
+@pytest.mark.parametrize(("content", "ref", "mentions"), [
+    ("x = 1\n", "", "defines 0 Method subclasses (none); name one as"),
+    ("raise ImportError('missing dep')\n", "", "importing"),
+    ("from mtbench.methods import Method\nclass A(Method):\n    name = 'a-1'\n", ":B", "defines no Method subclass 'B'"),
+    ("from mtbench.methods import Method\nclass A(Method):\n    name = 'a-2'\n", "", "A has no Hparams dataclass"),
+])
+def test_a_file_without_one_method_is_a_one_line_error(tmp_path, content, ref, mentions):
+    source = tmp_path / "mine.py"
+    source.write_text(content)
+    result = CliRunner().invoke(main, ["submit", f"{source}{ref}", "--dataset", "synthetic",
+                                       "--leaderboards", str(tmp_path / "lb")])
+    assert result.exit_code == 2 and mentions in result.output and "Traceback" not in result.output, result.output
+    result = CliRunner().invoke(main, ["submit", str(tmp_path / "nope.py"), "--dataset", "synthetic"])
+    assert result.exit_code == 2 and "is not a Python file" in result.output
