@@ -42,7 +42,7 @@ def describe(obj: object) -> str:
     return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
-def _import_file(path: Path) -> ModuleType:
+def import_file(path: Path) -> ModuleType:
     """Import a Python file once per resolved path (a second request returns the same module)."""
     path = path.resolve()
     module_name = "mtbench_user_" + hashlib.sha1(str(path).encode()).hexdigest()[:12] + "_" + path.stem
@@ -70,7 +70,7 @@ def load_object(spec: str) -> object:
         path = Path(module_name)
         if not path.is_file():
             raise UserError(f"file '{path}' does not exist; give the path of a Python file, e.g. 'methods/mine.py:Mine'")
-        module = _import_file(path)
+        module = import_file(path)
     else:
         try:
             module = importlib.import_module(module_name)

@@ -56,14 +56,14 @@ class Submission:
 
 def load(reference: str) -> Submission:
     """Import ``PATH.py[:Class]`` and find the method class; a :class:`UserError` says what is wrong."""
-    from .registry import _import_file
+    from .registry import import_file
 
     text, _, name = reference.partition(":") if not reference.endswith(".py") else (reference, "", "")
     path = Path(text)
     if path.suffix != ".py" or not path.is_file():
         raise UserError(f"submission {text!r} is not a Python file; give PATH.py or PATH.py:Class")
     try:
-        module = _import_file(path.resolve())
+        module = import_file(path)
     except UserError:
         raise
     except Exception as exc:  # the user's file failed to import: say so in one line
