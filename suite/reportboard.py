@@ -193,3 +193,43 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
             Table(_provenance(g)),
         ]
     return Built(summary, blocks, figures)
+
+
+def overview(leaderboards: Path) -> list[Block]:
+    """The index's matrix of the official plan: each method's accuracy in each official setting (the result
+    ``mtbench official`` counts, the newest with that label), or that it has not run yet; nothing when the
+    folder holds no official row at all."""
+    from .official import BUDGET, PLAN, present
+    from .results import read_result
+
+    labels = list(dict.fromkeys(e.label for s in PLAN for e in s.entries))
+    found = {(s.dataset, s.name): present(leaderboards / s.dataset / s.name) for s in PLAN}
+    if not any(found.values()):
+        return []
+    rows, have, total = [], 0, 0
+    for name in labels:
+        row = {"method": name}
+        for s in PLAN:
+            column = f"{s.dataset} {s.name}"
+            path = found[(s.dataset, s.name)].get(name)
+            planned = any(e.label == name for e in s.entries)
+            total += planned
+            if path is None:
+                row[column] = "not run yet" if planned else "-"
+                continue
+            have += 1
+            doc = read_result(path)
+            acc = doc["accuracy"]
+            row[column] = f"{acc['mean']:.3f} ± {acc['ci95']:.3f}" + (f" ({_short_device(doc)})"
+                                                                       if doc["provenance"].get("device_type") == "cuda"
+                                                                       else "")
+        rows.append(row)
+    return [
+        Heading("Official leaderboard"),
+        Para((f"Accuracy ± 95% CI of every method in every official setting at the {BUDGET} budget ({have} of "
+              f"{total} rows run; a GPU row names its GPU, the others ran on the CPU). Each setting's page ranks "
+              "them with paired differences, adaptation speed and cost. ", Code("mtbench official"),
+              " runs the missing rows.")),
+        Table(pd.DataFrame(rows)),
+        Heading("Pages"),
+    ]
