@@ -23,7 +23,8 @@ from .errors import UserError
 def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dry_run: bool,
                  run_options: tuple[str, ...]) -> None:
     """Fill the official leaderboard: run `mtbench run` at the quick budget for every row of the plan
-    (Omniglot 5w1s/5w5s/20w1s, miniImageNet 5w1s/5w5s, xray transfer200-50; every method) that has no
+    (Omniglot 5w1s/5w5s/20w1s, miniImageNet 5w1s/5w5s, xray transfer200-50: every method; omniglot-shift
+    5w1s: DANN and its source-only reference) that has no
     result yet, writing into LEADERBOARDS/<dataset>/<setting>/. Resumable: rerun it to continue.
     Options after `--` go to every `mtbench run`, e.g. `-- --device cuda --no-progress`."""
     from .official import run_missing, settings

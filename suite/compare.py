@@ -40,6 +40,8 @@ def _method_label(doc: dict[str, Any]) -> str:
         name += " (1st order)"
     if hp.get("finetune_backbone"):
         name += " (whole network)"
+    if name == "dann" and doc["budget"]["iterations"] and not doc["dataset"].get("unlabelled_split"):
+        name += " (no target images: source only)"
     init = doc.get("init")
     if not init:
         return name
