@@ -130,5 +130,8 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
         ("device", doc["provenance"]["device"] + execution_label(doc)),
         ("result", str(path) if path else "(not written)"),
     ]
+    if doc.get("submission"):
+        sub = doc["submission"]
+        rows.insert(-1, ("submission", f"{sub['source']}:{sub['class']}, sha256 {sub['source_sha256']}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -33,6 +33,7 @@ def test_example_is_submitted_validated_and_reported(tmp_path, one_thread):
                                  "source_sha256": hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()}
     assert doc["method"]["name"] == "cosine-protonet" and doc["budget"]["iterations"] == 5
     assert f"ok   {path}" in result.output  # validated as it was written
+    assert f"submission  {EXAMPLE}:CosinePrototypes, sha256 {doc['submission']['source_sha256']}" in result.output
     assert CliRunner().invoke(main, ["validate", str(lb)]).exit_code == 0
     report(lb, tmp_path / "reports")
     page = (tmp_path / "reports" / "synthetic-5w1s.html").read_text()
