@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbench.backbones import init_parameters
+from mtbench.methods.backbones import init_parameters
 from mtbench.baselines.feature_extract import FeatureExtract, FeatureExtractHparams
 from mtbench.methods import METHODS, FitContext, positive
-from mtbench.training import make_head, pretrain_classifier
+from mtbench.methods.training import make_head, pretrain_classifier
 
 
 class _ReverseGrad(torch.autograd.Function):

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtbench.backbones import build_backbone
+from mtbench.methods.backbones import build_backbone
 from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
-from mtbench.training import make_head, pretrain_classifier
+from mtbench.methods.training import make_head, pretrain_classifier
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbench.backbones import build_backbone
+from mtbench.methods.backbones import build_backbone
 from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive, report_steps
-from mtbench.training import episode_generator, make_head, minibatches, pretrain_classifier
+from mtbench.methods.training import episode_generator, make_head, minibatches, pretrain_classifier
 
 
 @dataclass(frozen=True)

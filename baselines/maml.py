@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from mtbench import taskbatched
-from mtbench.backbones import Conv4, build_backbone, linear_head
-from mtbench.episodes import sample_indices
-from mtbench.graphs import GraphedStep, capturable_adam
-from mtbench.functional import Params, accuracy, detached, forward, last, params_of, sgd_inner_loop
+from mtbench.methods import taskbatched
+from mtbench.methods.backbones import Conv4, build_backbone, linear_head
+from mtbench.data.episodes import sample_indices
+from mtbench.methods.graphs import GraphedStep, capturable_adam
+from mtbench.methods.functional import Params, accuracy, detached, forward, last, params_of, sgd_inner_loop
 from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
-from mtbench.errors import UserError
+from mtbench.core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,12 @@ class MAMLHparams:
             but never adapted: ANIL (Raghu, Raghu, Bengio & Vinyals, ICLR 2020).
         task_batching: how the tasks of a meta-batch are computed (the same meta-gradient, checked
             in float64): ``bmm`` as one network with per-task weights whose convolutions are
-            batched matrix products (:mod:`mtbench.taskbatched`; Conv4 only), ``vmap`` through
+            batched matrix products (:mod:`mtbench.methods.taskbatched`; Conv4 only), ``vmap`` through
             ``torch.func.vmap``, ``loop`` one task after the other. ``auto`` picks per device from
             the measurements of ``mtbench bench`` (see :data:`AUTO_BATCHING`); the result records
             the choice.
         cuda_graph: on a CUDA device, replay the meta-step as a CUDA graph after 3 eager steps
-            (:mod:`mtbench.graphs`). No effect on the CPU.
+            (:mod:`mtbench.methods.graphs`). No effect on the CPU.
     """
 
     backbone: str = "conv4"
@@ -78,7 +78,7 @@ class MAML(Method):
     """MAML (Finn et al. 2017): learn an initialisation that adapts in a few gradient steps.
 
     Second-order by default (``first_order=true`` for FOMAML; ``head_only=true`` for ANIL). The inner loop is
-    :func:`mtbench.functional.sgd_inner_loop`, shared by meta-training and evaluation, and the
+    :func:`mtbench.methods.functional.sgd_inner_loop`, shared by meta-training and evaluation, and the
     meta-batch is vmapped over tasks. BatchNorm uses batch statistics, as in the paper, so
     predictions on the query set use its statistics: transductive.
     """

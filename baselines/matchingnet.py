@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbench.backbones import build_backbone, init_parameters
-from mtbench.episodes import make_episode, sample_indices
+from mtbench.methods.backbones import build_backbone, init_parameters
+from mtbench.data.episodes import make_episode, sample_indices
 from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
 
 

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtbench.backbones import build_backbone
-from mtbench.episodes import make_episode, sample_indices
-from mtbench.errors import UserError
-from mtbench.graphs import GraphedStep, capturable_adam, set_lr
+from mtbench.methods.backbones import build_backbone
+from mtbench.data.episodes import make_episode, sample_indices
+from mtbench.core.errors import UserError
+from mtbench.methods.graphs import GraphedStep, capturable_adam, set_lr
 from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
-from mtbench.training import make_head, pretrain_classifier
+from mtbench.methods.training import make_head, pretrain_classifier
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ProtoNetHparams:
         pretrain_lr: Adam learning rate of the pre-training (``lr`` is the episodes').
         cuda_graph: on a CUDA device, replay the training step as a CUDA graph after 3 eager steps
             (the same computation, without the launch cost of its small kernels; see
-            :mod:`mtbench.graphs`). No effect on the CPU.
+            :mod:`mtbench.methods.graphs`). No effect on the CPU.
     """
 
     backbone: str = "conv4"

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from mtbench.backbones import build_backbone, linear_head
-from mtbench.episodes import sample_indices
-from mtbench.errors import UserError
-from mtbench.functional import Adam, Params, detached, forward, inner_loop, last, params_of
+from mtbench.methods.backbones import build_backbone, linear_head
+from mtbench.data.episodes import sample_indices
+from mtbench.core.errors import UserError
+from mtbench.methods.functional import Adam, Params, detached, forward, inner_loop, last, params_of
 from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive, report_steps
 
 
@@ -85,7 +85,7 @@ class ReptileHparams:
 class Reptile(Method):
     """Reptile (Nichol et al. 2018): move the initialisation toward task-adapted weights.
 
-    Inner loop: Adam on minibatches of one task, through :func:`mtbench.functional.inner_loop`
+    Inner loop: Adam on minibatches of one task, through :func:`mtbench.methods.functional.inner_loop`
     (the loop MAML uses), vmapped over the meta-batch; outer update
     ``theta += epsilon * (mean_i phi_i - theta)``, epsilon annealed linearly. This variant is
     **not transductive**: each query is classified in a batch made of the support set and that

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbench.backbones import build_backbone, linear_head
+from mtbench.methods.backbones import build_backbone, linear_head
 from mtbench.methods import METHODS, Method, Predictor, at_step, positive, report_steps
-from mtbench.errors import UserError
-from mtbench.training import episode_generator, minibatches
+from mtbench.core.errors import UserError
+from mtbench.methods.training import episode_generator, minibatches
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtbench.backbones import build_backbone
-from mtbench.episodes import make_episode, sample_indices
+from mtbench.methods.backbones import build_backbone
+from mtbench.data.episodes import make_episode, sample_indices
 from mtbench.methods import FitContext, Method, Predictor, positive
 
 

@@ -1,5 +1,5 @@
 """``python -m mtbench``: the same as the ``mtbench`` command."""
 
-from .cli import main
+from mtbench.cli import main
 
 main()

@@ -45,7 +45,7 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
     """A complete, schema-valid result made from scratch (no run), deterministic: ``per_episode`` are the
     final accuracies (multiples of 1 / (ways * queries) to be consistent); ``by_step`` the means of the steps
     before the last; ``top`` replaces top-level sections (``init``, ``submission``, ``source``...)."""
-    from mtbench.metrics import mean_ci95
+    from mtbench.core.metrics import mean_ci95
 
     mean, ci = mean_ci95(per_episode)
     steps = [*(by_step or []), mean]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtbench.backbones import BACKBONES, BatchStatNorm2d, build_backbone
-from mtbench.errors import UserError
+from mtbench.methods.backbones import BACKBONES, BatchStatNorm2d, build_backbone
+from mtbench.core.errors import UserError
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mtbench import bench
+from mtbench.bench import workloads as bench
 from mtbench.cli import main
-from mtbench.runtime import device_name
+from mtbench.core.runtime import device_name
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtbench.checkpoints import load_into, read_checkpoint
-from mtbench.episodes import EpisodeSpec
-from mtbench.errors import UserError
+from mtbench.run.checkpoints import load_into, read_checkpoint
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.core.errors import UserError
 from mtbench.methods import METHODS, make_hparams
 from mtbench.results import validate
-from mtbench.runner import RunSpec, run
+from mtbench.run.runner import RunSpec, run
 
 SPEC = EpisodeSpec(5, 1, 5, 12, seed=1)
 

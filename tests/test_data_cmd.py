@@ -19,7 +19,7 @@ from mtbench.data import base
 from mtbench.data import miniimagenet as mi
 from mtbench.data import omniglot as om
 from mtbench.data import xray as xr
-from mtbench.errors import UserError
+from mtbench.core.errors import UserError
 
 from support import requires_real_data, shared_root
 

@@ -18,10 +18,10 @@ from support import requires_real_data, shared_root
 
 from mtbench.data import DATASETS, Dataset, Split
 from mtbench.data.omniglot_shift import _seed, blend_into_patches
-from mtbench.episodes import EpisodeSpec
+from mtbench.data.episodes import EpisodeSpec
 from mtbench.methods import METHODS, FitContext, Method
 from mtbench.results import validate
-from mtbench.runner import RunSpec, run
+from mtbench.run.runner import RunSpec, run
 
 
 # -- the blend ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mtbench.data.download import download_and_extract, extract_zip, fetch, md5sum
-from mtbench.errors import DownloadError
+from mtbench.core.errors import DownloadError
 
 
 MEMBER = "images_background/Alpha/character01/0001_01.png"

@@ -1,4 +1,4 @@
-"""Tests for mtbench.episodes: the spec's validation, the sampler and the fixed evaluation episodes."""
+"""Tests for mtbench.data.episodes: the spec's validation, the sampler and the fixed evaluation episodes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 
 from mtbench.data import Split
 from mtbench.data.synthetic import Synthetic
-from mtbench.episodes import EpisodeSet, EpisodeSpec, make_episode, sample_indices
-from mtbench.errors import UserError
+from mtbench.data.episodes import EpisodeSet, EpisodeSpec, make_episode, sample_indices
+from mtbench.core.errors import UserError
 
 
 def tiny_split(sizes: tuple[int, ...], *, name: str = "test", version: str = "1",

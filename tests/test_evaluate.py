@@ -10,8 +10,8 @@ import torch
 
 from mtbench.baselines.protonet import prototypes, squared_distances
 from mtbench.data import DATASETS
-from mtbench.episodes import EpisodeSet, EpisodeSpec
-from mtbench.evaluate import CHUNK_VALUES, episode_chunks, evaluate
+from mtbench.data.episodes import EpisodeSet, EpisodeSpec
+from mtbench.run.evaluate import CHUNK_VALUES, episode_chunks, evaluate
 from mtbench.methods import METHODS, FitContext, Method, at_step, make_hparams
 
 SPEC = EpisodeSpec(ways=5, shots=2, queries=4, episodes=23, seed=5)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mtbench.data import DATASETS
-from mtbench.episodes import EpisodeSpec
-from mtbench.graphs import GraphedStep, capturable_adam, set_lr
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.methods.graphs import GraphedStep, capturable_adam, set_lr
 from mtbench.methods import METHODS, FitContext, make_hparams
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from mtbench.baselines.maml import MAML
 from mtbench.baselines.protonet import ProtoNet
-from mtbench.errors import UserError
+from mtbench.core.errors import UserError
 from mtbench.methods import METHODS, make_hparams, parse_overrides
 
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from mtbench.cli import main
-from mtbench.integrity import consistency
-from mtbench.leaderboard import adaptation_speed, frame, group, load, paired
+from mtbench.results.integrity import consistency
+from mtbench.board.leaderboard import adaptation_speed, frame, group, load, paired
 from support import put_result, requires_real_data, result_doc, shared_root
 
 REPO = Path(__file__).resolve().parent.parent

@@ -140,7 +140,7 @@ def test_task_batching_auto_picks_per_device_and_records_the_choice() -> None:
 
 
 def test_bmm_refuses_other_backbones() -> None:
-    from mtbench.errors import UserError
+    from mtbench.core.errors import UserError
 
     hp = make_hparams(MAML, "synthetic", {"task_batching": "bmm", "backbone": "resnet12"})
     with pytest.raises(UserError, match="task_batching=bmm computes Conv4 backbones only"):

@@ -24,10 +24,10 @@ from mtbench.baselines.matchingnet import MatchingNet
 from mtbench.baselines.protonet import ProtoNet
 from mtbench.baselines.reptile import Reptile
 from mtbench.data import DATASETS, Split
-from mtbench.episodes import EpisodeSpec
-from mtbench.functional import detached, params_of
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.methods.functional import detached, params_of
 from mtbench.methods import FitContext, make_hparams
-from mtbench.training import episode_generator, make_head
+from mtbench.methods.training import episode_generator, make_head
 
 CPU = torch.device("cpu")
 SPEC = EpisodeSpec(ways=5, shots=1, queries=5, episodes=10, seed=0)

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mtbench.data import DATASETS
-from mtbench.episodes import EpisodeSet, EpisodeSpec
+from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, FitContext, make_hparams
 from mtbench.results import validate
-from mtbench.runner import RunSpec, run
+from mtbench.run.runner import RunSpec, run
 
 ALL = METHODS.names()
 SPEC = EpisodeSpec(ways=5, shots=1, queries=5, episodes=30, seed=7)

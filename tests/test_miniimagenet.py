@@ -15,7 +15,7 @@ from PIL import Image
 
 from mtbench.data import DATASETS, resolve_cache_dir
 from mtbench.data import miniimagenet as mi
-from mtbench.errors import UserError
+from mtbench.core.errors import UserError
 
 from support import requires_real_data, shared_root
 

@@ -8,7 +8,7 @@ import sys
 from click.testing import CliRunner
 
 from mtbench.cli import main
-from mtbench.official import PLAN, missing, settings
+from mtbench.board.official import PLAN, missing, settings
 from support import put_result, result_doc
 
 

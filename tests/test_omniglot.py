@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from mtbench.data import omniglot as om
-from mtbench.errors import UserError
+from mtbench.core.errors import UserError
 
 from support import requires_real_data, shared_root
 

@@ -12,15 +12,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mtbench.cli import main, run_cmd
-from mtbench.compare import collect, label, tables
-from mtbench.episodes import EpisodeSpec
-from mtbench.errors import UserError
+from mtbench.cli import main
+from mtbench.cli.main import run_cmd
+from mtbench.board.compare import collect, label, tables
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.core.errors import UserError
 from mtbench.methods import METHODS
-from mtbench.metrics import mean_ci95
+from mtbench.core.metrics import mean_ci95
 from mtbench.results import read_result, validate
-from mtbench.runner import RunSpec, run
-from mtbench.runtime import PRECISIONS, autocast
+from mtbench.run.runner import RunSpec, run
+from mtbench.core.runtime import PRECISIONS, autocast
 
 TINY = ["--method", "protonet", "--dataset", "synthetic", "--budget", "5", "--episodes", "20", "--queries", "5",
         "--device", "cpu", "--no-progress", "--no-malloc-tuning"]
@@ -71,7 +72,7 @@ def test_bf16_runs_on_the_cpu_and_is_recorded(runs):
 
 def test_fit_and_evaluation_run_under_bf16_autocast_only_when_asked(tmp_path, monkeypatch, one_thread):
     """bf16: both stages under autocast to bfloat16; fp32: no autocast anywhere. Nothing stays enabled after."""
-    import mtbench.runner as runner
+    import mtbench.run.runner as runner
     from mtbench.baselines.protonet import ProtoNet
 
     seen: list[tuple[str, bool, torch.dtype]] = []

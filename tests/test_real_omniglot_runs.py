@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mtbench.episodes import EpisodeSpec
-from mtbench.runner import RunSpec, run
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.run.runner import RunSpec, run
 
 from support import cli_run, requires_real_data, shared_root
 

@@ -1,4 +1,4 @@
-"""Tests for mtbench.registry: decorator registration, name clashes, lookups and outside components."""
+"""Tests for mtbench.core.registry: decorator registration, name clashes, lookups and outside components."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from mtbench.errors import UserError
-from mtbench.registry import Registry, component_name, load_object
+from mtbench.core.errors import UserError
+from mtbench.core.registry import Registry, component_name, load_object
 
 
 # -- registration -------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_spec_with_an_empty_part_is_a_user_error(importable_package, spec):
 
 def test_load_object_without_colon_is_a_user_error():
     with pytest.raises(UserError, match="not a 'module:attr' reference"):
-        load_object("mtbench.registry")
+        load_object("mtbench.core.registry")
 
 
 def test_spec_for_a_missing_module_or_attribute_is_a_user_error(importable_package):
@@ -279,7 +279,7 @@ def test_builtin_modules_are_imported_on_first_read(importable_package, tmp_path
         "class SelfRegistered:\n    name = 'self-registered'\n"
     )
     (tmp_path / importable_package / "holder.py").write_text(
-        "from mtbench.registry import Registry\n"
+        "from mtbench.core.registry import Registry\n"
         "REG = Registry('things', builtins=('mtbench_regtest_pkg.selfreg',))\n"
     )
     try:
@@ -293,7 +293,7 @@ def test_builtin_modules_are_imported_on_first_read(importable_package, tmp_path
 
 # -- the real registries ------------------------------------------------------------------------
 def test_real_registries_hold_the_builtin_components():
-    from mtbench.backbones import BACKBONES
+    from mtbench.methods.backbones import BACKBONES
     from mtbench.data import DATASETS
     from mtbench.methods import METHODS
 

@@ -11,11 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mtbench import bench, benchcmd
+from mtbench.bench import workloads as bench
+from mtbench.bench import record as benchcmd
 from mtbench.cli import main
-from mtbench.report import md_text, report, slugs
+from mtbench.report.build import md_text, report, slugs
 from mtbench.results import provenance
-from mtbench.runtime import malloc_setting
+from mtbench.core.runtime import malloc_setting
 
 CPU = "CPU Test Processor (2 threads)"
 GPU = "CUDA Test GPU 80GB"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mtbench.report import build, report
+from mtbench.report.build import build, report
 from support import put_result, result_doc
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "report"

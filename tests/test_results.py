@@ -1,4 +1,4 @@
-"""Tests for mtbench.results (schema, validation, atomic writing, reading) and mtbench.metrics."""
+"""Tests for mtbench.results (schema, validation, atomic writing, reading) and mtbench.core.metrics."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mtbench.episodes import EpisodeSpec
-from mtbench.errors import UserError
-from mtbench.metrics import Z95, mean_ci95
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.core.errors import UserError
+from mtbench.core.metrics import Z95, mean_ci95
 from mtbench.results import SCHEMA, SCHEMA_VERSION, read_result, validate, write_result
-from mtbench.runner import RunSpec, run
+from mtbench.run.runner import RunSpec, run
 
 
 def tiny_spec(tmp: Path, out: str | None) -> RunSpec:

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from mtbench.cli import main
-from mtbench.report import report
+from mtbench.report.build import report
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "cosine_protonet.py"

@@ -13,14 +13,14 @@ from click.testing import CliRunner
 
 from mtbench.cli import main
 from support import put_result, result_doc
-from mtbench.compare import collect, render, tables
+from mtbench.board.compare import collect, render, tables
 from mtbench.data import DATASETS, Dataset, Split
-from mtbench.episodes import EpisodeSet, EpisodeSpec
-from mtbench.errors import UserError
+from mtbench.data.episodes import EpisodeSet, EpisodeSpec
+from mtbench.core.errors import UserError
 from mtbench.methods import METHODS, FitContext, Method, make_hparams
-from mtbench.protocols import TransferSpec, resolve
+from mtbench.data.protocols import TransferSpec, resolve
 from mtbench.results import validate
-from mtbench.runner import RunSpec, run
+from mtbench.run.runner import RunSpec, run
 
 
 # -- protocol resolution ------------------------------------------------------------------------

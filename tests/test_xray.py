@@ -17,7 +17,7 @@ from PIL import Image
 from mtbench.data import DATASETS, resolve_cache_dir
 from mtbench.data import xray as xr
 from mtbench.data.download import download_file
-from mtbench.errors import DownloadError, UserError
+from mtbench.core.errors import DownloadError, UserError
 
 from support import requires_real_data, shared_root
 

@@ -16,9 +16,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_write
-from ..errors import UserError
-from ..registry import Registry
+from mtbench.core.atomic import atomic_write
+from mtbench.core.errors import UserError
+from mtbench.core.registry import Registry
 
 DATASETS: Registry[type["Dataset"]] = Registry(
     "datasets",
@@ -219,7 +219,7 @@ class Dataset:
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """``torch.save`` atomically (see :func:`mtbench.atomic.atomic_write`)."""
+    """``torch.save`` atomically (see :func:`mtbench.core.atomic.atomic_write`)."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -362,7 +362,7 @@ def check_sha256sums(folder: Path, progress: bool = True, memo: dict | None = No
 
 def check_md5(path: Path, md5: str, source: str) -> Check:
     """Compare a file's MD5 with the official one published by ``source``."""
-    from .download import md5sum
+    from mtbench.data.download import md5sum
 
     got = md5sum(path)
     if got == md5.lower():

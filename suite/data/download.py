@@ -1,7 +1,7 @@
 """Download official dataset archives, verify their checksums and extract them atomically.
 
 Nothing here touches the network at import time. Every failure the user can fix is raised as a
-:class:`~mtbench.errors.DownloadError` whose message names the URL, the expected MD5 and the
+:class:`~mtbench.core.errors.DownloadError` whose message names the URL, the expected MD5 and the
 exact path where the file can be saved by hand, so that machines without internet access can
 still be set up.
 """
@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from tqdm import tqdm
 
-from mtbench.errors import DownloadError
+from mtbench.core.errors import DownloadError
 
 __all__ = ["md5sum", "fetch", "download_file", "extract_zip", "download_and_extract"]
 

@@ -33,8 +33,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from .base import DATASETS, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_sha256sums, some
+from mtbench.core.errors import UserError
+from mtbench.data.base import DATASETS, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_sha256sums, some
 
 SIZE = 84
 IMAGES_PER_CLASS = 600  # the standard release

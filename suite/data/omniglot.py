@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import UserError
-from .base import DATASETS, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_md5, check_sha256sums, some
+from mtbench.core.errors import UserError
+from mtbench.data.base import DATASETS, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_md5, check_sha256sums, some
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 ARCHIVES = {  # folder -> MD5 of its official zip
@@ -120,7 +120,7 @@ class Omniglot(Dataset):
         self.prepare(download=True)
 
     def prepare(self, download: bool = True) -> None:
-        from .download import download_and_extract
+        from mtbench.data.download import download_and_extract
 
         for folder, md5 in ARCHIVES.items():
             if (self.folder / folder).is_dir():
@@ -178,7 +178,7 @@ class Omniglot(Dataset):
         Returns:
             ``<root>/omniglot``.
         """
-        from .download import extract_zip, md5sum
+        from mtbench.data.download import extract_zip, md5sum
 
         src = Path(path).expanduser()
         if src.is_file() and src.suffix.lower() == ".zip":

@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..errors import UserError
-from .base import DATASETS, Check, Dataset, Split, VerifyReport
-from .omniglot import Omniglot
+from mtbench.core.errors import UserError
+from mtbench.data.base import DATASETS, Check, Dataset, Split, VerifyReport
+from mtbench.data.omniglot import Omniglot
 
 PHOTOS_PER_CLASS = 6  # the first 6 photos of each miniImageNet training class: 384 photos
 
@@ -93,7 +93,7 @@ class OmniglotShift(Dataset):
         """The verification of the two datasets it is built from (shared through ``memo``, not repeated).
 
         A miniImageNet subset is no failure here: only the first photos of each training class are used."""
-        from .miniimagenet import MiniImageNet
+        from mtbench.data.miniimagenet import MiniImageNet
 
         if not self.is_available():
             return VerifyReport.missing(self)

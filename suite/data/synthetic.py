@@ -7,7 +7,7 @@ import hashlib
 import torch
 import torch.nn.functional as F
 
-from .base import DATASETS, Dataset, Split, VerifyReport
+from mtbench.data.base import DATASETS, Dataset, Split, VerifyReport
 
 _CLASSES = {"train": 64, "val": 16, "test": 32}
 

@@ -36,11 +36,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write
-from ..errors import UserError
-from .base import (DATASETS, SUMS_FILE, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_md5,
+from mtbench.core.atomic import atomic_write
+from mtbench.core.errors import UserError
+from mtbench.data.base import (DATASETS, SUMS_FILE, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_md5,
                    check_sha256sums, some)
-from .miniimagenet import IMAGENET_MEAN, IMAGENET_STD
+from mtbench.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 
 KERMANY_DOI = "10.17632/rscbjbr9sj.2"
 KERMANY_URL = f"https://doi.org/{KERMANY_DOI}"
@@ -398,7 +398,7 @@ class PneumoniaMNIST(Dataset):
 
     def prepare_from(self, path: str | os.PathLike) -> Path:
         """Install a copy of ``pneumoniamnist.npz`` (the file, or a folder holding it), MD5-checked, atomically."""
-        from .download import md5sum
+        from mtbench.data.download import md5sum
 
         src = Path(path).expanduser()
         if src.is_dir():
@@ -415,7 +415,7 @@ class PneumoniaMNIST(Dataset):
         return self.path
 
     def prepare(self, download: bool = True) -> None:
-        from .download import download_file
+        from mtbench.data.download import download_file
 
         if self.is_available():
             return

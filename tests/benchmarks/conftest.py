@@ -1,7 +1,7 @@
 """The pytest-benchmark suite's fixtures and hooks.
 
 The default ``pytest`` run does not collect this folder (``norecursedirs`` in ``pyproject.toml``); run it with
-``python -m pytest tests/benchmarks --benchmark-only``. The workloads are :mod:`mtbench.bench`'s, the
+``python -m pytest tests/benchmarks --benchmark-only``. The workloads are :mod:`mtbench.bench.workloads`'s, the
 same that ``mtbench bench`` times.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from mtbench import bench
-from mtbench.runtime import peak_memory, reset_peak_memory, tune_malloc
+from mtbench.bench import workloads as bench
+from mtbench.core.runtime import peak_memory, reset_peak_memory, tune_malloc
 
 _rows: dict[str, list[dict[str, Any]]] = {}  # device -> Measurement rows measured so far
 _fixtures: dict[tuple[str, str, str, int | None], Any] = {}  # (device, method, measurement, meta_batch) -> benchmark
@@ -60,7 +60,7 @@ def data():
 
 @pytest.fixture
 def measure(benchmark):
-    """``measure(build, group)``: build (and warm up) a :class:`mtbench.bench.Workload`, benchmark its step and
+    """``measure(build, group)``: build (and warm up) a :class:`mtbench.bench.workloads.Workload`, benchmark its step and
     record tasks/s, images/s, ms per step, peak memory and any ratio it completes in ``extra_info``."""
 
     def run(build, group: str) -> dict[str, Any] | None:

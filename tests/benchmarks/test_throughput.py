@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtbench import bench
+from mtbench.bench import workloads as bench
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),

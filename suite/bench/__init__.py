@@ -1,0 +1,1 @@
+"""Throughput workloads (`mtbench bench`) and their JSON record."""

@@ -1,0 +1,202 @@
+"""What ``mtbench bench`` does: run the :mod:`mtbench.bench.workloads` measurements, print a table, write the JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtbench.bench import workloads as bench
+from mtbench.core.atomic import atomic_write
+from mtbench.core.errors import UserError
+from mtbench.results import NUMBER, check_fields, provenance
+from mtbench.core.runtime import device_name, malloc_setting, select_device
+
+SCHEMA_VERSION = 1
+KIND = "mtbench-bench"
+
+#: What readers of a bench file (``mtbench report``) rely on; :func:`read` checks it.
+SCHEMA: dict[str, Any] = {
+    "schema_version": int,
+    "kind": str,
+    "config": {"ways": int, "shots": int, "queries": int, "image_shape": list, "backbone": str, "episodes": int,
+               "repeats": int, "data": str},
+    "measurements": list,
+    "ratios": {"maml_batched_over_loop": dict},
+    "machine": {"device_name": str, "torch": str, "git_commit": (str, type(None)), "git_dirty": (bool, type(None)),
+                "threads": int, "malloc": {"tuned_in_process": bool, "env": dict}},
+    "provenance": {"device": str, "timestamp": str},
+}
+MEASUREMENT_SCHEMA: dict[str, Any] = {
+    "method": str, "measurement": str, "meta_batch": (int, type(None)), "tasks_per_s": NUMBER,
+    "images_per_s": NUMBER, "ms_per_step": NUMBER, "peak_memory_bytes": int, "peak_memory_kind": str,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSpec:
+    """The command's options, checked by :func:`check` before anything is measured."""
+
+    device: str = "auto"
+    meta_batches: tuple[int, ...] = bench.META_BATCHES
+    repeats: int = 3
+    episodes: int = bench.SPEC.episodes
+    data_root: str | None = None
+    out: str | None = None
+    command: str | None = None
+
+
+def check(spec: BenchSpec) -> None:
+    """A :class:`UserError` for options that cannot work, before minutes of measuring."""
+    if spec.repeats < 1:
+        raise UserError(f"--repeats {spec.repeats}: must be a whole number ≥ 1")
+    if spec.episodes < 1:
+        raise UserError(f"--episodes {spec.episodes}: must be a whole number ≥ 1")
+    if spec.out is not None:
+        out = Path(spec.out)
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder; give a file name for the JSON, e.g. {out / 'bench.json'}")
+        if out.suffix.lower() != ".json":
+            raise UserError(f"--out {out}: give a .json file name")
+        folder = next(p for p in (out.absolute().parent, *out.absolute().parents) if p.exists())
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UserError(f"--out {out}: cannot write in {folder}; choose another file")
+
+
+def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Callable[[], bench.Workload]]:
+    """The measurements, in order: episode sampling, ProtoNet, then per meta-batch MAML bmm, vmap and the
+    reference loop (and, on CUDA, the loop in a CUDA graph)."""
+    episodes = dataclasses.replace(bench.SPEC, episodes=spec.episodes)
+    out: list[Callable[[], bench.Workload]] = [
+        lambda: bench.episode_sampling(data, episodes),
+        lambda: bench.fixed_episodes(data, episodes),
+        lambda: bench.protonet_train(data, episodes),
+        lambda: bench.protonet_evaluate(data, episodes),
+        lambda: bench.protonet_forward(data, episodes),
+    ]
+    for b in spec.meta_batches:
+        for batching in ("bmm", "vmap", "loop"):
+            out.append(lambda b=b, batching=batching: bench.maml_meta_step(data, b, batching, episodes))
+        if data.fit.device.type == "cuda":  # how much of the gain is the CUDA graph alone
+            out.append(lambda b=b: bench.maml_meta_step(data, b, "loop", episodes, graph=True))
+    return out
+
+
+def run(spec: BenchSpec, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Measure everything on the chosen device and return the JSON document."""
+    check(spec)
+    device = select_device(spec.device)
+    origin = provenance(device_name(device), device.type, malloc_setting(), spec.command)
+    data = bench.load_data(device, spec.data_root)
+    log(f"data: {data.description}")
+    rows = []
+    for build in workloads(data, spec):
+        m = bench.measure(build, spec.repeats)
+        row = m.as_dict()
+        log(f"  {label(row)}: {row['ms_per_step']:.1f} ms per step")
+        rows.append(row)
+    return document(spec, data.description, data.real, rows, device, origin)
+
+
+def document(spec: BenchSpec, data: str, real: bool, rows: list[dict[str, Any]], device: torch.device,
+             origin: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document of a bench run: ``rows`` from :meth:`bench.Measurement.as_dict`, ``origin`` from
+    :func:`mtbench.results.schema.provenance`, ``data`` the description of the images (``real``: Omniglot's)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": KIND,
+        "config": {"ways": bench.SPEC.ways, "shots": bench.SPEC.shots, "queries": bench.SPEC.queries,
+                   "image_shape": list(bench.SHAPE), "backbone": bench.BACKBONE, "episodes": spec.episodes,
+                   "meta_batches": list(spec.meta_batches), "repeats": spec.repeats,
+                   "data": data, "real_data": real},
+        "measurements": rows,
+        "ratios": bench.ratios(rows, device.type),
+        "machine": bench.machine_info(device),
+        "provenance": origin,
+    }
+
+
+def label(row: dict[str, Any]) -> str:
+    """``maml-vmap meta-step (meta-batch 8)``: what a measurement row measured."""
+    batch = f" (meta-batch {row['meta_batch']})" if row["meta_batch"] else ""
+    return f"{row['method']} {row['measurement']}{batch}"
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The measurements as an aligned text table, then the ratios."""
+    head = ("method", "measurement", "meta-batch", "tasks/s", "images/s", "ms/step", "peak memory", "device")
+    body = [(r["method"], r["measurement"], str(r["meta_batch"] or "-"), f"{r['tasks_per_s']:.1f}",
+             f"{r['images_per_s']:.0f}", f"{r['ms_per_step']:.2f}", memory_text(r), r["device"])
+            for r in doc["measurements"]]
+    widths = [max(len(row[i]) for row in (head, *body)) for i in range(len(head))]
+    numeric = {3, 4, 5}
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    cfg, prov = doc["config"], doc["provenance"]
+    lines = [f"device: {prov['device']}, torch {prov['torch']}, commit {commit_text(prov)}",
+             f"data: {cfg['data']}", f"tasks: {tasks_text(cfg)}", "", line(head), *(line(r) for r in body), ""]
+    ratio = doc["ratios"]
+    for variant, by_batch in ratio.get("maml_over_loop", {}).items():
+        parts = ", ".join(f"meta-batch {b}: {x:.2f}x" for b, x in by_batch.items())
+        used = " (mtbench run's choice here)" if variant == ratio.get("maml_run_default") else ""
+        lines.append(f"MAML {variant}{used} / per-task reference loop, tasks/s: {parts}")
+    if "protonet_eval_overhead" in ratio:
+        lines.append(f"ProtoNet evaluator / bare forward passes, time: {ratio['protonet_eval_overhead']:.2f}x "
+                     f"(target ≤ {ratio['protonet_eval_overhead_target']}x on the CPU)")
+    return "\n".join(lines).rstrip()
+
+
+def memory_text(row: dict[str, Any]) -> str:
+    """A measurement's peak memory and what kind of peak it is: ``941 MiB (process RSS)``."""
+    kind = row["peak_memory_kind"]
+    return f"{row['peak_memory_bytes'] / 2**20:.0f} MiB " + \
+        {"cpu_peak_rss": "(process RSS)", "cuda_max_allocated": "(CUDA)"}.get(kind, f"({kind})")
+
+
+def commit_text(info: dict[str, Any]) -> str:
+    """The git commit in ``info`` (provenance or machine info), short, and whether the checkout was modified."""
+    return f"{(info['git_commit'] or 'unknown')[:12]}{' (modified)' if info['git_dirty'] else ''}"
+
+
+def tasks_text(cfg: dict[str, Any]) -> str:
+    """The tasks a bench run measured on, from its ``config``."""
+    return (f"{cfg['ways']}-way {cfg['shots']}-shot, {cfg['queries']} queries per class, "
+            f"{'x'.join(map(str, cfg['image_shape']))} images, {cfg['backbone']}; median of {cfg['repeats']} "
+            f"step(s) after a warm-up")
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Load a bench file and check what readers rely on (:data:`SCHEMA`); a :class:`UserError` naming the file."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read bench file {path}: {exc}") from None
+    problems = check_fields(doc, SCHEMA, what="bench file")
+    if not problems:
+        if doc["kind"] != KIND or doc["schema_version"] != SCHEMA_VERSION:
+            problems.append(f"kind {doc['kind']!r}, schema_version {doc['schema_version']}: expected {KIND!r}, "
+                            f"{SCHEMA_VERSION}")
+        for i, row in enumerate(doc["measurements"]):
+            problems += check_fields(row, MEASUREMENT_SCHEMA, f"measurements[{i}]", "bench file")
+        if not all(isinstance(v, NUMBER) for v in doc["ratios"]["maml_batched_over_loop"].values()):
+            problems.append("ratios.maml_batched_over_loop: expected numbers")
+        if not isinstance(doc["ratios"].get("protonet_eval_overhead", 0.0), NUMBER):
+            problems.append("ratios.protonet_eval_overhead: expected a number")
+    if problems:
+        raise UserError(f"{path} is not a valid mtbench bench file: {'; '.join(problems)}")
+    return doc
+
+
+def write(doc: dict[str, Any], path: str | Path) -> Path:
+    """Write ``doc`` as JSON to ``path`` atomically (temp file + rename)."""
+    try:
+        return atomic_write(Path(path), lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
+    except OSError as exc:
+        raise UserError(f"cannot write --out {path} ({exc.strerror}); choose another file") from None

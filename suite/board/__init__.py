@@ -1,0 +1,1 @@
+"""Leaderboards: ranking tables, compare, the official plan and submissions."""

@@ -1,0 +1,115 @@
+"""The leaderboard commands of ``mtbench``: official, leaderboard, submit, validate (registered by ``cli``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mtbench.cli.options import run_options, user_errors
+from mtbench.core.errors import UserError
+
+
+@click.command("official")
+@click.option("--leaderboards", type=click.Path(file_okay=False), default="leaderboards", show_default=True,
+              help="The leaderboard folder the rows are written into.")
+@click.option("--dataset", default=None, help="Only this dataset's settings (omniglot, miniimagenet, xray).")
+@click.option("--setting", default=None, help="Only this setting, e.g. 5w1s, 20w1s or transfer200-50.")
+@click.option("--dry-run", is_flag=True, help="List the missing rows and their commands; run nothing.")
+@click.argument("run_options", nargs=-1, type=click.UNPROCESSED)
+@user_errors
+def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dry_run: bool,
+                 run_options: tuple[str, ...]) -> None:
+    """Fill the official leaderboard: run `mtbench run` at the quick budget for every row of the plan
+    (Omniglot 5w1s/5w5s/20w1s, miniImageNet 5w1s/5w5s, xray transfer200-50: every method; omniglot-shift
+    5w1s: DANN and its source-only reference) that has no
+    result yet, writing into LEADERBOARDS/<dataset>/<setting>/. Resumable: rerun it to continue.
+    Options after `--` go to every `mtbench run`, e.g. `-- --device cuda --no-progress`."""
+    from mtbench.board.official import run_missing, settings
+
+    failed = run_missing(Path(leaderboards), settings(dataset, setting), run_options, dry_run, echo=click.echo)
+    if failed:
+        raise SystemExit(1)
+
+
+@click.command("validate")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Folder holding the datasets, to recompute the episode shas (default: $MTBENCH_DATA, else "
+                   "~/.cache/mtbench/data).")
+@click.option("--no-shas", is_flag=True, help="Skip the episode-sha check (no datasets needed).")
+@user_errors
+def validate_cmd(paths: tuple[str, ...], data_root: str | None, no_shas: bool) -> None:
+    """Check result files (default: leaderboards/) against the schema, their own per-episode accuracies and
+    the official episode shas; exit 1 when any fails."""
+    from mtbench.results.integrity import check
+
+    files = paths or ("leaderboards",)
+    failed = check(files, data_root, shas=not no_shas, echo=click.echo)
+    if failed:
+        click.echo(f"{failed} result file(s) failed validation", err=True)
+        raise SystemExit(1)
+    click.echo("all result files are valid")
+
+
+@click.command("leaderboard")
+@click.option("--dataset", "-d", default=None, help="Only this dataset (e.g. omniglot).")
+@click.option("--protocol", "-p", default=None, help="Only this setting, e.g. 5w1s, 20w1s or transfer200-50.")
+@click.option("--leaderboards", type=click.Path(), default="leaderboards", show_default=True,
+              help="The leaderboard folder (<dataset>/<setting>/<result>.json).")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+              help="Adaptation speed: steps and ms to reach this fraction of the final accuracy.")
+@click.option("--markdown", "fmt", flag_value="markdown", help="Markdown tables instead of aligned text.")
+@user_errors
+def leaderboard_cmd(dataset: str | None, protocol: str | None, leaderboards: str, fraction: float,
+                    fmt: str | None) -> None:
+    """Print the ranked leaderboard: one table per dataset, setting and set of shared episodes; results on other
+    draws, protocols or schema versions are never ranked together."""
+    from mtbench.board.compare import markdown
+    from mtbench.board.leaderboard import LEGEND, frame, load, render
+
+    groups = load(Path(leaderboards), dataset, protocol)
+    if fmt == "markdown":
+        body = "\n\n".join(f"### {g.title}\n\n{markdown(frame(g, fraction))}" for g in groups)
+        click.echo(body + "\n\n" + LEGEND.format(f=fraction))
+    else:
+        click.echo(render(groups, fraction))
+
+
+@click.command("submit")
+@click.argument("reference", metavar="PATH.py[:Class]")
+@click.option("--dataset", "-d", required=True, help="Dataset of the official protocol (omniglot, miniimagenet, xray).")
+@run_options
+@click.option("--leaderboards", type=click.Path(file_okay=False), default="leaderboards", show_default=True,
+              help="The result goes into LEADERBOARDS/<dataset>/<setting>/.")
+@user_errors
+def submit_cmd(reference: str, dataset: str, leaderboards: str, **options: Any) -> None:
+    """Submit an outside method: check it on generated data (output shapes, finite outputs, deterministic under a
+    seed, support tensors untouched, a name of its own), then run the official protocol and write a result that
+    records the file's sha256 into the leaderboard. A refused method writes nothing."""
+    from mtbench.cli.options import run_spec, summary
+    from mtbench.results.integrity import check
+    from mtbench.methods import parse_overrides
+    from mtbench.data.protocols import TransferSpec
+    from mtbench.results import setting_name
+    from mtbench.run.runner import run
+    from mtbench.board.submit import conformance, load
+
+    sub = load(reference)
+    hparams = parse_overrides(options["hparams"])
+    ways, shots = options["ways"] or 5, options["shots"] or 1
+    click.echo(f"checking {sub.cls.__name__} ({sub.cls.name!r}, sha256 {sub.sha256[:12]}) on synthetic data ...", err=True)
+    problems = conformance(sub, ways, shots, hparams)
+    if problems:
+        raise UserError(f"{reference} is refused, nothing was written: {'; '.join(problems)}")
+    click.echo("conformance check passed", err=True)
+    spec = run_spec(sub.reference, dataset, leaderboards, submission=sub.record(), **options)
+    e = spec.episodes
+    protocol = e.record() if isinstance(e, TransferSpec) else dataclasses.asdict(e)
+    spec = dataclasses.replace(spec, out=str(Path(leaderboards) / dataset / setting_name(protocol)))
+    doc, path = run(spec)
+    click.echo(summary(doc, path))
+    if check([path], options["data_root"], echo=click.echo):
+        raise UserError(f"the result {path} failed validation (see above)")

@@ -1,0 +1,137 @@
+"""What the ``mtbench`` commands share: one-line user errors, a run's options and its summary."""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mtbench.core.errors import UserError
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a :class:`UserError` as one line on stderr and exit 2, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            click.echo(f"mtbench: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("mtbench: interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a run's protocol, budget and machine, shared by ``run`` and ``submit``."""
+    options = [
+        click.option("--protocol", type=click.Choice(["episodes", "transfer"]), default=None,
+                     help="Few-shot episodes, or transfer: a fixed labelled target set over seeded trials "
+                          "(default: the dataset's; transfer for xray)."),
+        click.option("--ways", type=int, default=None, help="Episodes: classes per episode.  [default: 5]"),
+        click.option("--shots", type=int, default=None, help="Episodes: labelled images per class.  [default: 1]"),
+        click.option("--queries", type=int, default=None, help="Episodes: query images per class.  [default: 15]"),
+        click.option("--episodes", type=int, default=None, help="Episodes: number of fixed test episodes.  [default: 600]"),
+        click.option("--train-images", type=int, default=None,
+                     help="Transfer: labelled target images to adapt on, balanced over the classes.  [default: 200]"),
+        click.option("--test-images", type=int, default=None,
+                     help="Transfer: target test images per trial, balanced over the classes.  [default: 50]"),
+        click.option("--trials", type=int, default=None, help="Transfer: seeded draws of both sets.  [default: 20]"),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the episodes and the fit."),
+        click.option("--budget", default="quick", show_default=True,
+                     help="Fit length: quick (a few CPU minutes), paper (the paper's schedule) or a number of iterations."),
+        click.option("--hp", "hparams", multiple=True, metavar="NAME=VALUE", help="Override a method hparam (repeatable)."),
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N."),
+        click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                     help="Folder holding the datasets (default: $MTBENCH_DATA, else ~/.cache/mtbench/data)."),
+        click.option("--download/--no-download", default=True, show_default=True,
+                     help="Download a missing dataset from its official URL (with checksum)."),
+        click.option("--malloc-tuning/--no-malloc-tuning", default=True, show_default=True,
+                     help="On the CPU, keep freed memory in glibc's heap (about 2x faster training here)."),
+        click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def run_spec(method: str, dataset: str, out: str, *, protocol: str | None, ways: int | None, shots: int | None,
+             queries: int | None, episodes: int | None, train_images: int | None, test_images: int | None,
+             trials: int | None, seed: int, budget: str, hparams: tuple[str, ...], device: str, data_root: str | None,
+             download: bool, malloc_tuning: bool, progress: bool, **extra: Any) -> Any:
+    """The :class:`~mtbench.run.runner.RunSpec` of a command line (``extra``: its other fields); tunes the CPU
+    allocator when asked to, as a run does."""
+    from mtbench.data import DATASETS
+    from mtbench.methods import parse_overrides
+    from mtbench.data.protocols import resolve
+    from mtbench.run.runner import RunSpec
+    from mtbench.core.runtime import tune_malloc
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the result JSON")
+    spec = RunSpec(
+        method=method, dataset=dataset,
+        episodes=resolve(DATASETS.get(dataset).default_protocol, protocol, ways=ways, shots=shots, queries=queries,
+                         episodes=episodes, seed=seed, train_images=train_images, test_images=test_images,
+                         trials=trials),
+        budget=budget, hparams=tuple(parse_overrides(hparams).items()), device=device,
+        data_root=data_root, out=out, download=download, progress=progress,
+        command=shlex.join(["mtbench", *sys.argv[1:]]), **extra,
+    )
+    if malloc_tuning and device != "cuda":
+        tune_malloc()
+    return spec
+
+
+def protocol_line(p: dict[str, Any]) -> str:
+    """One line saying what a result's episodes or transfer trials were."""
+    where = (f", support from {p['support_from']}, queries from {p['queries_from']}"
+             if p.get("support_from", p.get("queries_from")) != p.get("queries_from") else "")
+    if p.get("kind") == "transfer":
+        return (f"transfer: {p['ways'] * p['shots']} labelled + {p['ways'] * p['queries']} test images "
+                f"({p['shots']} + {p['queries']} per class, {p['ways']} classes), {p['trials']} trials, "
+                f"seed {p['seed']}{where}, draws {p['episodes_sha'][:12]}")
+    return (f"{p['ways']}-way {p['shots']}-shot, {p['queries']} queries, {p['episodes']} episodes, "
+            f"seed {p['seed']}{where}, episodes {p['episodes_sha'][:12]}")
+
+
+def summary(doc: dict[str, Any], path: Path | None) -> str:
+    """A short human-readable table of one result."""
+    from mtbench.results import execution_label
+
+    acc, fit, adapt, p = doc["accuracy"], doc["fit"], doc["adaptation"], doc["protocol"]
+    steps = "  ".join(f"{s['step']}: {s['mean']:.3f}" for s in acc["by_step"])
+    rows = [
+        ("method", f"{doc['method']['name']}{' (transductive)' if doc['method']['transductive'] else ''}"),
+        *([("init", f"{doc['init']['method']} fitted on {doc['init']['dataset']} ({doc['init']['iterations']} it), "
+                    f"{doc['init']['path']}")] if doc.get("init") else []),
+        ("dataset", f"{doc['dataset']['name']} {doc['dataset']['split']} split"
+                    + (f" (fit also saw the {u} split, unlabelled)" if (u := doc['dataset'].get('unlabelled_split')) else "")),
+        *([("source", f"fitted on {src['name']} {src['fit_split']} split")] if (src := doc.get("source")) else []),
+        ("protocol", protocol_line(p)),
+        ("accuracy", f"{acc['mean']:.4f} ± {acc['ci95']:.4f} (95% CI)"),
+        ("by step", steps),
+        ("adapt", f"{adapt['ms_per_episode']:.2f} ms/episode over {adapt['steps']} predictor(s)"),
+        ("fit", f"{fit['seconds']:.1f} s, {fit['iterations']} it, {fit['tasks_per_s']:.1f} tasks/s, "
+                f"{fit['images_per_s']:.0f} images/s, peak {fit['peak_memory_bytes'] / 2**20:.0f} MiB "
+                f"({fit['peak_memory_kind']})"),
+        *[("note", n) for n in [*doc["dataset"].get("notes", []), *((doc.get("source") or {}).get("notes", [])),
+                                *fit.get("notes", [])]],
+        ("evaluation", f"{doc['evaluation']['seconds']:.1f} s, {doc['evaluation']['tasks_per_s']:.2f} episodes/s"),
+        ("device", doc["provenance"]["device"] + execution_label(doc)),
+        ("result", str(path) if path else "(not written)"),
+    ]
+    if doc.get("submission"):
+        sub = doc["submission"]
+        rows.insert(-1, ("submission", f"{sub['source']}:{sub['class']}, sha256 {sub['source_sha256']}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

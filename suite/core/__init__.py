@@ -1,0 +1,1 @@
+"""Foundations every layer uses: errors, the registry, atomic writes, devices and timers, metrics, seeding."""

@@ -1,0 +1,124 @@
+"""Where a run executes: device choice, device names, numeric precision, peak memory, and the CPU
+allocator setting."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import resource
+import time
+
+import torch
+
+from mtbench.core.errors import UserError
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_malloc_tuned = False
+
+#: ``--precision``: ``fp32`` as PyTorch runs by default; ``bf16`` under ``torch.autocast`` to bfloat16
+PRECISIONS = ("fp32", "bf16")
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cpu``; ``cuda`` / ``cuda:N`` (checked to exist)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is visible to PyTorch here; use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name: the GPU model, or the CPU model with the number of torch threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU {model} ({torch.get_num_threads()} threads)"
+
+
+def check_precision(precision: str) -> None:
+    """A :class:`UserError` unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context a run's fit and evaluation execute in: ``torch.autocast`` to bfloat16 on ``device``
+    for ``bf16``; for ``fp32`` no autocast at all (a do-nothing context), so fp32 runs exactly as
+    without the option. Nothing process-wide is changed either way.
+
+    The region spans whole training loops (``fit``, and ``adapt`` of methods that train per
+    episode), so autocast's cache of bfloat16 copies of the weights is off: it lives until the
+    region exits and is not refreshed by an optimiser step, so every forward after the first would
+    use the initial weights (a scratch run on synthetic stayed at chance).
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timer(device: torch.device) -> float:
+    """A wall-clock reading taken after the device has finished its queued work."""
+    synchronize(device)
+    return time.perf_counter()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """``(bytes, kind)``: CUDA max allocated since the last reset, or the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_peak_rss"
+
+
+def tune_malloc() -> bool:
+    """Keep freed memory in glibc's heap instead of unmapping it (large activations are reused).
+
+    The in-process equivalent of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
+    MALLOC_TOP_PAD_=1073741824``. Returns whether it took effect (glibc only).
+    """
+    global _malloc_tuned
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        # mallopt takes a C int, so the trim threshold is capped at 2 GiB (the env variable allows more)
+        ok = libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) \
+            and libc.mallopt(_M_TOP_PAD, 2**30)
+    except (OSError, AttributeError):
+        return False
+    _malloc_tuned = bool(ok)
+    return _malloc_tuned
+
+
+def malloc_setting() -> dict[str, object]:
+    """What the CPU allocator ran with, for the result's provenance."""
+    env = {k: os.environ[k] for k in MALLOC_ENV if k in os.environ}
+    return {"tuned_in_process": _malloc_tuned, "env": env}

@@ -1,0 +1,245 @@
+"""The Method protocol, its registry, hyper-parameter parsing and the context ``fit`` receives.
+
+A method is a class with:
+
+* ``name`` / ``description`` — registry name and a one-line summary;
+* ``Hparams`` — a frozen dataclass whose defaults are the paper's settings, with per-dataset
+  overrides in ``presets`` (the paper's settings for that dataset) and fit lengths in ``budgets``;
+  ``quick_presets`` (per dataset) are the deviations the ``quick`` budget makes to get far in a
+  few CPU minutes (e.g. a larger step size), recorded like every hparam in the result;
+* ``transductive`` — whether predictions for a query depend on the other queries;
+* ``compilable`` — whether ``--compile`` may compile its networks: true for a method that calls
+  its ``nn.Module`` s directly, false (the default) for one that calls them through
+  ``torch.func.functional_call`` under ``vmap``/``grad`` (MAML, Reptile). ``compile_modules()``
+  compiles every module of ``modules()`` in place (``nn.Module.compile``, so ``state_dict`` keys and
+  ``--save`` checkpoints are unchanged) and sets ``compiled``; a method that builds networks later
+  (per episode) compiles them itself when ``compiled`` is set;
+* ``fit(ctx)`` — (meta-)training on the source split, may do nothing;
+* ``adapt(support_x, support_y, ways)`` — yields a predictor after each adaptation step
+  (a non-iterative method yields once; one with many steps may yield at chosen steps, labelled
+  with :func:`at_step`); a predictor maps ``float[Q, C, H, W]`` to logits
+  ``float[Q, ways]``. ``adapt`` runs under ``torch.no_grad()``; a method that needs autograd
+  enables it itself, and must not leave state behind between episodes;
+* ``predict_batch(support_x, support_y, query_x, ways)`` — optional (``None`` by default), for a
+  method whose ``adapt`` yields a single predictor and whose predictions for one episode do not
+  depend on the other episodes: that predictor's logits for ``E`` episodes at once, ``float[E, S,
+  C, H, W]``, ``int64[E, S]``, ``float[E, Q, C, H, W]`` -> ``float[E, Q, ways]``, under
+  ``torch.no_grad()``. The evaluator then scores chunks of episodes in one call each instead of
+  calling ``adapt`` per episode (its adaptation time is the chunk's, support and queries together).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mtbench.data import Split
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.core.errors import UserError
+from mtbench.core.registry import Registry
+
+Predictor = Callable[[Tensor], Tensor]
+
+
+def at_step(step: int, predictor: Predictor) -> Predictor:
+    """Label a predictor with its adaptation step, for methods that do not yield after every step.
+
+    The evaluator records ``step`` in ``accuracy.by_step``; unlabelled predictors count 0, 1, 2, ...
+    """
+    predictor.step = step  # type: ignore[attr-defined]
+    return predictor
+
+
+@dataclass
+class FitContext:
+    """What ``Method.fit`` gets: the source split on the device, the protocol, the budget, a generator.
+
+    Attributes:
+        source: the split to (meta-)train on, already on ``device``.
+        spec: the evaluation protocol (methods match its ways/shots by default).
+        iterations: how many (meta-)iterations the budget allows.
+        generator: CPU generator for every random draw of the fit (episodes, init, augmentation).
+        device: where the computation runs.
+        progress: show a progress bar.
+        unlabelled: target-domain images without their labels (the dataset's ``unlabelled_split``,
+            one class named ``unlabelled``), or ``None``; never the evaluation images.
+        notes: what the fit wants the result to say (``note``), e.g. a fallback it took.
+    """
+
+    source: Split
+    spec: EpisodeSpec
+    iterations: int
+    generator: torch.Generator
+    device: torch.device
+    progress: bool = True
+    unlabelled: Split | None = None
+    tasks: int = 0
+    images: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def loop(self, desc: str, steps: int | None = None) -> Iterator[int]:
+        """Iterate over ``range(iterations)`` (or ``range(steps)``, for a stage of its own) with a progress bar."""
+        yield from tqdm(range(self.iterations if steps is None else steps), desc=desc, unit="it", disable=not self.progress,
+                        mininterval=1.0, dynamic_ncols=True)
+
+    def count(self, tasks: int, images: int) -> None:
+        """Record work done, for the tasks/s and images/s figures."""
+        self.tasks += tasks
+        self.images += images
+
+    def note(self, text: str) -> None:
+        """Record something the result must say about this fit (kept in ``fit.notes``)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+class Method:
+    """Base class of every method; see the module docstring for the protocol."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Hparams: ClassVar[type] = type(None)
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    budgets: ClassVar[dict[str, dict[str, int]]] = {"default": {"quick": 0, "paper": 0}}
+    quick_presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    transductive: ClassVar[bool] = False
+    compilable: ClassVar[bool] = False
+    version: ClassVar[str] = "1"
+    compiled: bool = False
+    #: ``adapt``'s logits for a batch of episodes at once, or ``None``; see the module docstring
+    predict_batch: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None
+
+    def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
+                 device: torch.device) -> None:
+        self.hparams = hparams
+        self.in_shape = in_shape
+        self.device = device
+
+    def prepare(self, ways: int) -> None:
+        """Build whatever depends on the number of ways (heads); called before a checkpoint loads."""
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The learned state: every ``nn.Module`` attribute, by attribute name (saved by ``--save``)."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module)}
+
+    def compile_modules(self) -> None:
+        """``--compile``: compile every module in place with ``nn.Module.compile`` (only for ``compilable`` methods)."""
+        self.compiled = True
+        for module in self.modules().values():
+            module.compile()
+
+    def fit(self, ctx: FitContext) -> None:
+        """(Meta-)train on ``ctx.source``; the default does nothing."""
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def iterations_for(cls, budget: str | int, dataset: str) -> int:
+        """Fit iterations for ``budget`` (``"quick"``, ``"paper"`` or a number) on ``dataset``."""
+        if isinstance(budget, int) or str(budget).isdigit():
+            value = int(budget)
+            if value < 0:
+                raise UserError(f"--budget must be quick, paper or a whole number ≥ 0, got {budget}")
+            return value
+        table = cls.budgets.get(dataset, cls.budgets.get("default", {}))
+        if budget not in table:
+            raise UserError(f"--budget must be one of {', '.join(sorted(table))} or a number of iterations, got '{budget}'")
+        return table[budget]
+
+
+METHODS: Registry[type[Method]] = Registry("methods", builtins=("mtbench.baselines",))
+
+
+# -- hyper-parameters ---------------------------------------------------------------------------
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def _convert(method: str, key: str, text: str, kind: Any) -> Any:
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        choices = typing.get_args(kind)
+        if text not in [str(c) for c in choices]:
+            raise UserError(f"--hp {key}={text}: {method} accepts {key} in {{{', '.join(map(str, choices))}}}")
+        return next(c for c in choices if str(c) == text)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return _convert(method, key, text, args[0])
+    if kind is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise UserError(f"--hp {key}={text}: {key} of {method} is true/false")
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise UserError(f"--hp {key}={text}: {key} of {method} must be {getattr(kind, '__name__', kind)}") from None
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``, with a clear error on a malformed item."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--hp '{item}' is not name=value; write e.g. --hp inner_lr=0.4")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str], budget: str | None = None,
+                 source: str | None = None) -> Any:
+    """The method's hparams: dataclass defaults, the presets of the ``source`` it is fitted on (when
+    not ``dataset`` itself) then of ``dataset``, the quick-budget deviations of both (when ``budget ==
+    "quick"``), then ``--hp`` overrides."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Hparams)}
+    hints = typing.get_type_hints(cls.Hparams)
+    names = [n for n in (source, dataset) if n] if source != dataset else [dataset]
+    values: dict[str, Any] = {}
+    for name in names:
+        values.update(cls.presets.get(name, {}))
+    if budget == "quick":
+        for name in names:
+            values.update(cls.quick_presets.get(name, {}))
+    for key, text in overrides.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=2)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            raise UserError(f"--hp {key}: {cls.name} has no hparam '{key}'{hint}; its hparams are {', '.join(fields)}")
+        values[key] = _convert(cls.name, key, text, hints[key])
+    try:
+        return cls.Hparams(**values)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad hparams for {cls.name}: {exc}") from None
+
+
+def report_steps(text: str, last: int) -> set[int]:
+    """``"0,10,50"`` -> the adaptation steps to score (those ≤ ``last``), always including ``last``.
+
+    For the ``report_steps`` hparam of methods with long adaptations; a clear error on bad text.
+    """
+    try:
+        steps = {int(s) for s in text.split(",") if s.strip()}
+    except ValueError:
+        raise UserError(f"--hp report_steps={text}: give step numbers separated by commas, e.g. 0,10,50") from None
+    if any(s < 0 for s in steps):
+        raise UserError(f"--hp report_steps={text}: steps must be ≥ 0")
+    return {s for s in steps if s <= last} | {last}
+
+
+def positive(name: str, value: float) -> None:
+    """For ``Hparams.__post_init__``: reject a value ≤ 0 with the field's name."""
+    if not value > 0:
+        raise UserError(f"--hp {name}={value}: must be > 0")

@@ -1,0 +1,77 @@
+"""Helpers for transfer-style methods: classifier heads, standard pre-training, per-episode seeds."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtbench.methods.backbones import init_parameters
+from mtbench.methods import FitContext
+
+
+class CosineClassifier(nn.Module):
+    """``scale * cos(w_c, x)`` logits: the Baseline++ head of Chen et al. (2019).
+
+    Args:
+        in_features: feature size.
+        classes: number of outputs.
+        scale: temperature (Chen et al.: 2 up to 200 classes, else 10).
+    """
+
+    def __init__(self, in_features: int, classes: int, scale: float | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(classes, in_features))
+        nn.init.normal_(self.weight, std=0.01)  # replaced by init_parameters when a generator is given
+        self.scale = scale if scale is not None else (2.0 if classes <= 200 else 10.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
+def make_head(kind: str, in_features: int, classes: int, generator: torch.Generator) -> nn.Module:
+    """A ``linear`` or ``cosine`` classifier head, initialised from ``generator``."""
+    if kind == "linear":
+        return init_parameters(nn.Linear(in_features, classes), generator)
+    head = CosineClassifier(in_features, classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.01)
+    return head
+
+
+def pretrain_classifier(backbone: nn.Module, head: nn.Module, ctx: FitContext, batch_size: int, lr: float,
+                        desc: str, steps: int | None = None) -> None:
+    """Standard supervised training of ``head(backbone(x))`` on every class of ``ctx.source``, for
+    ``steps`` minibatches (default: the budget's ``ctx.iterations``).
+
+    Adam, cross-entropy, minibatches drawn uniformly (with a CPU generator) from all images.
+    """
+    model = nn.Sequential(backbone, head).to(ctx.device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = ctx.source.images.shape[0]
+    for _ in ctx.loop(desc, steps):
+        idx = torch.randint(n, (batch_size,), generator=ctx.generator).to(ctx.device, non_blocking=True)
+        loss = F.cross_entropy(model(ctx.source.gather(idx)), ctx.source.labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ctx.count(1, batch_size)
+
+
+def episode_generator(support_x: Tensor, salt: str) -> torch.Generator:
+    """A CPU generator seeded from the support images: the same episode gets the same random draws
+    (head initialisation, minibatch order) whatever the order episodes run in."""
+    digest = hashlib.sha256(salt.encode())
+    digest.update(support_x.detach().to("cpu", torch.float32).numpy().tobytes())
+    return torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little") >> 1)
+
+
+def minibatches(n: int, batch_size: int, epochs: int, generator: torch.Generator) -> list[Tensor]:
+    """Index batches for ``epochs`` shuffled passes over ``n`` items (the last batch of a pass may be short)."""
+    out = []
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        out.extend(order[i:i + batch_size] for i in range(0, n, batch_size))
+    return out

@@ -1,0 +1,1 @@
+"""Generated pages: blocks, Markdown/HTML/SVG renderers, the throughput and leaderboard pages."""

@@ -1,0 +1,235 @@
+"""The report's leaderboard pages: one per ``leaderboards/<dataset>/<setting>/`` folder of results.
+
+Each page shows every rankable group of the folder (:mod:`mtbench.board.leaderboard`) as its ranked table
+(HTML: ``<table class="leaderboard">``, one ``<tr data-file="...">`` per result file) and three
+figures: accuracy with its 95 % CI, adaptation curves (accuracy against the adaptation step and
+against the time inside ``adapt``), and accuracy against evaluation throughput. The official plan's
+rows that have no result yet are listed with the command that runs them, and every result's
+provenance is tabulated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from mtbench.board import leaderboard as lb
+from mtbench.board.compare import label
+from mtbench.report.build import FIGURES, Block, Built, Code, Heading, Image, Page, Para, Table, svg
+
+THROUGHPUT = "throughput"
+
+
+def folders(leaderboards: Path) -> list[tuple[str, str]]:
+    """The (dataset, setting) folders of ``leaderboards`` that hold result files, sorted."""
+    return sorted({(p.parts[-3], p.parts[-2]) for p in leaderboards.glob("*/*/*.json") if p.parts[-3] != THROUGHPUT})
+
+
+def pages(leaderboards: Path) -> list[Page]:
+    """One page per results folder, official settings first (in the plan's order), then the others."""
+    from mtbench.board.official import PLAN
+
+    order = {(s.dataset, s.name): i for i, s in enumerate(PLAN)}
+    found = sorted(folders(leaderboards), key=lambda f: (order.get(f, len(order)), f))
+    return [Page(f"{dataset}-{setting}", f"Leaderboard: {dataset} {setting}",
+                 f"result files in {dataset}/{setting}/",
+                 lambda root, d=dataset, s=setting: board_page(root, d, s)) for dataset, setting in found]
+
+
+def _color(i: int, n: int) -> Any:
+    """Row ``i``'s colour of ``n``: matplotlib's ten-colour cycle, or tab20 beyond ten rows."""
+    from matplotlib import colormaps
+
+    return f"C{i}" if n <= 10 else colormaps["tab20"](i % 20)
+
+
+def _short_device(doc: dict[str, Any]) -> str:
+    prov = doc["provenance"]
+    return prov["device"].removeprefix("NVIDIA ") if prov.get("device_type") == "cuda" else "CPU"
+
+
+def _names(g: lb.Group) -> list[str]:
+    """A figure label per row: rank, method, device (the rank keeps two runs of one method apart)."""
+    return [f"{i}. {label(e.doc)}{' [submission]' if e.doc.get('submission') else ''} ({_short_device(e.doc)})"
+            for i, e in enumerate(g.entries, 1)]
+
+
+def _accuracy_figure(g: lb.Group) -> tuple[Callable[[Any], None], tuple[float, float]]:
+    names = _names(g)
+
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        for i, e in enumerate(g.entries):
+            acc = e.doc["accuracy"]
+            ax.errorbar(acc["mean"], i, xerr=acc["ci95"], fmt="o", color=_color(i, len(names)), capsize=3)
+        ax.set_yticks(range(len(names)), names)
+        ax.set_ylim(len(names) - 0.5, -0.5)
+        ax.set_xlabel("accuracy (mean and 95% CI over the shared episodes)")
+        ax.set_title(f"Accuracy, {g.dataset} {g.setting}")
+        ax.grid(axis="x", alpha=0.3)
+
+    return draw, (8.0, 1.2 + 0.3 * len(names))
+
+
+def _adaptation_figure(g: lb.Group) -> Callable[[Any], None]:
+    names = _names(g)
+
+    def draw(fig: Any) -> None:
+        by_step, by_time = fig.subplots(1, 2)
+        for i, e in enumerate(g.entries):
+            steps = e.doc["accuracy"]["by_step"]
+            ms = e.doc["adaptation"]["ms_by_step"]
+            acc = [s["mean"] for s in steps]
+            style = {"marker": "o", "markersize": 3, "color": _color(i, len(names)), "label": names[i]}
+            by_step.plot([s["step"] for s in steps], acc, **style)
+            by_time.plot([max(t, 1e-3) for t in ms], acc, **style)
+        by_step.set_xscale("symlog", linthresh=1)
+        by_step.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        by_step.set_xlabel("adaptation step (symmetric log scale)")
+        by_step.set_ylabel("accuracy")
+        by_time.set_xscale("log")
+        by_time.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        by_time.xaxis.set_minor_formatter(NullFormatter())
+        by_time.set_xlabel("ms inside adapt per episode (log scale)")
+        for ax in (by_step, by_time):
+            ax.grid(alpha=0.3)
+        by_step.set_title("accuracy against adaptation steps")
+        by_time.set_title("accuracy against adaptation time")
+        by_step.legend(loc="upper left", bbox_to_anchor=(0, -0.18), frameon=False, ncols=2, fontsize=7)
+
+    return draw
+
+
+def _throughput_figure(g: lb.Group) -> Callable[[Any], None]:
+    names = _names(g)
+
+    def draw(fig: Any) -> None:
+        ax = fig.subplots()
+        for i, e in enumerate(g.entries):
+            rate = e.doc["evaluation"]["tasks_per_s"]
+            acc = e.doc["accuracy"]
+            if not (math.isfinite(rate) and rate > 0):
+                continue
+            ax.errorbar(rate, acc["mean"], yerr=acc["ci95"], fmt="o", color=_color(i, len(names)), capsize=3,
+                        label=names[i])
+            ax.annotate(str(i + 1), (rate, acc["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("evaluation throughput: episodes (adapt + predict) per second, log scale")
+        ax.set_ylabel("accuracy (95% CI)")
+        ax.set_title(f"Accuracy against throughput, {g.dataset} {g.setting} (points numbered by rank)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.14), frameon=False, ncols=2, fontsize=7)
+
+    return draw
+
+
+def _provenance(g: lb.Group) -> pd.DataFrame:
+    rows = []
+    for i, e in enumerate(g.entries, 1):
+        prov, sub = e.doc["provenance"], e.doc.get("submission")
+        commit = (prov.get("git_commit") or "unknown")[:10] + (" (dirty)" if prov.get("git_dirty") else "")
+        rows.append({"rank": i, "file": e.path.name, "commit": commit, "torch": prov["torch"],
+                     "precision": prov.get("precision", "fp32"), "when (UTC)": prov["timestamp"],
+                     "submission sha256": sub["source_sha256"][:16] if sub else "-",
+                     "command": prov.get("command") or "-"})
+    return pd.DataFrame(rows)
+
+
+def _missing(leaderboards: Path, dataset: str, setting: str) -> list[Block]:
+    from mtbench.board.official import missing, settings
+
+    try:
+        chosen = settings(dataset, setting)
+    except Exception:  # not an official setting
+        return []
+    todo = missing(leaderboards, chosen)
+    if not todo:
+        return [Para(("Every row of the official plan for this setting has a result.",))]
+    return [Para((f"Official rows without a result yet ({len(todo)}): {', '.join(e.label for _, e in todo)}. ",
+                  Code(f"mtbench official --dataset {dataset} --setting {setting}"), " runs them."))]
+
+
+def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
+    groups = lb.load(leaderboards, dataset, setting)
+    page = f"{dataset}-{setting}"
+    n = sum(len(g.entries) for g in groups)
+    best = max((g.entries[0] for g in groups), key=lambda e: e.doc["accuracy"]["mean"])
+    acc = best.doc["accuracy"]
+    summary = (f"{n} result{'s' * (n > 1)}; best {label(best.doc)} {acc['mean']:.4f} ± {acc['ci95']:.4f} "
+               f"({_short_device(best.doc)})")
+    blocks: list[Block] = [
+        Para(("Every result file in ", Code(f"leaderboards/{dataset}/{setting}/"), f" ({n}), ranked by accuracy "
+              "on the episodes all of them share: results on other draws, protocols or schema versions form "
+              "tables of their own. Rows come from ", Code("mtbench official"), " (the baselines) and ",
+              Code("mtbench submit"), " (outside methods, marked [submission]); the device column says where "
+              "each ran, and (CPU) marks a quick-budget run on the CPU. Print the same table with ",
+              Code(f"mtbench leaderboard --dataset {dataset} --protocol {setting}"), ".")),
+        *_missing(leaderboards, dataset, setting),
+    ]
+    figures: dict[str, bytes] = {}
+    for g in groups:
+        stem = f"{page}-{g.sha[:8]}" if len(groups) > 1 else page
+        figures[f"{stem}-accuracy.svg"] = svg(*_accuracy_figure(g))
+        curves = any(e.doc["adaptation"]["steps"] > 1 for e in g.entries)
+        if curves:
+            figures[f"{stem}-adaptation.svg"] = svg(_adaptation_figure(g), (10.0, 4.0))
+        figures[f"{stem}-throughput.svg"] = svg(_throughput_figure(g), (7.0, 4.5))
+        blocks += [
+            Heading(g.title),
+            Table(lb.frame(g), css="leaderboard", keys=tuple(e.path.name for e in g.entries)),
+            Para((lb.LEGEND.format(f=lb.FRACTION),)),
+            Image(f"{FIGURES}/{stem}-accuracy.svg", f"accuracy with 95% CI of each result, {g.title}"),
+            Image(f"{FIGURES}/{stem}-adaptation.svg", f"accuracy against adaptation step and time, {g.title}")
+            if curves else Para(("No adaptation curves: every method here predicts after a single step.",)),
+            Image(f"{FIGURES}/{stem}-throughput.svg", f"accuracy against evaluation episodes per second, {g.title}"),
+            Heading("Provenance", 3),
+            Table(_provenance(g)),
+        ]
+    return Built(summary, blocks, figures)
+
+
+def overview(leaderboards: Path) -> list[Block]:
+    """The index's matrix of the official plan: each method's accuracy in each official setting (the result
+    ``mtbench official`` counts, the newest with that label), or that it has not run yet; nothing when the
+    folder holds no official row at all."""
+    from mtbench.board.official import BUDGET, PLAN, present
+    from mtbench.results import read_result
+
+    labels = list(dict.fromkeys(e.label for s in PLAN for e in s.entries))
+    found = {(s.dataset, s.name): present(leaderboards / s.dataset / s.name) for s in PLAN}
+    if not any(found.values()):
+        return []
+    rows, have, total = [], 0, 0
+    for name in labels:
+        row = {"method": name}
+        for s in PLAN:
+            column = f"{s.dataset} {s.name}"
+            path = found[(s.dataset, s.name)].get(name)
+            planned = any(e.label == name for e in s.entries)
+            total += planned
+            if path is None:
+                row[column] = "not run yet" if planned else "-"
+                continue
+            have += 1
+            doc = read_result(path)
+            acc = doc["accuracy"]
+            row[column] = f"{acc['mean']:.3f} ± {acc['ci95']:.3f}" + (f" ({_short_device(doc)})"
+                                                                       if doc["provenance"].get("device_type") == "cuda"
+                                                                       else "")
+        rows.append(row)
+    return [
+        Heading("Official leaderboard"),
+        Para((f"Accuracy ± 95% CI of every method in every official setting at the {BUDGET} budget ({have} of "
+              f"{total} rows run; a GPU row names its GPU, the others ran on the CPU). Each setting's page ranks "
+              "them with paired differences, adaptation speed and cost. ", Code("mtbench official"),
+              " runs the missing rows.")),
+        Table(pd.DataFrame(rows)),
+        Heading("Pages"),
+    ]

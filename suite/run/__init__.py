@@ -1,0 +1,1 @@
+"""One run as stages (resolve, load, fit, evaluate, record), the evaluator and checkpoints."""

@@ -1,0 +1,137 @@
+"""The standardized evaluator: accuracy after every adaptation step, time to adapt, throughput.
+
+Methods with a ``predict_batch`` (see :mod:`mtbench.methods`) are evaluated a chunk of episodes at a
+time; every other method, episode by episode through ``adapt``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mtbench.data.episodes import EpisodeSet
+from mtbench.methods.functional import accuracy
+from mtbench.methods import Method
+from mtbench.core.metrics import mean_ci95
+from mtbench.core.runtime import peak_memory, reset_peak_memory, timer
+
+#: bound on the input values (images x C x H x W) of one chunk of episodes on the batched path, by device
+#: type (others: the CPU's), never less than one episode: on a GPU a chunk is 16384 Omniglot (1x28x28)
+#: images, few launches for 600 episodes. On the CPU Conv4 ran twice as slow per image from ~160
+#: Omniglot images a batch as from 80 (its activations outgrow the cache), so a chunk there is 128.
+CHUNK_VALUES = {"cpu": 128 * 28 * 28, "cuda": 16384 * 28 * 28}
+
+
+def episode_chunks(episodes: EpisodeSet, max_values: int | None = None) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges covering ``episodes`` in order, as few as keep each chunk's images within
+    ``max_values`` input values (default :data:`CHUNK_VALUES` of their device), sizes within one of each
+    other; a chunk holds at least one episode."""
+    spec, n = episodes.spec, len(episodes)
+    if max_values is None:
+        max_values = CHUNK_VALUES.get(episodes.split.device.type, CHUNK_VALUES["cpu"])
+    per_episode = spec.ways * spec.per_class * math.prod(episodes.split.image_shape)
+    count = -(-n // max(1, max_values // per_episode))  # ceil: the fewest chunks within the bound
+    size, extra = divmod(n, count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batched: bool = True,
+             max_values: int | None = None) -> dict[str, Any]:
+    """Run ``method.adapt`` on every episode and score each intermediate predictor on the queries.
+
+    Only the time spent inside ``adapt`` (producing the next predictor) counts as adaptation
+    time; scoring the intermediate predictors is measurement overhead and is not counted.
+
+    Args:
+        batched: use the method's ``predict_batch`` when it has one (:func:`evaluate_batched`);
+            ``False``: episode by episode through ``adapt`` whatever the method.
+        max_values: the chunk bound of the batched path (see :func:`episode_chunks`).
+
+    Returns:
+        A dict with the ``accuracy``, ``adaptation`` and ``evaluation`` sections of a result;
+        ``evaluation.batched_episodes`` is ``None`` here, the chunk size on the batched path.
+    """
+    if batched and method.predict_batch is not None:
+        return evaluate_batched(method, episodes, progress, max_values)
+    device, ways = episodes.split.device, episodes.spec.ways
+    per_step_acc: list[torch.Tensor] = []  # one float[steps] per episode, kept on the device
+    per_step_ms: list[list[float]] = []
+    step_numbers: list[int] = []
+    reset_peak_memory(device)
+    start = timer(device)
+    with torch.no_grad():
+        for ep in tqdm(episodes, desc=f"evaluating {method.name}", unit="episode", disable=not progress,
+                       mininterval=1.0, dynamic_ncols=True):
+            stream = iter(method.adapt(ep.support_x, ep.support_y, ways))
+            accs, ms, elapsed = [], [], 0.0
+            while True:
+                t0 = timer(device)
+                try:
+                    predictor = next(stream)
+                except StopIteration:
+                    break
+                elapsed += timer(device) - t0
+                if not per_step_ms:
+                    step_numbers.append(int(getattr(predictor, "step", len(ms))))
+                ms.append(elapsed * 1000.0)
+                accs.append(accuracy(predictor(ep.query_x), ep.query_y))
+            if not accs:
+                raise RuntimeError(f"{method.name}.adapt yielded no predictor")
+            if per_step_ms and len(ms) != len(per_step_ms[0]):
+                raise RuntimeError(f"{method.name}.adapt yielded {len(ms)} predictors on episode {ep.index}, "
+                                   f"{len(per_step_ms[0])} before: the number of steps must not vary")
+            per_step_acc.append(torch.stack(accs))
+            per_step_ms.append(ms)
+    seconds = timer(device) - start
+    ms_by_step = [sum(m[s] for m in per_step_ms) / len(per_step_ms) for s in range(len(step_numbers))]
+    return _scores(torch.stack(per_step_acc), step_numbers, ms_by_step, seconds, device, None)
+
+
+def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True,
+                     max_values: int | None = None) -> dict[str, Any]:
+    """:func:`evaluate` through ``method.predict_batch``, one call per chunk of episodes (:func:`episode_chunks`).
+
+    Accuracies stay on the device until one transfer at the end. The adaptation time of an episode
+    is its chunk's ``predict_batch`` time (support and queries) over the chunk's episodes: amortised,
+    which ``evaluation.batched_episodes`` (the largest chunk) says.
+    """
+    device, ways = episodes.split.device, episodes.spec.ways
+    chunks = episode_chunks(episodes, max_values)
+    accs: list[torch.Tensor] = []  # float[chunk] each, on the device
+    elapsed = 0.0
+    reset_peak_memory(device)
+    start = timer(device)
+    with torch.no_grad(), tqdm(total=len(episodes), desc=f"evaluating {method.name}", unit="episode",
+                               disable=not progress, mininterval=1.0, dynamic_ncols=True) as bar:
+        for lo, hi in chunks:
+            support_x, support_y, query_x, query_y = episodes.batch(lo, hi)
+            t0 = timer(device)
+            logits = method.predict_batch(support_x, support_y, query_x, ways)  # type: ignore[misc]
+            elapsed += timer(device) - t0
+            accs.append(accuracy(logits, query_y))
+            bar.update(hi - lo)
+    seconds = timer(device) - start
+    size = max(hi - lo for lo, hi in chunks)
+    return _scores(torch.cat(accs).unsqueeze(1), [0], [elapsed * 1000.0 / len(episodes)], seconds, device, size)
+
+
+def _scores(acc: torch.Tensor, step_numbers: list[int], ms_by_step: list[float], seconds: float,
+            device: torch.device, batched_episodes: int | None) -> dict[str, Any]:
+    """The result sections from ``acc: float[episodes, steps]`` (on the device) and the timings."""
+    table = acc.double().cpu()  # the one host transfer
+    by_step = []
+    for s in range(table.shape[1]):
+        mean, ci = mean_ci95(table[:, s].tolist())
+        by_step.append({"step": step_numbers[s], "mean": mean, "ci95": ci})
+    mem, kind = peak_memory(device)
+    return {
+        "accuracy": {"mean": by_step[-1]["mean"], "ci95": by_step[-1]["ci95"], "per_episode": table[:, -1].tolist(),
+                     "by_step": by_step},
+        "adaptation": {"steps": table.shape[1], "ms_per_episode": ms_by_step[-1], "ms_by_step": ms_by_step},
+        "evaluation": {"seconds": seconds, "tasks_per_s": table.shape[0] / seconds if seconds > 0 else 0.0,
+                       "peak_memory_bytes": mem, "peak_memory_kind": kind, "batched_episodes": batched_episodes},
+    }
