@@ -84,6 +84,13 @@ class DANN(FeatureExtract):
                "omniglot-shift": {"quick": 3000, "paper": 30000}}
     quick_presets = {"omniglot": {"batch_size": 64}, "omniglot-shift": {"batch_size": 64}}
 
+    @classmethod
+    def variant(cls, record):
+        """A DANN fitted where the dataset has no unlabelled target images trained on the source alone; its
+        row says so, or it would pass for domain adaptation."""
+        fitted_alone = record["budget"]["iterations"] and not record["dataset"].get("unlabelled_split")
+        return "no target images: source only" if fitted_alone else ""
+
     def __init__(self, hparams: DannHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)
         width = hparams.domain_hidden
@@ -137,3 +144,8 @@ class SourceOnly(DANN):
     name = "source-only"
     description = "DANN's reference: the same network trained on labelled source images only"
     Hparams = SourceOnlyHparams
+
+    @classmethod
+    def variant(cls, record):
+        """Training on the source alone is what this method is: nothing to add."""
+        return ""

@@ -71,6 +71,11 @@ class Finetune(Method):
     transductive = False
     compilable = True
 
+    @classmethod
+    def variant(cls, record):
+        """Fine-tuning the backbone too is a row of its own: ``whole network``."""
+        return "whole network" if record["method"]["hparams"].get("finetune_backbone") else ""
+
     def __init__(self, hparams: FinetuneHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)
         self._generator = generator

@@ -100,6 +100,11 @@ class MAML(Method):
     quick_presets = {"miniimagenet": {"inner_steps": 1, "meta_batch": 2, "task_batching": "loop"}}
     transductive = True
 
+    @classmethod
+    def variant(cls, record):
+        """FOMAML is a row of its own: ``1st order``."""
+        return "1st order" if record["method"]["hparams"].get("first_order") else ""
+
     def __init__(self, hparams: MAMLHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)
         self._generator = generator

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from mtbench.cli import main
 from mtbench.cli.main import run_cmd
-from mtbench.board.compare import collect, label, tables
+from mtbench.board.compare import collect, tables
+from mtbench.board.labels import label
 from mtbench.data.episodes import EpisodeSpec
 from mtbench.core.errors import UserError
 from mtbench.methods import METHODS

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from mtbench.core.errors import UserError
-from mtbench.results import execution_label, read_result
+from mtbench.results import read_result
 
 
 def collect(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
@@ -25,27 +25,6 @@ def collect(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
     if not found:
         raise UserError(f"no result files (*.json) under {', '.join(map(str, paths))}")
     return [(p, read_result(p)) for p in found]
-
-
-def label(doc: dict[str, Any]) -> str:
-    """The method's name, as a pipeline when it started from another method's checkpoint, with its
-    precision and compilation when not fp32 and uncompiled (e.g. ``protonet (bf16)``)."""
-    return _method_label(doc) + execution_label(doc)
-
-
-def _method_label(doc: dict[str, Any]) -> str:
-    name = doc["method"]["name"]
-    hp = doc["method"]["hparams"]
-    if hp.get("first_order"):
-        name += " (1st order)"
-    if hp.get("finetune_backbone"):
-        name += " (whole network)"
-    if name == "dann" and doc["budget"]["iterations"] and not doc["dataset"].get("unlabelled_split"):
-        name += " (no target images: source only)"
-    init = doc.get("init")
-    if not init:
-        return name
-    return f"{name} (saved fit)" if init["method"] == doc["method"]["name"] else f"{init['method']} → {name}"
 
 
 def tables(results: list[tuple[Path, dict[str, Any]]]) -> list[tuple[str, pd.DataFrame]]:

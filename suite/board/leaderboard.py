@@ -121,7 +121,7 @@ def budget(doc: dict[str, Any]) -> str:
 
 def frame(g: Group, fraction: float = FRACTION) -> pd.DataFrame:
     """The group's ranked table as display strings, one row per result file."""
-    from mtbench.board.compare import label
+    from mtbench.board.labels import label
 
     best = g.entries[0].doc
     rows = []

@@ -86,7 +86,7 @@ def settings(dataset: str | None = None, name: str | None = None) -> list[Settin
 
 def present(folder: Path) -> dict[str, Path]:
     """The labels of the valid quick-or-longer budget results in ``folder``, each with its newest file."""
-    from mtbench.board.compare import label
+    from mtbench.board.labels import label
     from mtbench.results import read_result
 
     found: dict[str, Path] = {}

@@ -34,7 +34,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -142,6 +142,16 @@ class Method:
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:  # pragma: no cover
         raise NotImplementedError
+
+    @classmethod
+    def variant(cls, record: Mapping[str, Any]) -> str:
+        """What sets this configuration apart in a leaderboard, e.g. ``"1st order"`` for FOMAML; ``""`` for none.
+
+        ``record`` is a result document (its ``method``, ``dataset`` and ``budget`` sections are
+        read). The runner stores the answer as ``method.variant`` and leaderboards show it after the
+        method's name, so two rows of one method with different variants never look alike.
+        """
+        return ""
 
     @classmethod
     def iterations_for(cls, budget: str | int, dataset: str) -> int:

@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from mtbench.board import leaderboard as lb
-from mtbench.board.compare import label
+from mtbench.board.labels import label
 from mtbench.report.build import FIGURES, Block, Built, Code, Heading, Image, Page, Para, Table, svg
 
 THROUGHPUT = "throughput"

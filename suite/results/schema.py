@@ -176,6 +176,11 @@ def read_result(path: Path) -> dict[str, Any]:
         raise UserError(f"cannot read result {path}: {exc}") from None
     if isinstance(doc, dict) and doc.get("schema_version") == SCHEMA_VERSION:
         doc.setdefault("init", None)  # schema 1 records written before checkpoints existed started from nothing
+        if isinstance(doc.get("method"), dict) and "variant" not in doc["method"]:
+            from mtbench.methods import METHODS
+
+            name = doc["method"].get("name")
+            doc["method"]["variant"] = METHODS.get(name).variant(doc) if name in METHODS else ""
     problems = validate(doc)
     if problems:
         raise UserError(f"{path} is not a valid mtbench result: {'; '.join(problems)}")

@@ -186,6 +186,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
         "provenance": origin,
         "submission": spec.submission,
     }
+    doc["method"]["variant"] = method_cls.variant(doc)
     path = write_result(doc, Path(spec.out)) if spec.out is not None else None
     return doc, path
 
