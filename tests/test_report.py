@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from mtbench.bench import workloads as bench
 from mtbench.bench import record as benchcmd
 from mtbench.cli import main
-from mtbench.report.build import md_text, report, slugs
+from mtbench.report import report
+from mtbench.report.blocks import md_text, slugs
 from mtbench.results import provenance
 from mtbench.core.runtime import malloc_setting
 

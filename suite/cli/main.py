@@ -194,7 +194,7 @@ def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: 
 def report_cmd(leaderboards: str, out: str) -> None:
     """Regenerate the report from the leaderboard folder alone: Markdown pages for GitHub, self-contained
     HTML pages, SVG figures, and an index; the same inputs give byte-identical files."""
-    from mtbench.report.build import report
+    from mtbench.report import report
 
     written = report(Path(leaderboards), Path(out))
     pages = [str(p) for p in written if p.parent == Path(out)]

@@ -20,7 +20,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from mtbench.board import leaderboard as lb
 from mtbench.board.labels import label
-from mtbench.report.build import FIGURES, Block, Built, Code, Heading, Image, Page, Para, Table, svg
+from mtbench.report.blocks import FIGURES, Block, Built, Code, Heading, Image, Page, Para, Table, svg
 
 THROUGHPUT = "throughput"
 
@@ -50,12 +50,12 @@ def _color(i: int, n: int) -> Any:
 
 def _short_device(doc: dict[str, Any]) -> str:
     prov = doc["provenance"]
-    return prov["device"].removeprefix("NVIDIA ") if prov.get("device_type") == "cuda" else "CPU"
+    return prov["device"].removeprefix("NVIDIA ") if prov["device_type"] == "cuda" else "CPU"
 
 
 def _names(g: lb.Group) -> list[str]:
     """A figure label per row: rank, method, device (the rank keeps two runs of one method apart)."""
-    return [f"{i}. {label(e.doc)}{' [submission]' if e.doc.get('submission') else ''} ({_short_device(e.doc)})"
+    return [f"{i}. {label(e.doc)}{' [submission]' if e.doc['submission'] else ''} ({_short_device(e.doc)})"
             for i, e in enumerate(g.entries, 1)]
 
 
@@ -133,12 +133,12 @@ def _throughput_figure(g: lb.Group) -> Callable[[Any], None]:
 def _provenance(g: lb.Group) -> pd.DataFrame:
     rows = []
     for i, e in enumerate(g.entries, 1):
-        prov, sub = e.doc["provenance"], e.doc.get("submission")
-        commit = (prov.get("git_commit") or "unknown")[:10] + (" (dirty)" if prov.get("git_dirty") else "")
+        prov, sub = e.doc["provenance"], e.doc["submission"]
+        commit = (prov["git_commit"] or "unknown")[:10] + (" (dirty)" if prov["git_dirty"] else "")
         rows.append({"rank": i, "file": e.path.name, "commit": commit, "torch": prov["torch"],
-                     "precision": prov.get("precision", "fp32"), "when (UTC)": prov["timestamp"],
+                     "precision": prov["precision"], "when (UTC)": prov["timestamp"],
                      "submission sha256": sub["source_sha256"][:16] if sub else "-",
-                     "command": prov.get("command") or "-"})
+                     "command": prov["command"] or "-"})
     return pd.DataFrame(rows)
 
 
@@ -221,7 +221,7 @@ def overview(leaderboards: Path) -> list[Block]:
             doc = read_result(path)
             acc = doc["accuracy"]
             row[column] = f"{acc['mean']:.3f} ± {acc['ci95']:.3f}" + (f" ({_short_device(doc)})"
-                                                                       if doc["provenance"].get("device_type") == "cuda"
+                                                                       if doc["provenance"]["device_type"] == "cuda"
                                                                        else "")
         rows.append(row)
     return [
