@@ -42,7 +42,7 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
                queries: int = 2, sha: str = "a" * 64, by_step: list[float] | None = None,
                ms_by_step: list[float] | None = None, device: str = "CPU Test Processor (2 threads)",
                stamp: str = "2026-01-01T00:00:00+00:00", **top) -> dict:
-    """A complete, schema-valid result made from scratch (no run), deterministic: ``per_episode`` are the
+    """A complete result of the current ``schema_version`` made from scratch (no run), deterministic: ``per_episode`` are the
     final accuracies (multiples of 1 / (ways * queries) to be consistent); ``by_step`` the means of the steps
     before the last; ``top`` replaces top-level sections (``init``, ``submission``, ``source``...)."""
     from mtbench.core.metrics import mean_ci95
@@ -51,10 +51,10 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
     steps = [*(by_step or []), mean]
     ms = ms_by_step or [float(i + 1) for i in range(len(steps))]
     doc = {
-        "schema_version": 1,
-        "method": {"name": method, "version": "1", "hparams": {}, "transductive": False},
+        "schema_version": 2,
+        "method": {"name": method, "version": "1", "hparams": {}, "transductive": False, "variant": ""},
         "dataset": {"name": dataset, "version": "1", "fit_split": "train", "split": "test", "unlabelled_split": None,
-                    "support_split": None, "notes": None},
+                    "support_split": None, "notes": []},
         "source": None,
         "protocol": {"kind": "episodes", "ways": ways, "shots": shots, "queries": queries,
                      "episodes": len(per_episode), "seed": 0, "episodes_sha": sha, "support_from": "test",

@@ -27,6 +27,7 @@ def test_a_row_counts_once_a_quick_result_with_its_label_exists(tmp_path):
     put_result(folder, result_doc("protonet", [0.5, 0.75], dataset="omniglot", ways=20, queries=1))
     fo = result_doc("maml", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)
     fo["method"]["hparams"]["first_order"] = True
+    fo["method"]["variant"] = "1st order"  # as the runner writes it (Maml.variant)
     put_result(folder, fo, "fo")
     longer = result_doc("matchingnet", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)
     longer["budget"]["name"] = "500"  # not the official budget: does not count

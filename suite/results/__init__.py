@@ -1,5 +1,9 @@
 """The result document: its schema, reading and writing, provenance and integrity checks."""
 
-from mtbench.results.schema import SCHEMA_VERSION, NUMBER, SCHEMA, check_fields, validate, git_state, execution, execution_label, provenance, setting_name, result_filename, write_result, read_result
+from mtbench.results.schema import SCHEMA_VERSION, NUMBER, Result, check_fields, validate, fields_table
+from mtbench.results.upgrade import upgrade
+from mtbench.results.provenance import git_state, execution_label, provenance
+from mtbench.results.io import setting_name, result_filename, write_result, read_result
 
-__all__ = ['SCHEMA_VERSION', 'NUMBER', 'SCHEMA', 'check_fields', 'validate', 'git_state', 'execution', 'execution_label', 'provenance', 'setting_name', 'result_filename', 'write_result', 'read_result']
+__all__ = ['SCHEMA_VERSION', 'NUMBER', 'Result', 'check_fields', 'validate', 'fields_table', 'upgrade', 'git_state',
+           'execution_label', 'provenance', 'setting_name', 'result_filename', 'write_result', 'read_result']

@@ -1,0 +1,60 @@
+"""Result files: their names, writing one atomically, and reading one (through :func:`upgrade`) checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mtbench.core.atomic import atomic_write
+from mtbench.core.errors import UserError
+from mtbench.results.schema import validate
+from mtbench.results.upgrade import upgrade
+
+
+def setting_name(protocol: dict[str, Any]) -> str:
+    """The protocol's short name, as file names and leaderboard folders spell it: ``5w1s``, ``transfer200-50``.
+    ``protocol`` is a result's, or a protocol's own record (``TransferSpec.record()``, or an ``EpisodeSpec``
+    as a dict, which has no ``kind``)."""
+    p = protocol
+    return f"transfer{p['train_images']}-{p['test_images']}" if p.get("kind") == "transfer" else f"{p['ways']}w{p['shots']}s"
+
+
+def result_filename(doc: dict[str, Any]) -> str:
+    p = doc["protocol"]
+    stamp = doc["provenance"]["timestamp"].replace(":", "").replace("-", "").replace("+0000", "Z")
+    return f"{doc['dataset']['name']}_{setting_name(p)}_{doc['method']['name']}_seed{p['seed']}_{stamp}.json"
+
+
+def write_result(doc: dict[str, Any], out_dir: Path) -> Path:
+    """Validate and write ``doc`` into ``out_dir`` atomically (temp file + rename); return its path."""
+    problems = validate(doc)
+    if problems:
+        raise ValueError("refusing to write an invalid result: " + "; ".join(problems))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the results folder {out_dir} ({exc.strerror}); choose another with --out") from None
+    path = out_dir / result_filename(doc)
+    n = 1
+    while path.exists():
+        path = out_dir / f"{path.stem.rsplit('.', 1)[0]}.{n}.json"
+        n += 1
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """Load a result file as the current schema (an older one through :func:`upgrade`) and check it; a
+    :class:`UserError` names the file and its problems."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read result {path}: {exc}") from None
+    try:
+        doc = upgrade(doc)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    problems = validate(doc)
+    if problems:
+        raise UserError(f"{path} is not a valid mtbench result: {'; '.join(problems)}")
+    return doc
