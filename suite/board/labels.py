@@ -12,9 +12,9 @@ def label(doc: dict[str, Any]) -> str:
     (``finetune → feature-extract``; ``maml (saved fit)`` from its own), with its precision and
     compilation when not fp32 and uncompiled (e.g. ``protonet (bf16)``)."""
     method = doc["method"]
-    variant = method.get("variant")  # TODO(schema 2): every record has it once upgrade() fills it
+    variant = method["variant"]
     name = method["name"] + (f" ({variant})" if variant else "")
-    init = doc.get("init")
+    init = doc["init"]
     if init:
         name = f"{name} (saved fit)" if init["method"] == method["name"] else f"{init['method']} → {name}"
     return name + execution_label(doc)

@@ -19,9 +19,8 @@ from typing import Any
 import pandas as pd
 
 from mtbench.core.errors import UserError
-from mtbench.core.metrics import Z95, mean_ci95
+from mtbench.core.metrics import mean_ci95
 from mtbench.results import read_result, setting_name
-from mtbench.results.layout import leaderboard_files
 
 FRACTION = 0.95  # adaptation speed: steps / ms to reach this fraction of the final accuracy
 MIB = 2 ** 20
@@ -47,7 +46,7 @@ class Group:
     def title(self) -> str:
         p = self.entries[0].doc["protocol"]
         shape = (f"transfer, {p['train_images']} labelled / {p['test_images']} test images, {p['trials']} trials"
-                 if p.get("kind") == "transfer" else f"{p['ways']}-way {p['shots']}-shot, {p['episodes']} episodes")
+                 if p["kind"] == "transfer" else f"{p['ways']}-way {p['shots']}-shot, {p['episodes']} episodes")
         return f"{self.dataset} {self.setting} ({shape}; draws {self.sha[:12]})"
 
 
@@ -70,7 +69,7 @@ def load(root: Path, dataset: str | None = None, setting: str | None = None) -> 
     a file that fails the schema is an error naming it (``mtbench validate`` says more)."""
     if not root.is_dir():
         raise UserError(f"leaderboard folder {root} does not exist; give --leaderboards DIR")
-    files = leaderboard_files(root)
+    files = sorted(p for p in root.glob("*/*/*.json") if p.parts[-3] != "throughput")
     results = [(p, read_result(p)) for p in files]
     picked = [(p, d) for p, d in results
               if dataset in (None, d["dataset"]["name"]) and setting in (None, setting_name(d["protocol"]))]
@@ -88,7 +87,7 @@ def paired(doc: dict[str, Any], best: dict[str, Any]) -> tuple[float, float, flo
     mean, ci = mean_ci95(diff)
     if ci == 0:
         return mean, ci, 1.0 if mean == 0 else 0.0
-    z = mean / (ci / Z95)
+    z = mean / (ci / 1.959963984540054)
     return mean, ci, math.erfc(abs(z) / math.sqrt(2))
 
 
@@ -109,14 +108,14 @@ def device(doc: dict[str, Any]) -> str:
     """The device as the leaderboard names it: the GPU's name, or the CPU with its threads."""
     prov = doc["provenance"]
     name = prov["device"]
-    return name if prov.get("device_type") == "cuda" or "thread" in name else f"{name}, {prov.get('threads')} threads"
+    return name if prov["device_type"] == "cuda" or "thread" in name else f"{name}, {prov['threads']} threads"
 
 
 def budget(doc: dict[str, Any]) -> str:
     """The budget, saying a quick budget on the CPU is one (a GPU row with the paper's schedule is not)."""
     b = doc["budget"]
     name = b["name"] if not b["name"].isdigit() else f"{b['name']} iterations"
-    cpu = doc["provenance"].get("device_type", "cpu") == "cpu"
+    cpu = doc["provenance"]["device_type"] == "cpu"
     return f"{name}{' (CPU)' if cpu and b['name'] == 'quick' else ''}"
 
 
@@ -131,10 +130,10 @@ def frame(g: Group, fraction: float = FRACTION) -> pd.DataFrame:
         acc, fit = doc["accuracy"], doc["fit"]
         d_mean, d_ci, p = paired(doc, best)
         step, ms = adaptation_speed(doc, fraction)
-        init_s = (doc.get("init") or {}).get("fit_seconds") or 0.0
+        init_s = doc["init"]["fit_seconds"] if doc["init"] else 0.0
         rows.append({
             "rank": rank,
-            "method": label(doc) + (" [submission]" if doc.get("submission") else ""),
+            "method": label(doc) + (" [submission]" if doc["submission"] else ""),
             "accuracy ± 95% CI": f"{acc['mean']:.4f} ± {acc['ci95']:.4f}",
             "vs best (paired)": "-" if rank == 1 else f"{d_mean:+.4f} ± {d_ci:.4f} (p={p:.2g}{', *' if p < 0.05 else ''})",
             f"step to {fraction:.0%}": step,

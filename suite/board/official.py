@@ -95,7 +95,7 @@ def present(folder: Path) -> dict[str, Path]:
             doc = read_result(path)
         except UserError:
             continue
-        if doc["budget"]["name"] == BUDGET and not doc.get("init"):
+        if doc["budget"]["name"] == BUDGET and doc["init"] is None:
             found[label(doc)] = path
     return found
 

@@ -95,8 +95,8 @@ def run_spec(method: str, dataset: str, out: str, *, protocol: str | None, ways:
 def protocol_line(p: dict[str, Any]) -> str:
     """One line saying what a result's episodes or transfer trials were."""
     where = (f", support from {p['support_from']}, queries from {p['queries_from']}"
-             if p.get("support_from", p.get("queries_from")) != p.get("queries_from") else "")
-    if p.get("kind") == "transfer":
+             if p["support_from"] != p["queries_from"] else "")
+    if p["kind"] == "transfer":
         return (f"transfer: {p['ways'] * p['shots']} labelled + {p['ways'] * p['queries']} test images "
                 f"({p['shots']} + {p['queries']} per class, {p['ways']} classes), {p['trials']} trials, "
                 f"seed {p['seed']}{where}, draws {p['episodes_sha'][:12]}")
@@ -113,10 +113,10 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
     rows = [
         ("method", f"{doc['method']['name']}{' (transductive)' if doc['method']['transductive'] else ''}"),
         *([("init", f"{doc['init']['method']} fitted on {doc['init']['dataset']} ({doc['init']['iterations']} it), "
-                    f"{doc['init']['path']}")] if doc.get("init") else []),
+                    f"{doc['init']['path']}")] if doc["init"] else []),
         ("dataset", f"{doc['dataset']['name']} {doc['dataset']['split']} split"
-                    + (f" (fit also saw the {u} split, unlabelled)" if (u := doc['dataset'].get('unlabelled_split')) else "")),
-        *([("source", f"fitted on {src['name']} {src['fit_split']} split")] if (src := doc.get("source")) else []),
+                    + (f" (fit also saw the {u} split, unlabelled)" if (u := doc['dataset']['unlabelled_split']) else "")),
+        *([("source", f"fitted on {src['name']} {src['fit_split']} split")] if (src := doc["source"]) else []),
         ("protocol", protocol_line(p)),
         ("accuracy", f"{acc['mean']:.4f} ± {acc['ci95']:.4f} (95% CI)"),
         ("by step", steps),
@@ -124,13 +124,13 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
         ("fit", f"{fit['seconds']:.1f} s, {fit['iterations']} it, {fit['tasks_per_s']:.1f} tasks/s, "
                 f"{fit['images_per_s']:.0f} images/s, peak {fit['peak_memory_bytes'] / 2**20:.0f} MiB "
                 f"({fit['peak_memory_kind']})"),
-        *[("note", n) for n in [*doc["dataset"].get("notes", []), *((doc.get("source") or {}).get("notes", [])),
-                                *fit.get("notes", [])]],
+        *[("note", n) for n in [*doc["dataset"]["notes"], *(doc["source"]["notes"] if doc["source"] else []),
+                                *fit["notes"]]],
         ("evaluation", f"{doc['evaluation']['seconds']:.1f} s, {doc['evaluation']['tasks_per_s']:.2f} episodes/s"),
         ("device", doc["provenance"]["device"] + execution_label(doc)),
         ("result", str(path) if path else "(not written)"),
     ]
-    if doc.get("submission"):
+    if doc["submission"]:
         sub = doc["submission"]
         rows.insert(-1, ("submission", f"{sub['source']}:{sub['class']}, sha256 {sub['source_sha256']}"))
     width = max(len(k) for k, _ in rows)

@@ -2,7 +2,8 @@
 
 Three layers of checks, each naming the field at fault:
 
-1. the schema (:func:`mtbench.results.schema.validate`);
+1. the schema (:func:`mtbench.results.schema.validate`), an older version read through
+   :func:`mtbench.results.upgrade.upgrade` (:func:`mtbench.results.read_result`);
 2. internal consistency: the headline accuracy and its CI are recomputed from the per-episode
    accuracies, the last ``by_step`` entry must equal them, and each per-episode accuracy must be a
    possible score on its episode (a multiple of 1 / number of queries, within [0, 1]): a hand-edited
@@ -22,7 +23,6 @@ from typing import Any
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
 from mtbench.results import read_result
-from mtbench.results.layout import result_files  # noqa: F401  (the walk check uses; re-exported)
 
 TOLERANCE = 1e-6  # per-episode accuracies are float32 values; a hand edit moves the mean far more
 
@@ -34,7 +34,7 @@ def consistency(doc: dict[str, Any]) -> list[str]:
     if not per or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in per):
         return ["accuracy.per_episode: expected a non-empty list of numbers"]
     problems = []
-    queries = p["test_images"] if p.get("kind") == "transfer" else p["ways"] * p["queries"]
+    queries = p["test_images"] if p["kind"] == "transfer" else p["ways"] * p["queries"]
     off = [i for i, a in enumerate(per) if not (0 <= a <= 1) or abs(a * queries - round(a * queries)) > 1e-3]
     if off:
         problems.append(f"accuracy.per_episode[{off[0]}] = {per[off[0]]!r} is not a possible score on "
@@ -44,8 +44,7 @@ def consistency(doc: dict[str, Any]) -> list[str]:
         if not math.isclose(given, want, rel_tol=0, abs_tol=TOLERANCE):
             problems.append(f"accuracy.{name} = {given!r} but the per-episode accuracies give {want!r}")
     last = acc["by_step"][-1] if acc["by_step"] else None
-    if not isinstance(last, dict) or any(
-            not math.isclose(last.get(k, math.nan), acc[k], rel_tol=0, abs_tol=TOLERANCE) for k in ("mean", "ci95")):
+    if last is None or any(not math.isclose(last[k], acc[k], rel_tol=0, abs_tol=TOLERANCE) for k in ("mean", "ci95")):
         problems.append("accuracy.by_step: its last step differs from accuracy.mean / ci95")
     if len(doc["adaptation"]["ms_by_step"]) != len(acc["by_step"]):
         problems.append("adaptation.ms_by_step: length differs from accuracy.by_step")
@@ -65,8 +64,8 @@ def episodes_sha(doc: dict[str, Any], data_root: str | None) -> str:
                         f"{record['version']}: its episodes cannot be checked")
     data = cls(root=resolve_data_root(data_root), progress=False)
     data.prepare(download=False)
-    split = data.load(p.get("queries_from") or record["split"])
-    support_from = p.get("support_from")
+    split = data.load(p["queries_from"])
+    support_from = p["support_from"]
     support = data.load(support_from) if support_from and support_from != split.name else None
     spec = EpisodeSpec(ways=p["ways"], shots=p["shots"], queries=p["queries"], episodes=p["episodes"], seed=p["seed"])
     return EpisodeSet(split, spec, support).sha
@@ -74,8 +73,23 @@ def episodes_sha(doc: dict[str, Any], data_root: str | None) -> str:
 
 def _key(doc: dict[str, Any]) -> tuple[Any, ...]:
     p, d = doc["protocol"], doc["dataset"]
-    return (d["name"], d["version"], p.get("queries_from") or d["split"], p.get("support_from"),
+    return (d["name"], d["version"], p["queries_from"], p["support_from"],
             p["ways"], p["shots"], p["queries"], p["episodes"], p["seed"])
+
+
+def result_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The result JSON files under ``paths`` (files, or folders searched recursively; ``throughput/`` folders
+    hold benchmark files, not results, and are skipped)."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found += sorted(f for f in path.rglob("*.json") if "throughput" not in f.relative_to(path).parts)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"{path} does not exist; give result files or folders that hold them")
+    return found
 
 
 def check(paths: Iterable[str | Path], data_root: str | None = None, shas: bool = True,
