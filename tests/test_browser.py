@@ -32,10 +32,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from mtbench.report import report
+from mtbench.results.layout import THROUGHPUT
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-THROUGHPUT = "throughput"
 WINDOW = (1280, 1024)
 PAGE_LOAD_TIMEOUT_S = 30
 PACKAGES = "chromium chromium-driver"

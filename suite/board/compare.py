@@ -19,7 +19,7 @@ from mtbench.results import read_result
 
 def collect(paths: Iterable[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
     """Result files under ``paths`` (files or folders, searched recursively), read and validated."""
-    from mtbench.results.integrity import result_files
+    from mtbench.results.layout import result_files
 
     found = result_files(paths)
     if not found:

@@ -19,8 +19,9 @@ from typing import Any
 import pandas as pd
 
 from mtbench.core.errors import UserError
-from mtbench.core.metrics import mean_ci95
+from mtbench.core.metrics import Z95, mean_ci95
 from mtbench.results import read_result, setting_name
+from mtbench.results.layout import leaderboard_files
 
 FRACTION = 0.95  # adaptation speed: steps / ms to reach this fraction of the final accuracy
 MIB = 2 ** 20
@@ -69,7 +70,7 @@ def load(root: Path, dataset: str | None = None, setting: str | None = None) -> 
     a file that fails the schema is an error naming it (``mtbench validate`` says more)."""
     if not root.is_dir():
         raise UserError(f"leaderboard folder {root} does not exist; give --leaderboards DIR")
-    files = sorted(p for p in root.glob("*/*/*.json") if p.parts[-3] != "throughput")
+    files = leaderboard_files(root)
     results = [(p, read_result(p)) for p in files]
     picked = [(p, d) for p, d in results
               if dataset in (None, d["dataset"]["name"]) and setting in (None, setting_name(d["protocol"]))]
@@ -87,7 +88,7 @@ def paired(doc: dict[str, Any], best: dict[str, Any]) -> tuple[float, float, flo
     mean, ci = mean_ci95(diff)
     if ci == 0:
         return mean, ci, 1.0 if mean == 0 else 0.0
-    z = mean / (ci / 1.959963984540054)
+    z = mean / (ci / Z95)
     return mean, ci, math.erfc(abs(z) / math.sqrt(2))
 
 

@@ -20,14 +20,9 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from mtbench.board import leaderboard as lb
 from mtbench.board.labels import label
+from mtbench.core.errors import UserError
+from mtbench.results.layout import folder, folders
 from mtbench.report.blocks import FIGURES, Block, Built, Code, Heading, Image, Page, Para, Table, svg
-
-THROUGHPUT = "throughput"
-
-
-def folders(leaderboards: Path) -> list[tuple[str, str]]:
-    """The (dataset, setting) folders of ``leaderboards`` that hold result files, sorted."""
-    return sorted({(p.parts[-3], p.parts[-2]) for p in leaderboards.glob("*/*/*.json") if p.parts[-3] != THROUGHPUT})
 
 
 def pages(leaderboards: Path) -> list[Page]:
@@ -147,7 +142,7 @@ def _missing(leaderboards: Path, dataset: str, setting: str) -> list[Block]:
 
     try:
         chosen = settings(dataset, setting)
-    except Exception:  # not an official setting
+    except UserError:  # not an official setting
         return []
     todo = missing(leaderboards, chosen)
     if not todo:
@@ -203,7 +198,7 @@ def overview(leaderboards: Path) -> list[Block]:
     from mtbench.results import read_result
 
     labels = list(dict.fromkeys(e.label for s in PLAN for e in s.entries))
-    found = {(s.dataset, s.name): present(leaderboards / s.dataset / s.name) for s in PLAN}
+    found = {(s.dataset, s.name): present(folder(leaderboards, s.dataset, s.name)) for s in PLAN}
     if not any(found.values()):
         return []
     rows, have, total = [], 0, 0

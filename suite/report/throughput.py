@@ -11,9 +11,9 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from mtbench.bench import record as benchcmd
+from mtbench.results.layout import THROUGHPUT, throughput_folder
 from mtbench.report.blocks import FIGURES, Block, Built, Code, Heading, Image, Para, Table, slugs, svg
 
-THROUGHPUT = "throughput"
 Run = tuple[Path, dict[str, Any]]  # a bench file and its document
 
 
@@ -27,7 +27,7 @@ def _table(frame: pd.DataFrame, empty: str) -> Block:
 
 
 def _bench_runs(leaderboards: Path) -> list[Run]:
-    return [(p, benchcmd.read(p)) for p in sorted((leaderboards / THROUGHPUT).glob("*.json"))]
+    return [(p, benchcmd.read(p)) for p in sorted(throughput_folder(leaderboards).glob("*.json"))]
 
 
 def _latest(runs: list[Run]) -> dict[str, Run]:

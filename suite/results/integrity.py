@@ -23,6 +23,7 @@ from typing import Any
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
 from mtbench.results import read_result
+from mtbench.results.layout import result_files  # noqa: F401  (the walk check uses; re-exported)
 
 TOLERANCE = 1e-6  # per-episode accuracies are float32 values; a hand edit moves the mean far more
 
@@ -75,21 +76,6 @@ def _key(doc: dict[str, Any]) -> tuple[Any, ...]:
     p, d = doc["protocol"], doc["dataset"]
     return (d["name"], d["version"], p["queries_from"], p["support_from"],
             p["ways"], p["shots"], p["queries"], p["episodes"], p["seed"])
-
-
-def result_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The result JSON files under ``paths`` (files, or folders searched recursively; ``throughput/`` folders
-    hold benchmark files, not results, and are skipped)."""
-    found: list[Path] = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            found += sorted(f for f in path.rglob("*.json") if "throughput" not in f.relative_to(path).parts)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise UserError(f"{path} does not exist; give result files or folders that hold them")
-    return found
 
 
 def check(paths: Iterable[str | Path], data_root: str | None = None, shas: bool = True,
