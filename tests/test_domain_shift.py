@@ -17,7 +17,8 @@ import torch
 from support import requires_real_data, shared_root
 
 from mtbench.data import DATASETS, Dataset, Split
-from mtbench.data.omniglot_shift import _seed, blend_into_patches
+from mtbench.core.seeding import generator
+from mtbench.data.omniglot_shift import blend_into_patches
 from mtbench.data.episodes import EpisodeSpec
 from mtbench.methods import METHODS, FitContext, Method
 from mtbench.results import validate
@@ -109,7 +110,7 @@ def test_source_and_target_split_the_drawings_of_the_same_classes(shift) -> None
     even, odd = per_class[:, 0::2], per_class[:, 1::2]
     assert torch.equal(source.images, even.reshape(-1, 1, 28, 28).expand(-1, 3, -1, -1))
     rebuilt = blend_into_patches(odd.reshape(-1, 1, 28, 28), data.photos(),
-                                 torch.Generator().manual_seed(_seed(f"{data.name}/v{data.version}/target")))
+                                 generator(f"{data.name}/v{data.version}/target"))
     assert torch.equal(target.images, rebuilt), "target must be the odd-position drawings, blended"
 
     # no drawing is in both: within every class the even and odd drawings are different images
@@ -128,7 +129,7 @@ def test_test_split_is_the_omniglot_test_classes_blended(shift) -> None:
     assert test.image_shape == (3, 28, 28)
     assert not set(test.class_names) & set(s["source"].class_names)
     rebuilt = blend_into_patches(omni_test.images, data.photos(),
-                                 torch.Generator().manual_seed(_seed(f"{data.name}/v{data.version}/test")))
+                                 generator(f"{data.name}/v{data.version}/test"))
     assert torch.equal(test.images, rebuilt)
 
 

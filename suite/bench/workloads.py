@@ -12,7 +12,6 @@ shape (the timings do not depend on the pixel values).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import statistics
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +27,7 @@ from mtbench.run.evaluate import episode_chunks, evaluate
 from mtbench.methods import METHODS, FitContext, make_hparams
 from mtbench.results import git_state
 from mtbench.core.runtime import device_name, malloc_setting, peak_memory, reset_peak_memory, synchronize, timer
+from mtbench.core.seeding import generator
 
 SHAPE = (1, 28, 28)
 SPEC = EpisodeSpec(ways=5, shots=1, queries=15, episodes=600, seed=0)
@@ -49,8 +49,7 @@ class BenchData:
 
 def synthetic_split(name: str, classes: int, per_class: int = 20, seed: int = 0) -> Split:
     """Random uint8 images of Omniglot's shape, ``classes`` x ``per_class``, the same on every machine."""
-    g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"bench/{name}/{seed}".encode()).digest()[:8],
-                                                     "little") >> 1)
+    g = generator(f"bench/{name}/{seed}")
     images = torch.randint(0, 256, (classes * per_class, *SHAPE), generator=g, dtype=torch.uint8)
     labels = torch.arange(classes).repeat_interleave(per_class)
     return Split("bench-synthetic", name, images, labels, tuple(f"{name}-{i:04d}" for i in range(classes)),

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from mtbench.data import Split
 from mtbench.core.errors import UserError
+from mtbench.core.seeding import seed_hash
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def make_episode(split: Split, indices: Tensor, shots: int, index: int = 0, supp
 
 def episode_seed(fingerprint: str, spec: EpisodeSpec, i: int) -> int:
     text = f"{fingerprint}|{spec.ways}|{spec.shots}|{spec.queries}|{spec.seed}|{i}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+    return seed_hash(text)
 
 
 class EpisodeSet:

@@ -20,7 +20,6 @@ seed picks patch and crop per image), so every machine builds the same images.
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +30,9 @@ from torch import Tensor
 from mtbench.core.errors import UserError
 from mtbench.data.base import DATASETS, Check, Dataset, Split, VerifyReport
 from mtbench.data.omniglot import Omniglot
+from mtbench.core.seeding import generator
 
 PHOTOS_PER_CLASS = 6  # the first 6 photos of each miniImageNet training class: 384 photos
-
-
-def _seed(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 def blend_into_patches(chars: Tensor, photos: Tensor, generator: torch.Generator) -> Tensor:
@@ -153,7 +149,7 @@ class OmniglotShift(Dataset):
         if split == "source":
             images = images.expand(-1, 3, -1, -1).contiguous()
         else:
-            g = torch.Generator().manual_seed(_seed(f"{self.name}/v{self.version}/{split}"))
+            g = generator(f"{self.name}/v{self.version}/{split}")
             images = blend_into_patches(images, self.photos(), g)
         return Split(self.name, split, images, labels, base.class_names,
                      mean=(0.5,) * 3, std=(0.5,) * 3, version=self.version)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import torch
 import torch.nn.functional as F
 
 from mtbench.data.base import DATASETS, Dataset, Split, VerifyReport
+from mtbench.core.seeding import generator
 
 _CLASSES = {"train": 64, "val": 16, "test": 32}
 
@@ -39,8 +39,7 @@ class Synthetic(Dataset):
         return VerifyReport(self.name, "generated", notes=["generated on the fly from fixed seeds: no files to check"])
 
     def load_split(self, split: str) -> Split:
-        seed = int.from_bytes(hashlib.sha256(f"synthetic/{split}".encode()).digest()[:8], "little") >> 1
-        g = torch.Generator().manual_seed(seed)
+        g = generator(f"synthetic/{split}")
         n, k, s = _CLASSES[split], self.images_per_class, self.size
         coarse = torch.rand(n, 3, 4, 4, generator=g)
         protos = F.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +9,7 @@ from torch import Tensor, nn
 
 from mtbench.methods.backbones import init_parameters
 from mtbench.methods import FitContext
+from mtbench.core.seeding import generator
 
 
 class CosineClassifier(nn.Module):
@@ -63,9 +63,7 @@ def pretrain_classifier(backbone: nn.Module, head: nn.Module, ctx: FitContext, b
 def episode_generator(support_x: Tensor, salt: str) -> torch.Generator:
     """A CPU generator seeded from the support images: the same episode gets the same random draws
     (head initialisation, minibatch order) whatever the order episodes run in."""
-    digest = hashlib.sha256(salt.encode())
-    digest.update(support_x.detach().to("cpu", torch.float32).numpy().tobytes())
-    return torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little") >> 1)
+    return generator(salt, support_x.detach().to("cpu", torch.float32).numpy().tobytes())
 
 
 def minibatches(n: int, batch_size: int, epochs: int, generator: torch.Generator) -> list[Tensor]:
