@@ -73,7 +73,7 @@ def test_bf16_runs_on_the_cpu_and_is_recorded(runs):
 
 def test_fit_and_evaluation_run_under_bf16_autocast_only_when_asked(tmp_path, monkeypatch, one_thread):
     """bf16: both stages under autocast to bfloat16; fp32: no autocast anywhere. Nothing stays enabled after."""
-    import mtbench.run.runner as runner
+    import mtbench.run.stages as runner
     from mtbench.baselines.protonet import ProtoNet
 
     seen: list[tuple[str, bool, torch.dtype]] = []

@@ -14,6 +14,11 @@ A method is a class with:
   compiles every module of ``modules()`` in place (``nn.Module.compile``, so ``state_dict`` keys and
   ``--save`` checkpoints are unchanged) and sets ``compiled``; a method that builds networks later
   (per episode) compiles them itself when ``compiled`` is set;
+* ``backbone`` — the feature extractor, an ``nn.Module`` attribute built in ``__init__``; every
+  method has one, and ``transferable`` (default ``("backbone",)``) names the modules that another
+  method may take from this one's checkpoint (``--init``: a meta-then-transfer pipeline);
+* ``variant(record)`` — a classmethod: what sets a configuration apart in a leaderboard (``"1st
+  order"`` for FOMAML), stored as the result's ``method.variant``; ``""`` by default;
 * ``fit(ctx)`` — (meta-)training on the source split, may do nothing;
 * ``adapt(support_x, support_y, ways)`` — yields a predictor after each adaptation step
   (a non-iterative method yields once; one with many steps may yield at chosen steps, labelled
@@ -115,6 +120,10 @@ class Method:
     compilable: ClassVar[bool] = False
     version: ClassVar[str] = "1"
     compiled: bool = False
+    #: the feature extractor (an ``nn.Module`` mapping images to ``[N, out_features]``), built in ``__init__``
+    backbone: nn.Module
+    #: the modules another method may take from this one's checkpoint (``--init``): the backbone by default
+    transferable: ClassVar[tuple[str, ...]] = ("backbone",)
     #: ``adapt``'s logits for a batch of episodes at once, or ``None``; see the module docstring
     predict_batch: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None
 

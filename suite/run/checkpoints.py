@@ -3,7 +3,8 @@
 A checkpoint holds the state of every module of a fitted method and where it came from (method,
 hparams, dataset, budget, provenance). Loading it into the **same** method, or a variant of it
 (a subclass either way, e.g. ``reptile-transductive``), restores everything;
-loading it into **another** method transfers the backbone only, so e.g. MAML's meta-learned
+loading it into **another** method transfers what the Method contract calls ``transferable`` (the
+backbone, for every built-in method), so e.g. MAML's meta-learned
 backbone can be fine-tuned by ``finetune``, or ``finetune``'s pre-trained backbone meta-trained by
 ``maml``. BatchNorm statistics that the source did not keep (MAML normalises with batch
 statistics) are re-estimated on the new method's source images before it runs.
@@ -82,7 +83,7 @@ def load_into(method: Method, blob: dict[str, Any], ways: int) -> list[str]:
     method.prepare(int(blob.get("ways", ways)) if whole else ways)
     state = blob["state"]
     targets = method.modules()
-    names = list(state) if whole else ["backbone"]
+    names = list(state) if whole else list(method.transferable)
     missing_stats: list[str] = []
     for attr in names:
         if attr not in targets or attr not in state:

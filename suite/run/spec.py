@@ -1,0 +1,68 @@
+"""What a run is: the frozen :class:`RunSpec` a command line, a sweep or a test builds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mtbench.core.seeding import seed_hash
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.data.protocols import TransferSpec
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines a run.
+
+    Args:
+        method: registered method name (or ``module:attr``).
+        dataset: registered dataset name.
+        episodes: the evaluation protocol: few-shot episodes, or the transfer setting (a fixed number
+            of labelled target images over seeded trials).
+        budget: ``"quick"``, ``"paper"`` or a number of fit iterations.
+        hparams: ``(name, value-text)`` overrides of the method's hparams.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        data_root: dataset folder (else ``$MTBENCH_DATA``, else the user cache).
+        out: folder for the result file; ``None`` writes nothing.
+        download: allow downloading a missing dataset from its official URL.
+        progress: show progress bars.
+        command: the command line that asked for the run, recorded in the provenance.
+        init: a checkpoint (``--save`` of an earlier run) to start from: all of it for the same
+            method, its ``transferable`` modules for another (a meta-then-transfer pipeline).
+        save: where to write this run's fitted method as a checkpoint.
+        source: the dataset to fit on, when not the dataset's own ``default_source`` (a transfer
+            target such as ``xray`` defaults to ``miniimagenet``) or, without one, itself.
+        precision: ``fp32`` (PyTorch's default, no autocast) or ``bf16`` (fit and evaluation under
+            ``torch.autocast`` to bfloat16).
+        compile: compile the method's networks in place (``nn.Module.compile``); only for methods
+            that are ``compilable``.
+        submission: for ``mtbench submit``: the source file, class and the file's sha256, recorded
+            as the result's ``submission`` (``None``: a run of a registered method).
+    """
+
+    method: str
+    dataset: str
+    episodes: EpisodeSpec | TransferSpec = EpisodeSpec()
+    budget: str = "quick"
+    hparams: tuple[tuple[str, str], ...] = ()
+    device: str = "auto"
+    data_root: str | None = None
+    out: str | None = "results"
+    download: bool = True
+    progress: bool = True
+    command: str | None = None
+    init: str | None = None
+    save: str | None = None
+    source: str | None = None
+    precision: str = "fp32"
+    compile: bool = False
+    submission: dict[str, Any] | None = None
+
+
+#: the few-shot tasks a method is fitted with on a source domain other than the evaluation's
+SOURCE_EPISODES = EpisodeSpec(ways=5, shots=5, queries=15, episodes=1)
+
+
+def fit_seed(seed: int) -> int:
+    """The seed of a run's training generator, derived from ``--seed`` but distinct from the episodes'."""
+    return seed_hash(f"fit|{seed}")

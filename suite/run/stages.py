@@ -1,0 +1,236 @@
+"""The stages of one run: resolve → load → fit → score → record.
+
+Each stage is a function from the previous stages' typed outputs to its own, so a sweep, a resume
+or ``predict`` can reuse any prefix of them. Every check of the user's input (names, hparams,
+budget, device, protocol against the data) happens in :func:`resolve` and :func:`load`, before any
+training; nothing is written before :func:`fit` ends (its checkpoint) and the result is written
+last, by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtbench.core.errors import UserError
+from mtbench.core.runtime import (autocast, check_precision, device_name, malloc_setting, peak_memory,
+                                  reset_peak_memory, select_device, timer)
+from mtbench.data import DATASETS, Dataset, Split, resolve_data_root
+from mtbench.data.episodes import EpisodeSet, EpisodeSpec
+from mtbench.data.protocols import TransferSpec
+from mtbench.methods import METHODS, FitContext, Method, make_hparams
+from mtbench.results import SCHEMA_VERSION, provenance
+from mtbench.run.checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
+from mtbench.run.evaluate import evaluate
+from mtbench.run.spec import SOURCE_EPISODES, RunSpec, fit_seed
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The spec with its names resolved and its options checked; no data touched yet.
+
+    Attributes:
+        checkpoint: the ``--init`` checkpoint and its sha256, or ``None``.
+    """
+
+    spec: RunSpec
+    method_cls: type[Method]
+    dataset_cls: type[Dataset]
+    source_cls: type[Dataset]
+    hparams: Any
+    iterations: int
+    device: torch.device
+    checkpoint: tuple[dict[str, Any], str] | None
+
+    @property
+    def cross(self) -> bool:
+        """Whether the method is fitted on another dataset than the one it is evaluated on."""
+        return self.source_cls is not self.dataset_cls
+
+
+def resolve(spec: RunSpec) -> Resolved:
+    """Look up the method and datasets, build the hparams, the budget's iterations and the device, read
+    the ``--init`` checkpoint: every mistake in the spec is a :class:`UserError` here."""
+    method_cls = METHODS.get(spec.method)
+    dataset_cls = DATASETS.get(spec.dataset)
+    source_cls = DATASETS.get(spec.source or dataset_cls.default_source or dataset_cls.name)
+    check_precision(spec.precision)
+    if spec.compile and not method_cls.compilable:
+        raise UserError(f"--compile: {method_cls.name} is not compilable (it does not call its networks directly; it "
+                        f"runs them through torch.func); drop --compile")
+    hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source=source_cls.name)
+    iterations = method_cls.iterations_for(spec.budget, source_cls.name)
+    device = select_device(spec.device)
+    checkpoint = read_checkpoint(spec.init) if spec.init else None
+    return Resolved(spec, method_cls, dataset_cls, source_cls, hparams, iterations, device, checkpoint)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The data on the device: the fixed test episodes and what the fit draws from.
+
+    Attributes:
+        source: the split the method is fitted on (or the test split when nothing is fitted or calibrated).
+        protocol: the episode shape of the evaluation (a transfer trial is one episode).
+        fit_spec: the episode shape of the fit (the source's own few-shot tasks for a cross-domain fit).
+        unlabelled_split: the target split ``fit`` sees without labels (domain adaptation), or ``None``.
+    """
+
+    data: Dataset
+    source_data: Dataset
+    test: Split
+    source: Split
+    episodes: EpisodeSet
+    protocol: EpisodeSpec
+    transfer: TransferSpec | None
+    fit_spec: EpisodeSpec
+    unlabelled_split: str | None
+    unlabelled: Split | None
+
+
+def load(r: Resolved) -> Loaded:
+    """Prepare (and where allowed download) the datasets, load their splits onto the device, fix the
+    test episodes, and check that the protocol fits the data."""
+    spec = r.spec
+    root = resolve_data_root(spec.data_root)
+    data = r.dataset_cls(root=root, progress=spec.progress)
+    data.prepare(download=spec.download)
+    source_data = r.source_cls(root=root, progress=spec.progress) if r.cross else data
+    if r.cross:
+        source_data.prepare(download=spec.download)
+    test = data.load(data.eval_split).to(r.device)
+    support = data.load(data.support_split).to(r.device) if data.support_split else None
+    transfer = spec.episodes if isinstance(spec.episodes, TransferSpec) else None
+    protocol = transfer.episodes(test.num_classes) if transfer else spec.episodes
+    episodes = EpisodeSet(test, protocol, support)
+    # a backbone without BatchNorm statistics is calibrated on the training split, never on the test one
+    needs_source = r.iterations > 0 or r.checkpoint is not None
+    source = source_data.load(source_data.fit_split).to(r.device) if needs_source else test
+    if needs_source and source.image_shape != test.image_shape:
+        raise UserError(f"--source {r.source_cls.name} has {_shape(source.image_shape)} images but "
+                        f"{r.dataset_cls.name} has {_shape(test.image_shape)}: a method fitted on one cannot take "
+                        f"the other; choose a source with the same image size and channels")
+    # fitting on another domain uses that domain's few-shot tasks, not the target's protocol
+    if r.cross or transfer:
+        fit_spec = dataclasses.replace(SOURCE_EPISODES, ways=min(SOURCE_EPISODES.ways, source.num_classes),
+                                       seed=protocol.seed)
+    else:
+        fit_spec = protocol
+    if r.iterations > 0:  # training draws support + at least one query per class from the fit split
+        dataclasses.replace(fit_spec, queries=1).check(source)
+    # target-domain images for domain adaptation, labels withheld; never the evaluation split
+    unlabelled_split = data.unlabelled_split if r.iterations > 0 and not r.cross else None
+    unlabelled = data.load(unlabelled_split).without_labels().to(r.device) if unlabelled_split else None
+    return Loaded(data, source_data, test, source, episodes, protocol, transfer, fit_spec, unlabelled_split,
+                  unlabelled)
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The fitted method and what its fit cost.
+
+    Attributes:
+        init: the result's ``init`` section (the checkpoint it started from), or ``None``.
+        origin: the provenance as the run started (edits made while it runs do not count).
+        peak_memory: bytes and how they were measured (``cuda_max_allocated`` / ``cpu_peak_rss``).
+    """
+
+    method: Method
+    init: dict[str, Any] | None
+    ctx: FitContext
+    seconds: float
+    peak_memory: tuple[int, str]
+    origin: dict[str, Any]
+
+
+def fit(r: Resolved, d: Loaded) -> Fitted:
+    """Build the method, start it from the checkpoint if any, fit it within the budget (timed) and,
+    with ``--save``, write it as a checkpoint."""
+    spec = r.spec
+    origin = provenance(device_name(r.device), r.device.type, malloc_setting(), spec.command, spec.precision,
+                        spec.compile)
+    generator = torch.Generator().manual_seed(fit_seed(spec.episodes.seed))
+    method = r.method_cls(r.hparams, d.test.image_shape, generator, r.device)
+    init = None
+    if r.checkpoint is not None:
+        blob, sha = r.checkpoint
+        missing_stats = load_into(method, blob, d.protocol.ways)
+        modules = method.modules()
+        for attr in dict.fromkeys(k.split(".")[0] for k in missing_stats):
+            recalibrate_batchnorm(modules[attr], d.source, generator)
+        init = init_record(blob, sha, str(spec.init), recalibrated=bool(missing_stats))
+    if spec.compile:  # in place, after loading: the state_dict keys stay those of the plain modules
+        method.compile_modules()
+    ctx = FitContext(d.source, d.fit_spec, r.iterations, generator, r.device, spec.progress, d.unlabelled)
+    reset_peak_memory(r.device)
+    start = timer(r.device)
+    if r.iterations > 0:
+        with autocast(r.device, spec.precision):
+            method.fit(ctx)
+    seconds = timer(r.device) - start
+    fitted = Fitted(method, init, ctx, seconds, peak_memory(r.device), origin)
+    if spec.save:
+        save(r, d, fitted, Path(spec.save))
+    return fitted
+
+
+def save(r: Resolved, d: Loaded, f: Fitted, path: Path) -> Path:
+    """Write the fitted method and how it was made as a checkpoint (``--save``), atomically."""
+    return save_checkpoint(f.method, {
+        "method": r.method_cls.name, "method_version": r.method_cls.version,
+        "hparams": dataclasses.asdict(f.method.hparams), "in_shape": list(d.test.image_shape),
+        "dataset": r.source_cls.name, "fit_split": d.source_data.fit_split, "ways": d.fit_spec.ways,
+        "shots": d.fit_spec.shots, "budget": str(r.spec.budget), "iterations": r.iterations,
+        "fit_seconds": f.seconds, "provenance": f.origin, "init": f.init,
+    }, path)
+
+
+def score(r: Resolved, d: Loaded, f: Fitted) -> dict[str, Any]:
+    """Adapt to every fixed test episode and score every predictor: the ``accuracy``, ``adaptation``
+    and ``evaluation`` sections of the result."""
+    with autocast(r.device, r.spec.precision):
+        return evaluate(f.method, d.episodes, r.spec.progress)
+
+
+def record(r: Resolved, d: Loaded, f: Fitted, scores: dict[str, Any]) -> dict[str, Any]:
+    """The result document of the run (see :mod:`mtbench.results.schema`)."""
+    spec, ctx, data = r.spec, f.ctx, d.data
+    fit_bytes, fit_kind = f.peak_memory
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "method": {"name": r.method_cls.name, "version": r.method_cls.version,
+                   "hparams": dataclasses.asdict(f.method.hparams), "transductive": r.method_cls.transductive},
+        "dataset": {"name": r.dataset_cls.name, "version": r.dataset_cls.version, "fit_split": data.fit_split,
+                    "split": data.eval_split, "unlabelled_split": d.unlabelled_split,
+                    "support_split": data.support_split, "notes": data.notes},
+        "source": ({"name": r.source_cls.name, "version": r.source_cls.version,
+                    "fit_split": d.source_data.fit_split, "notes": d.source_data.notes} if r.cross else None),
+        "protocol": {"kind": "transfer" if d.transfer else "episodes", **(d.transfer.record() if d.transfer else {}),
+                     **dataclasses.asdict(d.protocol), "episodes_sha": d.episodes.sha,
+                     "support_from": data.support_split or data.eval_split, "queries_from": data.eval_split,
+                     "fit_episodes": dataclasses.asdict(d.fit_spec) if d.fit_spec is not d.protocol else None},
+        "budget": {"name": str(spec.budget), "iterations": r.iterations},
+        "init": f.init,
+        "accuracy": scores["accuracy"],
+        "adaptation": scores["adaptation"],
+        "fit": {
+            "seconds": f.seconds, "iterations": r.iterations, "tasks": ctx.tasks, "images": ctx.images,
+            "tasks_per_s": ctx.tasks / f.seconds if f.seconds > 0 else 0.0,
+            "images_per_s": ctx.images / f.seconds if f.seconds > 0 else 0.0,
+            "peak_memory_bytes": fit_bytes, "peak_memory_kind": fit_kind, "notes": ctx.notes,
+        },
+        "evaluation": scores["evaluation"],
+        "provenance": f.origin,
+        "submission": spec.submission,
+    }
+    doc["method"]["variant"] = r.method_cls.variant(doc)
+    return doc
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    c, h, w = shape
+    return f"{h}x{w} {'grey' if c == 1 else f'{c}-channel'}"
