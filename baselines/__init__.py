@@ -1,5 +1,9 @@
-"""The built-in methods. Each registers itself with ``@METHODS.register``, as a submitted method does."""
+"""The built-in methods, one file each. Each registers itself with ``@METHODS.register``, as a
+submitted method does; importing this package imports every module in it, so a new method is a new
+file here and nothing else."""
 
-from . import dann, feature_extract, finetune, maml, matchingnet, protonet, reptile, scratch
+import importlib
+import pkgutil
 
-__all__ = ["dann", "feature_extract", "finetune", "maml", "matchingnet", "protonet", "reptile", "scratch"]
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

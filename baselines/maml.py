@@ -99,6 +99,8 @@ class MAML(Method):
     # there at 84 px (1.27 vs 2.03 s per iteration)
     quick_presets = {"miniimagenet": {"inner_steps": 1, "meta_batch": 2, "task_batching": "loop"}}
     transductive = True
+    #: what ``task_batching=auto`` picks per device type (read by ``mtbench bench`` too)
+    AUTO_BATCHING = AUTO_BATCHING
 
     @classmethod
     def variant(cls, record):
@@ -247,3 +249,7 @@ class MAMLReferenceLoop(MAML):
         hp = self.hparams
         return reference_meta_loss(self.model, params, sx, sy, qx, qy, hp.inner_steps, hp.inner_lr,
                                    hp.first_order, self.adapted(params))
+
+
+#: the per-task reference loop that ``mtbench bench`` times MAML against, reached through the registry
+MAML.ReferenceLoop = MAMLReferenceLoop

@@ -252,18 +252,17 @@ def maml_meta_step(data: BenchData, meta_batch: int, batching: str, spec: Episod
                    graph: bool | None = None) -> Workload:
     """Second-order MAML meta-steps of ``meta_batch`` tasks (``MAML.fit``). ``batching``: ``auto`` is what
     ``mtbench run`` does on this device; ``bmm``, ``vmap`` the suite's batched meta-losses; ``loop`` the
-    textbook per-task ``autograd.grad`` loop (:class:`~mtbench.baselines.maml.MAMLReferenceLoop`), eager
+    textbook per-task ``autograd.grad`` loop (``MAML.ReferenceLoop``, reached through the registry), eager
     unless ``graph`` (default: CUDA graphs for the suite's own, not for the reference loop). Sampling and
     the Adam step are shared."""
-    from mtbench.baselines.maml import MAML, MAMLReferenceLoop
-
+    MAML = METHODS.get("maml")
     if batching not in ("auto", "bmm", "vmap", "loop"):
         raise ValueError(f"batching must be auto, bmm, vmap or loop, got {batching!r}")
     graph = batching != "loop" if graph is None else graph
     hp = make_hparams(MAML, "omniglot", {"backbone": BACKBONE, "meta_batch": str(meta_batch),
                                          "train_queries": str(spec.queries), "cuda_graph": str(graph),
                                          "task_batching": "vmap" if batching == "loop" else batching})
-    cls = MAMLReferenceLoop if batching == "loop" else MAML
+    cls = MAML.ReferenceLoop if batching == "loop" else MAML
     method = cls(hp, data.fit.image_shape, torch.Generator().manual_seed(0), data.fit.device)
     name = f"maml-{batching}" + ("-graph" if batching == "loop" and graph and data.fit.device.type == "cuda" else "")
     return _fit_workload(method, name, data, spec, train_segment(data.fit.device, meta_batch), meta_batch)
@@ -327,15 +326,13 @@ def ratios(rows: Iterable[dict[str, Any]], device_type: str = "cpu") -> dict[str
     * ``protonet_eval_overhead``: evaluator time over the bare forward passes (target ≤
       :data:`EVAL_OVERHEAD_TARGET` on the CPU).
     """
-    from mtbench.baselines.maml import AUTO_BATCHING
-
     by = {(r["method"], r["measurement"], r["meta_batch"]): r for r in rows}
     over: dict[str, dict[str, float]] = {}
     for (method, _, batch), row in by.items():
         loop = by.get(("maml-loop", "meta-step", batch))
         if method.startswith("maml-") and method != "maml-loop" and loop and loop["tasks_per_s"] > 0:
             over.setdefault(method.removeprefix("maml-"), {})[str(batch)] = row["tasks_per_s"] / loop["tasks_per_s"]
-    default = AUTO_BATCHING.get(device_type, "loop")
+    default = METHODS.get("maml").AUTO_BATCHING.get(device_type, "loop")
     variant = default if default != "loop" else "bmm"
     out: dict[str, Any] = {"maml_over_loop": over, "maml_run_default": default, "maml_batched_variant": variant,
                            "maml_batched_over_loop": over.get(variant, {})}

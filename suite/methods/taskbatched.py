@@ -44,18 +44,22 @@ def _batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
 
 
 def forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
-    """Logits ``[T, N, ways]`` of ``model`` = ``Sequential(Conv4 with batch-statistics norm, Linear)`` (what
-    MAML builds) on ``x: [T, N, C, H, W]``, task ``t`` using ``{k: v[t] for k, v in params.items()}``."""
-    layers = list(model[0].features)
+    """Logits ``[T, N, ways]`` of ``model`` = ``Sequential(Conv4 with batch-statistics norm, Linear)`` on
+    ``x: [T, N, C, H, W]``, task ``t`` using ``{k: v[t] for k, v in params.items()}``; ``params`` are
+    named as ``model.named_parameters()`` names them."""
+    backbone, head = model
+    names = {module: name for name, module in model.named_modules()}
+    layers = list(backbone.features)  # Conv4: (conv, norm, relu, pool) per block
     h = x.permute(0, 2, 1, 3, 4)  # [T, C, N, H, W]
     for i in range(0, len(layers), 4):
-        conv, norm = f"0.features.{i}", f"0.features.{i + 1}"
+        conv, norm = names[layers[i]], names[layers[i + 1]]
         h = _conv3x3(h, params[f"{conv}.weight"], params[f"{conv}.bias"])
         h = F.relu(_batch_norm(h, params[f"{norm}.weight"], params[f"{norm}.bias"], layers[i + 1].eps))
         t, c, n, hh, ww = h.shape
         h = F.max_pool2d(h.reshape(t * c, n, hh, ww), 2).view(t, c, n, hh // 2, ww // 2)
     features = h.permute(0, 2, 1, 3, 4).flatten(2)  # [T, N, C*h*w], Conv4's flatten order
-    return torch.baddbmm(params["1.bias"].unsqueeze(1), features, params["1.weight"].transpose(1, 2))
+    out = names[head]
+    return torch.baddbmm(params[f"{out}.bias"].unsqueeze(1), features, params[f"{out}.weight"].transpose(1, 2))
 
 
 def _task_losses_sum(logits: Tensor, y: Tensor) -> Tensor:
