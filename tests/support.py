@@ -79,6 +79,14 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
     return doc
 
 
+def init_doc(method: str = "protonet", **fields) -> dict:
+    """A complete ``init`` section (the checkpoint a run started from) for :func:`result_doc`; ``fields``
+    replace its defaults."""
+    return {"path": f"{method}.pt", "sha256": "c" * 64, "recalibrated_batchnorm": False, "method": method,
+            "hparams": {}, "dataset": "synthetic", "fit_split": "train", "budget": "quick", "iterations": 10,
+            "fit_seconds": 1.0, "init": None, "git_commit": None, **fields}
+
+
 def put_result(folder: Path, doc: dict, name: str | None = None) -> Path:
     """Write ``doc`` as ``folder/<name or method>.json`` (creating the folder); its path."""
     folder.mkdir(parents=True, exist_ok=True)

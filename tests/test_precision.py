@@ -20,7 +20,7 @@ from mtbench.data.episodes import EpisodeSpec
 from mtbench.core.errors import UserError
 from mtbench.methods import METHODS
 from mtbench.core.metrics import mean_ci95
-from mtbench.results import read_result, validate
+from mtbench.results import read_result, upgrade, validate
 from mtbench.run.runner import RunSpec, run
 from mtbench.core.runtime import PRECISIONS, autocast
 
@@ -192,6 +192,8 @@ def test_compare_labels_say_bf16_and_compiled(runs, precision, compiled, expecte
     del doc["summary"], doc["provenance"]["precision"], doc["provenance"]["compile"]  # as an older record
     if precision is not None:
         doc["provenance"].update(precision=precision, compile=compiled)
+    else:  # a version-1 record older than the options is read as fp32, uncompiled
+        doc = upgrade({**doc, "schema_version": 1})
     assert validate(doc) == []
     assert label(doc) == expected
     doc["init"] = {"method": "maml"}

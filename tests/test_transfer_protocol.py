@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from mtbench.cli import main
-from support import put_result, result_doc
+from support import init_doc, put_result, result_doc
 from mtbench.board.compare import collect, render, tables
 from mtbench.data import DATASETS, Dataset, Split
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
@@ -234,7 +234,7 @@ def test_compare_ranks_on_shared_draws_with_paired_differences(tmp_path: Path) -
 
     def fake(name: str, per_episode: list[float], sha: str = "a" * 64, init: str | None = None) -> None:
         doc = result_doc(name, per_episode, dataset="xray", ways=2, shots=100, queries=25, sha=sha, by_step=[0.5],
-                         init={"method": init, "fit_seconds": 5.0, "dataset": "miniimagenet"} if init else None)
+                         init=init_doc(init, fit_seconds=5.0, dataset="miniimagenet") if init else None)
         doc["protocol"].update(transfer)
         put_result(tmp_path, doc, f"{name}-{sha[:2]}")
 
