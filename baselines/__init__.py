@@ -1,9 +1,3 @@
 """The built-in methods, one file each. Each registers itself with ``@METHODS.register``, as a
-submitted method does; importing this package imports every module in it, so a new method is a new
-file here and nothing else."""
-
-import importlib
-import pkgutil
-
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+submitted method does; the registry imports every module of this package (``mtbench.baselines.*``),
+so a new method is a new file here and nothing else."""

@@ -18,6 +18,7 @@ from mtbench.cli import main
 from mtbench.data import base
 from mtbench.data import miniimagenet as mi
 from mtbench.data import omniglot as om
+from mtbench.data import pneumoniamnist as pm
 from mtbench.data import xray as xr
 from mtbench.core.errors import UserError
 
@@ -181,7 +182,7 @@ def test_list_on_a_generated_root(tmp_path: Path) -> None:
     }
     hints = result.output.split("to get a missing dataset:", 1)[1]
     assert "mtbench data prepare miniimagenet --from PATH" in hints
-    assert "mtbench data download pneumoniamnist" in hints and xr.PNEUMONIAMNIST_URL in hints
+    assert "mtbench data download pneumoniamnist" in hints and pm.PNEUMONIAMNIST_URL in hints
     # omniglot-shift names only what it lacks: miniImageNet, not the present Omniglot
     shift = next(line for line in hints.splitlines() if line.strip().startswith("omniglot-shift"))
     assert "prepare miniimagenet" in shift and "download omniglot" not in shift
@@ -360,8 +361,8 @@ def test_verify_pneumoniamnist_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     result = invoke("verify", "pneumoniamnist", "--data-root", str(tmp_path), "--no-progress")
     assert result.exit_code == 1
     got = hashlib.md5(blob).hexdigest()
-    assert f"has MD5 {got}, but the official file" in result.output and xr.PNEUMONIAMNIST_MD5 in result.output
-    monkeypatch.setattr(xr.PneumoniaMNIST, "md5", got)
+    assert f"has MD5 {got}, but the official file" in result.output and pm.PNEUMONIAMNIST_MD5 in result.output
+    monkeypatch.setattr(pm.PneumoniaMNIST, "md5", got)
     result = invoke("verify", "pneumoniamnist", "--data-root", str(tmp_path), "--no-progress")
     assert result.exit_code == 0, result.output
     assert table_rows(result.output)["pneumoniamnist"] == ("verified", "pneumoniamnist.npz")
@@ -422,8 +423,8 @@ def npz_server(server, monkeypatch: pytest.MonkeyPatch):
     base_url, served = server
     blob = b"pneumoniamnist " * 1000
     (served / "pneumoniamnist.npz").write_bytes(blob)
-    monkeypatch.setattr(xr.PneumoniaMNIST, "url", f"{base_url}/pneumoniamnist.npz")
-    monkeypatch.setattr(xr.PneumoniaMNIST, "md5", hashlib.md5(blob).hexdigest())
+    monkeypatch.setattr(pm.PneumoniaMNIST, "url", f"{base_url}/pneumoniamnist.npz")
+    monkeypatch.setattr(pm.PneumoniaMNIST, "md5", hashlib.md5(blob).hexdigest())
     return base_url, blob
 
 
@@ -440,7 +441,7 @@ def test_download_pneumoniamnist(npz_server, tmp_path: Path) -> None:
 def test_download_pneumoniamnist_wrong_checksum_leaves_nothing(npz_server, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     base_url, blob = npz_server
-    monkeypatch.setattr(xr.PneumoniaMNIST, "md5", "0" * 32)
+    monkeypatch.setattr(pm.PneumoniaMNIST, "md5", "0" * 32)
     root = tmp_path / "data"
     result = invoke("download", "pneumoniamnist", "--data-root", str(root), "--no-progress")
     one_line_error(result, "0" * 32, hashlib.md5(blob).hexdigest(), f"{base_url}/pneumoniamnist.npz")
@@ -450,7 +451,7 @@ def test_download_pneumoniamnist_wrong_checksum_leaves_nothing(npz_server, tmp_p
 def test_download_pneumoniamnist_truncated_leaves_nothing(npz_server, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     base_url, blob = npz_server
-    monkeypatch.setattr(xr.PneumoniaMNIST, "url", f"{base_url}/truncated/pneumoniamnist.npz")
+    monkeypatch.setattr(pm.PneumoniaMNIST, "url", f"{base_url}/truncated/pneumoniamnist.npz")
     root = tmp_path / "data"
     result = invoke("download", "pneumoniamnist", "--data-root", str(root), "--no-progress")
     one_line_error(result, f"{base_url}/truncated/pneumoniamnist.npz", str(len(blob) + 1000))
@@ -459,7 +460,7 @@ def test_download_pneumoniamnist_truncated_leaves_nothing(npz_server, tmp_path: 
 
 def test_download_of_present_data_does_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pneumoniamnist.npz").write_bytes(b"anything")
-    monkeypatch.setattr(xr.PneumoniaMNIST, "url", "http://127.0.0.1:1/nothing-listens-here.npz")
+    monkeypatch.setattr(pm.PneumoniaMNIST, "url", "http://127.0.0.1:1/nothing-listens-here.npz")
     result = invoke("download", "pneumoniamnist", "--data-root", str(tmp_path), "--no-progress")
     assert result.exit_code == 0, result.output
     assert f"pneumoniamnist is already in {tmp_path / 'pneumoniamnist.npz'}: nothing to do" in result.output
@@ -658,9 +659,9 @@ def test_prepare_pneumoniamnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     src.write_bytes(blob)
     root = tmp_path / "data"
     one_line_error(invoke("prepare", "pneumoniamnist", "--from", str(src), "--data-root", str(root)),
-                   f"{src} has MD5 {hashlib.md5(blob).hexdigest()}", xr.PNEUMONIAMNIST_MD5)
+                   f"{src} has MD5 {hashlib.md5(blob).hexdigest()}", pm.PNEUMONIAMNIST_MD5)
     assert not root.exists() or os.listdir(root) == []
-    monkeypatch.setattr(xr.PneumoniaMNIST, "md5", hashlib.md5(blob).hexdigest())
+    monkeypatch.setattr(pm.PneumoniaMNIST, "md5", hashlib.md5(blob).hexdigest())
     result = invoke("prepare", "pneumoniamnist", "--from", str(tmp_path), "--data-root", str(root))
     assert result.exit_code == 0, result.output
     assert os.listdir(root) == ["pneumoniamnist.npz"] and (root / "pneumoniamnist.npz").read_bytes() == blob

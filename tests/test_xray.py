@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from mtbench.data import DATASETS, resolve_cache_dir
+from mtbench.data import pneumoniamnist as pm
 from mtbench.data import xray as xr
 from mtbench.data.download import download_file
 from mtbench.core.errors import DownloadError, UserError
@@ -67,11 +68,11 @@ def kermany(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_registered() -> None:
-    for name, cls in (("xray", xr.ChestXray), ("xray3", xr.ChestXray3), ("pneumoniamnist", xr.PneumoniaMNIST)):
+    for name, cls in (("xray", xr.ChestXray), ("xray3", xr.ChestXray3), ("pneumoniamnist", pm.PneumoniaMNIST)):
         assert DATASETS.get(name) is cls
         assert cls.fit_split == "train" and cls.eval_split == "test"
     assert xr.ChestXray.splits == xr.ChestXray3.splits == ("train", "test")
-    assert xr.ChestXray.size == xr.ChestXray3.size == 84 and xr.PneumoniaMNIST.size == 28
+    assert xr.ChestXray.size == xr.ChestXray3.size == 84 and pm.PneumoniaMNIST.size == 28
 
 
 def test_xray_loads_grey_in_three_channels_at_84(kermany: Path, tmp_path: Path) -> None:
@@ -187,13 +188,13 @@ def npz_bytes(**override) -> bytes:
 
 def test_official_medmnist_url_and_md5() -> None:
     # medmnist/info.py (MedMNIST v3.0.2), INFO["pneumoniamnist"]["url"] and ["MD5"]
-    assert xr.PneumoniaMNIST.url == "https://zenodo.org/records/10519652/files/pneumoniamnist.npz?download=1"
-    assert xr.PneumoniaMNIST.md5 == "28209eda62fecd6e6a2d98b1501bb15f"
+    assert pm.PneumoniaMNIST.url == "https://zenodo.org/records/10519652/files/pneumoniamnist.npz?download=1"
+    assert pm.PneumoniaMNIST.md5 == "28209eda62fecd6e6a2d98b1501bb15f"
 
 
 def test_pneumoniamnist_loads_28px_grey_sorted(tmp_path: Path) -> None:
     (tmp_path / "pneumoniamnist.npz").write_bytes(npz_bytes())
-    data = xr.PneumoniaMNIST(root=tmp_path, cache_dir=tmp_path / "cache", progress=False)
+    data = pm.PneumoniaMNIST(root=tmp_path, cache_dir=tmp_path / "cache", progress=False)
     assert data.is_available()
     data.prepare(download=False)  # present: no network
     train = data.load("train")
@@ -206,12 +207,12 @@ def test_pneumoniamnist_loads_28px_grey_sorted(tmp_path: Path) -> None:
 
 
 def test_pneumoniamnist_missing_or_broken(tmp_path: Path) -> None:
-    data = xr.PneumoniaMNIST(root=tmp_path, cache_dir=tmp_path / "cache", progress=False)
+    data = pm.PneumoniaMNIST(root=tmp_path, cache_dir=tmp_path / "cache", progress=False)
     for call in (lambda: data.prepare(download=False), lambda: data.load("test")):
         with pytest.raises(UserError) as err:
             call()
         msg = str(err.value)
-        assert xr.PNEUMONIAMNIST_URL in msg and xr.PNEUMONIAMNIST_MD5 in msg and str(tmp_path / "pneumoniamnist.npz") in msg
+        assert pm.PNEUMONIAMNIST_URL in msg and pm.PNEUMONIAMNIST_MD5 in msg and str(tmp_path / "pneumoniamnist.npz") in msg
     (tmp_path / "pneumoniamnist.npz").write_bytes(npz_bytes()[:100])
     with pytest.raises(UserError, match="not a readable .npz.*delete it"):
         data.load("test")
@@ -229,15 +230,15 @@ def npz_server(server, monkeypatch: pytest.MonkeyPatch):
     base, served = server
     blob = npz_bytes()
     (served / "pneumoniamnist.npz").write_bytes(blob)
-    monkeypatch.setattr(xr.PneumoniaMNIST, "url", f"{base}/pneumoniamnist.npz")
-    monkeypatch.setattr(xr.PneumoniaMNIST, "md5", hashlib.md5(blob).hexdigest())
+    monkeypatch.setattr(pm.PneumoniaMNIST, "url", f"{base}/pneumoniamnist.npz")
+    monkeypatch.setattr(pm.PneumoniaMNIST, "md5", hashlib.md5(blob).hexdigest())
     return base, blob
 
 
 def test_pneumoniamnist_download(npz_server, tmp_path: Path) -> None:
     _, blob = npz_server
     root = tmp_path / "data"  # does not exist yet
-    data = xr.PneumoniaMNIST(root=root, cache_dir=tmp_path / "cache", progress=False)
+    data = pm.PneumoniaMNIST(root=root, cache_dir=tmp_path / "cache", progress=False)
     data.prepare(download=True)
     assert os.listdir(root) == ["pneumoniamnist.npz"] and (root / "pneumoniamnist.npz").read_bytes() == blob
     assert data.load("train").class_count.tolist() == [2, 3]
@@ -246,8 +247,8 @@ def test_pneumoniamnist_download(npz_server, tmp_path: Path) -> None:
 def test_pneumoniamnist_wrong_checksum_leaves_nothing(npz_server, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     base, blob = npz_server
-    monkeypatch.setattr(xr.PneumoniaMNIST, "md5", "0" * 32)
-    data = xr.PneumoniaMNIST(root=tmp_path / "data", cache_dir=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(pm.PneumoniaMNIST, "md5", "0" * 32)
+    data = pm.PneumoniaMNIST(root=tmp_path / "data", cache_dir=tmp_path / "cache", progress=False)
     with pytest.raises(DownloadError) as err:
         data.prepare(download=True)
     msg = str(err.value)
@@ -259,11 +260,11 @@ def test_pneumoniamnist_wrong_checksum_leaves_nothing(npz_server, tmp_path: Path
 def test_pneumoniamnist_truncated_download_leaves_nothing(npz_server, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     base, blob = npz_server
-    monkeypatch.setattr(xr.PneumoniaMNIST, "url", f"{base}/truncated/pneumoniamnist.npz")
-    data = xr.PneumoniaMNIST(root=tmp_path / "data", cache_dir=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(pm.PneumoniaMNIST, "url", f"{base}/truncated/pneumoniamnist.npz")
+    data = pm.PneumoniaMNIST(root=tmp_path / "data", cache_dir=tmp_path / "cache", progress=False)
     with pytest.raises(DownloadError) as err:
         data.prepare(download=True)
-    assert str(len(blob) + 1000) in str(err.value) and xr.PneumoniaMNIST.md5 in str(err.value)
+    assert str(len(blob) + 1000) in str(err.value) and pm.PneumoniaMNIST.md5 in str(err.value)
     assert os.listdir(tmp_path / "data") == [] and not data.is_available()
 
 

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import pkgutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,7 +89,7 @@ class Registry(Generic[T]):
     Args:
         kind: plural noun used in messages and in the entry-point group ``mtbench.<kind>``.
         builtins: modules imported the first time the registry is read, so that their
-            ``@REGISTRY.register`` decorators run.
+            ``@REGISTRY.register`` decorators run; ``"package.*"`` imports every module of a package.
     """
 
     def __init__(self, kind: str, builtins: tuple[str, ...] = ()) -> None:
@@ -125,7 +126,12 @@ class Registry(Generic[T]):
             return
         self._loaded = True
         for module in self._builtins:
-            importlib.import_module(module)
+            if module.endswith(".*"):  # every module of a package: a new component is a new file there
+                package = importlib.import_module(module[:-2])
+                for info in pkgutil.iter_modules(package.__path__):
+                    importlib.import_module(f"{package.__name__}.{info.name}")
+            else:
+                importlib.import_module(module)
         for entry in importlib.metadata.entry_points(group=f"mtbench.{self.kind}"):
             self.register(entry.load())
 

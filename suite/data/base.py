@@ -22,8 +22,7 @@ from mtbench.core.registry import Registry
 
 DATASETS: Registry[type["Dataset"]] = Registry(
     "datasets",
-    builtins=("mtbench.data.omniglot", "mtbench.data.omniglot_shift", "mtbench.data.synthetic",
-              "mtbench.data.miniimagenet", "mtbench.data.xray"),
+    builtins=("mtbench.data.*",),  # each dataset is one module of mtbench.data
 )
 
 

@@ -176,7 +176,8 @@ class Method:
         return table[budget]
 
 
-METHODS: Registry[type[Method]] = Registry("methods", builtins=("mtbench.baselines",))
+#: the built-in methods are the modules of ``baselines/`` (installed as ``mtbench.baselines``), one file each
+METHODS: Registry[type[Method]] = Registry("methods", builtins=("mtbench.baselines.*",))
 
 
 # -- hyper-parameters ---------------------------------------------------------------------------
