@@ -1,62 +1,197 @@
-"""``mtbench official``: the plan, which rows count as present, the order rows run in, and the commands."""
+"""``mtbench official``: the plan as data, which rows count as present, the order rows run in, runs in this
+process, failures, the options after ``--`` and the dry run. Every run here is of a tiny test plan on the
+generated ``synthetic`` dataset; the official plan is only read and dry-run."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import re
+import textwrap
+from importlib import resources
 
+import pytest
 from click.testing import CliRunner
 
+from mtbench.board.labels import label
+from mtbench.board.official import expected_label, load_plan, missing, spec
 from mtbench.cli import main
-from mtbench.board.official import PLAN, missing, settings
+from mtbench.cli.board import official_run_options
+from mtbench.core.errors import UserError
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.data.protocols import TransferSpec
+from mtbench.results import read_result
+from mtbench.results.layout import folder
 from support import put_result, result_doc
 
+EVERY_METHOD = ["protonet", "matchingnet", "feature-extract", "finetune", "maml", "maml (1st order)", "scratch",
+                "reptile"]
 
-def test_the_plan_covers_the_official_settings_with_every_method():
-    assert [(s.dataset, s.name) for s in PLAN] == [
+
+def plan_file(tmp_path, text: str):
+    path = tmp_path / "plan.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+TINY = """
+    budget = "1"
+
+    [groups]
+    tiny = [{method = "protonet"}, {method = "maml", hp = {first_order = true, meta_batch = 2}}]
+
+    [[settings]]
+    dataset = "synthetic"
+    ways = 3
+    shots = 1
+    queries = 1
+    episodes = 2
+    entries = "tiny"
+
+    [[settings]]
+    dataset = "synthetic"
+    ways = 2
+    shots = 1
+    queries = 1
+    episodes = 2
+    entries = "tiny"
+"""
+
+
+def test_the_official_plan_covers_the_official_settings_with_every_method():
+    plan = load_plan()
+    assert plan.budget == "quick"
+    assert [(s.dataset, s.name) for s in plan.settings] == [
         ("omniglot", "5w1s"), ("omniglot", "5w5s"), ("omniglot", "20w1s"), ("miniimagenet", "5w1s"),
         ("miniimagenet", "5w5s"), ("xray", "transfer200-50"), ("omniglot-shift", "5w1s")]
-    labels = {e.label for e in PLAN[0].entries}
-    assert {"protonet", "matchingnet", "maml", "maml (1st order)", "reptile", "finetune", "feature-extract",
-            "scratch"} == labels
-    assert [e.label for e in PLAN[-1].entries] == ["dann", "source-only"]
+    for s in plan.settings[:-1]:
+        assert [e.label for e in s.entries] == EVERY_METHOD
+    assert plan.settings[0].protocol == EpisodeSpec(ways=5, shots=1)
+    assert plan.settings[5].protocol == TransferSpec(train_images=200, test_images=50)
+    fomaml = plan.settings[0].entries[5]
+    assert (fomaml.method, fomaml.hparams) == ("maml", (("first_order", "true"),))
+    assert [e.label for e in plan.settings[-1].entries] == ["dann", "source-only"]
+    # labels are derived, never written in the plan
+    text = resources.files("mtbench.board").joinpath("official.toml").read_text()
+    assert "1st order" not in text and not re.search(r"^\s*label\s*=", text, re.M)
+
+
+def test_labels_are_derived_from_the_methods_variant():
+    assert expected_label("maml", "omniglot", {"first_order": "true"}, "quick") == "maml (1st order)"
+    assert expected_label("maml", "omniglot", {"first_order": "false"}, "quick") == "maml"
+    assert expected_label("finetune", "xray", {"finetune_backbone": "true"}, "quick") == "finetune (whole network)"
+    # DANN adapts only where the dataset has unlabelled target images, and only when it fits at all
+    assert expected_label("dann", "omniglot-shift", {}, "quick") == "dann"
+    assert expected_label("dann", "synthetic", {}, "quick") == "dann (no target images: source only)"
+    assert expected_label("dann", "synthetic", {}, "0") == "dann"
+
+
+def test_a_malformed_plan_is_an_error_naming_the_place(tmp_path):
+    cases = [
+        ('budget = "quick"\n[[settings]]\ndataset = "synthetic"\nways = 5\nentries = [{method = "protonte"}]',
+         "settings[0].entries[0]: unknown method 'protonte'"),
+        ('budget = "quick"\n[[settings]]\ndataset = "synthetic"\nwyas = 5\nentries = [{method = "protonet"}]',
+         "settings[0]: unknown key(s) wyas"),
+        ('budget = "quick"\n[[settings]]\ndataset = "synthetic"\nentries = "nope"', "no group 'nope'"),
+        ('budget = "quick"\n[[settings]]\ndataset = "synthetic"\nways = 5\ntrials = 3\nentries = []',
+         "--trials belongs to --protocol transfer"),
+        ('budget = "quick"\n[[settings]]\ndataset = "synthetic"\nentries = [{method = "maml", hp = {nope = 1}}]',
+         "nope"),
+        ("budget = [", "not valid TOML"),
+    ]
+    for i, (text, message) in enumerate(cases):
+        path = tmp_path / f"plan{i}.toml"
+        path.write_text(text)
+        with pytest.raises(UserError, match=re.escape(message)):
+            load_plan(path)
 
 
 def test_a_row_counts_once_a_quick_result_with_its_label_exists(tmp_path):
-    folder = tmp_path / "omniglot" / "20w1s"
-    put_result(folder, result_doc("protonet", [0.5, 0.75], dataset="omniglot", ways=20, queries=1))
+    where = folder(tmp_path, "omniglot", "20w1s")
+    put_result(where, result_doc("protonet", [0.5, 0.75], dataset="omniglot", ways=20, queries=1))
     fo = result_doc("maml", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)
     fo["method"]["hparams"]["first_order"] = True
-    fo["method"]["variant"] = "1st order"  # as the runner writes it (Maml.variant)
-    put_result(folder, fo, "fo")
+    fo["method"]["variant"] = "1st order"
+    put_result(where, fo, "fo")
     longer = result_doc("matchingnet", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)
     longer["budget"]["name"] = "500"  # not the official budget: does not count
-    put_result(folder, longer)
-    todo = missing(tmp_path, settings("omniglot", "20w1s"))
-    assert [e.label for _, e in todo] == ["matchingnet", "feature-extract", "finetune", "maml", "scratch",
-                                          "reptile"]
+    put_result(where, longer)
+    todo = missing(tmp_path, load_plan().select("omniglot", "20w1s"))
+    assert [e.label for _, e in todo] == ["matchingnet", "feature-extract", "finetune", "maml", "scratch", "reptile"]
 
 
-def test_rows_run_method_by_method_across_settings_and_failures_are_counted(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(subprocess, "call", lambda argv: calls.append(argv) or (1 if "maml" in argv else 0))
-    result = CliRunner().invoke(main, ["official", "--leaderboards", str(tmp_path), "--dataset", "omniglot",
-                                       "--", "--device", "cpu"])
-    assert result.exit_code == 1  # the maml runs "failed"
-    assert "24 row(s) missing" in result.output and "FAILED (exit 1)" in result.output
-    assert calls[0][:3] == [sys.executable, "-m", "mtbench"]
-    first = [c[3:] for c in calls[:3]]
-    assert [(c[c.index("--method") + 1], c[c.index("--out") + 1]) for c in first] == [
-        ("protonet", str(tmp_path / "omniglot" / "5w1s")), ("protonet", str(tmp_path / "omniglot" / "5w5s")),
-        ("protonet", str(tmp_path / "omniglot" / "20w1s"))]
-    assert all(c[-2:] == ["--device", "cpu"] and "--budget" in c and "quick" in c for c in calls)
+def test_options_after_the_dashes_are_run_options_and_the_plan_sets_the_rest(tmp_path):
+    fields, malloc = official_run_options(("--device", "cpu", "--hp", "first_order=false", "--hp", "inner_lr=0.5",
+                                           "--precision", "bf16", "--no-progress", "--no-download"))
+    assert malloc
+    setting = load_plan().select("omniglot", "5w1s")[0]
+    fomaml = setting.entries[5]
+    s = spec(setting, fomaml, tmp_path, fields, ("--device", "cpu"))
+    assert (s.method, s.dataset, s.episodes, s.budget) == ("maml", "omniglot", EpisodeSpec(ways=5, shots=1), "quick")
+    assert s.hparams == (("first_order", "false"), ("inner_lr", "0.5"))  # given after -- wins over the plan
+    assert (s.device, s.precision, s.progress, s.download, s.compile) == ("cpu", "bf16", False, False, False)
+    assert s.out == str(tmp_path / "omniglot" / "5w1s")
+    assert s.command == (f"mtbench run --method maml --hp first_order=true --dataset omniglot --ways 5 --shots 1 "
+                         f"--budget quick --out {tmp_path / 'omniglot' / '5w1s'} --device cpu")
+    assert not official_run_options(("--device", "cuda"))[1]  # no CPU allocator tuning for a CUDA run
+    for given in (["--ways", "3"], ["--budget", "paper"], ["-m", "protonet"], ["--out", "x"], ["--seed", "1"]):
+        with pytest.raises(UserError, match="the official plan sets"):
+            official_run_options(tuple(given))
+
+
+def test_missing_rows_run_in_process_in_plan_order_and_the_fill_resumes(tmp_path, one_thread):
+    plan = plan_file(tmp_path, TINY)
+    lb = tmp_path / "lb"
+    args = ["official", "--plan", str(plan), "--leaderboards", str(lb), "--", "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("[")]
+    assert lines[0::2] == ["[1/4] protonet on synthetic/3w1s", "[2/4] protonet on synthetic/2w1s",
+                           "[3/4] maml (1st order) on synthetic/3w1s", "[4/4] maml (1st order) on synthetic/2w1s"]
+    assert all(line.startswith(f"[{i}/4] done in ") for i, line in enumerate(lines[1::2], 1))
+    for setting in load_plan(plan).settings:
+        docs = [read_result(p) for p in sorted(folder(lb, "synthetic", setting.name).glob("*.json"))]
+        # the label a run writes is the one the plan derived for it
+        assert sorted(label(d) for d in docs) == sorted(e.label for e in setting.entries)
+        assert {d["budget"]["name"] for d in docs} == {"1"}
+        assert all(d["provenance"]["command"].startswith("mtbench run --method ") for d in docs)
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "0 row(s) missing in synthetic/3w1s, synthetic/2w1s" in again.output
+
+
+def test_a_failed_row_is_reported_in_one_line_and_the_others_run(tmp_path, monkeypatch):
+    from mtbench.run import runner
+
+    def fake(s):
+        ran.append((s.method, s.episodes.ways, dict(s.hparams)))
+        if s.episodes.ways == 3 and s.method == "protonet":
+            raise UserError("no such images")
+        if s.method == "maml" and s.episodes.ways == 2:
+            raise RuntimeError("CUDA out of memory")
+        return {}, None
+
+    ran: list = []
+    monkeypatch.setattr(runner, "run", fake)
+    result = CliRunner().invoke(main, ["official", "--plan", str(plan_file(tmp_path, TINY)), "--leaderboards",
+                                       str(tmp_path / "lb"), "--", "--hp", "inner_lr=0.1"])
+    assert result.exit_code == 1
+    assert "[1/4] FAILED: no such images" in result.output
+    assert "[2/4] done in" in result.output and "[3/4] done in" in result.output
+    assert "[4/4] FAILED: RuntimeError: CUDA out of memory" in result.output
+    assert "2 row(s) failed" in result.output
+    assert [(m, w) for m, w, _ in ran] == [("protonet", 3), ("protonet", 2), ("maml", 3), ("maml", 2)]
+    assert ran[2][2] == {"first_order": "true", "meta_batch": "2", "inner_lr": "0.1"}
 
 
 def test_dry_run_and_unknown_setting(tmp_path):
     result = CliRunner().invoke(main, ["official", "--leaderboards", str(tmp_path), "--setting", "transfer200-50",
-                                       "--dry-run"])
+                                       "--dry-run", "--", "--device", "cuda"])
     assert result.exit_code == 0 and "8 row(s) missing in xray/transfer200-50" in result.output
-    assert "mtbench run --method protonet --dataset xray --train-images 200 --test-images 50 --budget quick" \
-        in result.output
+    assert "[1/8] protonet on xray/transfer200-50" in result.output
+    assert (f"mtbench run --method protonet --dataset xray --train-images 200 --test-images 50 --budget quick "
+            f"--out {tmp_path / 'xray' / 'transfer200-50'} --device cuda") in result.output
+    assert "[6/8] maml (1st order) on xray/transfer200-50" in result.output
+    assert "--method maml --hp first_order=true --dataset xray" in result.output
+    assert not list(tmp_path.iterdir())  # nothing ran
     result = CliRunner().invoke(main, ["official", "--setting", "7w3s", "--dry-run"])
     assert result.exit_code == 2 and "no official setting */7w3s; the plan has omniglot/5w1s" in result.output
+    result = CliRunner().invoke(main, ["official", "--dry-run", "--", "--shots", "5"])
+    assert result.exit_code == 2 and "--shots after --: the official plan sets" in result.output

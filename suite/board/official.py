@@ -1,135 +1,278 @@
 """The official leaderboard: which runs fill it, and the one command that (re)runs what is missing.
 
-Every row of ``leaderboards/`` that the official plan names is produced by ``mtbench official``,
-which calls ``mtbench run`` once per missing (setting, entry) and writes the result straight into
-``leaderboards/<dataset>/<setting>/``. A row counts as present when a valid result there has the
-entry's label (see :func:`mtbench.board.compare.label`) and budget, on any device: a GPU row, where one
-was lent, stands for the setting; otherwise the quick budget's CPU row does, and the leaderboard
-says which device each row ran on. The command is resumable and prints what it would run with
-``--dry-run``.
+The plan is data, ``official.toml`` beside this module (its comments describe the format): settings (a
+dataset and its protocol) and the entries that fill each one's table (a method and its hparam
+overrides), at one budget. ``mtbench official`` runs every missing (setting, entry) row in this process
+through :func:`mtbench.run.runner.run`, writing the result straight into
+``leaderboards/<dataset>/<setting>/`` (:func:`mtbench.results.layout.folder`). A row counts as present
+when a valid result there has the entry's label (:func:`mtbench.board.labels.label`) and the plan's
+budget, on any device: a GPU row, where one was lent, stands for the setting; otherwise the quick
+budget's CPU row does, and the leaderboard says which device each row ran on. An entry's label is
+derived, never written in the plan: the method's name and the variant its class reports
+(:meth:`~mtbench.methods.Method.variant`) for the record the run would write. The command is resumable
+and prints the equivalent ``mtbench run`` commands with ``--dry-run``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import shlex
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 from mtbench.core.errors import UserError
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.data.protocols import TransferSpec
+from mtbench.results.layout import folder
+
+PLAN_FILE = "official.toml"  # beside this module, shipped as package data
+#: the protocol fields a setting may give, in the order a command line lists them (as ``mtbench run`` spells them)
+PROTOCOL_FIELDS = ("ways", "shots", "queries", "episodes", "train_images", "test_images", "trials", "seed")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One row: ``label`` is what the leaderboard calls it (``compare.label`` of its result)."""
+    """One row of a setting: a registered method with hparam overrides (``(name, value text)``, as ``--hp``
+    takes them), and ``label``, what the leaderboard calls its result (derived, see :func:`expected_label`)."""
 
+    method: str
+    hparams: tuple[tuple[str, str], ...]
     label: str
-    args: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Setting:
-    """A dataset and protocol with the runs that fill its table."""
+    """A dataset and protocol with the rows that fill its table, at the plan's budget."""
 
     dataset: str
     name: str  # the folder, as result file names spell it: 5w1s, transfer200-50
-    args: tuple[str, ...]
-    entries: tuple[Entry, ...] = field(default=())
+    protocol: EpisodeSpec | TransferSpec
+    options: tuple[tuple[str, int], ...]  # the protocol fields the plan gives, for the command line
+    budget: str
+    entries: tuple[Entry, ...]
 
 
-def _few_shot() -> tuple[Entry, ...]:
-    """The methods that apply to any few-shot or transfer setting, cheapest fits first (rows fill in that
-    order). DANN needs unlabelled target images, which only a domain-shift dataset provides (elsewhere it
-    would train on the source alone): it has the omniglot-shift setting, against its source-only reference."""
-    return (
-        Entry("protonet", ("--method", "protonet")),
-        Entry("matchingnet", ("--method", "matchingnet")),
-        Entry("feature-extract", ("--method", "feature-extract")),
-        Entry("finetune", ("--method", "finetune")),
-        Entry("maml", ("--method", "maml")),
-        Entry("maml (1st order)", ("--method", "maml", "--hp", "first_order=true")),
-        Entry("scratch", ("--method", "scratch")),
-        Entry("reptile", ("--method", "reptile")),
-    )
+@dataclass(frozen=True)
+class Plan:
+    budget: str
+    settings: tuple[Setting, ...]
+    source: str  # the file it was read from
+
+    def select(self, dataset: str | None = None, name: str | None = None) -> list[Setting]:
+        """The settings, optionally one dataset's or one setting's; a name outside the plan is an error."""
+        chosen = [s for s in self.settings if dataset in (None, s.dataset) and name in (None, s.name)]
+        if not chosen:
+            known = ", ".join(f"{s.dataset}/{s.name}" for s in self.settings)
+            raise UserError(f"no official setting {dataset or '*'}/{name or '*'}; the plan has {known}")
+        return chosen
 
 
-def _omniglot(ways: int, shots: int) -> Setting:
-    return Setting("omniglot", f"{ways}w{shots}s", ("--dataset", "omniglot", "--ways", str(ways), "--shots", str(shots)),
-                   _few_shot())
+# -- reading the plan ------------------------------------------------------------------------------
+def expected_label(method: str, dataset: str, hparams: Mapping[str, str], budget: str) -> str:
+    """The label a result of ``mtbench run --method METHOD --dataset DATASET --hp ... --budget BUDGET`` gets:
+    the method's ``variant`` of the record such a run writes (its hparams, the images it fits on and its
+    iterations, as the runner decides them), through :func:`mtbench.board.labels.label`."""
+    from mtbench.board.labels import label
+    from mtbench.data import DATASETS
+    from mtbench.methods import METHODS, make_hparams
+
+    cls, data = METHODS.get(method), DATASETS.get(dataset)
+    source = data.default_source or data.name
+    iterations = cls.iterations_for(budget, source)
+    record: dict[str, Any] = {
+        "method": {"name": cls.name, "variant": "",
+                   "hparams": dataclasses.asdict(make_hparams(cls, dataset, dict(hparams), budget, source=source))},
+        "dataset": {"name": data.name,
+                    "unlabelled_split": data.unlabelled_split if iterations > 0 and source == data.name else None},
+        "budget": {"name": budget, "iterations": iterations},
+        "init": None,
+        "provenance": {"precision": "fp32", "compile": False},
+    }
+    record["method"]["variant"] = cls.variant(record)
+    return label(record)
 
 
-def _mini(ways: int, shots: int) -> Setting:
-    return Setting("miniimagenet", f"{ways}w{shots}s",
-                   ("--dataset", "miniimagenet", "--ways", str(ways), "--shots", str(shots)), _few_shot())
+def _keys(where: str, table: Any, allowed: set[str] | None = None,
+          required: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``table``, checked to be a TOML table with only ``allowed`` keys (any when ``None``) and ``required``."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table, got {table!r}")
+    if allowed is None:
+        return table
+    unknown, lacking = set(table) - allowed, required - set(table)
+    if unknown or lacking:
+        problems = ([f"unknown key(s) {', '.join(sorted(unknown))}"] if unknown else []) + \
+                   ([f"missing {', '.join(sorted(lacking))}"] if lacking else [])
+        raise UserError(f"{where}: {'; '.join(problems)} (allowed: {', '.join(sorted(allowed))})")
+    return table
 
 
-BUDGET = "quick"
-PLAN: tuple[Setting, ...] = (
-    _omniglot(5, 1), _omniglot(5, 5), _omniglot(20, 1), _mini(5, 1), _mini(5, 5),
-    Setting("xray", "transfer200-50", ("--dataset", "xray", "--train-images", "200", "--test-images", "50"),
-            _few_shot()),
-    Setting("omniglot-shift", "5w1s", ("--dataset", "omniglot-shift", "--ways", "5", "--shots", "1"),
-            (Entry("dann", ("--method", "dann")), Entry("source-only", ("--method", "source-only")))),
-)
+def _text(value: Any) -> str:
+    """An hparam value as ``--hp`` would spell it (TOML booleans as true/false)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def settings(dataset: str | None = None, name: str | None = None) -> list[Setting]:
-    """The plan's settings, optionally one dataset's or one setting's; a name outside the plan is an error."""
-    chosen = [s for s in PLAN if dataset in (None, s.dataset) and name in (None, s.name)]
-    if not chosen:
-        known = ", ".join(f"{s.dataset}/{s.name}" for s in PLAN)
-        raise UserError(f"no official setting {dataset or '*'}/{name or '*'}; the plan has {known}")
-    return chosen
+def _entries(where: str, given: Any, dataset: str, budget: str) -> tuple[Entry, ...]:
+    if not isinstance(given, list) or not given:
+        raise UserError(f"{where}: expected a non-empty list of entries ({{method = ..., hp = {{...}}}})")
+    out = []
+    for i, raw in enumerate(given):
+        e = _keys(f"{where}[{i}]", raw, {"method", "hp"}, frozenset({"method"}))
+        hp = _keys(f"{where}[{i}].hp", e.get("hp", {}))
+        hparams = tuple((str(k), _text(v)) for k, v in hp.items())
+        try:
+            name = expected_label(e["method"], dataset, dict(hparams), budget)
+        except UserError as exc:
+            raise UserError(f"{where}[{i}]: {exc}") from None
+        out.append(Entry(e["method"], hparams, name))
+    return tuple(out)
 
 
-def present(folder: Path) -> dict[str, Path]:
-    """The labels of the valid quick-or-longer budget results in ``folder``, each with its newest file."""
+def parse(doc: dict[str, Any], source: str) -> Plan:
+    """The plan of a parsed TOML document; a malformed one is an error naming the place."""
+    from mtbench.data import DATASETS
+    from mtbench.data.protocols import resolve
+    from mtbench.results import setting_name
+
+    _keys(source, doc, {"budget", "groups", "settings"}, frozenset({"budget", "settings"}))
+    budget = _text(doc["budget"])
+    groups = _keys(f"{source}: groups", doc.get("groups", {}))
+    if not isinstance(doc["settings"], list):
+        raise UserError(f"{source}: settings must be an array of tables ([[settings]])")
+    settings = []
+    for i, raw in enumerate(doc["settings"]):
+        where = f"{source}: settings[{i}]"
+        s = _keys(where, raw, {"dataset", "entries", *PROTOCOL_FIELDS}, frozenset({"dataset", "entries"}))
+        options = tuple((k, s[k]) for k in PROTOCOL_FIELDS if k in s)
+        try:
+            protocol = resolve(DATASETS.get(s["dataset"]).default_protocol, None, **dict(options))
+        except (UserError, TypeError, ValueError) as exc:
+            raise UserError(f"{where}: {exc}") from None
+        entries = s["entries"]
+        if isinstance(entries, str):
+            if entries not in groups:
+                raise UserError(f"{where}: no group {entries!r} in [groups] (it has {', '.join(groups) or 'none'})")
+            entries = groups[entries]
+        record = protocol.record() if isinstance(protocol, TransferSpec) else dataclasses.asdict(protocol)
+        settings.append(Setting(s["dataset"], setting_name(record), protocol, options, budget,
+                                _entries(f"{where}.entries", entries, s["dataset"], budget)))
+    return Plan(budget, tuple(settings), source)
+
+
+def read(text: str, source: str) -> Plan:
+    """The plan in the TOML ``text`` read from ``source``."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{source} is not valid TOML: {exc}") from None
+    return parse(doc, source)
+
+
+@functools.lru_cache(maxsize=1)
+def _official() -> Plan:
+    return read(resources.files("mtbench.board").joinpath(PLAN_FILE).read_text(encoding="utf-8"), PLAN_FILE)
+
+
+def load_plan(path: str | Path | None = None) -> Plan:
+    """The plan in ``path`` (TOML in the format of ``official.toml``), by default the official one (read once)."""
+    if path is None:
+        return _official()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read the plan {path} ({exc.strerror or exc})") from None
+    return read(text, str(path))
+
+
+# -- present and missing rows ----------------------------------------------------------------------
+def present(where: Path, budget: str) -> dict[str, Path]:
+    """The labels of the valid results at ``budget`` in the folder ``where`` that start from no checkpoint, each with
+    its newest file."""
     from mtbench.board.labels import label
     from mtbench.results import read_result
 
     found: dict[str, Path] = {}
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(where.glob("*.json")):
         try:
             doc = read_result(path)
         except UserError:
             continue
-        if doc["budget"]["name"] == BUDGET and doc["init"] is None:
+        if doc["budget"]["name"] == budget and doc["init"] is None:
             found[label(doc)] = path
     return found
 
 
 def missing(leaderboards: Path, chosen: list[Setting]) -> list[tuple[Setting, Entry]]:
-    """The (setting, entry) pairs of ``chosen`` with no row yet: each method across all settings before the
-    next method, in the plan's order (cheapest fits first), so that an interrupted fill covers every table."""
+    """The (setting, entry) pairs of ``chosen`` with no row yet: each entry across all settings before the
+    next entry, in the plan's order (cheapest fits first), so that an interrupted fill covers every table."""
     todo = []
     for s, setting in enumerate(chosen):
-        have = present(leaderboards / setting.dataset / setting.name)
+        have = present(folder(leaderboards, setting.dataset, setting.name), setting.budget)
         todo += [(e, s, setting, entry) for e, entry in enumerate(setting.entries) if entry.label not in have]
     return [(setting, entry) for _, _, setting, entry in sorted(todo, key=lambda t: t[:2])]
 
 
-def command(setting: Setting, entry: Entry, leaderboards: Path, extra: tuple[str, ...]) -> list[str]:
-    """The ``mtbench run`` command line of one row."""
-    return ["mtbench", "run", *entry.args, *setting.args, "--budget", BUDGET,
-            "--out", str(leaderboards / setting.dataset / setting.name), *extra]
+# -- running them ----------------------------------------------------------------------------------
+def command(setting: Setting, entry: Entry, leaderboards: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    """The ``mtbench run`` command line equivalent to one row (``extra``: the options given after ``--``)."""
+    hp = [a for name, value in entry.hparams for a in ("--hp", f"{name}={value}")]
+    protocol = [a for name, value in setting.options for a in (f"--{name.replace('_', '-')}", str(value))]
+    return ["mtbench", "run", "--method", entry.method, *hp, "--dataset", setting.dataset, *protocol,
+            "--budget", setting.budget, "--out", str(folder(leaderboards, setting.dataset, setting.name)), *extra]
 
 
-def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...], dry_run: bool,
-                echo=print) -> int:
-    """Run every missing row of ``chosen`` one after the other; a failed run is reported and skipped.
-    Returns the number of runs that failed."""
+def spec(setting: Setting, entry: Entry, leaderboards: Path, overrides: Mapping[str, Any] | None = None,
+         extra: tuple[str, ...] = ()) -> Any:
+    """The :class:`~mtbench.run.runner.RunSpec` of one row. ``overrides`` sets its other fields (device,
+    data_root, precision...); its ``hparams`` add to the entry's own, and win over them."""
+    from mtbench.run.runner import RunSpec
+
+    fields = dict(overrides or {})
+    hparams = {**dict(entry.hparams), **dict(fields.pop("hparams", ()))}
+    return RunSpec(method=entry.method, dataset=setting.dataset, episodes=setting.protocol, budget=setting.budget,
+                   hparams=tuple(hparams.items()), out=str(folder(leaderboards, setting.dataset, setting.name)),
+                   command=shlex.join(command(setting, entry, leaderboards, extra)), **fields)
+
+
+def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...] = (),
+                overrides: Mapping[str, Any] | None = None, dry_run: bool = False,
+                echo: Callable[[str], Any] = print) -> int:
+    """Run every missing row of ``chosen`` in this process, one after the other; a failed run is reported in one
+    line and skipped. ``overrides``: other :class:`~mtbench.run.runner.RunSpec` fields of every run (see
+    :func:`spec`); ``extra``: the options they came from, shown in the commands. Returns the number of runs
+    that failed."""
+    from mtbench.run import runner
+
     todo = missing(leaderboards, chosen)
     echo(f"{len(todo)} row(s) missing in {', '.join(f'{s.dataset}/{s.name}' for s in chosen)}")
     failed = 0
     for i, (setting, entry) in enumerate(todo, 1):
-        argv = command(setting, entry, leaderboards, extra)
-        echo(f"[{i}/{len(todo)}] {shlex.join(argv)}")
+        step = f"[{i}/{len(todo)}]"
+        echo(f"{step} {entry.label} on {setting.dataset}/{setting.name}")
         if dry_run:
+            echo(f"{' ' * len(step)} {shlex.join(command(setting, entry, leaderboards, extra))}")
             continue
         start = time.monotonic()
-        code = subprocess.call([sys.executable, "-m", "mtbench", *argv[1:]])
-        echo(f"[{i}/{len(todo)}] {'done' if code == 0 else f'FAILED (exit {code})'} in {time.monotonic() - start:.0f} s")
-        failed += code != 0
+        try:
+            runner.run(spec(setting, entry, leaderboards, overrides, extra))
+        except UserError as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one row's failure must not stop the others
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            echo(f"{step} done in {time.monotonic() - start:.0f} s")
+            continue
+        failed += 1
+        echo(f"{step} FAILED: {reason}")
     return failed

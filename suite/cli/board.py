@@ -12,25 +12,65 @@ from mtbench.cli.options import run_options, user_errors
 from mtbench.core.errors import UserError
 
 
+#: `mtbench run` options the plan sets for every row: not to be given after `--`
+PLAN_SETS = ("method", "dataset", "source", "out", "init", "save", "protocol", "ways", "shots", "queries", "episodes",
+             "train_images", "test_images", "trials", "seed", "budget")
+_PLACEHOLDER = "<from the plan>"
+
+
+def official_run_options(argv: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
+    """The options given after `--` to `mtbench official`, parsed by `mtbench run`'s own options: the RunSpec
+    fields they set for every row (device, data root, download, progress, precision, compile; ``hparams`` as
+    (name, value) pairs), and whether to tune the CPU allocator. An option the plan sets is an error."""
+    from click.core import ParameterSource
+
+    from mtbench.cli.main import run_cmd
+    from mtbench.methods import parse_overrides
+
+    with run_cmd.make_context("mtbench official ... --", ["--method", _PLACEHOLDER, "--dataset", _PLACEHOLDER,
+                                                          *argv]) as ctx:
+        p = ctx.params
+        fixed = [param.opts[0] for param in run_cmd.params if param.name in PLAN_SETS and (
+            ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE
+            and p[param.name] != _PLACEHOLDER)]
+    if fixed:
+        raise UserError(f"{', '.join(fixed)} after --: the official plan sets the method, dataset, protocol, "
+                        f"budget and folder of every row; give only how to run them, e.g. -- --device cuda "
+                        f"--hp name=value --no-progress")
+    fields = {"device": p["device"], "data_root": p["data_root"], "download": p["download"],
+              "progress": p["progress"], "precision": p["precision"], "compile": p["compile_"],
+              "hparams": tuple(parse_overrides(p["hparams"]).items())}
+    return fields, p["malloc_tuning"] and p["device"] != "cuda"
+
+
 @click.command("official")
 @click.option("--leaderboards", type=click.Path(file_okay=False), default="leaderboards", show_default=True,
               help="The leaderboard folder the rows are written into.")
 @click.option("--dataset", default=None, help="Only this dataset's settings (omniglot, miniimagenet, xray).")
 @click.option("--setting", default=None, help="Only this setting, e.g. 5w1s, 20w1s or transfer200-50.")
-@click.option("--dry-run", is_flag=True, help="List the missing rows and their commands; run nothing.")
+@click.option("--dry-run", is_flag=True, help="List the missing rows and their `mtbench run` commands; run nothing.")
+@click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None,
+              help="A plan of your own, in the format of the official one (mtbench/board/official.toml).")
 @click.argument("run_options", nargs=-1, type=click.UNPROCESSED)
 @user_errors
-def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dry_run: bool,
+def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dry_run: bool, plan_file: str | None,
                  run_options: tuple[str, ...]) -> None:
-    """Fill the official leaderboard: run `mtbench run` at the quick budget for every row of the plan
-    (Omniglot 5w1s/5w5s/20w1s, miniImageNet 5w1s/5w5s, xray transfer200-50: every method; omniglot-shift
-    5w1s: DANN and its source-only reference) that has no
-    result yet, writing into LEADERBOARDS/<dataset>/<setting>/. Resumable: rerun it to continue.
-    Options after `--` go to every `mtbench run`, e.g. `-- --device cuda --no-progress`."""
-    from mtbench.board.official import run_missing, settings
+    """Fill the official leaderboard: run each row of the plan (Omniglot 5w1s/5w5s/20w1s, miniImageNet
+    5w1s/5w5s, xray transfer200-50: every method; omniglot-shift 5w1s: DANN and its source-only reference)
+    that has no result yet at the quick budget, in this process as `mtbench run` would, writing into
+    LEADERBOARDS/<dataset>/<setting>/. Resumable: rerun it to continue. Options of `mtbench run` after `--`
+    apply to every row, e.g. `-- --device cuda --no-progress`; those that say what a row is (method,
+    dataset, protocol, budget, --out) come from the plan."""
+    from mtbench.board.official import load_plan, run_missing
+    from mtbench.core.runtime import tune_malloc
 
-    failed = run_missing(Path(leaderboards), settings(dataset, setting), run_options, dry_run, echo=click.echo)
+    chosen = load_plan(plan_file).select(dataset, setting)
+    fields, malloc = official_run_options(run_options)
+    if malloc and not dry_run:
+        tune_malloc()
+    failed = run_missing(Path(leaderboards), chosen, run_options, fields, dry_run, echo=click.echo)
     if failed:
+        click.echo(f"{failed} row(s) failed", err=True)
         raise SystemExit(1)
 
 

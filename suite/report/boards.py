@@ -27,9 +27,9 @@ from mtbench.report.blocks import FIGURES, Block, Built, Code, Heading, Image, P
 
 def pages(leaderboards: Path) -> list[Page]:
     """One page per results folder, official settings first (in the plan's order), then the others."""
-    from mtbench.board.official import PLAN
+    from mtbench.board.official import load_plan
 
-    order = {(s.dataset, s.name): i for i, s in enumerate(PLAN)}
+    order = {(s.dataset, s.name): i for i, s in enumerate(load_plan().settings)}
     found = sorted(folders(leaderboards), key=lambda f: (order.get(f, len(order)), f))
     return [Page(f"{dataset}-{setting}", f"Leaderboard: {dataset} {setting}",
                  f"result files in {dataset}/{setting}/",
@@ -138,10 +138,10 @@ def _provenance(g: lb.Group) -> pd.DataFrame:
 
 
 def _missing(leaderboards: Path, dataset: str, setting: str) -> list[Block]:
-    from mtbench.board.official import missing, settings
+    from mtbench.board.official import load_plan, missing
 
     try:
-        chosen = settings(dataset, setting)
+        chosen = load_plan().select(dataset, setting)
     except UserError:  # not an official setting
         return []
     todo = missing(leaderboards, chosen)
@@ -194,17 +194,18 @@ def overview(leaderboards: Path) -> list[Block]:
     """The index's matrix of the official plan: each method's accuracy in each official setting (the result
     ``mtbench official`` counts, the newest with that label), or that it has not run yet; nothing when the
     folder holds no official row at all."""
-    from mtbench.board.official import BUDGET, PLAN, present
+    from mtbench.board.official import load_plan, present
     from mtbench.results import read_result
 
-    labels = list(dict.fromkeys(e.label for s in PLAN for e in s.entries))
-    found = {(s.dataset, s.name): present(folder(leaderboards, s.dataset, s.name)) for s in PLAN}
+    plan = load_plan()
+    labels = list(dict.fromkeys(e.label for s in plan.settings for e in s.entries))
+    found = {(s.dataset, s.name): present(folder(leaderboards, s.dataset, s.name), s.budget) for s in plan.settings}
     if not any(found.values()):
         return []
     rows, have, total = [], 0, 0
     for name in labels:
         row = {"method": name}
-        for s in PLAN:
+        for s in plan.settings:
             column = f"{s.dataset} {s.name}"
             path = found[(s.dataset, s.name)].get(name)
             planned = any(e.label == name for e in s.entries)
@@ -221,7 +222,7 @@ def overview(leaderboards: Path) -> list[Block]:
         rows.append(row)
     return [
         Heading("Official leaderboard"),
-        Para((f"Accuracy ± 95% CI of every method in every official setting at the {BUDGET} budget ({have} of "
+        Para((f"Accuracy ± 95% CI of every method in every official setting at the {plan.budget} budget ({have} of "
               f"{total} rows run; a GPU row names its GPU, the others ran on the CPU). Each setting's page ranks "
               "them with paired differences, adaptation speed and cost. ", Code("mtbench official"),
               " runs the missing rows.")),
