@@ -15,6 +15,7 @@ from mtbench.board.labels import label
 from mtbench.board.official import expected_label, load_plan, missing, spec
 from mtbench.cli import main
 from mtbench.cli.board import official_run_options
+from mtbench.cli.main import run_cmd
 from mtbench.core.errors import UserError
 from mtbench.data.episodes import EpisodeSpec
 from mtbench.data.protocols import TransferSpec
@@ -119,8 +120,9 @@ def test_a_row_counts_once_a_quick_result_with_its_label_exists(tmp_path):
 
 
 def test_options_after_the_dashes_are_run_options_and_the_plan_sets_the_rest(tmp_path):
-    fields, malloc = official_run_options(("--device", "cpu", "--hp", "first_order=false", "--hp", "inner_lr=0.5",
-                                           "--precision", "bf16", "--no-progress", "--no-download"))
+    fields, malloc = official_run_options(run_cmd, ("--device", "cpu", "--hp", "first_order=false", "--hp",
+                                                    "inner_lr=0.5", "--precision", "bf16", "--no-progress",
+                                                    "--no-download"))
     assert malloc
     setting = load_plan().select("omniglot", "5w1s")[0]
     fomaml = setting.entries[5]
@@ -131,10 +133,10 @@ def test_options_after_the_dashes_are_run_options_and_the_plan_sets_the_rest(tmp
     assert s.out == str(tmp_path / "omniglot" / "5w1s")
     assert s.command == (f"mtbench run --method maml --hp first_order=true --dataset omniglot --ways 5 --shots 1 "
                          f"--budget quick --out {tmp_path / 'omniglot' / '5w1s'} --device cpu")
-    assert not official_run_options(("--device", "cuda"))[1]  # no CPU allocator tuning for a CUDA run
+    assert not official_run_options(run_cmd, ("--device", "cuda"))[1]  # no CPU allocator tuning for a CUDA run
     for given in (["--ways", "3"], ["--budget", "paper"], ["-m", "protonet"], ["--out", "x"], ["--seed", "1"]):
         with pytest.raises(UserError, match="the official plan sets"):
-            official_run_options(tuple(given))
+            official_run_options(run_cmd, tuple(given))
 
 
 def test_missing_rows_run_in_process_in_plan_order_and_the_fill_resumes(tmp_path, one_thread):

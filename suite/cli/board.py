@@ -18,13 +18,13 @@ PLAN_SETS = ("method", "dataset", "source", "out", "init", "save", "protocol", "
 _PLACEHOLDER = "<from the plan>"
 
 
-def official_run_options(argv: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
-    """The options given after `--` to `mtbench official`, parsed by `mtbench run`'s own options: the RunSpec
-    fields they set for every row (device, data root, download, progress, precision, compile; ``hparams`` as
-    (name, value) pairs), and whether to tune the CPU allocator. An option the plan sets is an error."""
+def official_run_options(run_cmd: click.Command, argv: tuple[str, ...]) -> tuple[dict[str, Any], bool]:
+    """The options given after `--` to `mtbench official`, parsed by `mtbench run`'s own options (``run_cmd``):
+    the RunSpec fields they set for every row (device, data root, download, progress, precision, compile;
+    ``hparams`` as (name, value) pairs), and whether to tune the CPU allocator. An option the plan sets is an
+    error."""
     from click.core import ParameterSource
 
-    from mtbench.cli.main import run_cmd
     from mtbench.methods import parse_overrides
 
     with run_cmd.make_context("mtbench official ... --", ["--method", _PLACEHOLDER, "--dataset", _PLACEHOLDER,
@@ -65,7 +65,8 @@ def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dr
     from mtbench.core.runtime import tune_malloc
 
     chosen = load_plan(plan_file).select(dataset, setting)
-    fields, malloc = official_run_options(run_options)
+    root = click.get_current_context().find_root()  # the `mtbench` group, which has the `run` command
+    fields, malloc = official_run_options(root.command.get_command(root, "run"), run_options)
     if malloc and not dry_run:
         tune_malloc()
     failed = run_missing(Path(leaderboards), chosen, run_options, fields, dry_run, echo=click.echo)
