@@ -1,31 +1,105 @@
-"""The leaderboard folder's layout (``mtbench.results.layout``): settings' folders and the walks over results."""
+"""The layout shows the design: imports run one way, no cycles, no module too long to read, and
+the library reaches the built-in methods only through the registry."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
+import grimp
 import pytest
+from importlinter import configuration
+from importlinter.application.use_cases import lint_imports
 
-from mtbench.core.errors import UserError
-from mtbench.results.layout import THROUGHPUT, folder, folders, leaderboard_files, result_files
-
-
-def _touch(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("{}")
-    return path
+ROOT = Path(__file__).resolve().parent.parent
+LIBRARY = ROOT / "suite"
+MAX_LINES = 400
 
 
-def test_folders_and_walks_skip_the_throughput_folder(tmp_path):
-    a = _touch(folder(tmp_path, "omniglot", "5w1s") / "a.json")
-    b = _touch(folder(tmp_path, "xray", "transfer200-50") / "b.json")
-    deep = _touch(tmp_path / "omniglot" / "5w1s" / "old" / "c.json")
-    _touch(tmp_path / THROUGHPUT / "cpu.json")
-    _touch(tmp_path / THROUGHPUT / "x" / "cpu.json")  # looks like a setting folder, is not one
-    _touch(tmp_path / "omniglot" / "notes.txt")
-    assert folder(tmp_path, "omniglot", "5w1s") == tmp_path / "omniglot" / "5w1s"
-    assert leaderboard_files(tmp_path) == [a, b]  # exactly <dataset>/<setting>/*.json
-    assert folders(tmp_path) == [("omniglot", "5w1s"), ("xray", "transfer200-50")]
-    assert result_files([tmp_path]) == sorted([a, b, deep])  # folders given are searched recursively
-    assert result_files([b, tmp_path / "omniglot"]) == [b, a, deep]
-    assert folders(tmp_path / "missing") == []
-    with pytest.raises(UserError, match="does not exist"):
-        result_files([tmp_path / "missing"])
+def test_import_linter_contracts_are_kept() -> None:
+    """The layer contract of pyproject.toml: cli → report → board | bench → run → results → methods → data → core."""
+    configuration.configure()  # what the lint-imports command does before it reads the contracts
+    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_logo=True, cache_dir=None)
+
+
+def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), from the direct imports."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for other in sorted(graph.find_modules_directly_imported_by(module)):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in on_stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == module:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    graph = grimp.build_graph("mtbench")
+    # a package's __init__ re-exporting its own modules is not a cycle between concerns
+    for package in ("mtbench", *sorted(m for m in graph.modules if m.count(".") == 1)):
+        for child in graph.find_children(package):
+            if graph.direct_import_exists(importer=package, imported=child):
+                graph.remove_import(importer=package, imported=child)
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = grimp.ImportGraph()
+    for name in ("a", "b", "c"):
+        graph.add_module(name)
+    graph.add_import(importer="a", imported="b")
+    graph.add_import(importer="b", imported="c")
+    assert _cycles(graph) == []
+    graph.add_import(importer="c", imported="a")
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("path", sorted([*LIBRARY.rglob("*.py"), *(ROOT / "baselines").glob("*.py")]),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_module_is_too_long_to_read(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines: split it by concern"
+
+
+def test_the_library_never_imports_the_builtin_methods() -> None:
+    offenders = []
+    for path in LIBRARY.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                          if n == "mtbench.baselines" or n.startswith("mtbench.baselines.")]
+    assert offenders == []
+
+
+def test_every_layer_is_a_package_named_in_the_contract() -> None:
+    """A newcomer finds a layer from the folder names: every sub-package of suite/ is one layer of the contract."""
+    text = (ROOT / "pyproject.toml").read_text()
+    packages = sorted(p.name for p in LIBRARY.iterdir() if (p / "__init__.py").is_file())
+    assert packages == sorted(["bench", "board", "cli", "core", "data", "methods", "report", "results", "run"])
+    for name in packages:
+        assert f"mtbench.{name}" in text, name
