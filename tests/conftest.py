@@ -1,12 +1,40 @@
-"""Shared fixtures: one torch thread for tiny runs, a local HTTP server for download tests."""
+"""Shared fixtures: one torch thread for tiny runs, a local HTTP server for download tests.
+
+Also the xdist set-up (pyproject's addopts run ``-n auto --dist loadfile``): one torch thread per worker,
+the slow files scheduled first, and no workers for ``--benchmark-only`` (pytest-benchmark turns itself off
+under xdist).
+"""
 
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 
 import pytest
 import torch
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """``pytest tests/benchmarks --benchmark-only`` runs in one process: benchmarks measure nothing under xdist."""
+    if getattr(config.option, "benchmark_only", False) and hasattr(config.option, "numprocesses"):
+        config.option.numprocesses = 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, each worker gets one intra-op thread: N workers x N threads would oversubscribe the
+    cores (and the CLI subprocesses of tests/support.py's ``cli_run`` inherit OMP_NUM_THREADS=1)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files holding slow tests first (a stable sort), so that under ``--dist loadfile`` the long fits
+    start at once on their own workers and the many short files fill the other workers around them."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture(scope="module")
