@@ -15,6 +15,7 @@ from PIL import Image
 
 from mtbench.data import DATASETS, resolve_cache_dir
 from mtbench.data import miniimagenet as mi
+from mtbench.data import miniimagenet_files as mi_files
 from mtbench.core.errors import UserError
 
 from support import requires_real_data, shared_root
@@ -103,6 +104,7 @@ def test_csv_layout_loads_sorted_84px_rgb_with_a_note(csv_copy: Path, tmp_path: 
 
 def test_no_note_for_a_full_copy(csv_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mi, "IMAGES_PER_CLASS", PER_CLASS)
+    monkeypatch.setattr(mi_files, "IMAGES_PER_CLASS", PER_CLASS)  # subset_note reads it there
     data = dataset(csv_copy.parent, tmp_path / "cache")
     data.load("test")
     assert data.notes == []
