@@ -67,9 +67,8 @@ class MAMLHparams:
             raise UserError("--hp inner_steps and eval_steps must be ≥ 1")
 
 
-# task_batching=auto, per device type, from `mtbench bench` (Omniglot 5w1s, 15 queries, Conv4, second order):
-# on 2 CPU cores the loop was 1.5x faster than vmap at meta-batch 32 and bmm the slowest; on an H100, with
-# CUDA graphs, vmap ran 1030 tasks/s at meta-batch 32 and 811 at 8, bmm 851 and 616, the eager loop 54
+# task_batching=auto: the fastest meta-gradient per device type in `mtbench bench` (second order, Conv4,
+# Omniglot 5w1s); the measurements are on the throughput page (reports/throughput.md)
 AUTO_BATCHING = {"cpu": "loop", "cuda": "vmap"}
 
 
@@ -94,9 +93,8 @@ class MAML(Method):
                "xray": {"eval_steps": 25}, "xray3": {"eval_steps": 25}}
     budgets = {"default": {"quick": 100, "paper": 60000}, "omniglot": {"quick": 700, "paper": 60000},
                "miniimagenet": {"quick": 500, "paper": 60000}}
-    # quick on miniImageNet: one inner step in training and 2 tasks per meta-batch (1.3 s per iteration
-    # on 2 CPU cores instead of 3.7 s with 5 steps), and the per-task loop, which was faster than vmap
-    # there at 84 px (1.27 vs 2.03 s per iteration)
+    # quick on miniImageNet: one inner step in training and 2 tasks per meta-batch, about a third of the
+    # paper's cost per iteration, and the per-task loop, the faster meta-gradient on a CPU at 84 px
     quick_presets = {"miniimagenet": {"inner_steps": 1, "meta_batch": 2, "task_batching": "loop"}}
     transductive = True
     #: what ``task_batching=auto`` picks per device type (read by ``mtbench bench`` too)

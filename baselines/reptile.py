@@ -99,8 +99,7 @@ class Reptile(Method):
     presets = {"synthetic": {"eval_steps": 10, "report_steps": "0,5"}, "omniglot": {"report_steps": "0,1,10"}}
     budgets = {"default": {"quick": 100, "paper": 100000}, "synthetic": {"quick": 50, "paper": 100000},
                "omniglot": {"quick": 600, "paper": 100000}}
-    # 600 meta-iterations instead of 100,000: a 3x larger inner Adam step gets further in them (it
-    # won a 600-iteration comparison on Omniglot 5w1s, made before moments were carried over)
+    # 600 meta-iterations instead of 100,000: a 3x larger inner Adam step gets further in so few
     quick_presets = {"omniglot": {"inner_lr": 3e-3}}
     transductive = False
 
