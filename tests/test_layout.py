@@ -103,3 +103,15 @@ def test_every_layer_is_a_package_named_in_the_contract() -> None:
     assert packages == sorted(["bench", "board", "cli", "core", "data", "methods", "report", "results", "run"])
     for name in packages:
         assert f"mtbench.{name}" in text, name
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    """The README's layout section names every package and module of suite/, so it cannot fall behind."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Layout"):]
+    section = section[:section.index("```", section.index("```") + 3)]
+    missing = [str(p.relative_to(LIBRARY)) for p in [*LIBRARY.glob("*/"), *LIBRARY.glob("*/*.py")]
+               if p.name not in ("__init__.py", "__main__.py") and (p.is_dir() and p.name != "__pycache__"
+                                                                     and f"{p.name}/" not in section
+                                                                     or p.suffix == ".py" and p.stem not in section)]
+    assert missing == []
