@@ -58,6 +58,9 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--malloc-tuning/--no-malloc-tuning", default=True, show_default=True,
                      help="On the CPU, keep freed memory in glibc's heap (about 2x faster training here)."),
         click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars."),
+        click.option("--skip-bad-images", is_flag=True, default=False,
+                     help="Image folders: leave out images that cannot be read (counted in the result) instead of "
+                          "stopping at the first."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -15,7 +15,7 @@ import importlib.metadata
 import importlib.util
 import pkgutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Generic, TypeVar
@@ -97,6 +97,10 @@ class Registry(Generic[T]):
         self._builtins = builtins
         self._items: dict[str, T] = {}
         self._loaded = False
+        #: ``prefix -> factory``: ``get("prefix:rest")`` builds a component from ``rest`` (e.g. ``folder:PATH``)
+        self._prefixes: dict[str, Callable[[str], T]] = {}
+        #: callables returning ``{name: component}``, read at every lookup (e.g. a user's config file)
+        self._sources: list[Callable[[], dict[str, T]]] = []
 
     # -- writing --------------------------------------------------------------------------------
     def register(self, obj: T) -> T:
@@ -113,6 +117,23 @@ class Registry(Generic[T]):
             )
         self._items[name] = obj
         return obj
+
+    def add_prefix(self, prefix: str, factory: Callable[[str], T]) -> None:
+        """Route ``get("PREFIX:rest")`` to ``factory(rest)``, before ``module:attr`` loading."""
+        self._prefixes[prefix] = factory
+
+    def add_source(self, source: Callable[[], dict[str, T]]) -> None:
+        """Components that come and go with a file outside the code (read at every lookup); a
+        registered (built-in) name wins over one of theirs."""
+        self._sources.append(source)
+
+    def _all(self) -> dict[str, T]:
+        self._load()
+        found: dict[str, T] = {}
+        for source in self._sources:
+            found.update(source())
+        found.update(self._items)
+        return found
 
     def register_from(self, spec: str) -> T:
         """Load ``module:attr`` (or ``file.py:attr``) and register it; return the object."""
@@ -140,26 +161,34 @@ class Registry(Generic[T]):
         self._load()
         if name in self._items:
             return self._items[name]
+        prefix, sep, rest = name.partition(":")
+        if sep and prefix in self._prefixes:
+            return self._prefixes[prefix](rest)
+        known = self._all()
+        if name in known:
+            return known[name]
         if ":" in name:
             return self.register_from(name)
-        close = difflib.get_close_matches(name, list(self._items), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise UserError(
-            f"unknown {self.kind[:-1]} '{name}': {hint}known {self.kind}: {', '.join(sorted(self._items))} "
+            f"unknown {self.kind[:-1]} '{name}': {hint}known {self.kind}: {', '.join(sorted(known))} "
             f"(see `mtbench ls`; outside ones load as 'module:attr')"
         )
 
     def names(self) -> list[str]:
-        self._load()
-        return sorted(self._items)
+        return sorted(self._all())
 
     def items(self) -> Iterator[tuple[str, T]]:
-        self._load()
-        return iter(sorted(self._items.items()))
+        return iter(sorted(self._all().items()))
 
-    def __contains__(self, name: object) -> bool:
+    def builtin(self, name: str) -> bool:
+        """Whether ``name`` is registered in code (a built-in or an installed component), not by a source."""
         self._load()
         return name in self._items
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._all()
 
     def unregister(self, name: str) -> None:
         """Remove a component (for tests and interactive sessions)."""

@@ -207,6 +207,13 @@ class Dataset:
         return VerifyReport(self.name, "found", self.paths(),
                             notes=["no expected structure or checksums are known for this dataset"])
 
+    def configure(self, protocol: str, source_shape: tuple[int, int, int] | None = None,
+                  skip_bad_images: bool = False) -> None:
+        """What a run tells the dataset before loading: the protocol (``episodes``/``transfer``), the image
+        shape of the source it transfers from (``None``: none), and whether unreadable images may be
+        skipped. Datasets with fixed splits and shape (the built-in ones) ignore it; an image folder
+        (:mod:`mtbench.data.folder`) chooses its splits and, without a declared size, takes the source's."""
+
     def load(self, split: str) -> Split:
         """Load one split as CPU tensors."""
         if split not in self.splits:

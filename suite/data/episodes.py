@@ -60,8 +60,10 @@ class EpisodeSpec:
                             f"use --ways {split.num_classes} or fewer")
         fewest = int(split.class_count.min())
         if self.per_class > fewest:
+            small = split.class_names[int(split.class_count.argmin())]
             raise UserError(f"--shots {self.shots} + --queries {self.queries} = {self.per_class} images per class, "
-                            f"but some classes of {where} have only {fewest}; lower --shots or --queries")
+                            f"but some classes of {where} have only {fewest} (class '{small}' has {fewest}); lower "
+                            f"--shots or --queries, or add images to that class")
 
     def describe(self) -> str:
         return f"{self.ways}-way {self.shots}-shot, {self.queries} queries/class"
@@ -100,8 +102,10 @@ def check_pair(support: Split, query: Split, spec: "EpisodeSpec") -> None:
     for split, need, option in ((support, spec.shots, "--shots"), (query, spec.queries, "--queries")):
         fewest = int(split.class_count.min())
         if need > fewest:
+            small = split.class_names[int(split.class_count.argmin())]
             raise UserError(f"{option} {need} is more than the {fewest} images of the smallest class of "
-                            f"{split.dataset}/{split.name}; lower {option}")
+                            f"{split.dataset}/{split.name} (class '{small}' has {fewest}); lower {option}, or add "
+                            f"images to that class")
 
 
 def sample_pair(support: Split, query: Split, spec: "EpisodeSpec", generator: torch.Generator) -> Tensor:

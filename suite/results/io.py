@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 from typing import Any
 
 from mtbench.core.atomic import atomic_write
@@ -23,7 +24,11 @@ def setting_name(protocol: dict[str, Any]) -> str:
 def result_filename(doc: dict[str, Any]) -> str:
     p = doc["protocol"]
     stamp = doc["provenance"]["timestamp"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    return f"{doc['dataset']['name']}_{setting_name(p)}_{doc['method']['name']}_seed{p['seed']}_{stamp}.json"
+    name = doc["dataset"]["name"]
+    if ":" in name or "/" in name:  # an image folder's "folder:/its/path": its last component, file-name safe
+        kind, _, rest = name.partition(":")
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{kind}-{PurePath(rest).name}")
+    return f"{name}_{setting_name(p)}_{doc['method']['name']}_seed{p['seed']}_{stamp}.json"
 
 
 def write_result(doc: dict[str, Any], out_dir: Path) -> Path:

@@ -36,6 +36,8 @@ class RunSpec:
             ``torch.autocast`` to bfloat16).
         compile: compile the method's networks in place (``nn.Module.compile``); only for methods
             that are ``compilable``.
+        skip_bad_images: leave out images Pillow cannot read (an image folder's), counted in the dataset
+            notes, instead of stopping with an error naming the first.
         submission: for ``mtbench submit``: the source file, class and the file's sha256, recorded
             as the result's ``submission`` (``None``: a run of a registered method).
     """
@@ -57,6 +59,7 @@ class RunSpec:
     precision: str = "fp32"
     compile: bool = False
     submission: dict[str, Any] | None = None
+    skip_bad_images: bool = False
 
 
 #: the few-shot tasks a method is fitted with on a source domain other than the evaluation's

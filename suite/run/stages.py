@@ -22,6 +22,7 @@ from mtbench.core.runtime import (autocast, check_precision, device_name, malloc
 from mtbench.data import DATASETS, Dataset, Split, resolve_data_root
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.data.protocols import TransferSpec
+from mtbench.data.transforms import to_input
 from mtbench.methods import METHODS, FitContext, Method, make_hparams
 from mtbench.results import SCHEMA_VERSION, provenance
 from mtbench.run.checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
@@ -57,7 +58,8 @@ def resolve(spec: RunSpec) -> Resolved:
     the ``--init`` checkpoint: every mistake in the spec is a :class:`UserError` here."""
     method_cls = METHODS.get(spec.method)
     dataset_cls = DATASETS.get(spec.dataset)
-    source_cls = DATASETS.get(spec.source or dataset_cls.default_source or dataset_cls.name)
+    given_source = spec.source or dataset_cls.default_source
+    source_cls = DATASETS.get(given_source) if given_source and given_source != spec.dataset else dataset_cls
     check_precision(spec.precision)
     if spec.compile and not method_cls.compilable:
         raise UserError(f"--compile: {method_cls.name} is not compilable (it does not call its networks directly; it "
@@ -100,20 +102,34 @@ def load(r: Resolved) -> Loaded:
     data = r.dataset_cls(root=root, progress=spec.progress)
     data.prepare(download=spec.download)
     source_data = r.source_cls(root=root, progress=spec.progress) if r.cross else data
+    transfer = spec.episodes if isinstance(spec.episodes, TransferSpec) else None
+    # a cross-domain target is brought to the source network's input (its shape and normalisation), so
+    # the source is read first; an image folder without a declared size decodes at the source's
+    fitted_on = None
     if r.cross:
         source_data.prepare(download=spec.download)
-    test = data.load(data.eval_split).to(r.device)
-    support = data.load(data.support_split).to(r.device) if data.support_split else None
-    transfer = spec.episodes if isinstance(spec.episodes, TransferSpec) else None
+        fitted_on = source_data.load(source_data.fit_split)
+    data.configure("transfer" if transfer else "episodes", fitted_on.image_shape if fitted_on else None,
+                   spec.skip_bad_images)
+    test = data.load(data.eval_split)
+    support = data.load(data.support_split) if data.support_split else None
+    if fitted_on is not None and fitted_on.image_shape != test.image_shape:
+        args = (fitted_on.image_shape, fitted_on.mean, fitted_on.std, r.source_cls.name)
+        test, note = to_input(test, *args)
+        support = to_input(support, *args)[0] if support is not None else None
+        data.notes.append(note)
+    test = test.to(r.device)
+    support = support.to(r.device) if support is not None else None
     protocol = transfer.episodes(test.num_classes) if transfer else spec.episodes
     episodes = EpisodeSet(test, protocol, support)
     # a backbone without BatchNorm statistics is calibrated on the training split, never on the test one
     needs_source = r.iterations > 0 or r.checkpoint is not None
-    source = source_data.load(source_data.fit_split).to(r.device) if needs_source else test
-    if needs_source and source.image_shape != test.image_shape:
-        raise UserError(f"--source {r.source_cls.name} has {_shape(source.image_shape)} images but "
-                        f"{r.dataset_cls.name} has {_shape(test.image_shape)}: a method fitted on one cannot take "
-                        f"the other; choose a source with the same image size and channels")
+    if not needs_source:
+        source = test
+    elif fitted_on is not None:
+        source = fitted_on.to(r.device)
+    else:
+        source = data.load(data.fit_split).to(r.device)
     # fitting on another domain uses that domain's few-shot tasks, not the target's protocol
     if r.cross or transfer:
         fit_spec = dataclasses.replace(SOURCE_EPISODES, ways=min(SOURCE_EPISODES.ways, source.num_classes),
@@ -183,6 +199,7 @@ def save(r: Resolved, d: Loaded, f: Fitted, path: Path) -> Path:
     return save_checkpoint(f.method, {
         "method": r.method_cls.name, "method_version": r.method_cls.version,
         "hparams": dataclasses.asdict(f.method.hparams), "in_shape": list(d.test.image_shape),
+        "mean": list(d.test.mean), "std": list(d.test.std), "class_names": list(d.test.class_names),
         "dataset": r.source_cls.name, "fit_split": d.source_data.fit_split, "ways": d.fit_spec.ways,
         "shots": d.fit_spec.shots, "budget": str(r.spec.budget), "iterations": r.iterations,
         "fit_seconds": f.seconds, "provenance": f.origin, "init": f.init,
@@ -230,7 +247,3 @@ def record(r: Resolved, d: Loaded, f: Fitted, scores: dict[str, Any]) -> dict[st
     doc["method"]["variant"] = r.method_cls.variant(doc)
     return doc
 
-
-def _shape(shape: tuple[int, ...]) -> str:
-    c, h, w = shape
-    return f"{h}x{w} {'grey' if c == 1 else f'{c}-channel'}"
