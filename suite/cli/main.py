@@ -148,6 +148,12 @@ def data_prepare(name: str, source: str, data_root: str | None, progress: bool) 
     click.echo(prepare(name, source, data_root, progress))
 
 
+from mtbench.cli import folders as folderscmd  # noqa: E402 - beside the group it extends
+
+data_group.add_command(folderscmd.data_add)
+main.add_command(folderscmd.predict_cmd)
+
+
 # -- mtbench bench ---------------------------------------------------------------------------------
 @main.command("bench")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")

@@ -92,6 +92,26 @@ def _walk(top: Path, root: Path, ignored: list[str]) -> list[str]:
     return found
 
 
+def _check_folder(folder: Path, what: str) -> None:
+    if not folder.exists():
+        raise UserError(f"{what} does not exist; give a folder that holds one sub-folder of images per class")
+    if not folder.is_dir():
+        raise UserError(f"{what} is a file, not a folder; give the folder that holds one sub-folder of images "
+                        f"per class (PATH/<class>/<image>)")
+
+
+def find_images(folder: Path, what: str) -> tuple[list[str], list[str]]:
+    """Every image under ``folder`` (recursively, sorted, relative to it) and the non-image files ignored."""
+    folder = Path(folder)
+    if not folder.exists() or not folder.is_dir():
+        raise UserError(f"{what} {'is a file' if folder.exists() else 'does not exist'}; give a folder of images")
+    ignored: list[str] = []
+    files = _walk(folder, folder, ignored)
+    if not files:
+        raise UserError(f"{what} holds no images (any format Pillow reads: PNG, JPEG, BMP, TIFF, ...)")
+    return files, ignored
+
+
 def scan(folder: Path, what: str | None = None) -> Scan:
     """The class sub-folders of ``folder`` and their images (searched recursively, as torchvision does).
 
@@ -101,11 +121,7 @@ def scan(folder: Path, what: str | None = None) -> Scan:
     """
     folder = Path(folder)
     what = what or str(folder)
-    if not folder.exists():
-        raise UserError(f"{what} does not exist; give a folder that holds one sub-folder of images per class")
-    if not folder.is_dir():
-        raise UserError(f"{what} is a file, not a folder; give the folder that holds one sub-folder of images "
-                        f"per class (PATH/<class>/<image>)")
+    _check_folder(folder, what)
     out = Scan(folder)
     loose: list[str] = []
     try:

@@ -92,6 +92,8 @@ class Loaded:
     fit_spec: EpisodeSpec
     unlabelled_split: str | None
     unlabelled: Split | None
+    #: the target's image shape as decoded, before any transform to the source's input
+    decoded_shape: tuple[int, int, int] | None = None
 
 
 def load(r: Resolved) -> Loaded:
@@ -113,6 +115,7 @@ def load(r: Resolved) -> Loaded:
                    spec.skip_bad_images)
     test = data.load(data.eval_split)
     support = data.load(data.support_split) if data.support_split else None
+    decoded_shape = test.image_shape
     if fitted_on is not None and fitted_on.image_shape != test.image_shape:
         args = (fitted_on.image_shape, fitted_on.mean, fitted_on.std, r.source_cls.name)
         test, note = to_input(test, *args)
@@ -142,7 +145,7 @@ def load(r: Resolved) -> Loaded:
     unlabelled_split = data.unlabelled_split if r.iterations > 0 and not r.cross else None
     unlabelled = data.load(unlabelled_split).without_labels().to(r.device) if unlabelled_split else None
     return Loaded(data, source_data, test, source, episodes, protocol, transfer, fit_spec, unlabelled_split,
-                  unlabelled)
+                  unlabelled, decoded_shape)
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ def save(r: Resolved, d: Loaded, f: Fitted, path: Path) -> Path:
     return save_checkpoint(f.method, {
         "method": r.method_cls.name, "method_version": r.method_cls.version,
         "hparams": dataclasses.asdict(f.method.hparams), "in_shape": list(d.test.image_shape),
-        "mean": list(d.test.mean), "std": list(d.test.std), "class_names": list(d.test.class_names),
+        "mean": list(d.test.mean), "std": list(d.test.std), "decoded_shape": list(d.decoded_shape or d.test.image_shape),
         "dataset": r.source_cls.name, "fit_split": d.source_data.fit_split, "ways": d.fit_spec.ways,
         "shots": d.fit_spec.shots, "budget": str(r.spec.budget), "iterations": r.iterations,
         "fit_seconds": f.seconds, "provenance": f.origin, "init": f.init,
