@@ -4,6 +4,7 @@ generated ``synthetic`` dataset; the official plan is only read and dry-run."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import textwrap
 from importlib import resources
@@ -142,13 +143,17 @@ def test_options_after_the_dashes_are_run_options_and_the_plan_sets_the_rest(tmp
 def test_missing_rows_run_in_process_in_plan_order_and_the_fill_resumes(tmp_path, one_thread):
     plan = plan_file(tmp_path, TINY)
     lb = tmp_path / "lb"
-    args = ["official", "--plan", str(plan), "--leaderboards", str(lb), "--", "--device", "cpu", "--no-progress"]
+    args = ["official", "--plan", str(plan), "--leaderboards", str(lb), "--engine", "local", "--storage",
+            str(tmp_path / "storage"), "--", "--device", "cpu", "--no-progress"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("[")]
-    assert lines[0::2] == ["[1/4] protonet on synthetic/3w1s", "[2/4] protonet on synthetic/2w1s",
-                           "[3/4] maml (1st order) on synthetic/3w1s", "[4/4] maml (1st order) on synthetic/2w1s"]
-    assert all(line.startswith(f"[{i}/4] done in ") for i, line in enumerate(lines[1::2], 1))
+    # the rows run as sweep trials, in plan order: each entry across the settings first
+    assert lines[0::2] == ["[1/4] start  protonet synthetic/3w1s seed 0 budget 1 (local)",
+                           "[2/4] start  protonet synthetic/2w1s seed 0 budget 1 (local)",
+                           "[3/4] start  maml synthetic/3w1s seed 0 budget 1 hp first_order=true,meta_batch=2 (local)",
+                           "[4/4] start  maml synthetic/2w1s seed 0 budget 1 hp first_order=true,meta_batch=2 (local)"]
+    assert all(line.startswith(f"[{i}/4] done   ") for i, line in enumerate(lines[1::2], 1))
     for setting in load_plan(plan).settings:
         docs = [read_result(p) for p in sorted(folder(lb, "synthetic", setting.name).glob("*.json"))]
         # the label a run writes is the one the plan derived for it
@@ -162,25 +167,29 @@ def test_missing_rows_run_in_process_in_plan_order_and_the_fill_resumes(tmp_path
 def test_a_failed_row_is_reported_in_one_line_and_the_others_run(tmp_path, monkeypatch):
     from mtbench.run import runner
 
+    real = runner.run
+
     def fake(s):
         ran.append((s.method, s.episodes.ways, dict(s.hparams)))
         if s.episodes.ways == 3 and s.method == "protonet":
             raise UserError("no such images")
         if s.method == "maml" and s.episodes.ways == 2:
             raise RuntimeError("CUDA out of memory")
-        return {}, None
+        return real(dataclasses.replace(s, method="protonet", hparams=()))  # a quick stand-in result
 
     ran: list = []
     monkeypatch.setattr(runner, "run", fake)
     result = CliRunner().invoke(main, ["official", "--plan", str(plan_file(tmp_path, TINY)), "--leaderboards",
-                                       str(tmp_path / "lb"), "--", "--hp", "inner_lr=0.1"])
+                                       str(tmp_path / "lb"), "--engine", "local", "--storage", str(tmp_path / "st"),
+                                       "--", "--hp", "train_queries=3", "--device", "cpu"])
     assert result.exit_code == 1
-    assert "[1/4] FAILED: no such images" in result.output
-    assert "[2/4] done in" in result.output and "[3/4] done in" in result.output
-    assert "[4/4] FAILED: RuntimeError: CUDA out of memory" in result.output
-    assert "2 row(s) failed" in result.output
+    assert "[1/4] FAILED protonet synthetic/3w1s seed 0 budget 1 hp train_queries=3: node " in result.output
+    assert result.output.count("no such images") == 1
+    assert "[2/4] done   " in result.output and "[3/4] done   " in result.output
+    assert ": RuntimeError: CUDA out of memory" in result.output.split("[4/4] FAILED maml synthetic/2w1s")[1]
+    assert "2 trial(s) failed" in result.output
     assert [(m, w) for m, w, _ in ran] == [("protonet", 3), ("protonet", 2), ("maml", 3), ("maml", 2)]
-    assert ran[2][2] == {"first_order": "true", "meta_batch": "2", "inner_lr": "0.1"}
+    assert ran[2][2] == {"first_order": "true", "meta_batch": "2", "train_queries": "3"}
 
 
 def test_dry_run_and_unknown_setting(tmp_path):

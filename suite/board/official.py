@@ -176,7 +176,12 @@ def read(text: str, source: str) -> Plan:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{source} is not valid TOML: {exc}") from None
-    return parse(doc, source)
+    try:
+        return parse(doc, source)
+    except UserError as exc:  # the line it is about, found in the text (tomllib only gives syntax errors one)
+        from mtbench.board.plan_lines import with_line
+
+        raise UserError(with_line(str(exc), source, text)) from None
 
 
 @functools.lru_cache(maxsize=1)

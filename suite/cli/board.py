@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from mtbench.cli.options import run_options, user_errors
+from mtbench.cli.sweep import engine_options, run_sweep
 from mtbench.core.errors import UserError
 
 
@@ -48,31 +49,34 @@ def official_run_options(run_cmd: click.Command, argv: tuple[str, ...]) -> tuple
               help="The leaderboard folder the rows are written into.")
 @click.option("--dataset", default=None, help="Only this dataset's settings (omniglot, miniimagenet, xray).")
 @click.option("--setting", default=None, help="Only this setting, e.g. 5w1s, 20w1s or transfer200-50.")
-@click.option("--dry-run", is_flag=True, help="List the missing rows and their `mtbench run` commands; run nothing.")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None,
               help="A plan of your own, in the format of the official one (mtbench/board/official.toml).")
+@engine_options
 @click.argument("run_options", nargs=-1, type=click.UNPROCESSED)
 @user_errors
 def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dry_run: bool, plan_file: str | None,
-                 run_options: tuple[str, ...]) -> None:
+                 run_options: tuple[str, ...], **engine: Any) -> None:
     """Fill the official leaderboard: run each row of the plan (Omniglot 5w1s/5w5s/20w1s, miniImageNet
     5w1s/5w5s, xray transfer200-50: every method; omniglot-shift 5w1s: DANN and its source-only reference)
     that has no result yet at the quick budget, in this process as `mtbench run` would, writing into
     LEADERBOARDS/<dataset>/<setting>/. Resumable: rerun it to continue. Options of `mtbench run` after `--`
     apply to every row, e.g. `-- --device cuda --no-progress`; those that say what a row is (method,
-    dataset, protocol, budget, --out) come from the plan."""
-    from mtbench.board.official import load_plan, run_missing
-    from mtbench.core.runtime import tune_malloc
+    dataset, protocol, budget, --out) come from the plan. The rows run as the trials of `mtbench sweep`, on
+    its engines (--engine, --cpus-per-trial...)."""
+    from mtbench.board.official import load_plan, missing, run_missing
+    from mtbench.board.sweep import plan_trials
 
     chosen = load_plan(plan_file).select(dataset, setting)
     root = click.get_current_context().find_root()  # the `mtbench` group, which has the `run` command
     fields, malloc = official_run_options(root.command.get_command(root, "run"), run_options)
-    if malloc and not dry_run:
-        tune_malloc()
-    failed = run_missing(Path(leaderboards), chosen, run_options, fields, dry_run, echo=click.echo)
-    if failed:
-        click.echo(f"{failed} row(s) failed", err=True)
-        raise SystemExit(1)
+    if dry_run:
+        run_missing(Path(leaderboards), chosen, run_options, fields, dry_run=True, echo=click.echo)
+        return
+    todo = missing(Path(leaderboards), chosen)
+    click.echo(f"{len(todo)} row(s) missing in {', '.join(f'{s.dataset}/{s.name}' for s in chosen)}")
+    progress = fields.pop("progress")
+    trials = plan_trials(todo, leaderboards, fields, run_options)
+    run_sweep(trials, progress=progress, malloc=malloc, **engine)
 
 
 @click.command("validate")

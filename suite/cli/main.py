@@ -12,6 +12,7 @@ import click
 
 from mtbench import __version__
 from mtbench.cli import board as boardcmd
+from mtbench.cli import sweep as sweepcmd
 from mtbench.cli.options import run_options, run_spec, summary, user_errors
 
 
@@ -207,7 +208,8 @@ def report_cmd(leaderboards: str, out: str) -> None:
     click.echo(f"wrote {', '.join(pages)} and {len(written) - len(pages)} figure(s) in {Path(out) / 'figures'}")
 
 
-for _command in (boardcmd.official_cmd, boardcmd.validate_cmd, boardcmd.leaderboard_cmd, boardcmd.submit_cmd):
+for _command in (boardcmd.official_cmd, boardcmd.validate_cmd, boardcmd.leaderboard_cmd, boardcmd.submit_cmd,
+                 sweepcmd.sweep_cmd):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
