@@ -63,7 +63,7 @@ class ImageFolder(Dataset):
         self.shape: tuple[int, int, int] = (self.channels or DEFAULT_SHAPE[0], self.image_size or DEFAULT_SHAPE[1],
                                             self.image_size or DEFAULT_SHAPE[2])
         self._protocol = self.default_protocol
-        self._memo: dict[str, Split] = {}
+        self._memo: dict = {}  # split name -> Split, or a thunk that builds it
         self._no_fit = ""
         self._choose_splits()
 
@@ -141,9 +141,10 @@ class ImageFolder(Dataset):
         names = [str(Path(s) / f) if s else f for s, sc in scans.items() for files in sc.files for f in files]
         c, size, _ = self.shape
         key = hashlib.sha256(f"{DECODER}|{c}|{size}\n".encode())
-        for n in names:
-            st = (self.path / n).stat()
-            key.update(f"{n}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        for s, sc in scans.items():
+            for f in (f for files in sc.files for f in files):
+                size_, mtime = sc.stats[f]
+                key.update(f"{Path(s) / f if s else f}:{size_}:{mtime}\n".encode())
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.path.name)[:40]
         cache = self.cache_dir / f"folder-{slug}-{size}px-{c}ch-{key.hexdigest()[:16]}.pt"
         if cache.exists():
@@ -188,21 +189,34 @@ class ImageFolder(Dataset):
         ignored = [str(Path(s) / f) if s else f for s, sc in scans.items() for f in sc.ignored]
         return [f"ignored {len(ignored)} non-image file(s) in {self.path}: {some(ignored)}"] if ignored else []
 
-    def _split(self, name: str, classes: list[str], members: list[list[int]], images: torch.Tensor) -> Split:
-        index = torch.tensor([i for m in members for i in m], dtype=torch.int64)
-        labels = torch.arange(len(classes)).repeat_interleave(torch.tensor([len(m) for m in members]))
-        c = self.shape[0]
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
-        return Split(self.name, name, images[index], labels, tuple(classes), mean, std, self.version)
+    def _split(self, name: str, classes: list[str], members: list[list[int]], images: torch.Tensor):
+        """A thunk building the split (only the splits a run asks for are gathered from the decoded images)."""
+        def build() -> Split:
+            flat = [i for m in members for i in m]
+            runs, start = [], 0  # consecutive indices are slices: a split of whole classes copies little
+            for k in range(1, len(flat) + 1):
+                if k == len(flat) or flat[k] != flat[k - 1] + 1:
+                    runs.append((flat[start], flat[k - 1] + 1))
+                    start = k
+            picked = (images[runs[0][0]:runs[0][1]] if len(runs) == 1
+                      else torch.cat([images[a:b] for a, b in runs]) if len(runs) <= 64
+                      else images[torch.tensor(flat, dtype=torch.int64)])
+            labels = torch.arange(len(classes)).repeat_interleave(torch.tensor([len(m) for m in members]))
+            c = self.shape[0]
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
+            return Split(self.name, name, picked, labels, tuple(classes), mean, std, self.version)
+        return build
 
     def load_split(self, split: str) -> Split:
-        if split not in self._memo:
+        if not self._memo:
             self._memo.update(self._make_splits())
         if split == "fit" and split not in self._memo:
             raise UserError(self._no_fit)
         if split not in self._memo:
             raise UserError(f"{self.name} has no split '{split}' under --protocol {self._protocol}; its splits are "
                             f"{', '.join(self._memo)}")
+        if not isinstance(self._memo[split], Split):
+            self._memo[split] = self._memo[split]()
         return self._memo[split]
 
     def _make_splits(self) -> dict[str, Split]:

@@ -44,6 +44,8 @@ class Scan:
     classes: list[str] = field(default_factory=list)
     files: list[list[str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    #: ``(size, mtime_ns)`` of each image, by its path relative to ``root``
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -54,16 +56,18 @@ def is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
-def _walk(top: Path, root: Path, ignored: list[str]) -> list[str]:
-    """Image paths under ``top`` relative to ``root``, following symlinks; a loop is a :class:`UserError`."""
+def _walk(top: Path, root: Path, ignored: list[str], stats: dict[str, tuple[int, int]] | None = None) -> list[str]:
+    """Image paths under ``top`` relative to ``root``, following symlinks; a loop is a :class:`UserError`.
+    ``stats`` receives each image's ``(size, mtime_ns)`` (from the directory scan: no second ``stat``)."""
     found: list[str] = []
     try:
         ancestors = [os.path.realpath(top, strict=True)]
     except OSError as exc:
         raise UserError(f"{top} cannot be read ({exc.strerror or exc}): a symlink loop or a broken link; "
                         f"remove or fix it") from None
+    skip = len(str(root)) + 1
 
-    def visit(folder: Path, seen: list[str]) -> None:
+    def visit(folder: str, seen: list[str]) -> None:
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
@@ -71,24 +75,26 @@ def _walk(top: Path, root: Path, ignored: list[str]) -> list[str]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            path = Path(entry.path)
             try:
                 is_dir = entry.is_dir()
-                real = os.path.realpath(path, strict=True) if entry.is_symlink() else None
+                real = os.path.realpath(entry.path, strict=True) if entry.is_symlink() else None
             except OSError:
-                raise UserError(f"{path} is a symlink loop or a broken link; remove it or point it at a real "
+                raise UserError(f"{entry.path} is a symlink loop or a broken link; remove it or point it at a real "
                                 f"file or folder") from None
             if is_dir:
-                real = real or os.path.realpath(path)
+                real = real or os.path.realpath(entry.path)
                 if real in seen:
-                    raise UserError(f"{path} is a symlink loop (it leads back to {real}); remove the link")
-                visit(path, [*seen, real])
+                    raise UserError(f"{entry.path} is a symlink loop (it leads back to {real}); remove the link")
+                visit(entry.path, [*seen, real])
             elif entry.is_file() and is_image(entry.name):
-                found.append(str(path.relative_to(root)))
+                found.append(entry.path[skip:])
+                if stats is not None:
+                    st = entry.stat()
+                    stats[entry.path[skip:]] = (st.st_size, st.st_mtime_ns)
             elif entry.is_file():
-                ignored.append(str(path.relative_to(root)))
+                ignored.append(entry.path[skip:])
 
-    visit(top, ancestors)
+    visit(str(top), ancestors)
     return found
 
 
@@ -146,7 +152,7 @@ def scan(folder: Path, what: str | None = None) -> Scan:
                             f"differ only in case: merge or rename one of them")
         lower[entry.name.lower()] = entry.name
         out.classes.append(entry.name)
-        out.files.append(_walk(folder / entry.name, folder, out.ignored))
+        out.files.append(_walk(folder / entry.name, folder, out.ignored, out.stats))
     if loose:
         raise UserError(f"{what} holds images outside class folders ({loose[0]}{' and more' if len(loose) > 1 else ''}):"
                         f" put each class's images in its own sub-folder, {what}/<class>/<image>")
