@@ -223,7 +223,8 @@ def grid(methods: str, datasets: str, *, out: str | Path, budgets: str = "quick"
                 ok.append(int(v))
             else:
                 flag = f"--{name.replace('_', '-')}"
-                problems.append(f"{flag} {v}: not a whole number ≥ 0; give whole numbers, e.g. {flag} 1,5")
+                problems.append(f"{flag} {v}: not a whole number ≥ 0; give whole numbers, e.g. {flag} "
+                                f"{'5,20' if name == 'ways' else '1,5'}")
         numbers[name] = ok if text is not None else [None]
     if ints:
         raise TypeError(f"grid() got unknown options {', '.join(ints)}")
@@ -241,9 +242,10 @@ def grid(methods: str, datasets: str, *, out: str | Path, budgets: str = "quick"
                             f"has an hparam '{name}'; drop it or add a method that has it")
         hp_axes.append((name, values("hp", text)))
 
-    fields = dict(overrides or {})
-    base_hp = dict(fields.pop("hparams", ()))
-    trials: list[Trial] = []
+    from mtbench.methods import make_hparams
+    from mtbench.results import setting_name
+
+    settings = []  # (dataset class, protocol, folder), each checked
     for data_cls in dataset_classes:
         for combo in itertools.product(*numbers.values()):
             given = dict(zip(numbers, combo))
@@ -255,21 +257,39 @@ def grid(methods: str, datasets: str, *, out: str | Path, budgets: str = "quick"
                 continue
             record = spec_protocol.record() if isinstance(spec_protocol, TransferSpec) else \
                 dataclasses.asdict(spec_protocol)
-            from mtbench.results import setting_name
+            settings.append((data_cls, spec_protocol, folder(out, data_cls.name, setting_name(record))))
+    for cls, data_cls in itertools.product(method_classes, dataset_classes):  # each value alone, once
+        source = data_cls.default_source or data_cls.name
+        for budget in budget_values:
+            try:
+                cls.iterations_for(budget, source)
+            except UserError as exc:
+                problems.append(f"--budget {budget}: {exc}")
+        for name, hp_values in hp_axes:
+            for value in hp_values if any(f.name == name for f in dataclasses.fields(cls.Hparams)) else ():
+                try:
+                    make_hparams(cls, data_cls.name, {name: value}, source=source)
+                except UserError as exc:
+                    problems.append(f"--hp {name}={value}: {exc}".replace(f": --hp {name}={value}: ", ": "))
+    if problems:  # the combinations would only repeat them
+        check(problems)
 
-            where = folder(out, data_cls.name, setting_name(record))
-            for cls, budget in itertools.product(method_classes, budget_values):
-                mine = [(n, vs) for n, vs in hp_axes if n in {f.name for f in dataclasses.fields(cls.Hparams)}]
-                for hp_values in itertools.product(*[vs for _, vs in mine]):
-                    hp = {**base_hp, **dict(zip([n for n, _ in mine], hp_values))}
-                    spec = RunSpec(method=cls.name, dataset=data_cls.name, episodes=spec_protocol, budget=budget,
-                                   hparams=tuple(hp.items()), out=str(where), **fields)
-                    spec = dataclasses.replace(spec, command=command(spec, extra))
-                    try:
-                        trials.append(trial(spec))
-                    except UserError as exc:
-                        problems.append(f"{cls.name} on {data_cls.name} budget {budget}"
-                                        f"{' hp ' + ','.join(f'{k}={v}' for k, v in hp.items()) if hp else ''}: {exc}")
+    fields = dict(overrides or {})
+    base_hp = dict(fields.pop("hparams", ()))
+    trials: list[Trial] = []
+    for data_cls, spec_protocol, where in settings:
+        for cls, budget in itertools.product(method_classes, budget_values):
+            mine = [(n, vs) for n, vs in hp_axes if n in {f.name for f in dataclasses.fields(cls.Hparams)}]
+            for hp_values in itertools.product(*[vs for _, vs in mine]):
+                hp = {**base_hp, **dict(zip([n for n, _ in mine], hp_values))}
+                spec = RunSpec(method=cls.name, dataset=data_cls.name, episodes=spec_protocol, budget=budget,
+                               hparams=tuple(hp.items()), out=str(where), **fields)
+                spec = dataclasses.replace(spec, command=command(spec, extra))
+                try:
+                    trials.append(trial(spec))
+                except UserError as exc:  # what only a combination gets wrong (or the options given to all)
+                    problems.append(f"{cls.name} on {data_cls.name} budget {budget}"
+                                    f"{' hp ' + ','.join(f'{k}={v}' for k, v in hp.items()) if hp else ''}: {exc}")
     if not problems and not trials:
         problems.append("the grid is empty; give at least one --method and one --dataset")
     check(problems)
