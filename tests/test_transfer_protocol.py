@@ -191,13 +191,14 @@ def test_source_option_overrides_the_default_and_none_fits_in_domain(registered)
     assert Spy.contexts[0].spec.ways == 2  # in-domain transfer: source tasks as wide as the target allows
 
 
-def test_source_with_other_image_shapes_is_a_user_error(registered) -> None:
+def test_a_target_of_other_image_shape_is_brought_to_the_source_input(registered) -> None:
+    """Before image folders, another shape was refused; now the target is converted (declared, recorded)."""
     spec = RunSpec(method=Spy.name, dataset=Tiny.name, episodes=TransferSpec(20, 10, 2), budget="quick",
                    device="cpu", out=None, progress=False, source="synthetic")
-    with pytest.raises(UserError, match="--source synthetic has 16x16 3-channel images but test-transfer-tiny has "
-                                        "8x8 grey"):
-        run(spec)
-    assert Spy.contexts == []  # refused before any fit
+    doc, _ = run(spec)
+    assert Spy.contexts[0].source.image_shape == (3, 16, 16)
+    note = doc["dataset"]["notes"][-1]
+    assert "8x8 grey → 16x16 RGB" in note and "grey → 3 channels by repetition" in note and "synthetic's mean" in note
 
 
 def test_presets_of_source_then_target_then_overrides() -> None:
