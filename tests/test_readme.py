@@ -19,7 +19,7 @@ def test_readme_has_exactly_two_setup_commands() -> None:
     assert len(commands) == 2, commands
     main, tests = commands
     assert "pip install" in main and "mtbench run --method protonet --dataset omniglot" in main
-    assert "pip install" in tests and "[test]" in tests and "pytest" in tests
+    assert "pip install" in tests and "[test,ray]" in tests and "pytest" in tests
 
 
 def test_ci_runs_the_readme_test_command() -> None:
