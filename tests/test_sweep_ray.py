@@ -9,6 +9,7 @@ down at the end). Skipped when Ray is not installed (``pip install 'mtbench[ray]
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,7 @@ def cluster():
     ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_trials_run_two_at_a_time(cluster, tmp_path):
