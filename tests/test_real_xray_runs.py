@@ -1,6 +1,8 @@
 """Real miniImageNet (the shared 100-per-class subset) and chest X-rays, through the installed CLI.
 
-* ProtoNet at the quick budget, 5-way 5-shot on miniImageNet: the floor, and the result says the
+* ProtoNet, 5-way 5-shot on miniImageNet, at a short budget (the quick budget's recipe, shortened:
+  classifier pre-training then 5-way episodes at lr 1e-4; a numeric budget takes no quick presets,
+  so they are given as --hp): the floor, measured at exactly these settings, and the result says the
   copy is a subset;
 * the same fit (saved) on X-rays: BSCD-FSL-style 2-way 5-shot episodes and the 200/50 transfer
   trials, support from the X-rays' train folder and queries from the test folder;
@@ -17,6 +19,9 @@ import pytest
 from support import cli_run, requires_real_data
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+EPISODES = "200"
+# quick: 600 pre-training steps, then 200 episodes (--budget quick); here 300 and 50
+SHORT = ["--budget", "50", "--hp", "pretrain_steps=300", "--hp", "train_ways=5", "--hp", "lr=1e-4"]
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +31,19 @@ def protonet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("protonet")
     ckpt = out / "protonet.pt"
     runs = {"mini": cli_run(out / "mini", "--method", "protonet", "--dataset", "miniimagenet", "--ways", "5",
-                            "--shots", "5", "--budget", "quick", "--save", str(ckpt))}
+                            "--shots", "5", "--episodes", EPISODES, *SHORT, "--save", str(ckpt))}
     runs["episodes"] = cli_run(out / "episodes", "--method", "protonet", "--dataset", "xray", "--ways", "2",
-                               "--shots", "5", "--budget", "0", "--init", str(ckpt))
+                               "--shots", "5", "--episodes", EPISODES, "--budget", "0", "--init", str(ckpt))
     runs["transfer"] = cli_run(out / "transfer", "--method", "protonet", "--dataset", "xray", "--budget", "0",
                                "--init", str(ckpt))
     return runs
 
 
-def test_protonet_quick_reaches_the_floor_on_the_miniimagenet_subset(protonet: dict[str, dict]) -> None:
+def test_protonet_reaches_the_floor_on_the_miniimagenet_subset(protonet: dict[str, dict]) -> None:
     doc = protonet["mini"]
-    assert (doc["protocol"]["ways"], doc["protocol"]["shots"], doc["protocol"]["episodes"]) == (5, 5, 600)
-    assert doc["accuracy"]["mean"] >= 0.45, doc["accuracy"]["mean"]  # chance: 0.20
+    assert (doc["protocol"]["ways"], doc["protocol"]["shots"], doc["protocol"]["episodes"]) == (5, 5, int(EPISODES))
+    # measured 0.4659 +- 0.012 with SHORT on 200 episodes (2026-12-01; quick: 0.507 on 600); chance: 0.20
+    assert doc["accuracy"]["mean"] >= 0.40, doc["accuracy"]["mean"]
     assert any("100 images per class" in n for n in doc["dataset"]["notes"])
 
 
@@ -48,6 +54,7 @@ def test_cross_domain_episodes_on_xrays_from_the_source_fit(protonet: dict[str, 
     assert (p["support_from"], p["queries_from"]) == ("train", "test")
     assert doc["init"]["dataset"] == "miniimagenet" and doc["init"]["method"] == "protonet"
     acc = doc["accuracy"]
+    # measured 0.7997 +- 0.0114 from the SHORT fit, 200 episodes (2026-12-01)
     assert acc["mean"] - acc["ci95"] > 0.5, acc["mean"]  # better than chance beyond doubt
 
 
@@ -58,7 +65,7 @@ def test_transfer_trials_on_xrays_from_the_source_fit(protonet: dict[str, dict])
     assert (p["ways"], p["shots"], p["queries"]) == (2, 100, 25)
     assert len(doc["accuracy"]["per_episode"]) == 20
     acc = doc["accuracy"]
-    assert acc["mean"] - acc["ci95"] > 0.5, acc["mean"]
+    assert acc["mean"] - acc["ci95"] > 0.5, acc["mean"]  # measured 0.825 +- 0.024 from the SHORT fit (2026-12-01)
 
 
 def test_maml_transfer_to_xrays_runs_end_to_end(tmp_path: Path) -> None:
