@@ -139,6 +139,15 @@ def _take_over(path: Path, holder: dict[str, Any], mine: str) -> bool:
         lock.unlink(missing_ok=True)
 
 
+def clear_stale(folder: Path, digest: str) -> None:
+    """Remove the claim of trial ``digest`` in ``folder`` when its holder is gone (a sweep killed after
+    writing the result and before releasing its claim); a live holder's claim stays."""
+    path = folder / f".{digest}{SUFFIX}"
+    holder = _read(path)
+    if holder is not None and stale(path, holder):
+        path.unlink(missing_ok=True)
+
+
 def claims(folder: Path) -> list[Path]:
     """The claim files in ``folder`` (held or stale)."""
     return sorted(folder.glob(f".*{SUFFIX}"))

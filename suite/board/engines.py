@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtbench.board.claims import Claim, claim
+from mtbench.board.claims import Claim, claim, clear_stale
 from mtbench.board.sweep import Trial, existing
 from mtbench.core.atomic import atomic_write
 from mtbench.core.errors import UserError
@@ -268,6 +268,7 @@ def run_trials(trials: list[Trial], engine: LocalEngine | RayEngine, storage: Pa
             while pending and len(running) < engine.slots:
                 i, t = pending.popleft()
                 if (path := existing(t)) is not None:
+                    clear_stale(t.folder, t.digest)
                     finish(i, Outcome(t, "exists", path), f"skip   {t.summary}: result exists ({path.name})")
                     continue
                 if not retry_failed and (error := earlier_failure(storage, t)) is not None:
