@@ -17,7 +17,7 @@ from mtbench.methods.backbones import Conv4, build_backbone, linear_head
 from mtbench.data.episodes import sample_indices
 from mtbench.methods.graphs import GraphedStep, capturable_adam
 from mtbench.methods.functional import Params, accuracy, detached, forward, last, params_of, sgd_inner_loop
-from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
+from mtbench.methods import METHODS, FitContext, Method, Predictor, non_negative, positive
 from mtbench.core.errors import UserError
 
 
@@ -63,8 +63,10 @@ class MAMLHparams:
         positive("inner_lr", self.inner_lr)
         positive("meta_lr", self.meta_lr)
         positive("meta_batch", self.meta_batch)
-        if self.inner_steps < 1 or self.eval_steps < 1:
-            raise UserError("--hp inner_steps and eval_steps must be ≥ 1")
+        non_negative("train_queries", self.train_queries)
+        for name in ("inner_steps", "eval_steps"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--hp {name}={getattr(self, name)}: must be ≥ 1")
 
 
 # task_batching=auto: the fastest meta-gradient per device type in `mtbench bench` (second order, Conv4,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from mtbench.methods.backbones import build_backbone, init_parameters
 from mtbench.data.episodes import make_episode, sample_indices
-from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
+from mtbench.methods import METHODS, FitContext, Method, Predictor, non_negative, positive
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class MatchingNetHparams:
 
     def __post_init__(self) -> None:
         positive("lr", self.lr)
+        non_negative("train_ways", self.train_ways)
         positive("scale", self.scale)
         positive("train_queries", self.train_queries)
         positive("fce_steps", self.fce_steps)

@@ -13,7 +13,7 @@ from mtbench.methods.backbones import build_backbone
 from mtbench.data.episodes import make_episode, sample_indices
 from mtbench.core.errors import UserError
 from mtbench.methods.graphs import GraphedStep, capturable_adam, set_lr
-from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
+from mtbench.methods import METHODS, FitContext, Method, Predictor, non_negative, positive
 from mtbench.methods.training import make_head, pretrain_classifier
 
 
@@ -51,6 +51,7 @@ class ProtoNetHparams:
 
     def __post_init__(self) -> None:
         positive("lr", self.lr)
+        non_negative("train_shots", self.train_shots)
         positive("train_ways", self.train_ways)
         positive("train_queries", self.train_queries)
         positive("lr_halve_every", self.lr_halve_every)

@@ -189,3 +189,23 @@ def test_quick_presets_apply_to_the_quick_budget_only() -> None:
     assert make_hparams(Reptile, "omniglot", {}, "paper").inner_lr == paper
     assert make_hparams(Reptile, "omniglot", {}, "500").inner_lr == paper
     assert make_hparams(Reptile, "omniglot", {"inner_lr": "0.01"}, "quick").inner_lr == 0.01  # --hp wins
+
+
+def _typed_fields(kind: type) -> list[tuple[type, str]]:
+    """``(method class, hparam)`` of every registered method's hparams of type ``kind``."""
+    return [(cls, name) for _, cls in METHODS.items()
+            for name, hint in typing.get_type_hints(cls.Hparams).items() if hint is kind]
+
+
+@pytest.mark.parametrize(("cls", "key"), _typed_fields(float), ids=lambda x: getattr(x, "name", x))
+@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "1e999"])
+def test_every_float_hparam_rejects_non_finite_values(cls, key, text):
+    with pytest.raises(UserError, match=rf"--hp {key}={text}: .*finite"):
+        make_hparams(cls, "synthetic", {key: text})
+
+
+@pytest.mark.parametrize(("cls", "key"), _typed_fields(int), ids=lambda x: getattr(x, "name", x))
+def test_every_count_hparam_rejects_negative_values(cls, key):
+    """Every int hparam is a count or a size (0 meaning "the default" for some): -1 is a one-line error."""
+    with pytest.raises(UserError, match=rf"--hp {key}=-1\b"):
+        make_hparams(cls, "synthetic", {key: "-1"})

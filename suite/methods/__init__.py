@@ -1,5 +1,5 @@
 """The Method contract, hyper-parameters, backbones and the functional building blocks methods share."""
 
-from mtbench.methods.contract import Predictor, at_step, FitContext, Method, METHODS, parse_overrides, make_hparams, report_steps, positive
+from mtbench.methods.contract import Predictor, at_step, FitContext, Method, METHODS, parse_overrides, make_hparams, report_steps, positive, non_negative
 
-__all__ = ['Predictor', 'at_step', 'FitContext', 'Method', 'METHODS', 'parse_overrides', 'make_hparams', 'report_steps', 'positive']
+__all__ = ['Predictor', 'at_step', 'FitContext', 'Method', 'METHODS', 'parse_overrides', 'make_hparams', 'report_steps', 'positive', 'non_negative']

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -203,9 +204,12 @@ def _convert(method: str, key: str, text: str, kind: Any) -> Any:
             return False
         raise UserError(f"--hp {key}={text}: {key} of {method} is true/false")
     try:
-        return kind(text)
+        value = kind(text)
     except (TypeError, ValueError):
         raise UserError(f"--hp {key}={text}: {key} of {method} must be {getattr(kind, '__name__', kind)}") from None
+    if isinstance(value, float) and not math.isfinite(value):  # inf and nan parse as floats but train nothing
+        raise UserError(f"--hp {key}={text}: {key} of {method} must be a finite number, e.g. --hp {key}=0.001")
+    return value
 
 
 def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
@@ -263,3 +267,9 @@ def positive(name: str, value: float) -> None:
     """For ``Hparams.__post_init__``: reject a value ≤ 0 with the field's name."""
     if not value > 0:
         raise UserError(f"--hp {name}={value}: must be > 0")
+
+
+def non_negative(name: str, value: float) -> None:
+    """For ``Hparams.__post_init__``: reject a value < 0 with the field's name (0 often means "the default")."""
+    if not value >= 0:
+        raise UserError(f"--hp {name}={value}: must be ≥ 0")
