@@ -51,7 +51,7 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
     steps = [*(by_step or []), mean]
     ms = ms_by_step or [float(i + 1) for i in range(len(steps))]
     doc = {
-        "schema_version": 2,
+        "schema_version": 3,
         "method": {"name": method, "version": "1", "hparams": {}, "transductive": False, "variant": ""},
         "dataset": {"name": dataset, "version": "1", "fit_split": "train", "split": "test", "unlabelled_split": None,
                     "support_split": None, "notes": []},
@@ -74,6 +74,7 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
                        "timestamp": stamp, "command": f"mtbench run --method {method}", "precision": "fp32",
                        "compile": False},
         "submission": None,
+        "reproduced": [],
     }
     doc.update(top)
     return doc

@@ -245,7 +245,7 @@ INIT = {"path": "a.pt", "sha256": "b" * 64, "recalibrated_batchnorm": False, "me
 
 def test_result_doc_is_a_current_valid_result():
     assert validate(result_doc("x", [0.5, 1.0])) == []
-    assert result_doc("x", [0.5])["schema_version"] == SCHEMA_VERSION == 2
+    assert result_doc("x", [0.5])["schema_version"] == SCHEMA_VERSION == 3
 
 
 def test_validate_checks_nested_sections_at_any_depth():
@@ -267,7 +267,7 @@ def test_validate_takes_either_protocol_kind():
     assert validate(doc) == ["protocol.trials: missing"]
     doc = result_doc("x", [0.5, 0.5])
     doc["protocol"]["trials"] = 2  # an episodes protocol has no trials
-    assert validate(doc) == ["protocol.trials: not a field of schema_version 2"]
+    assert validate(doc) == ["protocol.trials: not a field of schema_version 3"]
 
 
 def test_validate_takes_an_int_for_a_float_but_never_a_bool():
@@ -301,7 +301,7 @@ def test_every_field_is_required_and_says_what_it_means():
 def test_readme_table_is_the_schema():
     text = (ROOT / "README.md").read_text()
     table = fields_table()
-    assert "### Result fields (`schema_version` 2)" in text
+    assert "### Result fields (`schema_version` 3)" in text
     assert f"\n{table}\n" in text
     rows = [line.split("`")[1] for line in table.splitlines()[2:]]
     assert len(rows) == len(set(rows))

@@ -1,8 +1,8 @@
-"""The result document: one JSON per run, defined once, here, by the TypedDicts below (``schema_version`` 2).
+"""The result document: one JSON per run, defined once, here, by the TypedDicts below (``schema_version`` 3).
 
 Every field is required; a field that may be empty is typed ``X | None`` (JSON ``null``). Each field is
 annotated ``Annotated[type, "what it means"]``: :func:`validate` derives its checks from those types and
-:func:`fields_table` renders the README's table from them. Version-1 files are read through
+:func:`fields_table` renders the README's table from them. Files of earlier versions are read through
 :func:`mtbench.results.upgrade.upgrade`.
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypedDict, Union
 
 from mtbench.core.runtime import PRECISIONS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 NUMBER = (int, float)
 
@@ -189,10 +189,23 @@ Submission = TypedDict("Submission", {
 Submission.__doc__ = "A method given to ``mtbench submit``."
 
 
+class Reproduction(TypedDict):
+    """One re-run of the result's recorded spec by ``mtbench reproduce --record``."""
+
+    by: Annotated[str, "who re-ran it (user@host)"]
+    at: Annotated[str, "when, ISO 8601 UTC"]
+    device: Annotated[str, "where: GPU or CPU model (and threads)"]
+    git_commit: Annotated[str | None, "the commit of the code that re-ran it"]
+    verdict: Annotated[Literal["REPRODUCED", "DIFFERS"], "the per-episode accuracies matched (identical, or within the "
+                                                         "stated tolerance on other hardware), or did not"]
+    identical: Annotated[bool, "every per-episode accuracy equal"]
+    mean_difference: Annotated[float, "re-run minus recorded, mean over the paired episodes"]
+
+
 class Result(TypedDict):
     """One run's result document."""
 
-    schema_version: Annotated[int, "the layout of the document: 2"]
+    schema_version: Annotated[int, "the layout of the document: 3"]
     method: Annotated[Method, "the method"]
     dataset: Annotated[Dataset, "the dataset evaluated on"]
     source: Annotated[Source | None, "the dataset fitted on when it is not `dataset`, or `null`"]
@@ -205,6 +218,7 @@ class Result(TypedDict):
     evaluation: Annotated[Evaluation, "the evaluation"]
     provenance: Annotated[Provenance, "code, machine and command"]
     submission: Annotated[Submission | None, "`null` for a registered method; for `mtbench submit`, the file"]
+    reproduced: Annotated[list[Reproduction], "re-runs that checked it (`mtbench reproduce --record`), oldest first"]
 
 
 # -- checking a document against a type --------------------------------------------------------------------------

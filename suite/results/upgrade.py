@@ -1,8 +1,9 @@
-"""Reading older result documents: :func:`upgrade` turns a ``schema_version`` 1 record into version 2.
+"""Reading older result documents: :func:`upgrade` brings a ``schema_version`` 1 or 2 record to the current one.
 
 Version 1 grew fields over time, and older records lack the newer ones; version 2 requires every field
-(see :mod:`mtbench.results.schema`). Each missing field is filled with what its absence meant when the
-record was written, and nothing else changes: numbers, shas and every field present stay as they are.
+(see :mod:`mtbench.results.schema`); version 3 adds the ``reproduced`` records. Each missing field is
+filled with what its absence meant when the record was written, and nothing else changes: numbers, shas
+and every field present stay as they are.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from mtbench.results.schema import SCHEMA_VERSION
 def upgrade(doc: Any) -> Any:
     """``doc`` as a result of :data:`SCHEMA_VERSION`, as a new object (``doc`` is not modified).
 
-    A version-1 record gets what it lacks (see :func:`_from_1`); a current one is returned as a copy; a
+    A version-1 record gets what it lacks (see :func:`_from_1`, then :func:`_from_2`); a current one is returned as a copy; a
     document that is not a result object, or has no known version, is returned as a copy for
     :func:`~mtbench.results.schema.validate` to name its problems. A version newer than this mtbench
     knows is a :class:`UserError`.
@@ -26,8 +27,8 @@ def upgrade(doc: Any) -> Any:
     if not isinstance(doc, dict):
         return doc
     version = doc.get("schema_version")
-    if version == 1 and not isinstance(version, bool):
-        return _from_1(doc)
+    if version in (1, 2) and not isinstance(version, bool):
+        return _from_2(_from_1(doc) if version == 1 else doc)
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise UserError(f"schema_version {version} is newer than this mtbench reads (up to {SCHEMA_VERSION}); "
                         f"upgrade mtbench (pip install -U mtbench) to read it")
@@ -45,7 +46,7 @@ def _fill(doc: dict[str, Any], section: str, **missing: Any) -> None:
 
 
 def _from_1(doc: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 to 2, in place on a copy. A field absent from a version-1 record meant:
+    """Version 1 to 2, in place on a copy (``schema_version`` is set by :func:`_from_2`). A field absent from a version-1 record meant:
 
     * ``init``, ``source``, ``submission``: null (no checkpoint, fitted on the dataset itself, a
       registered method: the features did not exist yet);
@@ -57,7 +58,6 @@ def _from_1(doc: dict[str, Any]) -> dict[str, Any]:
     * ``method.variant``: what the registered method says of the record now, ``""`` for a name that is not
       registered (a submission).
     """
-    doc["schema_version"] = SCHEMA_VERSION
     for key in ("init", "source", "submission"):
         doc.setdefault(key, None)
     _fill(doc, "dataset", unlabelled_split=None, support_split=None, notes=[])
@@ -74,4 +74,11 @@ def _from_1(doc: dict[str, Any]) -> dict[str, Any]:
             doc["method"]["variant"] = METHODS.get(name).variant(doc) if name in METHODS else ""
         except (KeyError, TypeError, AttributeError):  # a record too broken to say: validate names what is wrong
             doc["method"]["variant"] = ""
+    return doc
+
+
+def _from_2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 to 3, in place: ``reproduced`` absent meant nobody had re-run the result (``[]``)."""
+    doc["schema_version"] = SCHEMA_VERSION
+    doc.setdefault("reproduced", [])
     return doc

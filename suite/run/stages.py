@@ -246,6 +246,7 @@ def record(r: Resolved, d: Loaded, f: Fitted, scores: dict[str, Any]) -> dict[st
         "evaluation": scores["evaluation"],
         "provenance": f.origin,
         "submission": spec.submission,
+        "reproduced": [],
     }
     doc["method"]["variant"] = r.method_cls.variant(doc)
     return doc
