@@ -53,10 +53,11 @@ class Resolved:
         return self.source_cls is not self.dataset_cls
 
 
-def resolve(spec: RunSpec) -> Resolved:
+def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     """Look up the method and datasets, build the hparams, the budget's iterations and the device, read
-    the ``--init`` checkpoint: every mistake in the spec is a :class:`UserError` here."""
-    method_cls = METHODS.get(spec.method)
+    the ``--init`` checkpoint: every mistake in the spec is a :class:`UserError` here. ``method_cls``:
+    the method's class when it is not looked up by ``spec.method`` (a sandboxed submission's stand-in)."""
+    method_cls = method_cls or METHODS.get(spec.method)
     dataset_cls = DATASETS.get(spec.dataset)
     given_source = spec.source or dataset_cls.default_source
     source_cls = DATASETS.get(given_source) if given_source and given_source != spec.dataset else dataset_cls
