@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,22 +12,54 @@ from typing import Any
 
 import click
 
+from mtbench.core.atomic import completed
 from mtbench.core.errors import UserError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, as Ctrl-C raises KeyboardInterrupt: the same clean-up runs."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def written_since(mark: int) -> str:
+    """What this process wrote after the ``mark``-th completed write (:func:`mtbench.core.atomic.completed`), in
+    words: ``a checkpoint at ck.pt and a result at results/x.json``, or ``nothing``."""
+    done = completed()[mark:]
+    named = [f"a {w.what} at {w.path}" for w in done if w.what != "file"]
+    files = [w.path for w in done if w.what == "file"]
+    named += [f"a file at {p}" for p in files[:3]] + ([f"{len(files) - 3} more files"] if len(files) > 3 else [])
+    return "nothing" if not named else named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a :class:`UserError` as one line on stderr and exit 2, without a traceback."""
+    """Print a :class:`UserError` as one line on stderr and exit 2, without a traceback; SIGTERM is handled as
+    Ctrl-C is (the running work stops, temp files are removed) and either one ends with a line saying what the
+    command had written, exit 130 (Ctrl-C) or 143 (SIGTERM)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        mark = len(completed())
+        try:
+            before = signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:  # not the main thread: SIGTERM stays as it is
+            before = None
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
             click.echo(f"mtbench: error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("mtbench: interrupted; nothing was written", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+            what = written_since(mark)
+            said = "nothing was written" if what == "nothing" else f"it had written {what}, nothing else"
+            click.echo(f"mtbench: interrupted by {name}; {said}", err=True)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
+        finally:
+            if before is not None:
+                signal.signal(signal.SIGTERM, before)
 
     return wrapper
 

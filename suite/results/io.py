@@ -7,7 +7,7 @@ import re
 from pathlib import Path, PurePath
 from typing import Any
 
-from mtbench.core.atomic import atomic_write
+from mtbench.core.atomic import atomic_create, numbered
 from mtbench.core.errors import UserError
 from mtbench.results.schema import validate
 from mtbench.results.upgrade import upgrade
@@ -32,7 +32,7 @@ def result_filename(doc: dict[str, Any]) -> str:
 
 
 def write_result(doc: dict[str, Any], out_dir: Path) -> Path:
-    """Validate and write ``doc`` into ``out_dir`` atomically (temp file + rename); return its path."""
+    """Validate and write ``doc`` into ``out_dir`` atomically under a name no other result has; return its path."""
     problems = validate(doc)
     if problems:
         raise ValueError("refusing to write an invalid result: " + "; ".join(problems))
@@ -40,12 +40,9 @@ def write_result(doc: dict[str, Any], out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the results folder {out_dir} ({exc.strerror}); choose another with --out") from None
-    path = out_dir / result_filename(doc)
-    n = 1
-    while path.exists():
-        path = out_dir / f"{path.stem.rsplit('.', 1)[0]}.{n}.json"
-        n += 1
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
+    # an exclusive create: concurrent writers of the same name each get a file of their own (name.1.json...)
+    return atomic_create(numbered(out_dir / result_filename(doc)),
+                         lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"), what="result")
 
 
 def read_result(path: Path) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def save_checkpoint(method: Method, info: dict[str, Any], path: Path) -> Path:
     """Write ``method``'s modules and ``info`` (what was fitted, how, where) to ``path`` atomically."""
     blob = {"format": FORMAT, "version": VERSION, **info,
             "state": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()} for k, m in method.modules().items()}}
-    return atomic_write(Path(path), lambda tmp: torch.save(blob, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save(blob, tmp), what="checkpoint")
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
