@@ -208,8 +208,10 @@ def report_cmd(leaderboards: str, out: str) -> None:
     click.echo(f"wrote {', '.join(pages)} and {len(written) - len(pages)} figure(s) in {Path(out) / 'figures'}")
 
 
+from mtbench.cli.reproduce import reproduce_cmd  # noqa: E402
+
 for _command in (boardcmd.official_cmd, boardcmd.validate_cmd, boardcmd.leaderboard_cmd, boardcmd.submit_cmd,
-                 sweepcmd.sweep_cmd):
+                 sweepcmd.sweep_cmd, reproduce_cmd):
     main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
