@@ -12,6 +12,7 @@ throughput, peak memory and the device it ran on.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ import pandas as pd
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import Z95, mean_ci95
-from mtbench.results import read_result, setting_name
+from mtbench.results import setting_name
 from mtbench.results.layout import leaderboard_files
+from mtbench.results.screen import LeftOut, left_out_note, screen
 
 FRACTION = 0.95  # adaptation speed: steps / ms to reach this fraction of the final accuracy
 MIB = 2 ** 20
@@ -65,20 +67,43 @@ def group(results: list[tuple[Path, dict[str, Any]]]) -> list[Group]:
     return out
 
 
-def load(root: Path, dataset: str | None = None, setting: str | None = None) -> list[Group]:
-    """The groups of the result files under ``root`` (``<dataset>/<setting>/*.json``), optionally filtered;
-    a file that fails the schema is an error naming it (``mtbench validate`` says more)."""
+@dataclass
+class Board:
+    """The groups of a leaderboard folder (or a part of it) and the files it leaves out, with why."""
+
+    groups: list[Group]
+    left_out: list[LeftOut]
+    has: list[str]  # the "<dataset> <setting>" of every valid result of the folder, filtered or not
+
+
+def board(root: Path, dataset: str | None = None, setting: str | None = None) -> Board:
+    """The result files under ``root`` (``<dataset>/<setting>/*.json``), optionally filtered, screened as every
+    board screens them (:func:`mtbench.results.screen.screen`: what fails ``mtbench validate``'s checks of the
+    file, cannot be read or repeats a run is left out and listed) and grouped; a left-out file counts in
+    the folder it lies in."""
     if not root.is_dir():
         raise UserError(f"leaderboard folder {root} does not exist; give --leaderboards DIR")
-    files = leaderboard_files(root)
-    results = [(p, read_result(p)) for p in files]
-    picked = [(p, d) for p, d in results
+    screened = screen(leaderboard_files(root))
+    picked = [(p, d) for p, d in screened.results
               if dataset in (None, d["dataset"]["name"]) and setting in (None, setting_name(d["protocol"]))]
-    if not picked:
-        have = sorted({f"{d['dataset']['name']} {setting_name(d['protocol'])}" for _, d in results})
+    left = [x for x in screened.left_out if dataset in (None, x.path.parts[-3]) and setting in (None, x.path.parts[-2])]
+    return Board(group(picked), left, sorted({f"{d['dataset']['name']} {setting_name(d['protocol'])}"
+                                               for _, d in screened.results}))
+
+
+def shown(root: Path, dataset: str | None = None, setting: str | None = None) -> Board:
+    """:func:`board`, where no result to show is an error that says what the folder has and what it left out."""
+    found = board(root, dataset, setting)
+    if not found.groups:
+        left = "".join(f"; left out {x.path}: {x.reason}" for x in found.left_out)
         raise UserError(f"no results for dataset {dataset or 'any'}, protocol {setting or 'any'} under {root}; "
-                        f"it has: {', '.join(have) or 'nothing'}")
-    return group(picked)
+                        f"it has: {', '.join(found.has) or 'nothing'}{left}")
+    return found
+
+
+def load(root: Path, dataset: str | None = None, setting: str | None = None) -> list[Group]:
+    """The groups of :func:`shown`."""
+    return shown(root, dataset, setting).groups
 
 
 def paired(doc: dict[str, Any], best: dict[str, Any]) -> tuple[float, float, float]:
@@ -150,6 +175,20 @@ def frame(g: Group, fraction: float = FRACTION) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _pipes(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(frame: pd.DataFrame, cell: Callable[[str], str] = _pipes) -> str:
+    """A GitHub-flavoured Markdown table (without the optional ``tabulate`` dependency); ``cell`` escapes
+    each header and cell (by default only ``|``, which would end the cell)."""
+    cols = [cell(str(c)) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(str(v)) for v in row) + " |")
+    return "\n".join(lines)
+
+
 LEGEND = ("vs best: paired difference to rank 1 over the same episodes/trials, mean ± 95% CI, p from the normal "
           "approximation; * = significant at 5%. step/ms to {f:.0%}: the first reported adaptation step whose mean "
           "accuracy reaches {f:.0%} of the final accuracy, and the time inside adapt to get there. fit s includes the "
@@ -161,3 +200,15 @@ def render(groups: list[Group], fraction: float = FRACTION) -> str:
     """Every group's table as aligned text, with its title and the legend."""
     parts = [f"{g.title}\n\n{frame(g, fraction).to_string(index=False)}" for g in groups]
     return "\n\n".join(parts) + "\n\n" + LEGEND.format(f=fraction)
+
+
+def render_board(b: Board, fraction: float = FRACTION, fmt: str = "text") -> str:
+    """The board as ``mtbench leaderboard`` prints it: every group's table (aligned text or Markdown), the legend,
+    then the files left out, with why."""
+    if fmt == "markdown":
+        text = "\n\n".join(f"### {g.title}\n\n{markdown(frame(g, fraction))}" for g in b.groups) \
+            + "\n\n" + LEGEND.format(f=fraction)
+    else:
+        text = render(b.groups, fraction)
+    note = left_out_note(b.left_out, markdown=fmt == "markdown")
+    return text + (f"\n\n{note}" if note else "")

@@ -202,16 +202,15 @@ def load_plan(path: str | Path | None = None) -> Plan:
 
 # -- present and missing rows ----------------------------------------------------------------------
 def present(where: Path, budget: str) -> dict[str, Path]:
-    """The labels of the valid results at ``budget`` in the folder ``where`` that start from no checkpoint, each with
-    its newest file."""
+    """The labels of the valid results (as the boards screen them: :func:`mtbench.results.integrity.file_problems`)
+    at ``budget`` in the folder ``where`` that start from no checkpoint, each with its newest file."""
     from mtbench.board.labels import label
-    from mtbench.results import read_result
+    from mtbench.results.integrity import file_problems
 
     found: dict[str, Path] = {}
     for path in sorted(where.glob("*.json")):
-        try:
-            doc = read_result(path)
-        except UserError:
+        doc, problems = file_problems(path)  # what the boards leave out does not count
+        if doc is None or problems:
             continue
         if doc["budget"]["name"] == budget and doc["init"] is None:
             found[label(doc)] = path

@@ -22,6 +22,7 @@ from mtbench.board import leaderboard as lb
 from mtbench.board.labels import label
 from mtbench.core.errors import UserError
 from mtbench.results.layout import folder, folders
+from mtbench.results.screen import LeftOut
 from mtbench.report.blocks import FIGURES, Block, Built, Code, Heading, Image, Page, Para, Table, svg
 
 
@@ -151,14 +152,32 @@ def _missing(leaderboards: Path, dataset: str, setting: str) -> list[Block]:
                   Code(f"mtbench official --dataset {dataset} --setting {setting}"), " runs them."))]
 
 
+def _left_out(left: list[LeftOut]) -> list[Block]:
+    """The files of the folder the page does not show, each with why."""
+    if not left:
+        return []
+    return [
+        Heading("Left out", 3),
+        Para((f"{len(left)} file(s) of this folder are not shown: they fail the checks ", Code("mtbench validate"),
+              (" makes on a file alone (the schema; accuracies that add up to the recorded mean and CI), cannot be "
+               "read, or repeat a run shown above."))),
+        Table(pd.DataFrame([{"file": x.path.name, "why": x.reason} for x in left])),
+    ]
+
+
 def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
-    groups = lb.load(leaderboards, dataset, setting)
+    found = lb.board(leaderboards, dataset, setting)
+    groups = found.groups
     page = f"{dataset}-{setting}"
     n = sum(len(g.entries) for g in groups)
+    left = f"; {len(found.left_out)} left out" if found.left_out else ""
+    if not groups:
+        return Built(f"no valid result{left}", [Para(("No file in ", Code(f"leaderboards/{dataset}/{setting}/"),
+                                                      " is a valid result.")), *_left_out(found.left_out)])
     best = max((g.entries[0] for g in groups), key=lambda e: e.doc["accuracy"]["mean"])
     acc = best.doc["accuracy"]
     summary = (f"{n} result{'s' * (n > 1)}; best {label(best.doc)} {acc['mean']:.4f} ± {acc['ci95']:.4f} "
-               f"({_short_device(best.doc)})")
+               f"({_short_device(best.doc)}){left}")
     blocks: list[Block] = [
         Para(("Every result file in ", Code(f"leaderboards/{dataset}/{setting}/"), f" ({n}), ranked by accuracy "
               "on the episodes all of them share: results on other draws, protocols or schema versions form "
@@ -187,7 +206,7 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
             Heading("Provenance", 3),
             Table(_provenance(g)),
         ]
-    return Built(summary, blocks, figures)
+    return Built(summary, blocks + _left_out(found.left_out), figures)
 
 
 def overview(leaderboards: Path) -> list[Block]:

@@ -3,7 +3,7 @@
 Three layers of checks, each naming the field at fault:
 
 1. the schema (:func:`mtbench.results.schema.validate`), an older version read through
-   :func:`mtbench.results.upgrade.upgrade` (:func:`mtbench.results.read_result`);
+   :func:`mtbench.results.upgrade.upgrade` (:func:`mtbench.results.io.inspect_result`);
 2. internal consistency: the headline accuracy and its CI are recomputed from the per-episode
    accuracies, the last ``by_step`` entry must equal them, and each per-episode accuracy must be a
    possible score on its episode (a multiple of 1 / number of queries, within [0, 1]): a hand-edited
@@ -11,6 +11,10 @@ Three layers of checks, each naming the field at fault:
 3. the episodes: ``episodes_sha`` is recomputed from the dataset in the data root for the recorded
    protocol (split, ways, shots, queries, episodes, seed), and must match, with the dataset at the
    version the registry has now. Shas are computed once per protocol per call.
+
+The first two need the file alone (:func:`file_problems`); the boards run them too
+(:mod:`mtbench.results.screen`) and leave out what fails. What no check of a file can prove (an edited
+``git_commit`` or ``device``, per-episode values forged together with their mean) only re-running it can.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
-from mtbench.results import read_result
+from mtbench.results.io import inspect_result
 from mtbench.results.layout import result_files  # noqa: F401  (the walk check uses; re-exported)
 
 TOLERANCE = 1e-6  # per-episode accuracies are float32 values; a hand edit moves the mean far more
@@ -50,6 +54,15 @@ def consistency(doc: dict[str, Any]) -> list[str]:
     if len(doc["adaptation"]["ms_by_step"]) != len(acc["by_step"]):
         problems.append("adaptation.ms_by_step: length differs from accuracy.by_step")
     return problems
+
+
+def file_problems(path: str | Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The checks of a file alone (layers 1 and 2): the result and its problems (none: it is valid); ``None``
+    for a file that cannot be read or fails the schema. The problems do not repeat the path."""
+    doc, reason = inspect_result(Path(path))
+    if doc is None:
+        return None, [reason]
+    return doc, consistency(doc)
 
 
 def episodes_sha(doc: dict[str, Any], data_root: str | None) -> str:
@@ -87,25 +100,20 @@ def check(paths: Iterable[str | Path], data_root: str | None = None, shas: bool 
     official: dict[tuple[Any, ...], str | Exception] = {}
     failed = 0
     for path in files:
-        try:
-            doc = read_result(path)
-        except UserError as exc:
-            problems = [str(exc)]
-        else:
-            problems = consistency(doc)
-            if shas and not problems:
-                key = _key(doc)
-                if key not in official:
-                    try:
-                        official[key] = episodes_sha(doc, data_root)
-                    except UserError as exc:
-                        official[key] = exc
-                want = official[key]
-                if isinstance(want, Exception):
-                    problems.append(f"episodes_sha not checked: {want}")
-                elif doc["protocol"]["episodes_sha"] != want:
-                    problems.append(f"protocol.episodes_sha {doc['protocol']['episodes_sha'][:12]}… is not the "
-                                    f"official {want[:12]}… of this protocol on {doc['dataset']['name']}")
+        doc, problems = file_problems(path)
+        if doc is not None and shas and not problems:
+            key = _key(doc)
+            if key not in official:
+                try:
+                    official[key] = episodes_sha(doc, data_root)
+                except UserError as exc:
+                    official[key] = exc
+            want = official[key]
+            if isinstance(want, Exception):
+                problems.append(f"episodes_sha not checked: {want}")
+            elif doc["protocol"]["episodes_sha"] != want:
+                problems.append(f"protocol.episodes_sha {doc['protocol']['episodes_sha'][:12]}… is not the "
+                                f"official {want[:12]}… of this protocol on {doc['dataset']['name']}")
         failed += bool(problems)
         echo(f"{'FAIL' if problems else 'ok  '} {path}" + "".join(f"\n     {p}" for p in problems))
     return failed

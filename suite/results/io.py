@@ -45,18 +45,28 @@ def write_result(doc: dict[str, Any], out_dir: Path) -> Path:
                          lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"), what="result")
 
 
-def read_result(path: Path) -> dict[str, Any]:
-    """Load a result file as the current schema (an older one through :func:`upgrade`) and check it; a
-    :class:`UserError` names the file and its problems."""
+def inspect_result(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """``path`` read as the current schema (an older one through :func:`upgrade`) and checked: ``(doc, "")``, or
+    ``(None, reason)`` saying what is wrong in words that leave the path to the caller (a file that cannot be
+    read, is not JSON, or is not a valid result)."""
     try:
         doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read result {path}: {exc}") from None
+    except OSError as exc:
+        return None, f"cannot read result ({exc.strerror or exc})"
+    except ValueError as exc:  # not JSON, or not UTF-8 text
+        return None, f"cannot read result (not JSON: {exc})"
     try:
         doc = upgrade(doc)
     except UserError as exc:
-        raise UserError(f"{path}: {exc}") from None
+        return None, str(exc)
     problems = validate(doc)
-    if problems:
-        raise UserError(f"{path} is not a valid mtbench result: {'; '.join(problems)}")
+    return (None, f"not a valid mtbench result: {'; '.join(problems)}") if problems else (doc, "")
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """Load a result file as the current schema (an older one through :func:`upgrade`) and check it; a
+    :class:`UserError` names the file and its problems."""
+    doc, reason = inspect_result(path)
+    if doc is None:
+        raise UserError(f"{path}: {reason}")
     return doc
