@@ -111,16 +111,11 @@ def validate_cmd(paths: tuple[str, ...], data_root: str | None, no_shas: bool) -
 def leaderboard_cmd(dataset: str | None, protocol: str | None, leaderboards: str, fraction: float,
                     fmt: str | None) -> None:
     """Print the ranked leaderboard: one table per dataset, setting and set of shared episodes; results on other
-    draws, protocols or schema versions are never ranked together."""
-    from mtbench.board.compare import markdown
-    from mtbench.board.leaderboard import LEGEND, frame, load, render
+    draws, protocols or schema versions are never ranked together. Files that fail validate's checks of the file,
+    cannot be read or repeat a run are left out and listed after the tables."""
+    from mtbench.board.leaderboard import render_board, shown
 
-    groups = load(Path(leaderboards), dataset, protocol)
-    if fmt == "markdown":
-        body = "\n\n".join(f"### {g.title}\n\n{markdown(frame(g, fraction))}" for g in groups)
-        click.echo(body + "\n\n" + LEGEND.format(f=fraction))
-    else:
-        click.echo(render(groups, fraction))
+    click.echo(render_board(shown(Path(leaderboards), dataset, protocol), fraction, fmt or "text"))
 
 
 @click.command("submit")
