@@ -209,6 +209,21 @@ class MAML(Method):
             params = detached(params)
             yield lambda query_x, p=params: forward(model, p, query_x)
 
+    def adapt_batch(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
+        """:meth:`adapt` for ``E`` episodes at once (``float[E, S, C, H, W]``, ``int64[E, S]``): each inner step
+        is one call of the per-episode step vmapped over the episodes, each with its own copy of the
+        parameters (``[E, ...]``) and its own BatchNorm statistics, so every episode gets what :meth:`adapt`
+        gives it; the predictors map ``float[E, Q, C, H, W]`` to ``float[E, Q, ways]``."""
+        model = self._target_model(ways)
+        start = detached(params_of(model))
+        params = {k: v.expand(len(support_x), *v.shape) for k, v in start.items()}
+        step = vmap(lambda p, x, y: last(self.inner_loop(p, x, y, 1, model)))
+        predict = vmap(lambda p, x: forward(model, p, x))
+        for i in range(self.hparams.eval_steps + 1):
+            if i:
+                params = detached(step(params, support_x, support_y))
+            yield lambda query_x, p=params: predict(p, query_x)
+
 
 def reference_meta_loss(model: nn.Module, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
                         steps: int, lr: float, first_order: bool = False,
