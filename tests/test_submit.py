@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
+from mtbench.board.submit import conformance, load_into, parse
 from mtbench.cli import main
 from mtbench.report.build import report
+from mtbench.run.sandbox import Limits, MethodError, Sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "cosine_protonet.py"
@@ -59,7 +60,7 @@ class Bad(Method):
 '''
 
 
-@pytest.mark.parametrize(("name", "body", "mentions"), [
+REFUSALS = [
     ("bad-shape", "yield lambda q: torch.zeros(q.shape[0], ways + 1)", "returned shape [15, 6]; expected [15, 5]"),
     ("bad-nan", "yield lambda q: torch.full((q.shape[0], ways), float('nan'))", "returned NaN or infinite values"),
     ("bad-type", "yield lambda q: [0] * q.shape[0]", "returned list; it must return floating-point logits"),
@@ -67,11 +68,30 @@ class Bad(Method):
      "modified the support tensors"),
     ("bad-random", "yield lambda q: torch.rand(q.shape[0], ways)", "is not deterministic"),
     ("bad-none", "return iter(())", "yielded no predictor"),
-    ("bad-raise", "raise ValueError('boom')\n        yield", "raised ValueError: boom"),
+    ("bad-raise", "raise ValueError('boom')\n        yield", "raised ValueError: boom in adapt (episode 0 of the"),
     ("protonet", "yield lambda q: torch.zeros(q.shape[0], ways)", "name 'protonet' is taken by the built-in method"),
-])
-def test_a_nonconforming_method_is_refused_and_nothing_is_written(tmp_path, name, body, mentions):
+]
+
+
+@pytest.fixture(scope="module")
+def box():
+    """One sandboxed child for the files below (a submission gets a child of its own; here many files share
+    one, to start torch once)."""
+    with Sandbox(Limits(cpu_seconds=600, memory_bytes=None, threads=1)) as sandbox, sandbox.stage("tests", 300):
+        yield sandbox
+
+
+@pytest.mark.parametrize(("name", "body", "mentions"), REFUSALS)
+def test_the_conformance_check_refuses_a_nonconforming_method(tmp_path, box, name, body, mentions):
     source = tmp_path / f"{name.replace('-', '_')}.py"
+    source.write_text(textwrap.dedent(BASE.format(name=name, body=body)))
+    problems = conformance(load_into(box, parse(str(source))), 5, 1, {})
+    assert len(problems) == 1 and mentions in problems[0], problems
+
+
+def test_a_refusal_is_one_line_and_writes_nothing(tmp_path):
+    name, body, mentions = REFUSALS[1]
+    source = tmp_path / "bad.py"
     source.write_text(textwrap.dedent(BASE.format(name=name, body=body)))
     lb = tmp_path / "leaderboards"
     result = CliRunner().invoke(main, ["submit", str(source), "--dataset", "synthetic", "--leaderboards", str(lb),
@@ -88,11 +108,23 @@ def test_a_nonconforming_method_is_refused_and_nothing_is_written(tmp_path, name
     ("from mtbench.methods import Method\nclass A(Method):\n    name = 'a-1'\n", ":B", "defines no Method subclass 'B'"),
     ("from mtbench.methods import Method\nclass A(Method):\n    name = 'a-2'\n", "", "A has no Hparams dataclass"),
 ])
-def test_a_file_without_one_method_is_a_one_line_error(tmp_path, content, ref, mentions):
+def test_a_file_without_one_method_is_a_one_line_error(tmp_path, box, content, ref, mentions):
     source = tmp_path / "mine.py"
     source.write_text(content)
-    result = CliRunner().invoke(main, ["submit", f"{source}{ref}", "--dataset", "synthetic",
-                                       "--leaderboards", str(tmp_path / "lb")])
-    assert result.exit_code == 2 and mentions in result.output and "Traceback" not in result.output, result.output
+    try:
+        problems = conformance(load_into(box, parse(f"{source}{ref}")), 5, 1, {})
+    except MethodError as exc:
+        problems = [str(exc)]
+    assert len(problems) == 1 and mentions in problems[0], problems
     result = CliRunner().invoke(main, ["submit", str(tmp_path / "nope.py"), "--dataset", "synthetic"])
     assert result.exit_code == 2 and "is not a Python file" in result.output
+
+
+def test_a_fit_leaving_nan_parameters_is_refused(tmp_path, box):
+    source = tmp_path / "nan_fit.py"
+    source.write_text(textwrap.dedent(BASE.format(name="nan-fit", body="yield lambda q: torch.zeros(q.shape[0], ways)"))
+                      + "    def __init__(self, *args):\n        super().__init__(*args)\n"
+                        "        self.head = torch.nn.Linear(2, 2)\n\n"
+                        "    def fit(self, ctx):\n        self.head.weight.data[0, 0] = float('inf')\n")
+    problems = conformance(load_into(box, parse(str(source))), 5, 1, {})
+    assert problems == ["after fit, nan-fit's parameter head.weight holds NaN or infinite values"]

@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from mtbench.cli.options import run_options, user_errors
 from mtbench.cli.sweep import engine_options, run_sweep
 from mtbench.core.errors import UserError
-
 
 #: `mtbench run` options the plan sets for every row: not to be given after `--`
 PLAN_SETS = ("method", "dataset", "source", "out", "init", "save", "protocol", "ways", "shots", "queries", "episodes",
@@ -25,7 +23,6 @@ def official_run_options(run_cmd: click.Command, argv: tuple[str, ...]) -> tuple
     ``hparams`` as (name, value) pairs), and whether to tune the CPU allocator. An option the plan sets is an
     error."""
     from click.core import ParameterSource
-
     from mtbench.methods import parse_overrides
 
     with run_cmd.make_context("mtbench official ... --", ["--method", _PLACEHOLDER, "--dataset", _PLACEHOLDER,
@@ -124,32 +121,34 @@ def leaderboard_cmd(dataset: str | None, protocol: str | None, leaderboards: str
 @run_options
 @click.option("--leaderboards", type=click.Path(file_okay=False), default="leaderboards", show_default=True,
               help="The result goes into LEADERBOARDS/<dataset>/<setting>/.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None,
+              help="Seconds each stage of the method (import, conformance check, fit, evaluation) may take "
+                   "[default: import 120, check 300, fit 2 h at quick, 48 h at paper, 600 + 10 per iteration "
+                   "at a number; evaluation 600 + 10 per episode].")
+@click.option("--memory", "memory_gib", type=click.FloatRange(0, min_open=True), default=None,
+              help="GiB of address space the method's process may use (CPU only)  [default: the machine's memory].")
 @user_errors
-def submit_cmd(reference: str, dataset: str, leaderboards: str, **options: Any) -> None:
-    """Submit an outside method: check it on generated data (output shapes, finite outputs, deterministic under a
-    seed, support tensors untouched, a name of its own), then run the official protocol and write a result that
-    records the file's sha256 into the leaderboard. A refused method writes nothing."""
+def submit_cmd(reference: str, dataset: str, leaderboards: str, timeout: float | None, memory_gib: float | None,
+               **options: Any) -> None:
+    """Submit an outside method, run only in a sandboxed child process (bubblewrap where it works: the machine
+    read-only, no network, a scratch folder; time, CPU and memory limits): check it on generated data (output
+    shapes, finite outputs, deterministic under a seed, support tensors untouched, a name of its own), then run
+    the official protocol, checking every episode's logits, and write a result that records the file's sha256
+    into the leaderboard. A refused method writes nothing."""
+    from mtbench.board.submit import parse, submit
     from mtbench.cli.options import run_spec, summary
-    from mtbench.results.integrity import check
-    from mtbench.methods import parse_overrides
     from mtbench.data.protocols import TransferSpec
+    from mtbench.methods import parse_overrides
     from mtbench.results import setting_name
-    from mtbench.run.runner import run
-    from mtbench.board.submit import conformance, load
+    from mtbench.results.integrity import check
 
-    sub = load(reference)
-    hparams = parse_overrides(options["hparams"])
-    ways, shots = options["ways"] or 5, options["shots"] or 1
-    click.echo(f"checking {sub.cls.__name__} ({sub.cls.name!r}, sha256 {sub.sha256[:12]}) on synthetic data ...", err=True)
-    problems = conformance(sub, ways, shots, hparams)
-    if problems:
-        raise UserError(f"{reference} is refused, nothing was written: {'; '.join(problems)}")
-    click.echo("conformance check passed", err=True)
-    spec = run_spec(sub.reference, dataset, leaderboards, submission=sub.record(), **options)
+    sub = parse(reference)
+    spec = run_spec(reference, dataset, leaderboards, **options)
     e = spec.episodes
     protocol = e.record() if isinstance(e, TransferSpec) else dataclasses.asdict(e)
     spec = dataclasses.replace(spec, out=str(Path(leaderboards) / dataset / setting_name(protocol)))
-    doc, path = run(spec)
+    doc, path = submit(sub, spec, parse_overrides(options["hparams"]), timeout, memory_gib,
+                       echo=lambda line: click.echo(line, err=True))
     click.echo(summary(doc, path))
     if check([path], options["data_root"], echo=click.echo):
         raise UserError(f"the result {path} failed validation (see above)")

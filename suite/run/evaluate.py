@@ -1,7 +1,9 @@
 """The standardized evaluator: accuracy after every adaptation step, time to adapt, throughput.
 
 Methods with a ``predict_batch`` (see :mod:`mtbench.methods`) are evaluated a chunk of episodes at a
-time; every other method, episode by episode through ``adapt``.
+time; every other method, episode by episode through ``adapt``. Every evaluated output is checked:
+floating-point logits of shape ``[queries, ways]``, all finite; the first that is not stops the
+evaluation with an :class:`OutputError` naming the episode and the adaptation step.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ import math
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
-
-from mtbench.data.episodes import EpisodeSet
-from mtbench.methods.functional import accuracy
-from mtbench.methods import Method
+from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
 from mtbench.core.runtime import peak_memory, reset_peak_memory, timer
+from mtbench.data.episodes import EpisodeSet
+from mtbench.methods import Method
+from mtbench.methods.functional import accuracy
+from tqdm.auto import tqdm
 
 #: bound on the input values (images x C x H x W) of one chunk of episodes on the batched path, by device
 #: type (others: the CPU's), never less than one episode: on a GPU a chunk is 16384 Omniglot (1x28x28)
@@ -37,6 +39,39 @@ def episode_chunks(episodes: EpisodeSet, max_values: int | None = None) -> list[
     size, extra = divmod(n, count)
     bounds = [i * size + min(i, extra) for i in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+class OutputError(UserError):
+    """A method returned logits the protocol does not allow (type, shape, NaN or infinite values)."""
+
+
+def check_logits(name: str, logits: object, shape: tuple[int, ...], where: str) -> torch.Tensor:
+    """``logits`` when it is a floating-point tensor of ``shape``; else an :class:`OutputError` saying ``where``."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        got = logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise OutputError(f"{name} returned {got} {where}; it must return floating-point logits of shape {list(shape)}")
+    if tuple(logits.shape) != shape:
+        raise OutputError(f"{name} returned logits of shape {list(logits.shape)} {where}; expected {list(shape)} "
+                        f"(queries x ways)")
+    return logits
+
+
+def _check_finite(name: str, finite: list[torch.Tensor], where: list[str]) -> None:
+    """``finite``: one bool tensor per output (kept on the device until this one check); the first false names
+    its ``where``."""
+    if not finite:
+        return
+    flags = torch.cat([f.reshape(-1) for f in finite]).cpu()
+    if not bool(flags.all()):
+        first = int((~flags).nonzero()[0])
+        raise OutputError(f"{name} returned NaN or infinite logits {where[first]}; a method must return finite logits")
+
+
+def _seconds(output: object, measured: float) -> float:
+    """The time to take for an output: what the process that ran the method measured, when it says
+    (``measured_seconds``, a sandboxed submission's child), else the evaluator's own ``measured``."""
+    value = getattr(output, "measured_seconds", None)
+    return float(value) if isinstance(value, (int, float)) else measured
 
 
 def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batched: bool = True,
@@ -61,6 +96,8 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
     per_step_acc: list[torch.Tensor] = []  # one float[steps] per episode, kept on the device
     per_step_ms: list[list[float]] = []
     step_numbers: list[int] = []
+    finite: list[torch.Tensor] = []
+    where: list[str] = []
     reset_peak_memory(device)
     start = timer(device)
     with torch.no_grad():
@@ -74,11 +111,15 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
                     predictor = next(stream)
                 except StopIteration:
                     break
-                elapsed += timer(device) - t0
+                elapsed += _seconds(predictor, timer(device) - t0)
                 if not per_step_ms:
                     step_numbers.append(int(getattr(predictor, "step", len(ms))))
                 ms.append(elapsed * 1000.0)
-                accs.append(accuracy(predictor(ep.query_x), ep.query_y))
+                at = f"on episode {ep.index}, adaptation step {len(accs)}"
+                logits = check_logits(method.name, predictor(ep.query_x), (len(ep.query_y), ways), at)
+                finite.append(torch.isfinite(logits).all())
+                where.append(at)
+                accs.append(accuracy(logits, ep.query_y))
             if not accs:
                 raise RuntimeError(f"{method.name}.adapt yielded no predictor")
             if per_step_ms and len(ms) != len(per_step_ms[0]):
@@ -87,6 +128,7 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
             per_step_acc.append(torch.stack(accs))
             per_step_ms.append(ms)
     seconds = timer(device) - start
+    _check_finite(method.name, finite, where)
     ms_by_step = [sum(m[s] for m in per_step_ms) / len(per_step_ms) for s in range(len(step_numbers))]
     return _scores(torch.stack(per_step_acc), step_numbers, ms_by_step, seconds, device, None)
 
@@ -102,6 +144,7 @@ def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True
     device, ways = episodes.split.device, episodes.spec.ways
     chunks = episode_chunks(episodes, max_values)
     accs: list[torch.Tensor] = []  # float[chunk] each, on the device
+    finite: list[torch.Tensor] = []  # bool[chunk] each
     elapsed = 0.0
     reset_peak_memory(device)
     start = timer(device)
@@ -111,10 +154,14 @@ def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True
             support_x, support_y, query_x, query_y = episodes.batch(lo, hi)
             t0 = timer(device)
             logits = method.predict_batch(support_x, support_y, query_x, ways)  # type: ignore[misc]
-            elapsed += timer(device) - t0
+            elapsed += _seconds(logits, timer(device) - t0)
+            logits = check_logits(f"{method.name}.predict_batch", logits, tuple(query_y.shape) + (ways,),
+                                  f"on episodes {lo} to {hi - 1}")
+            finite.append(torch.isfinite(logits).flatten(1).all(1))
             accs.append(accuracy(logits, query_y))
             bar.update(hi - lo)
     seconds = timer(device) - start
+    _check_finite(f"{method.name}.predict_batch", finite, [f"on episode {i}" for i in range(len(episodes))])
     size = max(hi - lo for lo, hi in chunks)
     return _scores(torch.cat(accs).unsqueeze(1), [0], [elapsed * 1000.0 / len(episodes)], seconds, device, size)
 
