@@ -134,3 +134,14 @@ def test_report_of_a_folder_with_nothing_valid_says_so(tmp_path: Path) -> None:
     files = build(lb)
     assert "No file in `leaderboards/synthetic/5w5s/` is a valid result." in files["synthetic-5w5s.md"].decode()
     assert "no valid result; 1 left out" in files["index.md"].decode()
+
+
+def test_of_two_copies_with_one_time_the_file_named_as_mtbench_names_it_stays(tmp_path: Path) -> None:
+    from mtbench.results import result_filename
+
+    doc = result_doc("good", GOOD)
+    original = put_result(tmp_path, doc, Path(result_filename(doc)).stem)
+    put_result(tmp_path, doc, "a-copy")
+    found = screen(sorted(tmp_path.glob("*.json")))
+    assert [p for p, _ in found.results] == [original]
+    assert found.left_out[0].reason.startswith(f"the same run as {original.name}")

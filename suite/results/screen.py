@@ -9,7 +9,8 @@ alone cannot prove (an edited ``git_commit`` or ``device``, or per-episode value
 with their mean) only re-running the result can.
 
 Two files of the same run (:func:`run_identity`: a copy, or a re-run that scored exactly the same) are
-shown once: the earliest by timestamp, then by path; the others are listed as its duplicates.
+shown once: the earliest by timestamp, then one named as ``mtbench run`` names its files, then by path; the
+others are listed as its duplicates.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbench.results.integrity import file_problems
+from mtbench.results.io import result_filename
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,12 @@ def run_identity(doc: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def _named_by_mtbench(path: Path, doc: dict[str, Any]) -> bool:
+    """Whether ``path`` has the name :func:`~mtbench.results.io.write_result` gives ``doc`` (or a numbered one)."""
+    stem = Path(result_filename(doc)).stem
+    return path.name == f"{stem}.json" or (path.name.startswith(f"{stem}.") and path.name[len(stem) + 1:-5].isdigit())
+
+
 def screen(files: Iterable[Path]) -> Screened:
     """Read and check each of ``files``: the valid ones (duplicates once), and the rest with the reason."""
     valid: list[tuple[Path, dict[str, Any]]] = []
@@ -75,7 +83,10 @@ def screen(files: Iterable[Path]) -> Screened:
         else:
             valid.append((Path(path), doc))
     first: dict[str, Path] = {}
-    for path, doc in sorted(valid, key=lambda r: (r[1]["provenance"]["timestamp"], str(r[0]))):
+    def preference(r: tuple[Path, dict[str, Any]]) -> tuple[str, bool, str]:
+        return r[1]["provenance"]["timestamp"], not _named_by_mtbench(*r), str(r[0])
+
+    for path, doc in sorted(valid, key=preference):
         first.setdefault(run_identity(doc), path)
     shown = []
     for path, doc in valid:
