@@ -55,6 +55,17 @@ def test_ranked_table_has_paired_difference_speed_and_device(board):
     assert adaptation_speed(g.entries[0].doc, 0.90) == (1, 2.0)
     assert table["step to 95%"][0] == 2 and table["ms to 95%"][0] == "3.0"
     assert table["device"][0] == "CPU Test Processor (2 threads)" and table["budget"][0] == "quick (CPU)"
+    assert list(table["reproduced"]) == ["-", "-"]
+
+
+def test_rows_say_whether_a_recorded_re_run_reproduced_them() -> None:
+    run = {"by": "a@b", "at": "2026-12-01T10:00:00+00:00", "device": "CPU", "git_commit": None,
+           "verdict": "REPRODUCED", "identical": True, "mean_difference": 0.0}
+    differs = {**run, "at": "2026-12-02T10:00:00+00:00", "verdict": "DIFFERS", "identical": False}
+    docs = [(Path("a.json"), result_doc("good", GOOD, reproduced=[run])),
+            (Path("b.json"), result_doc("worse", WORSE, reproduced=[run, differs]))]
+    table = frame(group(docs)[0])
+    assert list(table["reproduced"]) == ["yes, 2026-12-01", "DIFFERS, 2026-12-02 (2 re-runs)"]
 
 
 def test_cli_prints_ranked_tables_and_filters(board):

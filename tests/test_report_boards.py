@@ -20,8 +20,10 @@ def board(root: Path) -> Path:
     """A small, fixed leaderboard: three results on shared draws, one on others, one in another setting."""
     lb = root / "leaderboards"
     five = lb / "synthetic" / "5w1s"
+    rerun = {"by": "a@b", "at": "2026-01-02T00:00:00+00:00", "device": "CPU Test Processor (2 threads)",
+             "git_commit": None, "verdict": "REPRODUCED", "identical": True, "mean_difference": 0.0}
     put_result(five, result_doc("alpha", [0.9, 1.0, 0.8, 0.9, 1.0], by_step=[0.2, 0.7, 0.88],
-                                ms_by_step=[0.5, 3.0, 9.0, 30.0]))
+                                ms_by_step=[0.5, 3.0, 9.0, 30.0], reproduced=[rerun]))
     put_result(five, result_doc("beta", [0.7, 0.8, 0.6, 0.9, 0.7], device="NVIDIA Test GPU",
                                 provenance={**result_doc("b", [1.0])["provenance"], "device": "NVIDIA Test GPU",
                                             "device_type": "cuda"}))

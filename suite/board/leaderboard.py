@@ -145,6 +145,17 @@ def budget(doc: dict[str, Any]) -> str:
     return f"{name}{' (CPU)' if cpu and b['name'] == 'quick' else ''}"
 
 
+def reproduced(doc: dict[str, Any]) -> str:
+    """Whether ``mtbench reproduce --record`` re-ran the result and got its numbers back: the latest verdict, its
+    date and how many re-runs were recorded; ``-`` when none was."""
+    runs = doc["reproduced"]
+    if not runs:
+        return "-"
+    last = runs[-1]
+    how = "yes" if last["verdict"] == "REPRODUCED" else "DIFFERS"
+    return f"{how}, {last['at'][:10]}" + (f" ({len(runs)} re-runs)" if len(runs) > 1 else "")
+
+
 def frame(g: Group, fraction: float = FRACTION) -> pd.DataFrame:
     """The group's ranked table as display strings, one row per result file."""
     from mtbench.board.labels import label
@@ -170,6 +181,7 @@ def frame(g: Group, fraction: float = FRACTION) -> pd.DataFrame:
             "peak MiB": f"{peak_mib(doc):.0f}",
             "device": device(doc),
             "budget": budget(doc),
+            "reproduced": reproduced(doc),
             "file": e.path.name,
         })
     return pd.DataFrame(rows)
@@ -193,7 +205,8 @@ LEGEND = ("vs best: paired difference to rank 1 over the same episodes/trials, m
           "approximation; * = significant at 5%. step/ms to {f:.0%}: the first reported adaptation step whose mean "
           "accuracy reaches {f:.0%} of the final accuracy, and the time inside adapt to get there. fit s includes the "
           "first stage of a pipeline. peak MiB: the larger of fit and evaluation (GPU: allocated; CPU: process RSS). "
-          "(CPU) marks a quick-budget row run on the CPU.")
+          "(CPU) marks a quick-budget row run on the CPU. reproduced: the latest re-run recorded by mtbench reproduce "
+          "--record (yes: its per-episode accuracies came back), - when none was.")
 
 
 def render(groups: list[Group], fraction: float = FRACTION) -> str:
