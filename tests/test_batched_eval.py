@@ -51,3 +51,48 @@ def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, chunk, one_thread) -
         assert torch.equal(logits.argmax(-1), expected.argmax(-1))
     # the steps adapt: the logits move away from the start
     assert not torch.allclose(together[0], together[-1])
+
+
+def test_the_evaluator_scores_chunks_as_it_scores_episodes(one_thread) -> None:
+    """Through :func:`evaluate`: the chunked path (several episodes a chunk) and the per-episode reference give
+    the same accuracy at every step and the same number of steps, and the chunk size is recorded."""
+    from mtbench.run.evaluate import evaluate
+
+    test = DATASETS.get("synthetic")(progress=False).load("test")
+    cls = METHODS.get("maml")
+    method = cls(make_hparams(cls, "synthetic", {"eval_steps": "2"}, "2"), test.image_shape,
+                 torch.Generator().manual_seed(0), torch.device("cpu"))
+    method.prepare(5)
+    episodes = EpisodeSet(test, EpisodeSpec(5, 1, 6, 6, seed=1))
+    chunked = evaluate(method, episodes, progress=False, max_values=3 * 5 * 7 * 3 * 16 * 16)
+    alone = evaluate(method, episodes, progress=False, batched=False)
+    assert chunked["evaluation"]["batched_episodes"] == 3 and alone["evaluation"]["batched_episodes"] is None
+    assert [s["step"] for s in chunked["accuracy"]["by_step"]] == [s["step"] for s in alone["accuracy"]["by_step"]]
+    assert chunked["accuracy"]["per_episode"] == alone["accuracy"]["per_episode"]
+    for a, b in zip(chunked["accuracy"]["by_step"], alone["accuracy"]["by_step"]):
+        assert a["mean"] == pytest.approx(b["mean"], abs=1e-12)
+    assert len(chunked["adaptation"]["ms_by_step"]) == 3
+    assert chunked["adaptation"]["ms_by_step"] == sorted(chunked["adaptation"]["ms_by_step"])  # cumulative
+
+
+def test_a_non_finite_episode_of_a_chunk_is_named(one_thread) -> None:
+    from mtbench.run.evaluate import OutputError, evaluate
+
+    test = DATASETS.get("synthetic")(progress=False).load("test")
+    cls = METHODS.get("maml")
+
+    class Broken(cls):
+        def adapt_batch(self, support_x, support_y, ways):
+            for step, predictor in enumerate(super().adapt_batch(support_x, support_y, ways)):
+                def spoiled(query_x, predictor=predictor, step=step):
+                    logits = predictor(query_x)
+                    if step == 1:
+                        logits[2, 0, 0] = float("nan")  # the third episode of the chunk, at step 1
+                    return logits
+                yield spoiled
+
+    method = Broken(make_hparams(cls, "synthetic", {"eval_steps": "1"}, "2"), test.image_shape,
+                    torch.Generator().manual_seed(0), torch.device("cpu"))
+    method.prepare(5)
+    with pytest.raises(OutputError, match="NaN or infinite logits on episode 2, adaptation step 1"):
+        evaluate(method, EpisodeSet(test, EpisodeSpec(5, 1, 6, 4, seed=1)), progress=False, max_values=10 ** 9)

@@ -30,7 +30,12 @@ A method is a class with:
   depend on the other episodes: that predictor's logits for ``E`` episodes at once, ``float[E, S,
   C, H, W]``, ``int64[E, S]``, ``float[E, Q, C, H, W]`` -> ``float[E, Q, ways]``, under
   ``torch.no_grad()``. The evaluator then scores chunks of episodes in one call each instead of
-  calling ``adapt`` per episode (its adaptation time is the chunk's, support and queries together).
+  calling ``adapt`` per episode (its adaptation time is the chunk's, support and queries together);
+* ``adapt_batch(support_x, support_y, ways)`` — optional (``None`` by default), for a method whose
+  episodes adapt independently of each other: ``adapt`` for ``E`` episodes at once, ``float[E, S, C,
+  H, W]``, ``int64[E, S]``, yielding after each step a predictor of ``float[E, Q, C, H, W]`` ->
+  ``float[E, Q, ways]``; every episode must get what ``adapt`` gives it (tested per method). It is
+  preferred to ``predict_batch`` when a method has both.
 """
 
 from __future__ import annotations
@@ -127,6 +132,8 @@ class Method:
     transferable: ClassVar[tuple[str, ...]] = ("backbone",)
     #: ``adapt``'s logits for a batch of episodes at once, or ``None``; see the module docstring
     predict_batch: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None
+    #: ``adapt`` for a batch of episodes at once, every step, or ``None``; see the module docstring
+    adapt_batch: Callable[[Tensor, Tensor, int], Iterator[Predictor]] | None = None
 
     def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
                  device: torch.device) -> None:

@@ -1,7 +1,7 @@
 """The standardized evaluator: accuracy after every adaptation step, time to adapt, throughput.
 
-Methods with a ``predict_batch`` (see :mod:`mtbench.methods`) are evaluated a chunk of episodes at a
-time; every other method, episode by episode through ``adapt``. Every evaluated output is checked:
+Methods with an ``adapt_batch`` or a ``predict_batch`` (see :mod:`mtbench.methods`) are evaluated a chunk
+of episodes at a time; every other method, episode by episode through ``adapt``. Every evaluated output is checked:
 floating-point logits of shape ``[queries, ways]``, all finite; the first that is not stops the
 evaluation with an :class:`OutputError` naming the episode and the adaptation step.
 """
@@ -82,14 +82,17 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
     time; scoring the intermediate predictors is measurement overhead and is not counted.
 
     Args:
-        batched: use the method's ``predict_batch`` when it has one (:func:`evaluate_batched`);
-            ``False``: episode by episode through ``adapt`` whatever the method.
+        batched: use the method's ``adapt_batch`` (:func:`evaluate_adapt_batched`) or ``predict_batch``
+            (:func:`evaluate_batched`) when it has one; ``False``: episode by episode through ``adapt``
+            whatever the method (the reference the batched paths are tested against).
         max_values: the chunk bound of the batched path (see :func:`episode_chunks`).
 
     Returns:
         A dict with the ``accuracy``, ``adaptation`` and ``evaluation`` sections of a result;
         ``evaluation.batched_episodes`` is ``None`` here, the chunk size on the batched path.
     """
+    if batched and method.adapt_batch is not None:
+        return evaluate_adapt_batched(method, episodes, progress, max_values)
     if batched and method.predict_batch is not None:
         return evaluate_batched(method, episodes, progress, max_values)
     device, ways = episodes.split.device, episodes.spec.ways
@@ -164,6 +167,57 @@ def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True
     _check_finite(f"{method.name}.predict_batch", finite, [f"on episode {i}" for i in range(len(episodes))])
     size = max(hi - lo for lo, hi in chunks)
     return _scores(torch.cat(accs).unsqueeze(1), [0], [elapsed * 1000.0 / len(episodes)], seconds, device, size)
+
+
+def evaluate_adapt_batched(method: Method, episodes: EpisodeSet, progress: bool = True,
+                           max_values: int | None = None) -> dict[str, Any]:
+    """:func:`evaluate` through ``method.adapt_batch``: a chunk of episodes (:func:`episode_chunks`) adapts at
+    once, and each of its predictors is scored on the chunk's queries, as every step is on the per-episode path.
+
+    The adaptation time of a step is the time the chunk took to produce its predictor (cumulative, as on
+    the per-episode path) over the chunk's episodes; scoring the predictors is not counted.
+    """
+    device, ways = episodes.split.device, episodes.spec.ways
+    chunks = episode_chunks(episodes, max_values)
+    accs: list[torch.Tensor] = []  # float[chunk, steps] each, on the device
+    finite: list[torch.Tensor] = []  # bool[chunk] per chunk and step
+    where: list[str] = []
+    step_numbers: list[int] = []
+    ms_total: list[float] = []  # summed over chunks: cumulative ms to each step
+    reset_peak_memory(device)
+    start = timer(device)
+    name = f"{method.name}.adapt_batch"
+    with torch.no_grad(), tqdm(total=len(episodes), desc=f"evaluating {method.name}", unit="episode",
+                               disable=not progress, mininterval=1.0, dynamic_ncols=True) as bar:
+        for lo, hi in chunks:
+            support_x, support_y, query_x, query_y = episodes.batch(lo, hi)
+            stream = iter(method.adapt_batch(support_x, support_y, ways))  # type: ignore[misc]
+            steps, elapsed, ms = [], 0.0, []
+            while True:
+                t0 = timer(device)
+                try:
+                    predictor = next(stream)
+                except StopIteration:
+                    break
+                elapsed += timer(device) - t0
+                ms.append(elapsed * 1000.0)
+                if lo == 0:
+                    step_numbers.append(int(getattr(predictor, "step", len(steps))))
+                logits = check_logits(name, predictor(query_x), tuple(query_y.shape) + (ways,),
+                                      f"on episodes {lo} to {hi - 1}, adaptation step {len(steps)}")
+                finite.append(torch.isfinite(logits).flatten(1).all(1))
+                where += [f"on episode {i}, adaptation step {len(steps)}" for i in range(lo, hi)]
+                steps.append(accuracy(logits, query_y))
+            if len(steps) != len(step_numbers):
+                raise RuntimeError(f"{name} yielded {len(steps)} predictors on episodes {lo} to {hi - 1}, "
+                                   f"{len(step_numbers)} before: the number of steps must not vary")
+            accs.append(torch.stack(steps, dim=1))
+            ms_total = [a + b for a, b in zip(ms_total, ms)] if ms_total else ms
+            bar.update(hi - lo)
+    seconds = timer(device) - start
+    _check_finite(name, finite, where)
+    size = max(hi - lo for lo, hi in chunks)
+    return _scores(torch.cat(accs), step_numbers, [m / len(episodes) for m in ms_total], seconds, device, size)
 
 
 def _scores(acc: torch.Tensor, step_numbers: list[int], ms_by_step: list[float], seconds: float,
