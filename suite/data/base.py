@@ -34,17 +34,30 @@ def _user_cache() -> Path:
 def resolve_data_root(given: str | os.PathLike | None = None) -> Path:
     """Where datasets live: ``given`` (``--data-root``), else ``$MTBENCH_DATA``, else a user cache folder."""
     if given:
-        return Path(given).expanduser().resolve()
+        return _folder(Path(given).expanduser().resolve(), f"--data-root {given}")
     env = os.environ.get("MTBENCH_DATA")
     if env:
-        return Path(env).expanduser().resolve()
-    return _user_cache() / "data"
+        return _folder(Path(env).expanduser().resolve(), f"MTBENCH_DATA={env}")
+    return _folder(_user_cache() / "data", "the default data root")
+
+
+DATA_FIX = "point it at the folder that holds the datasets (e.g. omniglot/), or at an empty folder to download into"
+
+
+def _folder(path: Path, what: str, fix: str = DATA_FIX) -> Path:
+    """``path``, unless it exists and is not a folder: a :class:`UserError` naming ``what`` set it, and ``fix``."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what}: {path} is a file, not a folder; {fix}")
+    return path
 
 
 def resolve_cache_dir() -> Path:
     """Where decoded tensor caches go (never inside the data root, which may be read-only)."""
     env = os.environ.get("MTBENCH_CACHE")
-    return Path(env).expanduser().resolve() if env else _user_cache() / "tensors"
+    if env:
+        return _folder(Path(env).expanduser().resolve(), f"MTBENCH_CACHE={env}",
+                       "point it at a folder for the decoded tensors (it is created if missing)")
+    return _user_cache() / "tensors"
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,6 +219,12 @@ class Dataset:
             return VerifyReport.missing(self)
         return VerifyReport(self.name, "found", self.paths(),
                             notes=["no expected structure or checksums are known for this dataset"])
+
+    def structure_checks(self) -> list["Check"]:
+        """The cheap part of :meth:`verify`: this copy's folders and file counts against the official
+        release, from directory listings alone (no file is read); empty when no structure is known.
+        ``mtbench run`` refuses a copy that fails one before any work."""
+        return []
 
     def configure(self, protocol: str, source_shape: tuple[int, int, int] | None = None,
                   skip_bad_images: bool = False) -> None:

@@ -28,6 +28,7 @@ from mtbench.core.errors import UserError
 from mtbench.core.seeding import generator
 from mtbench.data import user_registry
 from mtbench.data.base import DATASETS, Check, Dataset, Split, VerifyReport, atomic_torch_save, some
+from mtbench.data.cache import read_cache
 from mtbench.data.images import Scan, decode, scan
 from mtbench.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 from mtbench.data.transforms import describe_shape
@@ -147,8 +148,8 @@ class ImageFolder(Dataset):
                 key.update(f"{Path(s) / f if s else f}:{size_}:{mtime}\n".encode())
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.path.name)[:40]
         cache = self.cache_dir / f"folder-{slug}-{size}px-{c}ch-{key.hexdigest()[:16]}.pt"
-        if cache.exists():
-            blob = torch.load(cache, weights_only=True, mmap=True)
+        blob = read_cache(cache, ("names", "images", "bad"), mmap=True)
+        if blob is not None:
             return list(blob["names"]), blob["images"], [tuple(b) for b in blob["bad"]]
         images, failed = decode([self.path / n for n in names], size, c, self.progress,
                                 desc=f"decoding {self.path.name} (once)")

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from mtbench.core.errors import UserError
 from mtbench.data.base import DATASETS, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_sha256sums, some
+from mtbench.data.cache import file_stamp, read_cache, unreadable_image
 from mtbench.data.miniimagenet_files import (CSV_FILES, IMAGES_PER_CLASS, PICKLE_FILES, SIZE, SPLITS, check_classes,
                                              decode_image, detect_layout, layouts_help, read_csv, read_pickle,
                                              subset_note, what_is_there)
@@ -156,9 +157,9 @@ class MiniImageNet(Dataset):
         return self.cache_dir / f"miniimagenet-v{self.version}-{layout}-{split}-{self.size}px-{digest[:12]}.pt"
 
     @staticmethod
-    def _from_cache(cache: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        blob = torch.load(cache, weights_only=True)
-        return blob["images"], blob["labels"], list(blob["class_names"])
+    def _from_cache(cache: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]] | None:
+        blob = read_cache(cache, ("images", "labels", "class_names"))
+        return None if blob is None else (blob["images"], blob["labels"], list(blob["class_names"]))
 
     def _load_csv(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         csv_path = self.folder / CSV_FILES[split]
@@ -173,16 +174,20 @@ class MiniImageNet(Dataset):
                             f"put the images there, or use a CSV that lists only the images you have")
         key = hashlib.sha256(f"{split}|{csv_path.name}".encode())
         for (name, label), f in zip(rows, files):
-            key.update(f"{name}:{label}:{f.stat().st_size}\n".encode())
+            key.update(f"{label}:{file_stamp(f, name)}\n".encode())
         cache = self._cache_file(split, "csv", key.hexdigest())
-        if cache.exists():
-            return self._from_cache(cache)
+        if (cached := self._from_cache(cache)) is not None:
+            return cached
         class_names = sorted({label for _, label in rows})
         index = {c: i for i, c in enumerate(class_names)}
         out = np.empty((len(files), SIZE, SIZE, 3), np.uint8)
         for i, f in enumerate(tqdm(files, desc=f"decoding miniImageNet {split} (once)", unit="img",
                                    disable=not self.progress)):
-            out[i] = decode_image(f)
+            try:
+                out[i] = decode_image(f)
+            except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on a damaged file
+                raise unreadable_image(f, exc, "the copy is damaged: replace the file, and check the copy with "
+                                               "`mtbench data verify miniimagenet`") from None
         images = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
         labels = torch.tensor([index[label] for _, label in rows], dtype=torch.int64)
         atomic_torch_save({"images": images, "labels": labels, "class_names": class_names}, cache)
@@ -190,10 +195,10 @@ class MiniImageNet(Dataset):
 
     def _load_pickle(self, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         path = self.folder / PICKLE_FILES[split]
-        key = hashlib.sha256(f"{split}|{path.name}:{path.stat().st_size}".encode())
+        key = hashlib.sha256(f"{split}|{file_stamp(path)}".encode())
         cache = self._cache_file(split, "pickle", key.hexdigest())
-        if cache.exists():
-            return self._from_cache(cache)
+        if (cached := self._from_cache(cache)) is not None:
+            return cached
         bar = tqdm(total=1, desc=f"reading miniImageNet {path.name} (once)", unit="file", disable=not self.progress)
         data, classes = read_pickle(path, split)
         bar.update(1)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from mtbench.core.errors import UserError
 from mtbench.data.base import DATASETS, Check, Dataset, Split, VerifyReport, atomic_torch_save, check_md5, check_sha256sums, some
+from mtbench.data.cache import file_stamp, read_cache, unreadable_image
 
 BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 ARCHIVES = {  # folder -> MD5 of its official zip
@@ -151,6 +152,12 @@ class Omniglot(Dataset):
                                                       "their MD5s could not be compared"))
         return VerifyReport.of_checks(self, checks)
 
+    def structure_checks(self) -> list[Check]:
+        """Alphabets, characters and drawings against the official release (30 + 20, 964 + 659, 20 each)."""
+        if not self.is_available():
+            return []
+        return [structure_check({f: drawing_counts(self.folder / f) for f in ARCHIVES})]
+
     def _split_checks(self, characters: list[str]) -> list[Check]:
         """The copy's ``splits/vinyals/{train,val,test}.txt``, when it has them, against the built-in split."""
         folder = self.folder / "splits" / "vinyals"
@@ -261,10 +268,10 @@ class Omniglot(Dataset):
         for name, files in chars:
             key.update(name.encode())
             for f in files:
-                key.update(f"{f.name}:{f.stat().st_size}".encode())
+                key.update(file_stamp(f).encode())
         cache = self.cache_dir / f"omniglot-v{self.version}-{self.size}px-{key.hexdigest()[:12]}.pt"
-        if cache.exists():
-            blob = torch.load(cache, weights_only=True)
+        blob = read_cache(cache, ("names", "images"))
+        if blob is not None:
             return list(blob["names"]), blob["images"]
         counts = {len(files) for _, files in chars}
         if counts != {20}:
@@ -274,8 +281,14 @@ class Omniglot(Dataset):
         bar = tqdm(total=len(chars) * 20, desc="decoding Omniglot (once)", unit="img", disable=not self.progress)
         for i, (_, files) in enumerate(chars):
             for j, f in enumerate(files):
-                with Image.open(f) as im:
-                    small = im.convert("L").resize((self.size, self.size), Image.Resampling.LANCZOS)
+                try:
+                    with Image.open(f) as im:
+                        small = im.convert("L").resize((self.size, self.size), Image.Resampling.LANCZOS)
+                except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on a damaged file
+                    bar.close()
+                    raise unreadable_image(f, exc, "the copy is damaged: replace the file from the official zip "
+                                                   "(`mtbench data download omniglot` into an empty data root), "
+                                                   "and check the copy with `mtbench data verify omniglot`") from None
                 out[i, j] = 255 - np.asarray(small)
             bar.update(len(files))
         bar.close()
@@ -287,6 +300,11 @@ class Omniglot(Dataset):
         names, images = self._decoded()
         index = {n: i for i, n in enumerate(names)}
         classes = vinyals_classes(names, split)
+        if not classes:
+            raise UserError(f"Omniglot under {self.folder} has no {split} classes (the {split} alphabets of the "
+                            f"Vinyals split are missing): the copy is incomplete; download it again "
+                            f"(`mtbench data download omniglot` into an empty data root) and check it with "
+                            f"`mtbench data verify omniglot`")
         chars = torch.tensor([index[c.rsplit("/", 1)[0]] for c in classes])
         rots = torch.tensor([int(c.rsplit("rot", 1)[1]) // 90 for c in classes])
         picked = images[chars]  # [n_classes, 20, H, W]

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from mtbench.core.errors import UserError
 from mtbench.data.base import (DATASETS, SUMS_FILE, Check, Dataset, Split, VerifyReport, atomic_torch_save,
                                check_sha256sums, some)
+from mtbench.data.cache import file_stamp, read_cache, unreadable_image
 from mtbench.data.miniimagenet import IMAGENET_MEAN, IMAGENET_STD
 from mtbench.data.pneumoniamnist import PNEUMONIAMNIST_FILE
 
@@ -135,6 +136,13 @@ class ChestXray(Dataset):
         if (self.folder / "val").is_dir():
             notes.append(f"{self.folder / 'val'} is not used, and its images are not counted")
         return VerifyReport.of_checks(self, checks, notes=notes)
+
+    def structure_checks(self) -> list[Check]:
+        """Images per split and class folder (and, for ``xray3``, per pneumonia subtype) against the standard release."""
+        if not self.is_available():
+            return []
+        names = {(s, c): image_names(self.folder / s / c) for s in self.splits for c in CLASS_FOLDERS}
+        return [self._structure(names), *self._extra_checks(names)]
 
     def _structure(self, names: dict[tuple[str, str], list[str]]) -> Check:
         found = {k: len(v) for k, v in names.items()}
@@ -281,17 +289,22 @@ class ChestXray(Dataset):
         files = self.files(split)
         key = hashlib.sha256(f"{split}|{self.size}".encode())
         for name, _ in files:
-            key.update(f"{name}:{(self.folder / split / name).stat().st_size}\n".encode())
+            key.update(f"{file_stamp(self.folder / split / name, name)}\n".encode())
         cache = self.cache_dir / f"chest-xray-v{self.version}-{split}-{self.size}px-{key.hexdigest()[:12]}.pt"
-        if cache.exists():
-            blob = torch.load(cache, weights_only=True)
+        blob = read_cache(cache, ("names", "labels", "images"))
+        if blob is not None:
             return list(blob["names"]), blob["labels"], blob["images"]
         out = np.empty((len(files), 1, self.size, self.size), np.uint8)
         for i, (name, _) in enumerate(tqdm(files, desc=f"decoding chest X-rays {split} (once)", unit="img",
                                            disable=not self.progress)):
-            with Image.open(self.folder / split / name) as im:
-                im.draft(im.mode, (2 * self.size, 2 * self.size))  # JPEG: decode large originals at 1/2..1/8 scale
-                out[i, 0] = np.asarray(im.convert("L").resize((self.size, self.size), Image.Resampling.LANCZOS))
+            try:
+                with Image.open(self.folder / split / name) as im:
+                    im.draft(im.mode, (2 * self.size, 2 * self.size))  # JPEG: decode large originals at 1/2..1/8 scale
+                    out[i, 0] = np.asarray(im.convert("L").resize((self.size, self.size), Image.Resampling.LANCZOS))
+            except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on a damaged file
+                raise unreadable_image(self.folder / split / name, exc, f"the copy is damaged: replace the file "
+                                       f"from the archive (DOI {KERMANY_DOI}), and check the copy with "
+                                       f"`mtbench data verify {self.name}`") from None
         names = [n for n, _ in files]
         labels = torch.tensor([label for _, label in files], dtype=torch.int64)
         images = torch.from_numpy(out)
