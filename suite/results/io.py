@@ -42,7 +42,8 @@ def write_result(doc: dict[str, Any], out_dir: Path) -> Path:
         raise UserError(f"cannot create the results folder {out_dir} ({exc.strerror}); choose another with --out") from None
     # an exclusive create: concurrent writers of the same name each get a file of their own (name.1.json...)
     return atomic_create(numbered(out_dir / result_filename(doc)),
-                         lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"), what="result")
+                         lambda tmp: tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n"),
+                         what="result")
 
 
 def inspect_result(path: Path) -> tuple[dict[str, Any] | None, str]:

@@ -43,7 +43,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
         data = path.read_bytes()
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        reason = "not a checkpoint file" if isinstance(exc, pickle.UnpicklingError) else str(exc).splitlines()[0]
+        # an empty or truncated file raises with an empty message
+        reason = ("not a checkpoint file" if isinstance(exc, pickle.UnpicklingError)
+                  else (str(exc).splitlines() or [f"{type(exc).__name__}: the file is empty or truncated"])[0])
         raise UserError(f"--init {path}: cannot read it as an mtbench checkpoint ({reason})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"--init {path} is not an mtbench checkpoint; make one with `mtbench run ... --save PATH`")

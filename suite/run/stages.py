@@ -19,7 +19,7 @@ import torch
 from mtbench.core.errors import UserError
 from mtbench.core.runtime import (autocast, check_precision, device_name, malloc_setting, peak_memory,
                                   reset_peak_memory, select_device, timer)
-from mtbench.data import DATASETS, Dataset, Split, resolve_data_root
+from mtbench.data import DATASETS, Dataset, Split, resolve_cache_dir, resolve_data_root
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.data.protocols import TransferSpec
 from mtbench.data.transforms import to_input
@@ -27,6 +27,8 @@ from mtbench.methods import METHODS, FitContext, Method, make_hparams
 from mtbench.results import SCHEMA_VERSION, provenance
 from mtbench.run.checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
 from mtbench.run.evaluate import evaluate
+from mtbench.run.preflight import (check_cache, check_finite, check_memory, check_structure, readable_data,
+                                   writable)
 from mtbench.run.spec import SOURCE_EPISODES, RunSpec, fit_seed
 
 
@@ -69,6 +71,11 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     iterations = method_cls.iterations_for(spec.budget, source_cls.name)
     device = select_device(spec.device)
     checkpoint = read_checkpoint(spec.init) if spec.init else None
+    check_memory(spec.episodes)
+    if spec.out is not None:
+        writable(spec.out, "--out", folder=True, fix="choose another folder with --out")
+    if spec.save:
+        writable(spec.save, "--save", folder=False, fix="choose another path with --save")
     return Resolved(spec, method_cls, dataset_cls, source_cls, hparams, iterations, device, checkpoint)
 
 
@@ -98,12 +105,20 @@ class Loaded:
 
 
 def load(r: Resolved) -> Loaded:
-    """Prepare (and where allowed download) the datasets, load their splits onto the device, fix the
-    test episodes, and check that the protocol fits the data."""
+    """Prepare (and where allowed download) the datasets, check their structure against the official
+    release, load their splits onto the device, fix the test episodes, and check that the protocol fits
+    the data."""
+    root = resolve_data_root(r.spec.data_root)
+    with readable_data(root, resolve_cache_dir()):
+        return _load(r, root)
+
+
+def _load(r: Resolved, root: Path) -> Loaded:
     spec = r.spec
-    root = resolve_data_root(spec.data_root)
     data = r.dataset_cls(root=root, progress=spec.progress)
     data.prepare(download=spec.download)
+    check_structure(data)
+    check_cache(data)
     source_data = r.source_cls(root=root, progress=spec.progress) if r.cross else data
     transfer = spec.episodes if isinstance(spec.episodes, TransferSpec) else None
     # a cross-domain target is brought to the source network's input (its shape and normalisation), so
@@ -111,6 +126,8 @@ def load(r: Resolved) -> Loaded:
     fitted_on = None
     if r.cross:
         source_data.prepare(download=spec.download)
+        check_structure(source_data)
+        check_cache(source_data)
         fitted_on = source_data.load(source_data.fit_split)
     data.configure("transfer" if transfer else "episodes", fitted_on.image_shape if fitted_on else None,
                    spec.skip_bad_images)
@@ -214,7 +231,8 @@ def score(r: Resolved, d: Loaded, f: Fitted) -> dict[str, Any]:
     """Adapt to every fixed test episode and score every predictor: the ``accuracy``, ``adaptation``
     and ``evaluation`` sections of the result."""
     with autocast(r.device, r.spec.precision):
-        return evaluate(f.method, d.episodes, r.spec.progress)
+        scores = evaluate(f.method, d.episodes, r.spec.progress)
+    return check_finite(scores, r.method_cls.name)
 
 
 def record(r: Resolved, d: Loaded, f: Fitted, scores: dict[str, Any]) -> dict[str, Any]:
