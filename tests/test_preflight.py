@@ -94,7 +94,10 @@ def test_an_unreadable_data_folder_is_one_line(tmp_path: Path) -> None:
         os.chmod(folder, 0)
         with as_unprivileged(base):
             result = invoke(base, "--method", "protonet", "--dataset", "omniglot", *FAST, "--data-root", str(base / "data"))
+            verified = CliRunner().invoke(main, ["data", "verify", "omniglot", "--no-progress", "--data-root",
+                                                 str(base / "data")], env={"MTBENCH_CACHE": str(base / "cache")})
         one_line_error(result, base, f"cannot access {folder}", "chmod -R u+rX")
+        one_line_error(verified, base, f"cannot access {folder}", "chmod -R u+rX")
     finally:
         os.chmod(base / "data" / "omniglot" / "images_background", 0o755)
         shutil.rmtree(base)

@@ -13,7 +13,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from mtbench.data import DATASETS, Dataset, VerifyReport, resolve_data_root
+from mtbench.data import DATASETS, Dataset, VerifyReport, resolve_cache_dir, resolve_data_root
+from mtbench.run.preflight import readable_data
 
 MARKS = {True: "ok", False: "FAIL", None: "--"}
 
@@ -108,7 +109,8 @@ def verify(names: Sequence[str], given_root: str | os.PathLike | None, progress:
     """
     root, _ = root_and_source(given_root)
     memo: dict = {}  # xray and xray3, omniglot-shift and its parts share one hashing of each folder
-    reports = [(d, d.verify(memo)) for d in datasets(names, root, progress)]
+    with readable_data(root, resolve_cache_dir()):  # a folder without read access: one line naming it
+        reports = [(d, d.verify(memo)) for d in datasets(names, root, progress)]
     rows = [(d.name, r.status, where(d)) for d, r in reports]
     lines = [root_line(given_root), "", table(("dataset", "status", "where"), rows), ""]
     for _, r in reports:

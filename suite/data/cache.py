@@ -36,7 +36,7 @@ def read_cache(path: Path, keys: Iterable[str], mmap: bool = False) -> dict | No
         if not isinstance(blob, dict) or not set(keys) <= set(blob):
             raise ValueError("not the expected tensors")
     except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0]  # torch adds paragraphs of advice
         print(f"mtbench: note: the decoded cache {path} cannot be read ({reason}); decoding the images again",
               file=sys.stderr)
         path.unlink(missing_ok=True)
