@@ -1,39 +1,50 @@
-"""DANN against its source-only reference on the Omniglot -> Omniglot-M domain shift, through the CLI
-as a user types it, on the same episodes: the adversarial term must pay on the shifted target.
+"""DANN on the Omniglot -> Omniglot-M domain shift, through the CLI as a user types it, against its source-only
+reference on the same episodes: the adversarial term must pay on the shifted target.
 
-Both at the same budget, DANN_BUDGET (see there for the measurements); in its own file so that xdist runs
-it on one worker while the other worker runs the rest. Slow: minutes on 2 CPU cores.
+The reference is the leaderboard's source-only row (quick budget: 3000 iterations of 64 source images;
+`mtbench validate` checks that file in tests/test_leaderboard.py); DANN runs here with two thirds of that
+budget (2000 iterations of 64 source + 64 target images), on the first 200 of the row's 600 episodes (episode
+*i* is drawn from its own seed, whatever the count, so they are the same episodes). Refitting the reference
+too doubled this test's time (~19 CPU-minutes for both at the quick budget in CI).
+
+Measured on this machine (1 thread, 200 episodes, 2026-12-01): DANN at 2000 iterations 0.4712 +- 0.0150,
+paired gain over the source-only row +0.1543 +- 0.0141; at 1500 iterations 0.3443 (gain +0.027 +- 0.012); at
+1000 iterations it had not learned (0.2086): the gradient reversal needs a long enough fit. Slow.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from mtbench.core.metrics import mean_ci95
+from mtbench.results import read_result
 from support import cli_run, requires_real_data
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
-EPISODES = "200"
-# the quick budget (3000 iterations of 64 source + 64 target images). At 600 iterations DANN did not learn
-# at all (measured 0.208 on 200 episodes, chance 0.2, 2026-12-01): the adversarial term needs the long fit
-DANN_BUDGET = ["--budget", "quick"]
+ROWS = Path(__file__).resolve().parent.parent / "leaderboards" / "omniglot-shift" / "5w1s"
+EPISODES = 200
+BUDGET = ["--budget", "2000", "--hp", "batch_size=64"]  # the quick budget's minibatch, 2/3 of its iterations
 
 
 @pytest.fixture(scope="module")
-def domain_shift(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+def dann(tmp_path_factory: pytest.TempPathFactory) -> dict:
     requires_real_data("omniglot")
     requires_real_data("mini-imagenet")
-    return {m: cli_run(tmp_path_factory.mktemp(m), "--method", m, "--dataset", "omniglot-shift", "--ways", "5",
-                    "--shots", "1", "--episodes", EPISODES, *DANN_BUDGET)
-            for m in ("dann", "source-only")}
+    return cli_run(tmp_path_factory.mktemp("dann"), "--method", "dann", "--dataset", "omniglot-shift", "--ways", "5",
+                   "--shots", "1", "--episodes", str(EPISODES), *BUDGET)
 
 
-def test_dann_beats_source_only_on_the_shifted_target(domain_shift: dict[str, dict]) -> None:
-    dann, ref = domain_shift["dann"], domain_shift["source-only"]
-    assert dann["protocol"]["episodes_sha"] == ref["protocol"]["episodes_sha"]
-    assert dann["dataset"]["unlabelled_split"] == "target" and ref["dataset"]["unlabelled_split"] == "target"
-    assert dann["fit"]["iterations"] == ref["fit"]["iterations"]
+def test_dann_beats_the_source_only_row_on_the_shifted_target(dann: dict) -> None:
+    [row] = [read_result(p) for p in sorted(ROWS.glob("*source-only*.json"))]
+    p, q = dann["protocol"], row["protocol"]
+    assert (p["ways"], p["shots"], p["queries"], p["seed"]) == (q["ways"], q["shots"], q["queries"], q["seed"])
+    assert dann["dataset"]["version"] == row["dataset"]["version"] and row["budget"]["name"] == "quick"
+    assert dann["dataset"]["unlabelled_split"] == "target"
+    assert dann["fit"]["iterations"] < row["fit"]["iterations"]  # the reference had the longer fit
     # paired over the same episodes: the mean gain must exceed its own 95 % interval
-    gains = [a - b for a, b in zip(dann["accuracy"]["per_episode"], ref["accuracy"]["per_episode"])]
-    mean = sum(gains) / len(gains)
-    sd = (sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) ** 0.5
-    assert mean > 1.96 * sd / len(gains) ** 0.5, (dann["accuracy"]["mean"], ref["accuracy"]["mean"])
+    gains = [a - b for a, b in zip(dann["accuracy"]["per_episode"], row["accuracy"]["per_episode"][:EPISODES])]
+    mean, ci = mean_ci95(gains)
+    assert mean > ci, (dann["accuracy"]["mean"], mean, ci)
+    assert dann["accuracy"]["mean"] >= 0.36, dann["accuracy"]["mean"]  # measured 0.4712 (see above); chance 0.2

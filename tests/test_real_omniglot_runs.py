@@ -22,7 +22,7 @@ pytestmark = pytest.mark.realdata
 
 
 EPISODES = 200
-BUDGETS = {"protonet": "200", "maml": "150"}  # iterations (quick: 1000 and 700)
+BUDGETS = {"protonet": "100", "maml": "150"}  # iterations (quick: 1000 and 700)
 
 
 def short(method: str, out: Path) -> dict:
@@ -40,8 +40,9 @@ def fits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 def test_protonet_reaches_the_floor(fits: dict[str, dict]) -> None:
     acc = fits["protonet"]["accuracy"]
     assert len(acc["per_episode"]) == EPISODES
-    # measured 0.9545 +- 0.0074 at 200 iterations, 200 episodes (2026-12-01); the paper: 98.8 % at its full schedule
-    assert acc["mean"] >= 0.92, acc["mean"]
+    # measured 0.9306 +- 0.0092 at 100 iterations (0.9545 at 200), 200 episodes (2026-12-01); the paper: 98.8 % at
+    # its full schedule
+    assert acc["mean"] >= 0.90, acc["mean"]
     assert 0 < acc["ci95"] < 0.02
 
 

@@ -21,9 +21,9 @@ from mtbench.methods import METHODS, make_hparams
 from support import cli_run, requires_real_data
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
-EPISODES = "200"
-# quick: 600 pre-training steps, then 200 episodes (--budget quick); here 300 and 50
-SHORT = ["--budget", "50", "--hp", "pretrain_steps=300", "--hp", "train_ways=5", "--hp", "lr=1e-4"]
+EPISODES = "100"
+# quick: 600 pre-training steps, then 200 episodes (--budget quick); here 150 and 25
+SHORT = ["--budget", "25", "--hp", "pretrain_steps=150", "--hp", "train_ways=5", "--hp", "lr=1e-4"]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,9 @@ def protonet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 def test_protonet_reaches_the_floor_on_the_miniimagenet_subset(protonet: dict[str, dict]) -> None:
     doc = protonet["mini"]
     assert (doc["protocol"]["ways"], doc["protocol"]["shots"], doc["protocol"]["episodes"]) == (5, 5, int(EPISODES))
-    # measured 0.4659 +- 0.012 with SHORT on 200 episodes (2026-12-01; quick: 0.507 on 600); chance: 0.20
-    assert doc["accuracy"]["mean"] >= 0.40, doc["accuracy"]["mean"]
+    # measured 0.4235 +- 0.0154 with SHORT on these 100 episodes (0.4212 on 200; 0.4659 at 300 + 50; quick: 0.507 on
+    # 600; 2026-12-01); chance: 0.20
+    assert doc["accuracy"]["mean"] >= 0.38, doc["accuracy"]["mean"]
     assert any("100 images per class" in n for n in doc["dataset"]["notes"])
 
 
@@ -56,7 +57,7 @@ def test_cross_domain_episodes_on_xrays_from_the_source_fit(protonet: dict[str, 
     assert (p["support_from"], p["queries_from"]) == ("train", "test")
     assert doc["init"]["dataset"] == "miniimagenet" and doc["init"]["method"] == "protonet"
     acc = doc["accuracy"]
-    # measured 0.7997 +- 0.0114 from the SHORT fit, 200 episodes (2026-12-01)
+    # measured 0.7650 +- 0.0168 from the SHORT fit on these 100 episodes (2026-12-01)
     assert acc["mean"] - acc["ci95"] > 0.5, acc["mean"]  # better than chance beyond doubt
 
 
@@ -67,7 +68,7 @@ def test_transfer_trials_on_xrays_from_the_source_fit(protonet: dict[str, dict])
     assert (p["ways"], p["shots"], p["queries"]) == (2, 100, 25)
     assert len(doc["accuracy"]["per_episode"]) == 20
     acc = doc["accuracy"]
-    assert acc["mean"] - acc["ci95"] > 0.5, acc["mean"]  # measured 0.825 +- 0.024 from the SHORT fit (2026-12-01)
+    assert acc["mean"] - acc["ci95"] > 0.5, acc["mean"]  # measured 0.8030 +- 0.0208 from the SHORT fit (2026-12-01)
 
 
 def test_maml_transfer_to_xrays_runs_end_to_end(tmp_path: Path) -> None:
