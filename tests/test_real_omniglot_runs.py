@@ -22,7 +22,7 @@ pytestmark = pytest.mark.realdata
 
 
 EPISODES = 200
-BUDGETS = {"protonet": "100", "maml": "150"}  # iterations (quick: 1000 and 700)
+BUDGETS = {"protonet": "100", "maml": "100"}  # iterations (quick: 1000 and 700)
 
 
 def short(method: str, out: Path) -> dict:
@@ -50,13 +50,14 @@ def test_protonet_reaches_the_floor(fits: dict[str, dict]) -> None:
 def test_maml_reaches_the_floor_and_adapts_step_by_step(fits: dict[str, dict]) -> None:
     doc = fits["maml"]
     steps = [s["mean"] for s in doc["accuracy"]["by_step"]]
-    # measured 0.7525 +- 0.026 at 150 iterations, 200 episodes (2026-12-01); by step 0.193, 0.794, 0.756, 0.7525
-    assert doc["accuracy"]["mean"] >= 0.68, steps
+    # measured 0.6396 +- 0.0273 at 100 iterations, 200 episodes (2026-12-01); by step 0.197, 0.751, 0.664, 0.640
+    # (at 150 iterations: 0.7525, by step 0.193, 0.794, 0.756, 0.7525)
+    assert doc["accuracy"]["mean"] >= 0.57, steps
     assert len(steps) == doc["method"]["hparams"]["eval_steps"] + 1
     assert abs(steps[0] - 0.2) < 0.05, steps  # before adapting: chance for 5 ways
-    # the first inner step does the adapting; at 150 iterations the later steps overshoot a little (measured
+    # the first inner step does the adapting; this early in meta-training the later steps overshoot (measured
     # above), so the strictly rising curve (steps[-1] > steps[1]) is the quick budget's, on the leaderboard
-    assert min(steps[1:]) > steps[0] + 0.4, steps
+    assert min(steps[1:]) > steps[0] + 0.3, steps
     assert doc["method"]["transductive"] is True
 
 
