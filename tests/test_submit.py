@@ -39,6 +39,10 @@ def test_example_is_submitted_validated_and_reported(tmp_path, one_thread):
     report(lb, tmp_path / "reports")
     page = (tmp_path / "reports" / "synthetic-5w1s.html").read_text()
     assert f'<tr data-file="{path.name}"><td>1</td><td>cosine-protonet [submission]</td>' in page
+    # accepting it: a re-run in the sandbox gives the same numbers, and the file records who re-ran it
+    again = CliRunner().invoke(main, ["reproduce", "--record", str(path)])
+    assert again.exit_code == 0 and again.output.startswith(f"REPRODUCED  {path}: identical"), again.output
+    assert [r["verdict"] for r in json.loads(path.read_text())["reproduced"]] == ["REPRODUCED"]
 
 
 BASE = '''

@@ -12,7 +12,8 @@ episodes (``episodes_sha``):
 * elsewhere floating-point differences may flip a few predictions, so the verdict allows a paired mean
   difference of at most :data:`TOLERANCE` (one accuracy point).
 
-Anything else is ``DIFFERS``. With ``record``, the re-run is appended to the file's ``reproduced`` list (who,
+Anything else is ``DIFFERS``. A submitted method is re-run as ``mtbench submit`` ran it, in the sandbox (its
+file must be where the result says, with the recorded sha256). With ``record``, the re-run is appended to the file's ``reproduced`` list (who,
 when, where, verdict), and the file is rewritten atomically as the current schema.
 """
 
@@ -153,7 +154,12 @@ def reproduce(path: Path, data_root: str | None = None, device: str | None = Non
     if spec.device == "cpu":
         torch.set_num_threads(doc["provenance"]["threads"])
     try:
-        again, _ = runner.run(spec)
+        if doc["submission"]:  # a submitted method runs only in the sandbox, as mtbench submit ran it
+            from mtbench.board.submit import parse, submit
+
+            again, _ = submit(parse(spec.method), spec, dict(spec.hparams), None, None, echo=lambda _: None)
+        else:
+            again, _ = runner.run(spec)
     finally:
         torch.set_num_threads(before)
     outcome = compare(doc, again, Path(path))
