@@ -4,9 +4,11 @@ cannot have, non-finite hparams and scores; decoded caches are rebuilt when stal
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import math
 import os
+import pkgutil
 import shutil
 import tempfile
 from pathlib import Path
@@ -109,6 +111,20 @@ def as_unprivileged(writable: Path):
     if os.geteuid() != 0:
         yield
         return
+    # the checkout may not be readable by nobody (a clone under a 0700 folder): import every module and
+    # discover the registries' built-ins first, so that the commands' lazy imports find them loaded
+    import mtbench
+    import mtbench.baselines
+    from mtbench.data import DATASETS
+    from mtbench.methods import METHODS
+    from mtbench.methods.backbones import BACKBONES
+
+    for package in (mtbench, mtbench.baselines):
+        for module in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if not module.name.endswith("__main__"):
+                importlib.import_module(module.name)
+    for registry in (DATASETS, METHODS, BACKBONES):
+        registry.names()
     for path in (writable, *(p for p in writable.rglob("*") if p.is_dir() and os.stat(p).st_mode & 0o777)):
         os.chown(path, 65534, 65534)
     os.setegid(65534)
