@@ -74,11 +74,12 @@ def test_transfer_trials_on_xrays_from_the_source_fit(protonet: dict[str, dict])
 def test_maml_transfer_to_xrays_runs_end_to_end(tmp_path: Path) -> None:
     requires_real_data("mini-imagenet")
     requires_real_data("chest_xray")
-    # the run adapts 5 steps, not the X-ray preset's 25 (most of this test's time); the preset itself:
+    # the run adapts 5 steps on 50 images, not the X-ray preset's 25 on 200 (most of this test's time); the preset
+    # itself:
     maml = METHODS.get("maml")
     assert make_hparams(maml, "xray", {}, "quick", source="miniimagenet").eval_steps == 25
     doc = cli_run(tmp_path, "--method", "maml", "--dataset", "xray", "--budget", "2", "--trials", "2",
-                  "--hp", "eval_steps=5")
+                  "--train-images", "50", "--test-images", "20", "--hp", "eval_steps=5")
     assert doc["source"]["name"] == "miniimagenet" and doc["method"]["hparams"]["backbone"] == "conv4-32"
     assert doc["protocol"]["kind"] == "transfer" and doc["fit"]["iterations"] == 2
     steps = doc["accuracy"]["by_step"]
