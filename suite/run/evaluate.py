@@ -9,6 +9,7 @@ evaluation with an :class:`OutputError` naming the episode and the adaptation st
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -74,6 +75,18 @@ def _seconds(output: object, measured: float) -> float:
     return float(value) if isinstance(value, (int, float)) else measured
 
 
+def _timed(stream: Iterable[Any], device: torch.device) -> Iterator[tuple[Any, float]]:
+    """Each predictor of an ``adapt`` stream with the seconds spent producing it (the time inside ``adapt``)."""
+    stream = iter(stream)
+    while True:
+        t0 = timer(device)
+        try:
+            item = next(stream)
+        except StopIteration:
+            return
+        yield item, timer(device) - t0
+
+
 def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batched: bool = True,
              max_values: int | None = None) -> dict[str, Any]:
     """Run ``method.adapt`` on every episode and score each intermediate predictor on the queries.
@@ -106,15 +119,9 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
     with torch.no_grad():
         for ep in tqdm(episodes, desc=f"evaluating {method.name}", unit="episode", disable=not progress,
                        mininterval=1.0, dynamic_ncols=True):
-            stream = iter(method.adapt(ep.support_x, ep.support_y, ways))
             accs, ms, elapsed = [], [], 0.0
-            while True:
-                t0 = timer(device)
-                try:
-                    predictor = next(stream)
-                except StopIteration:
-                    break
-                elapsed += _seconds(predictor, timer(device) - t0)
+            for predictor, took in _timed(method.adapt(ep.support_x, ep.support_y, ways), device):
+                elapsed += _seconds(predictor, took)
                 if not per_step_ms:
                     step_numbers.append(int(getattr(predictor, "step", len(ms))))
                 ms.append(elapsed * 1000.0)
@@ -191,15 +198,9 @@ def evaluate_adapt_batched(method: Method, episodes: EpisodeSet, progress: bool 
                                disable=not progress, mininterval=1.0, dynamic_ncols=True) as bar:
         for lo, hi in chunks:
             support_x, support_y, query_x, query_y = episodes.batch(lo, hi)
-            stream = iter(method.adapt_batch(support_x, support_y, ways))  # type: ignore[misc]
             steps, elapsed, ms = [], 0.0, []
-            while True:
-                t0 = timer(device)
-                try:
-                    predictor = next(stream)
-                except StopIteration:
-                    break
-                elapsed += timer(device) - t0
+            for predictor, took in _timed(method.adapt_batch(support_x, support_y, ways), device):  # type: ignore[misc]
+                elapsed += took
                 ms.append(elapsed * 1000.0)
                 if lo == 0:
                     step_numbers.append(int(getattr(predictor, "step", len(steps))))
