@@ -12,13 +12,14 @@ what it had written: a checkpoint, a result, or nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
 import re
 import socket
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,20 +87,28 @@ def _written(what: str | None, path: Path) -> Path:
     return path
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], what: str | None = None) -> Path:
-    """Create or replace ``path`` by calling ``write(tmp)`` on a temp file in the same folder, then renaming it;
-    ``what`` names the file in :func:`completed` (``checkpoint``, ``result``...)."""
-    path = Path(path)
+@contextlib.contextmanager
+def _filled(path: Path, write: Callable[[Path], None]) -> Iterator[Path]:
+    """A temp file beside ``path`` filled by ``write`` (the folder made, dead processes' temp files swept), for
+    the block to move into place; removed afterwards if it is still there, on every exit path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep(path.parent)
     tmp = None
     try:
         tmp = _temp(path)
         write(tmp)
-        os.replace(tmp, path)
+        yield tmp
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], what: str | None = None) -> Path:
+    """Create or replace ``path`` by calling ``write(tmp)`` on a temp file in the same folder, then renaming it;
+    ``what`` names the file in :func:`completed` (``checkpoint``, ``result``...)."""
+    path = Path(path)
+    with _filled(path, write) as tmp:
+        os.replace(tmp, path)
     return _written(what, path)
 
 
@@ -119,12 +128,7 @@ def atomic_create(names: Iterable[Path], write: Callable[[Path], None], what: st
     Returns the name taken."""
     names = iter(names)
     first = Path(next(names))
-    first.parent.mkdir(parents=True, exist_ok=True)
-    sweep(first.parent)
-    tmp = None
-    try:
-        tmp = _temp(first)
-        write(tmp)
+    with _filled(first, write) as tmp:
         for name in itertools.chain([first], names):
             try:
                 os.link(tmp, name)
@@ -140,6 +144,3 @@ def atomic_create(names: Iterable[Path], write: Callable[[Path], None], what: st
                 os.replace(tmp, name)
             return _written(what, Path(name))
         raise FileExistsError(f"every name given for {first} is taken")
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
