@@ -20,7 +20,6 @@ when, where, verdict), and the file is rewritten atomically as the current schem
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import math
 import socket
@@ -32,6 +31,7 @@ from typing import Any
 from mtbench.core.atomic import atomic_write
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
+from mtbench.data.base import sha256_file
 
 #: the largest paired mean difference (re-run minus recorded) accepted when the hardware differs
 TOLERANCE = 0.01
@@ -80,12 +80,12 @@ def spec_of(doc: dict[str, Any], data_root: str | None, device: str | None) -> A
     method, submission = doc["method"]["name"], doc["submission"]
     if submission:
         source = Path(submission["source"])
-        if not source.is_file() or _sha256(source) != submission["source_sha256"]:
+        if not source.is_file() or sha256_file(source) != submission["source_sha256"]:
             raise UserError(f"the submission {source} is not here with sha256 {submission['source_sha256'][:12]}…: "
                             f"put the submitted file at that path to reproduce its result")
         method = f"{source}:{submission['class']}"
     init = doc["init"]
-    if init and (not Path(init["path"]).is_file() or _sha256(Path(init["path"])) != init["sha256"]):
+    if init and (not Path(init["path"]).is_file() or sha256_file(Path(init["path"])) != init["sha256"]):
         raise UserError(f"the run started from the checkpoint {init['path']} (sha256 {init['sha256'][:12]}…), which "
                         f"is not here: reproduce the run that wrote it first, with --save {init['path']}")
     hparams = tuple((k, "none" if v is None else str(v)) for k, v in doc["method"]["hparams"].items())
@@ -94,10 +94,6 @@ def spec_of(doc: dict[str, Any], data_root: str | None, device: str | None) -> A
                    command=prov["command"], init=init["path"] if init else None,
                    source=doc["source"]["name"] if doc["source"] else None, precision=prov["precision"],
                    compile=prov["compile"], submission=submission)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _notes(doc: dict[str, Any], again: dict[str, Any]) -> list[str]:
