@@ -47,7 +47,7 @@ class FeatureExtract(Method):
 
     The backbone is pre-trained with cross-entropy on all source classes and never changes after;
     adaptation fits only a closed-form-like classifier on the support features, so it is a single
-    step. Not transductive.
+    step. Not transductive. ``predict_batch`` scores a chunk of episodes at once.
     """
 
     name = "feature-extract"
@@ -79,6 +79,31 @@ class FeatureExtract(Method):
             centroids = F.normalize(torch.stack([z[support_y == c].mean(0) for c in range(ways)]), dim=-1)
             yield lambda query_x: self.features(query_x) @ centroids.T
             return
+        w, b = self.logistic_regression(z, support_y, ways)
+        yield lambda query_x: self.features(query_x) @ w.T + b
+
+    def predict_batch(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
+        """:meth:`adapt`'s logits for ``E`` episodes at once: one backbone pass (eval mode) over every support
+        and query image of the chunk -> ``float[E, Q, ways]``. ``centroid``: class means by a batched one-hot
+        product. ``logreg``: L-BFGS episode by episode on the (tiny) features, as :meth:`adapt` fits it; an
+        L-BFGS batched over the episodes would share its line searches and stopping tests between them and
+        so not give each episode the numbers it gets alone."""
+        self.backbone.eval()
+        (e, s), q = support_y.shape, query_x.shape[1]
+        z = self.features(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
+        support, query = z[: e * s].unflatten(0, (e, s)), z[e * s:].unflatten(0, (e, q))
+        if self.hparams.classifier == "centroid":
+            one_hot = F.one_hot(support_y, ways).to(z.dtype)  # [E, S, ways]
+            means = (one_hot.mT @ support) / one_hot.sum(1).unsqueeze(-1)
+            return query @ F.normalize(means, dim=-1).mT
+        out = []
+        for z_s, y, z_q in zip(support, support_y, query):
+            w, b = self.logistic_regression(z_s, y, ways)
+            out.append(z_q @ w.T + b)
+        return torch.stack(out)
+
+    def logistic_regression(self, z: Tensor, y: Tensor, ways: int) -> tuple[Tensor, Tensor]:
+        """Weight ``[ways, D]`` and bias ``[ways]`` of the L2-regularised logistic regression of ``y`` on ``z``."""
         weight = torch.zeros(ways, z.shape[1], device=z.device, requires_grad=True)
         bias = torch.zeros(ways, device=z.device, requires_grad=True)
         opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=self.hparams.lbfgs_steps,
@@ -86,11 +111,10 @@ class FeatureExtract(Method):
 
         def closure() -> Tensor:
             opt.zero_grad()
-            loss = F.cross_entropy(z @ weight.T + bias, support_y) + self.hparams.l2 * weight.pow(2).sum()
+            loss = F.cross_entropy(z @ weight.T + bias, y) + self.hparams.l2 * weight.pow(2).sum()
             loss.backward()
             return loss
 
         with torch.enable_grad():
             opt.step(closure)
-        w, b = weight.detach(), bias.detach()
-        yield lambda query_x: self.features(query_x) @ w.T + b
+        return weight.detach(), bias.detach()

@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call, vmap
 
 from mtbench.methods.backbones import build_backbone
 from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive, report_steps
@@ -115,6 +116,68 @@ class Finetune(Method):
                 loss = F.cross_entropy(head(x), support_y[batch])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                opt.step()
+            if step in wanted:
+                yield at_step(step, snapshot())
+
+    def adapt_batch(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
+        """:meth:`adapt` for ``E`` episodes at once (``float[E, S, C, H, W]``, ``int64[E, S]``), yielding at the
+        same ``report_steps``; the predictors map ``float[E, Q, C, H, W]`` to ``float[E, Q, ways]``.
+
+        Every episode draws its head and minibatch order from its own :func:`episode_generator`, in
+        :meth:`adapt`'s order, so both paths draw the same. The heads (and, with ``finetune_backbone``, the
+        backbone's parameters) are stacked ``[E, ...]``: a step is one batched forward of every episode's
+        minibatch, the loss the sum of the episodes' mean cross-entropies (so each episode's parameters get
+        its own gradient) and one ``torch.optim.SGD`` step, elementwise and thus the per-episode update.
+        The backbone runs in eval mode (BatchNorm on running statistics): with ``finetune_backbone`` it is
+        called functionally under ``vmap`` with each episode's parameters and its buffers left untouched.
+        """
+        hp = self.hparams
+        (e, s), device = support_y.shape, support_x.device
+        self.backbone.eval()
+        heads, orders = [], []
+        for x in support_x:
+            g = episode_generator(x, self.name)
+            heads.append(make_head(hp.head, self.backbone.out_features, ways, g).to(device))
+            orders.append(minibatches(s, hp.ft_batch, hp.ft_epochs, g))
+        head = {k: torch.stack([dict(h.named_parameters())[k].detach() for h in heads]).requires_grad_()
+                for k, _ in heads[0].named_parameters()}
+        scale = getattr(heads[0], "scale", 1.0)  # the cosine head's temperature
+        net = {k: v.detach().expand(e, *v.shape).clone().requires_grad_() for k, v in self.backbone.named_parameters()}
+        buffers = dict(self.backbone.named_buffers())
+        per_episode = vmap(lambda p, x: functional_call(self.backbone, (p, buffers), (x,)))
+
+        def logits(params: dict[str, Tensor], z: Tensor) -> Tensor:  # float[E, N, D] -> float[E, N, ways]
+            if hp.head == "linear":
+                return torch.baddbmm(params["bias"].unsqueeze(1), z, params["weight"].mT)
+            return scale * F.normalize(z, dim=-1) @ F.normalize(params["weight"], dim=-1).mT
+
+        def snapshot() -> Predictor:
+            h = {k: v.detach().clone() for k, v in head.items()}
+            if hp.finetune_backbone:
+                b = {k: v.detach().clone() for k, v in net.items()}
+                return lambda query_x: logits(h, per_episode(b, query_x))
+            return lambda query_x: logits(h, self.backbone(query_x.flatten(0, 1)).unflatten(0, query_x.shape[:2]))
+
+        params = list(head.values()) + (list(net.values()) if hp.finetune_backbone else [])
+        opt = torch.optim.SGD(params, lr=hp.ft_lr, momentum=hp.ft_momentum, dampening=hp.ft_dampening,
+                              weight_decay=hp.ft_weight_decay)
+        features = None
+        if not hp.finetune_backbone:
+            with torch.no_grad():
+                features = self.backbone(support_x.flatten(0, 1)).unflatten(0, (e, s))
+        rows = torch.arange(e, device=device).unsqueeze(1)
+        wanted = report_steps(hp.report_steps, len(orders[0]))
+        if 0 in wanted:
+            yield at_step(0, snapshot())
+        for step in range(1, len(orders[0]) + 1):
+            batch = torch.stack([order[step - 1] for order in orders]).to(device)  # [E, b]: each episode's own
+            with torch.enable_grad():
+                x = per_episode(net, support_x[rows, batch]) if features is None else features[rows, batch]
+                out = logits(head, x)
+                losses = F.cross_entropy(out.flatten(0, 1), support_y[rows, batch].flatten(), reduction="none")
+                opt.zero_grad(set_to_none=True)
+                losses.view(e, -1).mean(1).sum().backward()
                 opt.step()
             if step in wanted:
                 yield at_step(step, snapshot())

@@ -70,6 +70,22 @@ class FullContextEmbedding(nn.Module):
             h, c = self.query_cell(torch.cat([f, attention @ g], dim=-1), (h + f, c))
         return f + h
 
+    def support_batch(self, z: Tensor) -> Tensor:
+        """:meth:`support` for ``E`` support sets at once: ``float[E, S, D]``, the sets the LSTM's batch."""
+        fwd, bwd = self.support_lstm(z)[0].chunk(2, dim=-1)  # [E, S, D] each
+        return z + fwd + bwd
+
+    def query_batch(self, f: Tensor, g: Tensor) -> Tensor:
+        """:meth:`query` for ``E`` episodes at once: ``f: float[E, Q, D]`` over ``g: float[E, S, D]``, each
+        episode attending to its own support set; the cell runs on the ``E * Q`` queries as one batch."""
+        h, c = torch.zeros_like(f), torch.zeros_like(f)
+        for _ in range(self.steps):
+            attention = torch.softmax((f + h) @ g.mT, dim=-1)  # [E, Q, S]
+            h, c = self.query_cell(torch.cat([f, attention @ g], dim=-1).flatten(0, 1),
+                                   ((h + f).flatten(0, 1), c.flatten(0, 1)))
+            h, c = h.unflatten(0, f.shape[:2]), c.unflatten(0, f.shape[:2])
+        return f + h
+
 
 @METHODS.register
 class MatchingNet(Method):
@@ -125,3 +141,18 @@ class MatchingNet(Method):
         self.net.eval()
         support = self.backbone(support_x)
         yield lambda query_x: self.log_probs(support, support_y, self.backbone(query_x), ways)
+
+    def predict_batch(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
+        """:meth:`adapt`'s log-probabilities for ``E`` episodes at once: one backbone pass (eval mode) over the
+        chunk's images, the full context embeddings batched over the episodes, the attention by batched
+        matrix products -> ``float[E, Q, ways]``."""
+        self.net.eval()
+        (e, s), q = support_y.shape, query_x.shape[1]
+        z = self.backbone(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
+        support, query = z[: e * s].unflatten(0, (e, s)), z[e * s:].unflatten(0, (e, q))
+        if self.fce is not None:
+            support = self.fce.support_batch(support)
+            query = self.fce.query_batch(query, support)
+        cosine = F.normalize(query, dim=-1) @ F.normalize(support, dim=-1).mT  # [E, Q, S]
+        probs = torch.softmax(self.hparams.scale * cosine, dim=-1) @ F.one_hot(support_y, ways).to(cosine.dtype)
+        return probs.clamp_min(1e-8).log()
