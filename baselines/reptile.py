@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -178,6 +179,34 @@ class Reptile(Method):
             if step in wanted:
                 params = detached(params)
                 yield at_step(step, lambda query_x, p=params: self.predict(p, support_x, query_x))
+
+    def adapt_batch(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
+        """:meth:`adapt` for ``E`` episodes at once (``float[E, S, C, H, W]``, ``int64[E, S]``): each episode has
+        its own copy of the parameters and of the Adam moments (``[E, ...]``, all starting from the same
+        ones), each inner step is one call of the per-episode step vmapped over the episodes, and
+        :meth:`predict` is vmapped over them too (the non-transductive one vmaps over queries inside);
+        the predictors map ``float[E, Q, C, H, W]`` to ``float[E, Q, ways]``, at :meth:`adapt`'s steps."""
+        model = self._build(ways)
+        model.train()
+        hp, episodes = self.hparams, len(support_x)
+        wanted = report_steps(hp.report_steps, hp.eval_steps)
+        start = detached(params_of(model))
+        t, m, v = self._start_state() or self.optimizer.init(start)
+        params, m, v = ({k: x.expand(episodes, *x.shape) for k, x in d.items()} for d in (start, m, v))
+
+        def one_step(t: int, p: Params, m: Params, v: Params, x: Tensor, y: Tensor) -> tuple[Params, Params, Params]:
+            adapted, (_, m, v) = last(inner_loop(model, p, [(x, y)], self.optimizer, True, state=(t, m, v),
+                                                 with_state=True))
+            return adapted, m, v
+
+        predict = vmap(self.predict)
+        for step in range(hp.eval_steps + 1):
+            if step:
+                # the step count is Adam's bias correction, shared by every episode: a constant of the vmapped step
+                params, m, v = vmap(functools.partial(one_step, t))(params, m, v, support_x, support_y)
+                params, t = detached(params), t + 1
+            if step in wanted:
+                yield at_step(step, lambda query_x, p=params: predict(p, support_x, query_x))
 
 
 @METHODS.register

@@ -47,6 +47,10 @@ class Scratch(Method):
 
     No source data is used (``fit`` does nothing), so the gap between this and any other method
     is what transfer from the source buys. Initialisation is seeded from the episode itself.
+
+    :meth:`adapt_batch` trains a chunk of episodes' networks as one :class:`WideConv4`, so it exists for the
+    Conv4 backbones only: a ResNet-12 or timm backbone (residual blocks, other norms) has no grouped
+    counterpart here, and those evaluate episode by episode (``adapt_batch`` is ``None`` on the instance).
     """
 
     name = "scratch"
@@ -59,11 +63,26 @@ class Scratch(Method):
     transductive = False
     compilable = True
 
+    def __init__(self, hparams: ScratchHparams, in_shape, generator, device) -> None:
+        super().__init__(hparams, in_shape, generator, device)
+        if hparams.backbone not in WIDE_BACKBONES:
+            self.adapt_batch = None  # type: ignore[assignment]
+
+    def _episode_model(self, support_x: Tensor, ways: int) -> tuple[nn.Module, torch.Generator]:
+        """The episode's network, initialised from its own generator, and that generator (for minibatches)."""
+        g = episode_generator(support_x, self.name)
+        backbone = build_backbone(self.hparams.backbone, self.in_shape, g)
+        return nn.Sequential(backbone, linear_head(backbone.out_features, ways, g)), g
+
+    def _batches(self, n: int, g: torch.Generator) -> list[Tensor] | None:
+        """Minibatch indices per step, drawn from the episode's generator, or ``None`` for full-batch steps."""
+        hp = self.hparams
+        return minibatches(n, hp.batch_size, -(-hp.steps * hp.batch_size // n), g) if 0 < hp.batch_size < n else None
+
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
         hp = self.hparams
-        g = episode_generator(support_x, self.name)
-        backbone = build_backbone(hp.backbone, self.in_shape, g)
-        model = nn.Sequential(backbone, linear_head(backbone.out_features, ways, g)).to(support_x.device)
+        model, g = self._episode_model(support_x, ways)
+        model = model.to(support_x.device)
         if self.compiled:  # built per episode, so compiled here rather than by compile_modules
             model.compile()
         opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
@@ -73,8 +92,7 @@ class Scratch(Method):
             frozen = copy.deepcopy(model).eval()
             return lambda query_x: frozen(query_x)
 
-        n = len(support_y)
-        batches = minibatches(n, hp.batch_size, -(-hp.steps * hp.batch_size // n), g) if 0 < hp.batch_size < n else None
+        batches = self._batches(len(support_y), g)
         for step in range(hp.steps + 1):
             if step in wanted:
                 yield at_step(step, snapshot())
@@ -90,3 +108,85 @@ class Scratch(Method):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+
+    def adapt_batch(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
+        """:meth:`adapt` for ``E`` episodes at once (``float[E, S, C, H, W]``, ``int64[E, S]``): each episode's
+        network is drawn from its own generator as :meth:`adapt` draws it, then the ``E`` networks train as
+        one :class:`WideConv4` under one Adam (elementwise, so each episode's update is its own) on the sum
+        of the episodes' mean losses (so each episode's gradient is its own); the predictors map
+        ``float[E, Q, C, H, W]`` to ``float[E, Q, ways]`` in eval mode, each episode with its own running
+        BatchNorm statistics."""
+        hp, device = self.hparams, support_x.device
+        built = [self._episode_model(x, ways) for x in support_x]
+        batches = [self._batches(support_y.shape[1], g) for _, g in built]
+        model = WideConv4([m for m, _ in built]).to(device)
+        if self.compiled:
+            model.compile()
+        opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
+        wanted = report_steps(hp.report_steps, hp.steps)
+        rows = torch.arange(len(support_x), device=device).unsqueeze(1)
+
+        def snapshot() -> Predictor:
+            frozen = copy.deepcopy(model).eval()
+            return lambda query_x: frozen(query_x)
+
+        for step in range(hp.steps + 1):
+            if step in wanted:
+                yield at_step(step, snapshot())
+            if step == hp.steps:
+                break
+            model.train()
+            x, y = support_x, support_y
+            if batches[0] is not None:
+                pick = torch.stack([b[step] for b in batches]).to(device)  # [E, B]: the same sizes in every episode
+                x, y = support_x[rows, pick], support_y[rows, pick]
+            with torch.enable_grad():
+                logits = model(x)
+                # the sum of the episodes' mean losses: episode e's parameters get episode e's gradient alone
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / y.shape[1]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+
+#: the backbones :class:`WideConv4` can widen
+WIDE_BACKBONES = ("conv4", "conv4-32")
+
+
+class WideConv4(nn.Module):
+    """``E`` networks ``Sequential(Conv4, Linear)`` of one shape as one network: episode ``e`` owns channel block ``e``.
+
+    Convolutions are grouped (``groups=E``, their weights the episodes' stacked), one ``nn.BatchNorm2d(E *
+    width)`` per layer holds every episode's statistics and running statistics per channel (so training
+    mode updates each episode's own), and the linear heads are one batched matrix product. Maps
+    ``float[E, N, C, H, W]`` to ``float[E, N, ways]``; episode ``e``'s logits are what its own network gives.
+    """
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        super().__init__()
+        e = len(models)
+        layers: list[nn.Module] = []
+        for i, layer in enumerate(models[0][0].features):
+            parts = [m[0].features[i] for m in models]
+            if isinstance(layer, nn.Conv2d):
+                wide: nn.Module = nn.Conv2d(layer.in_channels * e, layer.out_channels * e, layer.kernel_size,
+                                            padding=layer.padding, groups=e)
+            elif isinstance(layer, nn.BatchNorm2d):
+                wide = nn.BatchNorm2d(layer.num_features * e, eps=layer.eps, momentum=layer.momentum)
+            else:
+                layers.append(copy.deepcopy(layer))
+                continue
+            with torch.no_grad():
+                for name, tensor in wide.state_dict().items():
+                    if name != "num_batches_tracked":
+                        tensor.copy_(torch.cat([part.state_dict()[name] for part in parts]))
+            layers.append(wide.to(layer.weight.dtype))
+        self.features = nn.Sequential(*layers)
+        self.head_weight = nn.Parameter(torch.stack([m[1].weight.detach() for m in models]))  # [E, ways, D]
+        self.head_bias = nn.Parameter(torch.stack([m[1].bias.detach() for m in models]))  # [E, ways]
+
+    def forward(self, x: Tensor) -> Tensor:
+        e, n = x.shape[:2]
+        h = self.features(x.transpose(0, 1).reshape(n, e * x.shape[2], *x.shape[3:]))
+        features = h.reshape(n, e, -1).transpose(0, 1)  # [E, N, width*h*w], each flattened as Conv4 flattens
+        return torch.baddbmm(self.head_bias.unsqueeze(1), features, self.head_weight.transpose(1, 2))

@@ -1,0 +1,115 @@
+"""Reptile and Scratch adapt a chunk of episodes as they adapt each episode alone, at every scored step.
+
+In float64 on generated data: the logits of ``adapt_batch`` on a chunk against those of ``adapt`` episode by
+episode (Reptile from carried Adam moments, transductive or not; Scratch full-batch and with minibatches), and
+the evaluator's chunked path against its per-episode one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mtbench.data import DATASETS
+from mtbench.data.episodes import EpisodeSet, EpisodeSpec
+from mtbench.methods import METHODS, make_hparams
+
+EPISODES = 3
+CASES = {
+    "reptile": ("reptile", {"eval_steps": "3", "report_steps": "0,2"}),
+    "reptile-fresh-moments": ("reptile", {"eval_steps": "2", "report_steps": "1", "carry_moments": "false"}),
+    "reptile-transductive": ("reptile-transductive", {"eval_steps": "3", "report_steps": "0,2"}),
+    "scratch": ("scratch", {"steps": "3", "report_steps": "0,1"}),
+    "scratch-minibatches": ("scratch", {"steps": "4", "report_steps": "0,2", "batch_size": "2"}),
+}
+# the labelled steps each case yields (report_steps and the last step)
+STEPS = {"reptile": [0, 2, 3], "reptile-fresh-moments": [1, 2], "reptile-transductive": [0, 2, 3],
+         "scratch": [0, 1, 3], "scratch-minibatches": [0, 2, 4]}
+
+
+@pytest.fixture(scope="module")
+def chunk():
+    test = DATASETS.get("synthetic")(progress=False).load("test")
+    sx, sy, qx, qy = EpisodeSet(test, EpisodeSpec(5, 1, 2, EPISODES, seed=0)).batch(0, EPISODES)
+    return test.image_shape, sx.double(), sy, qx.double()
+
+
+def _method(name: str, overrides: dict[str, str], shape) -> object:
+    cls = METHODS.get(name)
+    method = cls(make_hparams(cls, "synthetic", overrides, "2"), shape, torch.Generator().manual_seed(0),
+                 torch.device("cpu"))
+    method.prepare(5)
+    if name.startswith("reptile"):
+        # moments as meta-training leaves them (an unfitted model has none): random, v > 0, after 7 steps
+        g = torch.Generator().manual_seed(1)
+        _, m, v = method.moments.state()
+        method.moments.update(7, {k: torch.randn(t.shape, generator=g) * 1e-2 for k, t in m.items()},
+                              {k: torch.rand(t.shape, generator=g) * 1e-4 for k, t in v.items()})
+    return method
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, chunk, one_thread) -> None:
+    shape, sx, sy, qx = chunk
+    name, overrides = CASES[case]
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = _method(name, overrides, shape)
+        assert method.adapt_batch is not None
+        with torch.no_grad():
+            alone = [list(method.adapt(sx[e], sy[e], 5)) for e in range(EPISODES)]
+            alone_logits = [[p(qx[e]) for p in predictors] for e, predictors in enumerate(alone)]
+            together = list(method.adapt_batch(sx, sy, 5))
+            together_logits = [p(qx) for p in together]
+    finally:
+        torch.set_default_dtype(before)
+    assert [p.step for p in together] == [p.step for p in alone[0]] == STEPS[case]
+    for step, logits in enumerate(together_logits):
+        expected = torch.stack([alone_logits[e][step] for e in range(EPISODES)])
+        assert logits.dtype == torch.float64 and logits.shape == expected.shape == (EPISODES, 10, 5)
+        torch.testing.assert_close(logits, expected, rtol=1e-9, atol=1e-9)
+        assert torch.equal(logits.argmax(-1), expected.argmax(-1))
+    # the steps adapt, and the episodes differ: neither side is a constant that would match trivially
+    assert not torch.allclose(together_logits[0], together_logits[-1])
+    assert not torch.allclose(together_logits[-1][0], together_logits[-1][1])
+
+
+def test_a_non_transductive_reptile_query_sees_only_the_support_set(chunk, one_thread) -> None:
+    """Predicting one query alone or among others gives the same logits (and reptile-transductive does not)."""
+    shape, sx, sy, qx = chunk
+    for name, independent in (("reptile", True), ("reptile-transductive", False)):
+        method = _method(name, {"eval_steps": "1"}, shape)
+        with torch.no_grad():
+            predictor = list(method.adapt_batch(sx.float(), sy, 5))[-1]
+            both = predictor(qx[:, :2].float())
+            first = predictor(qx[:, :1].float())
+        assert torch.allclose(both[:, :1], first, atol=1e-5) == independent
+
+
+def test_scratch_with_another_backbone_evaluates_episode_by_episode() -> None:
+    cls = METHODS.get("scratch")
+    method = cls(make_hparams(cls, "synthetic", {"backbone": "resnet12"}, "2"), (1, 28, 28),
+                 torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert method.adapt_batch is None
+    assert cls(make_hparams(cls, "synthetic", {"backbone": "conv4-32"}, "2"), (1, 28, 28),
+               torch.Generator().manual_seed(0), torch.device("cpu")).adapt_batch is not None
+
+
+@pytest.mark.parametrize("name,overrides", [("reptile", {"eval_steps": "2", "report_steps": "0"}),
+                                            ("scratch", {"steps": "3", "report_steps": "0,1", "batch_size": "3"})])
+def test_the_evaluator_scores_chunks_as_it_scores_episodes(name, overrides, one_thread) -> None:
+    """Through :func:`evaluate`: chunks of 2 episodes against the per-episode reference, same accuracy of every
+    episode at every step, the same steps."""
+    from mtbench.run.evaluate import evaluate
+
+    test = DATASETS.get("synthetic")(progress=False).load("test")
+    method = _method(name, overrides, test.image_shape)
+    episodes = EpisodeSet(test, EpisodeSpec(5, 1, 3, 4, seed=1))
+    chunked = evaluate(method, episodes, progress=False, max_values=2 * 5 * 4 * 3 * 16 * 16)
+    alone = evaluate(method, episodes, progress=False, batched=False)
+    assert chunked["evaluation"]["batched_episodes"] == 2 and alone["evaluation"]["batched_episodes"] is None
+    assert [s["step"] for s in chunked["accuracy"]["by_step"]] == [s["step"] for s in alone["accuracy"]["by_step"]]
+    assert chunked["accuracy"]["per_episode"] == alone["accuracy"]["per_episode"]
+    for a, b in zip(chunked["accuracy"]["by_step"], alone["accuracy"]["by_step"]):
+        assert a["mean"] == pytest.approx(b["mean"], abs=1e-12)
