@@ -174,6 +174,7 @@ def test_list_on_a_generated_root(tmp_path: Path) -> None:
     assert table_rows(result.output) == {
         "miniimagenet": ("missing", "mini-imagenet/"),
         "omniglot": ("found", "omniglot/"),
+        "omniglot-lake": ("found", "omniglot/"),
         "omniglot-shift": ("missing", "omniglot/, mini-imagenet/"),
         "pneumoniamnist": ("missing", "pneumoniamnist.npz"),
         "synthetic": ("found", "(generated)"),

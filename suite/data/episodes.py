@@ -4,6 +4,8 @@ Random draws use CPU generators, so the same seed gives the same episodes on eve
 resulting index table goes to the device once and every episode is gathered there by indexing.
 Evaluation episode *i* has its own generator, seeded from (split fingerprint, spec, seed, i):
 episodes do not depend on each other, on the number of episodes, or on any global RNG.
+A :class:`GroupedSplit` (classes in groups, e.g. Omniglot's alphabets for Lake et al.'s protocol)
+draws all the classes of an episode from one group; any other split draws over all its classes.
 """
 
 from __future__ import annotations
@@ -91,6 +93,79 @@ def _within(split: Split, classes: Tensor, per_class: int, generator: torch.Gene
     return starts[classes].unsqueeze(-1) + within
 
 
+@dataclass(frozen=True, eq=False)
+class GroupedSplit(Split):
+    """A split whose classes belong to groups (Omniglot's alphabets, for Lake et al.'s protocol): its
+    evaluation episodes draw all their classes from one group (:func:`sample_grouped`).
+
+    Attributes:
+        groups: the group of each class, one name per class (``len(groups) == num_classes``).
+    """
+
+    groups: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.groups) != len(self.class_names):
+            raise ValueError(f"a GroupedSplit needs one group per class: {len(self.groups)} groups for "
+                             f"{len(self.class_names)} classes")
+
+    @property
+    def fingerprint(self) -> str:
+        """:attr:`Split.fingerprint` and the groups: the same images grouped otherwise are other episodes."""
+        h = hashlib.sha256(f"{super().fingerprint}|groups|".encode())
+        h.update("\n".join(self.groups).encode())
+        return h.hexdigest()[:16]
+
+    def group_sizes(self) -> dict[str, int]:
+        """``{group: number of classes}``, in the order the groups first appear."""
+        sizes: dict[str, int] = {}
+        for g in self.groups:
+            sizes[g] = sizes.get(g, 0) + 1
+        return sizes
+
+    def to(self, device: torch.device | str) -> "GroupedSplit":
+        moved = super().to(device)
+        if moved is self:
+            return self
+        return GroupedSplit(self.dataset, self.name, moved.images, moved.labels, self.class_names, self.mean,
+                            self.std, self.version, groups=self.groups)
+
+
+def check_groups(split: GroupedSplit, ways: int) -> None:
+    """Raise a :class:`UserError` unless some group of ``split`` has at least ``ways`` classes."""
+    sizes = split.group_sizes()
+    largest = max(sizes, key=sizes.__getitem__)
+    if ways > sizes[largest]:
+        raise UserError(f"--ways {ways} is more than the classes of every group of {split.dataset}/{split.name}, "
+                        f"whose episodes take all their classes from one group (the largest, '{largest}', has "
+                        f"{sizes[largest]}); use --ways {sizes[largest]} or fewer")
+
+
+def _grouped_classes(split: GroupedSplit, ways: int, generator: torch.Generator, n: int) -> Tensor:
+    """``int64[n, ways]``: per episode one group, uniformly among those with ``ways`` classes or more,
+    then ``ways`` distinct classes of it."""
+    check_groups(split, ways)
+    names = list(split.group_sizes())
+    group_of = torch.tensor([names.index(g) for g in split.groups])  # [num_classes]
+    sizes = torch.bincount(group_of, minlength=len(names))
+    hosts = torch.nonzero(sizes >= ways).flatten()  # the groups that can host an episode
+    picked = hosts[torch.randint(len(hosts), (n,), generator=generator)]  # [n]
+    keys = torch.rand(n, split.num_classes, generator=generator)
+    keys[group_of.expand(n, -1) != picked.unsqueeze(-1)] = 2.0  # classes of other groups: last
+    return keys.argsort(dim=1)[:, :ways]
+
+
+def sample_grouped(split: GroupedSplit, ways: int, per_class: int, generator: torch.Generator,
+                   n: int = 1) -> Tensor:
+    """Like :func:`sample_indices`, with all ``ways`` classes of an episode from one group of ``split``:
+    ``int64[n, ways, per_class]`` (CPU)."""
+    if per_class > int(split.class_count.min()):
+        raise UserError(f"{split.dataset}/{split.name} cannot supply tasks of {per_class} images per class (its "
+                        f"smallest class has {int(split.class_count.min())}); lower --shots/--queries")
+    return _within(split, _grouped_classes(split, ways, generator, n), per_class, generator)
+
+
 def check_pair(support: Split, query: Split, spec: "EpisodeSpec") -> None:
     """Raise a :class:`UserError` unless ``support`` (shots) and ``query`` (queries) can make episodes together."""
     if support.class_names != query.class_names:
@@ -111,7 +186,10 @@ def check_pair(support: Split, query: Split, spec: "EpisodeSpec") -> None:
 def sample_pair(support: Split, query: Split, spec: "EpisodeSpec", generator: torch.Generator) -> Tensor:
     """One episode whose support comes from ``support`` and queries from ``query`` (same classes):
     ``int64[ways, shots + queries]``, the first ``shots`` columns indexing ``support``."""
-    classes = torch.rand(1, query.num_classes, generator=generator).argsort(dim=1)[:, :spec.ways]
+    if isinstance(query, GroupedSplit):
+        classes = _grouped_classes(query, spec.ways, generator, 1)
+    else:
+        classes = torch.rand(1, query.num_classes, generator=generator).argsort(dim=1)[:, :spec.ways]
     return torch.cat([_within(support, classes, spec.shots, generator),
                       _within(query, classes, spec.queries, generator)], dim=-1)[0]
 
@@ -175,8 +253,12 @@ class EpisodeSet:
         self.split, self.spec, self.support = split, spec, support
         if support is None:
             spec.check(split)
+            draw = sample_indices
+            if isinstance(split, GroupedSplit):  # e.g. Lake's within-alphabet episodes
+                check_groups(split, spec.ways)
+                draw = sample_grouped
             table = torch.stack([
-                sample_indices(split, spec.ways, spec.per_class,
+                draw(split, spec.ways, spec.per_class,
                                torch.Generator().manual_seed(episode_seed(split.fingerprint, spec, i)))[0]
                 for i in range(spec.episodes)
             ])  # [episodes, ways, per_class]

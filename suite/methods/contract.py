@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mtbench.data import Split
+from mtbench.data import DATASETS, Split
 from mtbench.data.episodes import EpisodeSpec
 from mtbench.core.errors import UserError
 from mtbench.core.registry import Registry
@@ -178,7 +178,7 @@ class Method:
             if value < 0:
                 raise UserError(f"--budget must be quick, paper or a whole number ≥ 0, got {budget}")
             return value
-        table = cls.budgets.get(dataset, cls.budgets.get("default", {}))
+        table = for_dataset(cls.budgets, dataset, cls.budgets.get("default", {}))
         if budget not in table:
             raise UserError(f"--budget must be one of {', '.join(sorted(table))} or a number of iterations, got '{budget}'")
         return table[budget]
@@ -230,6 +230,15 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
     return out
 
 
+def for_dataset(table: Mapping[str, Any], dataset: str, default: Any) -> Any:
+    """A method's ``presets``/``budgets`` entry for ``dataset``: its own, else that of the dataset whose settings
+    a built-in variant takes (its ``presets_of``: ``omniglot-lake`` takes ``omniglot``'s), else ``default``."""
+    if dataset in table:
+        return table[dataset]
+    of = getattr(DATASETS.get(dataset), "presets_of", None) if DATASETS.builtin(dataset) else None
+    return table.get(of, default) if of else default
+
+
 def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str], budget: str | None = None,
                  source: str | None = None) -> Any:
     """The method's hparams: dataclass defaults, the presets of the ``source`` it is fitted on (when
@@ -240,10 +249,10 @@ def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str], bud
     names = [n for n in (source, dataset) if n] if source != dataset else [dataset]
     values: dict[str, Any] = {}
     for name in names:
-        values.update(cls.presets.get(name, {}))
+        values.update(for_dataset(cls.presets, name, {}))
     if budget == "quick":
         for name in names:
-            values.update(cls.quick_presets.get(name, {}))
+            values.update(for_dataset(cls.quick_presets, name, {}))
     for key, text in overrides.items():
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=2)
