@@ -24,12 +24,15 @@ from mtbench.core.errors import UserError
 from mtbench.report.blocks import (FIGURES, NAV_HTML, NAV_MD, Block, Bullets, Built, Code, Link, Page, Para,
                                    to_html, to_markdown)
 from mtbench.report.boards import overview, pages as board_pages
+from mtbench.report.reproduction import PUBLISHED, reproduction_page
 from mtbench.report.throughput import THROUGHPUT, throughput_page
 
 #: the pages that follow the leaderboard pages
 PAGES: tuple[Page, ...] = (
     Page(THROUGHPUT, "Throughput", f"bench files (*.json) in {THROUGHPUT}/, written by `mtbench bench --out "
                                    f"<leaderboards>/{THROUGHPUT}/<device>_<UTC time>.json`", throughput_page),
+    Page("reproduction", "Reproduction: published figures beside ours",
+         f"published figures in {PUBLISHED} (see leaderboards/{PUBLISHED})", reproduction_page),
 )
 
 

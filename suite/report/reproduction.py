@@ -1,0 +1,333 @@
+"""The report's reproduction page: published accuracies beside our leaderboard rows of the same setting.
+
+The published figures are data, in ``<leaderboards>/published.toml`` (:data:`PUBLISHED`): each with its
+source (authors, year, venue, table), the leaderboard label (and hparams) of the row of ours it is
+compared with, and optionally the *measured* reasons why our interval misses it, each naming the
+result files or report pages that measured it. The file lives in the leaderboard folder because a
+report is made from that folder alone; without it the page is not written.
+
+For each figure the page shows our row at the quick and at the paper budget (never mixed): mean ±
+95 % CI, in %, and the number of training seeds the leaderboard row averages; the difference to the
+published value; and whether the published value lies inside our interval. A figure outside it shows
+its recorded reason, or "gap not yet explained": a reason is never assumed. The figures outside our
+interval are listed first.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+import pandas as pd
+
+from mtbench.board import leaderboard as lb
+from mtbench.board.labels import label
+from mtbench.core.errors import UserError
+from mtbench.report.blocks import Block, Built, Bullets, Code, Heading, Link, Para, Table
+
+PUBLISHED = "published.toml"  # in the leaderboard folder
+BUDGETS = ("quick", "paper")  # the columns; a row of any other budget is not compared
+UNEXPLAINED = "gap not yet explained"
+
+
+# -- the published figures -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Source:
+    key: str
+    authors: str
+    title: str
+    venue: str
+    year: int | None
+
+    @property
+    def short(self) -> str:
+        return f"{self.authors} {self.year}" if self.year else self.authors
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why our interval misses a published value, as measured: ``evidence`` are repository paths."""
+
+    text: str
+    evidence: tuple[str, ...]
+    budget: str | None  # the column it explains; None: both
+
+
+@dataclass(frozen=True)
+class Figure:
+    dataset: str
+    setting: str
+    name: str
+    ours: str  # the leaderboard label of our row
+    hp: tuple[tuple[str, Any], ...]
+    accuracy: float  # %
+    approximate: bool
+    source: Source
+    table: str
+    note: str
+    reasons: tuple[Reason, ...]
+
+    @property
+    def published(self) -> str:
+        return f"{'≈ ' * self.approximate}{self.accuracy:g}"
+
+    @property
+    def cited(self) -> str:
+        return self.source.short + (f", {self.table}" if self.table else "")
+
+    @property
+    def matches(self) -> str:
+        """Our row as a reader finds it on the leaderboard: its label and the hparams it must have."""
+        return self.ours + "".join(f" --hp {k}={_text(v)}" for k, v in self.hp)
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _fields(where: str, table: Any, required: Mapping[str, type | tuple[type, ...]],
+            optional: Mapping[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table of keys, got {table!r}")
+    unknown = sorted(set(table) - set(required) - set(optional))
+    missing = [k for k in required if k not in table]
+    if unknown or missing:
+        raise UserError(f"{where}: " + "; ".join(
+            ([f"unknown key(s) {', '.join(unknown)} (it takes {', '.join([*required, *optional])})"] if unknown else [])
+            + ([f"missing {', '.join(missing)}"] if missing else [])))
+    for key, kind in {**required, **optional}.items():
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        value = table.get(key)
+        if key in table and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+            raise UserError(f"{where}.{key}: {value!r} is not {' or '.join(k.__name__ for k in kinds)}")
+    return table
+
+
+def _reason(where: str, table: Any, repo: Path) -> Reason:
+    r = _fields(where, table, {"text": str, "evidence": list}, {"budget": str})
+    if not r["text"].strip():
+        raise UserError(f"{where}.text is empty; say what was measured")
+    if not r["evidence"] or not all(isinstance(p, str) and p for p in r["evidence"]):
+        raise UserError(f"{where}.evidence: give the path(s) of the result files or report pages that measured it")
+    for path in r["evidence"]:
+        if not (repo / path).exists():
+            raise UserError(f"{where}.evidence: {path} does not exist under {repo}; a reason names what measured it")
+    if r.get("budget", "quick") not in BUDGETS:
+        raise UserError(f"{where}.budget: {r['budget']!r} is not one of {', '.join(BUDGETS)} (or leave it out)")
+    return Reason(r["text"], tuple(r["evidence"]), r.get("budget"))
+
+
+def parse(doc: dict[str, Any], where: str, repo: Path) -> list[Figure]:
+    """The figures of a published-figures document (read from ``where``); evidence paths resolve under ``repo``."""
+    _fields(where, doc, {"sources": dict, "figures": list}, {})
+    sources = {}
+    for key, s in doc["sources"].items():
+        s = _fields(f"{where}: sources.{key}", s, {"authors": str, "title": str, "venue": str}, {"year": int})
+        sources[key] = Source(key, s["authors"], s["title"], s["venue"], s.get("year"))
+    figures = []
+    for i, f in enumerate(doc["figures"]):
+        at = f"{where}: figures[{i}]"
+        f = _fields(at, f, {"dataset": str, "setting": str, "name": str, "ours": str, "accuracy": (int, float),
+                            "source": str},
+                    {"hp": dict, "approximate": bool, "table": str, "note": str, "reasons": list})
+        if f["source"] not in sources:
+            raise UserError(f"{at}.source: no source {f['source']!r} in [sources] (it has {', '.join(sources)})")
+        if not 0 <= f["accuracy"] <= 100:
+            raise UserError(f"{at}.accuracy: {f['accuracy']} is not a percentage (0 to 100)")
+        figures.append(Figure(f["dataset"], f["setting"], f["name"], f["ours"], tuple(sorted(f.get("hp", {}).items())),
+                              float(f["accuracy"]), f.get("approximate", False), sources[f["source"]],
+                              f.get("table", ""), f.get("note", ""),
+                              tuple(_reason(f"{at}.reasons[{j}]", r, repo)
+                                    for j, r in enumerate(f.get("reasons", [])))))
+    return figures
+
+
+def load(leaderboards: Path) -> list[Figure] | None:
+    """The figures of ``<leaderboards>/published.toml``, or ``None`` when there is no such file; evidence paths
+    resolve from the folder above the leaderboard folder (the repository root)."""
+    path = Path(leaderboards) / PUBLISHED
+    if not path.is_file():
+        return None
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid TOML: {exc}") from None
+    return parse(doc, str(path), Path(leaderboards).resolve().parent)
+
+
+# -- our rows --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ours:
+    """One leaderboard row as the page compares it: accuracy as fractions, over ``seeds`` training seeds."""
+
+    label: str
+    hparams: Mapping[str, Any]
+    budget: str  # quick, paper, or another budget (not compared)
+    mean: float
+    ci95: float
+    seeds: int
+    files: tuple[str, ...]
+    device: str
+    when: str
+
+    def inside(self, published: float) -> bool:
+        return self.mean - self.ci95 <= published / 100 <= self.mean + self.ci95
+
+    def shown(self, unit: str = "") -> str:
+        """``mean ± CI`` in %, and the number of training seeds of the row."""
+        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}{unit} ({self.seeds} seed{'s' * (self.seeds != 1)})"
+
+
+def _budget(doc: dict[str, Any]) -> str:
+    """The budget a row was fitted at: a pipeline's own when it trains, else its first stage's (``reptile →
+    reptile-transductive`` adapts a quick Reptile fit with ``--budget 0``)."""
+    if doc["budget"]["iterations"] == 0 and doc["init"]:
+        return doc["init"]["budget"]
+    return doc["budget"]["name"]
+
+
+def rows(leaderboards: Path) -> dict[tuple[str, str], list[Ours]]:
+    """Our rows per (dataset, setting), from the leaderboard's groups (:func:`mtbench.board.leaderboard.board`)."""
+    found: dict[tuple[str, str], list[Ours]] = {}
+    for g in lb.board(leaderboards).groups:
+        for e in g.entries:
+            doc, acc = e.doc, e.doc["accuracy"]
+            found.setdefault((g.dataset, g.setting), []).append(Ours(
+                label(doc), doc["method"]["hparams"], _budget(doc), acc["mean"], acc["ci95"], 1, (e.path.name,),
+                lb.device(doc), doc["provenance"]["timestamp"]))
+    return found
+
+
+def is_row_of(figure: Figure, o: Ours) -> bool:
+    """Whether our row ``o`` is the kind of row ``figure`` is compared with: its label and hparams."""
+    return o.label == figure.ours and all(k in o.hparams and o.hparams[k] == v for k, v in figure.hp)
+
+
+def pick(figure: Figure, candidates: list[Ours], budget: str) -> tuple[Ours | None, int]:
+    """Our row for ``figure`` at ``budget``: of the rows with its label and hparams, the one over the most seeds,
+    then the newest; and how many rows matched."""
+    matching = [o for o in candidates if o.budget == budget and is_row_of(figure, o)]
+    if not matching:
+        return None, 0
+    return max(matching, key=lambda o: (o.seeds, o.when, o.files)), len(matching)
+
+
+# -- the page --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Compared:
+    figure: Figure
+    ours: dict[str, tuple[Ours | None, int]]  # by budget
+
+    def outside(self) -> list[str]:
+        """The budgets at which the published value lies outside our interval."""
+        return [b for b in BUDGETS if (o := self.ours[b][0]) is not None and not o.inside(self.figure.accuracy)]
+
+    def gap(self) -> str:
+        """The recorded reasons (each with its evidence), else, when outside, that the gap is not explained."""
+        given = [f"{f'{r.budget}: ' if r.budget else ''}{r.text} (measured in {', '.join(r.evidence)})"
+                 for r in self.figure.reasons]
+        return "; ".join(given) if given else UNEXPLAINED if self.outside() else "-"
+
+
+def _cells(c: Compared, budget: str) -> dict[str, str]:
+    o = c.ours[budget][0]
+    if o is None:
+        return {f"{budget}: ours %": "not run", f"{budget}: Δ": "-", f"{budget}: inside": "-"}
+    return {f"{budget}: ours %": o.shown(), f"{budget}: Δ": f"{100 * o.mean - c.figure.accuracy:+.2f}",
+            f"{budget}: inside": "yes" if o.inside(c.figure.accuracy) else "no"}
+
+
+def _table(compared: list[Compared]) -> pd.DataFrame:
+    return pd.DataFrame([{"setting": c.figure.setting, "method": c.figure.name, "ours": c.figure.matches,
+                          "published %": c.figure.published, "source": c.figure.cited,
+                          **_cells(c, "quick"), **_cells(c, "paper"), "gap": c.gap()} for c in compared])
+
+
+def _which(compared: list[Compared]) -> pd.DataFrame:
+    out = []
+    for c in compared:
+        for budget in BUDGETS:
+            o, n = c.ours[budget]
+            if o is not None:
+                out.append({"dataset": c.figure.dataset, "setting": c.figure.setting, "ours": c.figure.matches,
+                            "budget": budget, "seeds": o.seeds, "file(s)": ", ".join(o.files), "device": o.device,
+                            "other matching rows": n - 1})
+    return pd.DataFrame(out).drop_duplicates(ignore_index=True)
+
+
+def _summary(compared: list[Compared]) -> list[Block]:
+    outside = [(c, b) for c in compared for b in c.outside()]
+    run = {b: sum(c.ours[b][0] is not None for c in compared) for b in BUDGETS}
+    head = Para((f"{len(compared)} published figures; a row of ours at the quick budget for {run['quick']}, at the "
+                 f"paper budget for {run['paper']}. The published value lies outside our 95 % CI in {len(outside)} of "
+                 f"these {run['quick'] + run['paper']} comparisons" + (":" if outside else "."),))
+    items = []
+    for c, b in outside:
+        o, f = c.ours[b][0], c.figure
+        reasons = [r for r in f.reasons if r.budget in (None, b)]
+        why = "; ".join(f"{r.text} (measured in {', '.join(r.evidence)})" for r in reasons) or UNEXPLAINED
+        line = (f"{f.dataset} {f.setting}, {f.name} ({f.cited}; ours: {f.matches}): published {f.published} %, "
+                f"ours at the {b} budget {o.shown(' %')}, {100 * o.mean - f.accuracy:+.2f} points: {why}")
+        items.append((line,))
+    return [head, *([Bullets(tuple(items))] if items else [])]
+
+
+def _others(dataset: str, compared: list[Compared], ours: dict[tuple[str, str], list[Ours]]) -> list[Block]:
+    """Our rows of the compared settings that no figure is about, so that the tables hide none of them."""
+    settings = list(dict.fromkeys(c.figure.setting for c in compared))
+    rest = [(s, o) for s in settings for o in sorted(ours.get((dataset, s), []), key=lambda o: (o.label, o.files))
+            if o.budget in BUDGETS and not any(c.figure.setting == s and is_row_of(c.figure, o) for c in compared)]
+    if not rest:
+        return []
+    return [Para((f"Our other {dataset} rows in these settings, with no published figure: "
+                  + "; ".join(f"{s} {o.label} ({o.budget}) {o.shown(' %')}" for s, o in rest) + ".",))]
+
+
+def reproduction_page(leaderboards: Path) -> Built | None:
+    """The page, or ``None`` when the leaderboard folder has no published-figures file."""
+    figures = load(leaderboards)
+    if figures is None:
+        return None
+    ours = rows(leaderboards)
+    compared = [Compared(f, {b: pick(f, ours.get((f.dataset, f.setting), []), b) for b in BUDGETS}) for f in figures]
+    outside = sum(bool(c.outside()) for c in compared)
+    missing = sum(all(o is None for o, _ in c.ours.values()) for c in compared)
+    blocks: list[Block] = [
+        Para(("Each published accuracy (", Code(f"leaderboards/{PUBLISHED}"), ": the figure, its source and the "
+              "leaderboard row of ours it is compared with) beside our row of the same setting at the quick and at "
+              "the paper budget, never mixed: mean ± 95 % CI in %, over the training seeds the leaderboard row "
+              "averages (its CI includes their spread when there are several). Δ: ours minus published, in points. "
+              "inside: whether the published value lies in our interval. gap: the measured reason recorded for a "
+              "published value outside it, with the files that measured it, or \"" + UNEXPLAINED + "\". A budget "
+              "without a row says \"not run\"; ", Code("mtbench official"), " and ",
+              Code("mtbench run --budget paper"), " fill them.",)),
+        Heading("Outside our interval"),
+        *_summary(compared),
+    ]
+    for dataset in dict.fromkeys(c.figure.dataset for c in compared):
+        here = [c for c in compared if c.figure.dataset == dataset]
+        blocks += [Heading(dataset), Table(_table(here)), *_others(dataset, here, ours)]
+        notes = dict.fromkeys(f"{c.figure.setting} {c.figure.name}: {c.figure.note}" for c in here if c.figure.note)
+        blocks += [Para(("Notes:",)), Bullets(tuple((n,) for n in notes))] if notes else []
+    which = _which(compared)
+    blocks += [Heading("Our rows"),
+               Para(("The result file(s) of each row compared above (on the setting's ",
+                     Link("leaderboard pages", "index"),
+                     "); of several matching rows, the one over the most seeds, then the newest, is compared.")),
+               Table(which) if len(which) else Para(("None: no row of ours matches a published figure yet.",)),
+               Heading("Sources"),
+               Bullets(tuple((f"{s.short}: {s.title}. {s.venue}.",) for s in
+                             dict.fromkeys(c.figure.source for c in compared)))]
+    summary = (f"{len(compared)} published figures; {outside} outside our 95% CI at a budget; {missing} not run at "
+               "either budget")
+    return Built(summary, blocks)

@@ -1,0 +1,210 @@
+"""The report's reproduction page (suite/report/reproduction.py): published figures from a tiny
+``published.toml`` beside generated results in a leaderboard folder."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mtbench.core.errors import UserError
+from mtbench.core.metrics import mean_ci95
+from mtbench.report.blocks import Table
+from mtbench.report.build import PAGES, build, write
+from mtbench.report.reproduction import PUBLISHED, UNEXPLAINED, reproduction_page
+from tests.support import init_doc, put_result, result_doc
+
+HOSTILE = "<script>alert(1)</script> | *bold*"
+# 20 episodes of 10 queries: protonet's mean 0.9 with a 95 % CI of about ± 0.04
+PROTONET = [1.0, 0.8] * 10
+MATCHINGNET = [0.7, 0.5] * 10
+FINETUNE = [0.6] * 10 + [0.4] * 10
+PAPER = [1.0] * 19 + [0.9]
+
+SOURCES = """
+[sources.doe]
+authors = "Doe & Roe"
+year = 2020
+title = "A paper"
+venue = "A venue"
+
+[sources.evil]
+authors = "Evil"
+title = "{hostile}"
+venue = "nowhere"
+"""
+
+FIGURE = """
+[[figures]]
+dataset = "synthetic"
+setting = "5w1s"
+name = "{name}"
+ours = "{ours}"
+accuracy = {accuracy}
+source = "{source}"
+table = "Table 1"
+"""
+
+
+def figure(name: str, ours: str, accuracy: float, source: str = "doe", extra: str = "") -> str:
+    return FIGURE.format(name=name, ours=ours, accuracy=accuracy, source=source) + extra
+
+
+def ci_pct(values: list[float]) -> tuple[float, float]:
+    mean, ci = mean_ci95(values)
+    return 100 * mean, 100 * ci
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A repository root with a leaderboard folder of generated results and a published-figures file."""
+    lb = tmp_path / "leaderboards"
+    here = lb / "synthetic" / "5w1s"
+    put_result(here, result_doc("protonet", PROTONET))
+    put_result(here, result_doc("protonet", PAPER, budget={"name": "paper", "iterations": 1000}), "protonet-paper")
+    put_result(here, result_doc("matchingnet", MATCHINGNET))
+    linear = result_doc("finetune", FINETUNE)
+    linear["method"]["hparams"] = {"head": "linear"}
+    put_result(here, linear)
+    put_result(here, result_doc("protonet", MATCHINGNET, budget={"name": "0", "iterations": 0},
+                                init=init_doc("maml")), "maml-protonet")
+    mean, ci = ci_pct(PROTONET)
+    paper_mean, paper_ci = ci_pct(PAPER)
+    text = SOURCES.format(hostile=HOSTILE) + "".join([
+        # inside at the quick budget by a hair (mean + 0.9 CI), outside the paper row's interval
+        figure("ProtoNet inside", "protonet", round(mean + 0.9 * ci, 3)),
+        # just past the quick interval (mean + 1.1 CI): outside, no reason recorded
+        figure("ProtoNet outside", "protonet", round(mean + 1.1 * ci, 3)),
+        figure("MatchingNet", "matchingnet", 99.0, extra='note = "a note"\n'),
+        figure("MAML", "maml", 98.7),  # no row of ours
+        figure("Baseline++", "finetune", 48.2, extra='hp = {head = "cosine"}\n'),  # our finetune is linear: not run
+        figure("Baseline", "finetune", 90.0, extra='hp = {head = "linear"}\n'
+               '[[figures.reasons]]\ntext = "measured: the linear head underfits"\n'
+               'evidence = ["leaderboards/synthetic/5w1s/finetune.json"]\nbudget = "quick"\n'),
+        figure("Pipeline", "maml → protonet", 60.0),  # a --budget 0 pipeline counts at its first stage's budget
+        figure(HOSTILE, "matchingnet", 50.0, source="evil"),
+    ])
+    (lb / PUBLISHED).write_text(text)
+    assert paper_mean - paper_ci > mean + ci  # the paper row's interval lies above the quick one
+    return tmp_path
+
+
+def page_only(lb: Path) -> dict[str, bytes]:
+    return build(lb, pages=[p for p in PAGES if p.name == "reproduction"])
+
+
+def frames(lb: Path) -> list[pd.DataFrame]:
+    built = reproduction_page(lb)
+    assert built is not None
+    return [b.frame for b in built.blocks if isinstance(b, Table)]
+
+
+def by_name(lb: Path) -> dict[str, dict[str, str]]:
+    table = frames(lb)[0]
+    return {row["method"]: row for row in table.to_dict("records")}
+
+
+def test_every_published_figure_is_a_row_with_its_source_and_ours_by_budget(repo):
+    rows = by_name(repo / "leaderboards")
+    assert list(rows) == ["ProtoNet inside", "ProtoNet outside", "MatchingNet", "MAML", "Baseline++", "Baseline",
+                          "Pipeline", HOSTILE]
+    mean, ci = ci_pct(PROTONET)
+    paper_mean, paper_ci = ci_pct(PAPER)
+    inside = rows["ProtoNet inside"]
+    assert inside["source"] == "Doe & Roe 2020, Table 1" and inside["ours"] == "protonet"
+    assert inside["quick: ours %"] == f"{mean:.2f} ± {ci:.2f} (1 seed)"
+    assert inside["paper: ours %"] == f"{paper_mean:.2f} ± {paper_ci:.2f} (1 seed)"  # budgets never mixed
+    assert inside["quick: Δ"] == f"{mean - round(mean + 0.9 * ci, 3):+.2f}"
+    assert (inside["quick: inside"], inside["paper: inside"]) == ("yes", "no")
+    assert rows["ProtoNet outside"]["quick: inside"] == "no"
+    assert rows["MatchingNet"]["quick: inside"] == "no" and rows["MatchingNet"]["paper: ours %"] == "not run"
+    assert rows["Pipeline"]["quick: ours %"] == f"{ci_pct(MATCHINGNET)[0]:.2f} ± {ci_pct(MATCHINGNET)[1]:.2f} (1 seed)"
+
+
+def test_a_figure_without_a_row_of_ours_says_not_run(repo):
+    rows = by_name(repo / "leaderboards")
+    for name in ("MAML", "Baseline++"):  # no maml at all; a finetune with the linear head is not Baseline++
+        assert [rows[name][f"{b}: ours %"] for b in ("quick", "paper")] == ["not run", "not run"]
+        assert rows[name]["quick: inside"] == "-" and rows[name]["gap"] == "-"
+    assert rows["Baseline"]["quick: ours %"] != "not run" and rows["Baseline"]["ours"] == "finetune --hp head=linear"
+
+
+def test_a_reason_is_shown_only_where_one_is_recorded(repo):
+    lb = repo / "leaderboards"
+    rows = by_name(lb)
+    assert rows["Baseline"]["quick: inside"] == "no"
+    assert rows["Baseline"]["gap"] == ("quick: measured: the linear head underfits "
+                                       "(measured in leaderboards/synthetic/5w1s/finetune.json)")
+    assert rows["MatchingNet"]["gap"] == rows["ProtoNet outside"]["gap"] == UNEXPLAINED
+    assert rows["ProtoNet inside"]["gap"] == UNEXPLAINED  # inside at the quick budget, outside at the paper one
+    assert rows["Pipeline"]["quick: inside"] == "yes" and rows["Pipeline"]["gap"] == "-"
+    md = page_only(lb)["reproduction.md"].decode()
+    summary = md[md.index("## Outside our interval"):md.index("## synthetic")]
+    # 6 rows at the quick budget, 2 at the paper one; outside: ProtoNet inside (paper), ProtoNet outside (both),
+    # MatchingNet, Baseline and the hostile one (quick)
+    assert "outside our 95 % CI in 6 of these 8 comparisons:" in summary
+    assert summary.count(UNEXPLAINED) == 5 and summary.count("the linear head underfits") == 1
+    assert "MAML" not in summary and "Baseline++" not in summary  # not run is not outside
+    assert "ProtoNet inside (Doe &amp; Roe 2020, Table 1; ours: protonet): published" in summary
+    assert "ours at the paper budget" in summary and "(1 seed)" in summary
+
+
+def test_strings_from_the_published_file_are_escaped(repo):
+    files = page_only(repo / "leaderboards")
+    md, page = files["reproduction.md"].decode(), files["reproduction.html"].decode()
+    for text in (md, page):
+        assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert r"\| \*bold\*" in md
+    for table in re.findall(r"(?:^\|.*\|\n)+", md, flags=re.M):
+        cells = {len(re.split(r"(?<!\\)\|", line)) for line in table.splitlines()}
+        assert len(cells) == 1, table
+    assert "Doe &amp; Roe 2020: A paper. A venue." in md and "Doe &amp; Roe 2020: A paper. A venue." in page
+
+
+def test_the_page_is_regenerated_byte_identically_and_linked_from_the_index(repo, tmp_path):
+    lb = repo / "leaderboards"
+    out = tmp_path / "reports"
+    write(page_only(lb), out)
+    before = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    write(page_only(lb), out)
+    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == before
+    assert set(before) == {"reproduction.md", "reproduction.html", "index.md", "index.html"}
+    moved = shutil.copytree(lb, tmp_path / "elsewhere" / "leaderboards")
+    assert page_only(moved) == {name: data for name, data in before.items()}
+    assert "[Reproduction: published figures beside ours](reproduction.md): 8 published figures; 5 outside our " \
+           "95% CI at a budget; 2 not run at either budget" in before["index.md"].decode()
+    assert '<a href="reproduction.html">' in before["index.html"].decode()
+
+
+def test_no_published_file_no_page(repo):
+    lb = repo / "leaderboards"
+    (lb / PUBLISHED).unlink()
+    assert reproduction_page(lb) is None
+    with pytest.raises(UserError, match=f"nothing to report .* published figures in {PUBLISHED}"):
+        page_only(lb)
+
+
+@pytest.mark.parametrize(("change", "mentions"), [
+    (('source = "evil"', 'source = "nobody"'), ["figures[7].source", "'nobody'", "it has doe, evil"]),
+    (("accuracy = 98.7", "accuracy = 987"), ["figures[3].accuracy", "not a percentage"]),
+    (("accuracy = 98.7", 'accuracy = "98.7"'), ["figures[3].accuracy", "is not int or float"]),
+    (('ours = "maml"', 'oures = "maml"'), ["figures[3]", "unknown key(s) oures", "missing ours"]),
+    (("5w1s/finetune.json", "5w1s/nothing.json"), ["reasons[0].evidence", "nothing.json does not exist"]),
+    (('evidence = ["leaderboards/synthetic/5w1s/finetune.json"]', "evidence = []"), ["reasons[0].evidence: give"]),
+    (('budget = "quick"', 'budget = "fast"'), ["reasons[0].budget", "'fast'"]),
+    (("[[figures]]", "[[figures]"), ["is not valid TOML"]),
+])
+def test_mistakes_in_the_published_file_are_one_line_errors(repo, change, mentions):
+    path = repo / "leaderboards" / PUBLISHED
+    text = path.read_text()
+    assert change[0] in text
+    path.write_text(text.replace(change[0], change[1], 1))
+    with pytest.raises(UserError) as caught:
+        reproduction_page(repo / "leaderboards")
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message, message
+    for text in mentions:
+        assert text in message, message
