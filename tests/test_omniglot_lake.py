@@ -113,7 +113,8 @@ def test_ways_beyond_every_alphabet_is_a_one_line_error(evaluation: GroupedSplit
     with pytest.raises(UserError) as err:
         EpisodeSet(evaluation, EpisodeSpec(ways=7, shots=1, queries=1, episodes=2))
     message = str(err.value)
-    assert "--ways 7" in message and "'Epsilon', has 6" in message and "--ways 6 or fewer" in message
+    assert "--ways 7" in message and "every alphabet of omniglot-lake/evaluation" in message
+    assert "'Epsilon', has 6" in message and "--ways 6 or fewer" in message
     assert "\n" not in message
     with pytest.raises(UserError, match="--ways 6 or fewer"):
         sample_grouped(evaluation, 7, 2, torch.Generator().manual_seed(0))
@@ -129,6 +130,7 @@ def test_grouped_split_keeps_its_alphabets_when_moved(evaluation: GroupedSplit,
                                                                  self.std, self.version))
     moved = evaluation.to("elsewhere")
     assert isinstance(moved, GroupedSplit) and moved is not evaluation and moved.groups == evaluation.groups
+    assert moved.group_kind == "alphabet" and torch.equal(moved.images, evaluation.images)
     assert moved.fingerprint == evaluation.fingerprint
     with pytest.raises(ValueError, match="one group per class"):
         GroupedSplit("x", "y", evaluation.images, evaluation.labels, evaluation.class_names, (0.0,), (1.0,),

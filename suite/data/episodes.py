@@ -100,9 +100,11 @@ class GroupedSplit(Split):
 
     Attributes:
         groups: the group of each class, one name per class (``len(groups) == num_classes``).
+        group_kind: what a group is, in messages (``"alphabet"``).
     """
 
     groups: tuple[str, ...] = ()
+    group_kind: str = "group"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,7 +131,7 @@ class GroupedSplit(Split):
         if moved is self:
             return self
         return GroupedSplit(self.dataset, self.name, moved.images, moved.labels, self.class_names, self.mean,
-                            self.std, self.version, groups=self.groups)
+                            self.std, self.version, groups=self.groups, group_kind=self.group_kind)
 
 
 def check_groups(split: GroupedSplit, ways: int) -> None:
@@ -137,8 +139,9 @@ def check_groups(split: GroupedSplit, ways: int) -> None:
     sizes = split.group_sizes()
     largest = max(sizes, key=sizes.__getitem__)
     if ways > sizes[largest]:
-        raise UserError(f"--ways {ways} is more than the classes of every group of {split.dataset}/{split.name}, "
-                        f"whose episodes take all their classes from one group (the largest, '{largest}', has "
+        kind = split.group_kind
+        raise UserError(f"--ways {ways} is more than the classes of every {kind} of {split.dataset}/{split.name}, "
+                        f"whose episodes take all their classes from one {kind} (the largest, '{largest}', has "
                         f"{sizes[largest]}); use --ways {sizes[largest]} or fewer")
 
 

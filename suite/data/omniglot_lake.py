@@ -92,5 +92,5 @@ class OmniglotLake(Omniglot):
         return GroupedSplit(
             self.name, split, picked.reshape(n_cls * per, 1, h, w).contiguous(),
             torch.arange(n_cls).repeat_interleave(per), classes, mean=(0.0,), std=(1.0,), version=self.version,
-            groups=tuple(c.split("/")[0] for c in classes),
+            groups=tuple(c.split("/")[0] for c in classes), group_kind="alphabet",
         )
