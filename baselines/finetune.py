@@ -152,12 +152,20 @@ class Finetune(Method):
                 return torch.baddbmm(params["bias"].unsqueeze(1), z, params["weight"].mT)
             return scale * F.normalize(z, dim=-1) @ F.normalize(params["weight"], dim=-1).mT
 
+        seen: list[Tensor] = []  # [query_x, its features]: the last queries the frozen backbone embedded
+
+        def frozen_features(query_x: Tensor) -> Tensor:
+            # every step's predictor is scored on the same queries and the backbone does not change: embed them once
+            if not seen or seen[0] is not query_x:
+                seen[:] = [query_x, self.backbone(query_x.flatten(0, 1)).unflatten(0, query_x.shape[:2])]
+            return seen[1]
+
         def snapshot() -> Predictor:
             h = {k: v.detach().clone() for k, v in head.items()}
             if hp.finetune_backbone:
                 b = {k: v.detach().clone() for k, v in net.items()}
                 return lambda query_x: logits(h, per_episode(b, query_x))
-            return lambda query_x: logits(h, self.backbone(query_x.flatten(0, 1)).unflatten(0, query_x.shape[:2]))
+            return lambda query_x: logits(h, frozen_features(query_x))
 
         params = list(head.values()) + (list(net.values()) if hp.finetune_backbone else [])
         opt = torch.optim.SGD(params, lr=hp.ft_lr, momentum=hp.ft_momentum, dampening=hp.ft_dampening,
