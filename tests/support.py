@@ -41,17 +41,18 @@ def cli_run(out: Path, *args: str) -> dict:
 def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthetic", ways: int = 5, shots: int = 1,
                queries: int = 2, sha: str = "a" * 64, by_step: list[float] | None = None,
                ms_by_step: list[float] | None = None, device: str = "CPU Test Processor (2 threads)",
-               stamp: str = "2026-01-01T00:00:00+00:00", **top) -> dict:
+               stamp: str = "2026-01-01T00:00:00+00:00", fit_seed: int = 0, **top) -> dict:
     """A complete result of the current ``schema_version`` made from scratch (no run), deterministic: ``per_episode`` are the
     final accuracies (multiples of 1 / (ways * queries) to be consistent); ``by_step`` the means of the steps
-    before the last; ``top`` replaces top-level sections (``init``, ``submission``, ``source``...)."""
+    before the last; ``fit_seed`` its ``fit.seed``; ``top`` replaces top-level sections (``init``, ``submission``,
+    ``source``...)."""
     from mtbench.core.metrics import mean_ci95
 
     mean, ci = mean_ci95(per_episode)
     steps = [*(by_step or []), mean]
     ms = ms_by_step or [float(i + 1) for i in range(len(steps))]
     doc = {
-        "schema_version": 3,
+        "schema_version": 4,
         "method": {"name": method, "version": "1", "hparams": {}, "transductive": False, "variant": ""},
         "dataset": {"name": dataset, "version": "1", "fit_split": "train", "split": "test", "unlabelled_split": None,
                     "support_split": None, "notes": []},
@@ -65,7 +66,7 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
                      "by_step": [{"step": i, "mean": m, "ci95": ci if i == len(steps) - 1 else 0.0}
                                  for i, m in enumerate(steps)]},
         "adaptation": {"steps": len(steps), "ms_per_episode": ms[-1], "ms_by_step": ms},
-        "fit": {"seconds": 10.0, "iterations": 10, "tasks": 10, "images": 100, "tasks_per_s": 1.0,
+        "fit": {"seed": fit_seed, "seconds": 10.0, "iterations": 10, "tasks": 10, "images": 100, "tasks_per_s": 1.0,
                 "images_per_s": 10.0, "peak_memory_bytes": 2 ** 28, "peak_memory_kind": "cpu_peak_rss", "notes": []},
         "evaluation": {"seconds": 2.0, "tasks_per_s": len(per_episode) / 2.0, "peak_memory_bytes": 2 ** 28,
                        "peak_memory_kind": "cpu_peak_rss", "batched_episodes": None},

@@ -67,7 +67,8 @@ def test_the_same_run_is_what_ran_and_its_scores_not_the_file_or_the_time() -> N
     rerun["fit"]["seconds"] = 99.0
     assert run_identity(doc) == run_identity(rerun)
     for other in (result_doc("good", WORSE), result_doc("good", GOOD, sha="b" * 64),
-                  result_doc("good", GOOD, provenance={**doc["provenance"], "precision": "bf16"})):
+                  result_doc("good", GOOD, provenance={**doc["provenance"], "precision": "bf16"}),
+                  result_doc("good", GOOD, fit_seed=1)):  # a method the fit seed does not change is two runs still
         assert run_identity(other) != run_identity(doc)
     hp = result_doc("good", GOOD)
     hp["method"]["hparams"] = {"lr": 0.1}

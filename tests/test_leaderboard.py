@@ -39,7 +39,7 @@ def test_groups_never_mix_draws_settings_or_schema_versions(board):
     assert [(g.dataset, g.setting, g.sha[0], [e.doc["method"]["name"] for e in g.entries]) for g in groups] == [
         ("synthetic", "5w1s", "a", ["good", "worse"]), ("synthetic", "5w1s", "b", ["other-draws"]),
         ("synthetic", "5w5s", "a", ["five-shot"])]
-    later = result_doc("future", GOOD, schema_version=4)
+    later = result_doc("future", GOOD, schema_version=5)
     assert len(group([(Path("a.json"), result_doc("good", GOOD)), (Path("b.json"), later)])) == 2
 
 

@@ -245,7 +245,7 @@ INIT = {"path": "a.pt", "sha256": "b" * 64, "recalibrated_batchnorm": False, "me
 
 def test_result_doc_is_a_current_valid_result():
     assert validate(result_doc("x", [0.5, 1.0])) == []
-    assert result_doc("x", [0.5])["schema_version"] == SCHEMA_VERSION == 3
+    assert result_doc("x", [0.5])["schema_version"] == SCHEMA_VERSION == 4
 
 
 def test_validate_checks_nested_sections_at_any_depth():
@@ -267,7 +267,7 @@ def test_validate_takes_either_protocol_kind():
     assert validate(doc) == ["protocol.trials: missing"]
     doc = result_doc("x", [0.5, 0.5])
     doc["protocol"]["trials"] = 2  # an episodes protocol has no trials
-    assert validate(doc) == ["protocol.trials: not a field of schema_version 3"]
+    assert validate(doc) == ["protocol.trials: not a field of schema_version 4"]
 
 
 def test_validate_takes_an_int_for_a_float_but_never_a_bool():
@@ -301,7 +301,7 @@ def test_every_field_is_required_and_says_what_it_means():
 def test_readme_table_is_the_schema():
     text = (ROOT / "README.md").read_text()
     table = fields_table()
-    assert "### Result fields (`schema_version` 3)" in text
+    assert "### Result fields (`schema_version` 4)" in text
     assert f"\n{table}\n" in text
     rows = [line.split("`")[1] for line in table.splitlines()[2:]]
     assert len(rows) == len(set(rows))
@@ -314,7 +314,8 @@ def test_readme_table_is_the_schema():
 V1_LATER = [("method", "variant"), ("init",), ("source",), ("submission",), ("dataset", "unlabelled_split"),
             ("dataset", "support_split"), ("dataset", "notes"), ("protocol", "kind"), ("protocol", "support_from"),
             ("protocol", "queries_from"), ("protocol", "fit_episodes"), ("fit", "notes"),
-            ("evaluation", "batched_episodes"), ("provenance", "precision"), ("provenance", "compile")]
+            ("evaluation", "batched_episodes"), ("provenance", "precision"), ("provenance", "compile"),
+            ("fit", "seed")]
 
 
 def oldest_v1(method: str = "protonet", **kw) -> dict:
@@ -394,8 +395,8 @@ def test_every_committed_result_reads_through_upgrade_and_validates():
     assert len(files) >= 40
     for path in files:
         raw = json.loads(path.read_text())
-        # as mtbench run wrote it, or rewritten in the current version by `mtbench reproduce --record`, with its record
-        assert raw["schema_version"] == 1 or (raw["schema_version"] == SCHEMA_VERSION and raw["reproduced"]), path
+        # as mtbench run wrote it, or rewritten by `mtbench reproduce --record` (version 3 then), with its record
+        assert raw["schema_version"] == 1 or (raw["schema_version"] in (3, SCHEMA_VERSION) and raw["reproduced"]), path
         doc = read_result(path)
         assert validate(doc) == [], path
         assert doc["accuracy"] == raw["accuracy"] and doc["protocol"]["episodes_sha"] == raw["protocol"]["episodes_sha"]

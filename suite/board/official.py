@@ -4,10 +4,11 @@ The plan is data, ``official.toml`` beside this module (its comments describe th
 dataset and its protocol) and the entries that fill each one's table (a method and its hparam
 overrides), at one budget. ``mtbench official`` runs every missing (setting, entry) row in this process
 through :func:`mtbench.run.runner.run`, writing the result straight into
-``leaderboards/<dataset>/<setting>/`` (:func:`mtbench.results.layout.folder`). A row counts as present
-when a valid result there has the entry's label (:func:`mtbench.board.labels.label`) and the plan's
-budget, on any device: a GPU row, where one was lent, stands for the setting; otherwise the quick
-budget's CPU row does, and the leaderboard says which device each row ran on. An entry's label is
+``leaderboards/<dataset>/<setting>/`` (:func:`mtbench.results.layout.folder`), once per fit seed asked for
+(``--fit-seeds``, default 0 only). A row counts as present for a fit seed when a valid result there has the
+entry's label (:func:`mtbench.board.labels.label`), the plan's budget and that ``fit.seed``, on any device:
+a GPU row, where one was lent, stands for the setting; otherwise the quick budget's CPU row does, and the
+leaderboard says which device each row ran on. An entry's label is
 derived, never written in the plan: the method's name and the variant its class reports
 (:meth:`~mtbench.methods.Method.variant`) for the record the run would write. The command is resumable
 and prints the equivalent ``mtbench run`` commands with ``--dry-run``.
@@ -20,7 +21,7 @@ import functools
 import shlex
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -201,9 +202,10 @@ def load_plan(path: str | Path | None = None) -> Plan:
 
 
 # -- present and missing rows ----------------------------------------------------------------------
-def present(where: Path, budget: str) -> dict[str, Path]:
+def present(where: Path, budget: str, fit_seed: int | None = None) -> dict[str, Path]:
     """The labels of the valid results (as the boards screen them: :func:`mtbench.results.integrity.file_problems`)
-    at ``budget`` in the folder ``where`` that start from no checkpoint, each with its newest file."""
+    at ``budget`` in the folder ``where`` that start from no checkpoint, each with its newest file; only those of
+    ``fit_seed`` when given."""
     from mtbench.board.labels import label
     from mtbench.results.integrity import file_problems
 
@@ -212,64 +214,85 @@ def present(where: Path, budget: str) -> dict[str, Path]:
         doc, problems = file_problems(path)  # what the boards leave out does not count
         if doc is None or problems:
             continue
-        if doc["budget"]["name"] == budget and doc["init"] is None:
+        if doc["budget"]["name"] == budget and doc["init"] is None and fit_seed in (None, doc["fit"]["seed"]):
             found[label(doc)] = path
     return found
 
 
-def missing(leaderboards: Path, chosen: list[Setting]) -> list[tuple[Setting, Entry]]:
-    """The (setting, entry) pairs of ``chosen`` with no row yet: each entry across all settings before the
-    next entry, in the plan's order (cheapest fits first), so that an interrupted fill covers every table."""
+def missing_runs(leaderboards: Path, chosen: list[Setting],
+                 fit_seeds: Sequence[int] = (0,)) -> list[tuple[Setting, Entry, int]]:
+    """The (setting, entry, fit seed) rows of ``chosen`` with no result yet: each fit seed's in turn, and in it
+    each entry across all settings before the next entry, in the plan's order (cheapest fits first), so that an
+    interrupted fill covers every table, at the first fit seed first."""
     todo = []
     for s, setting in enumerate(chosen):
-        have = present(folder(leaderboards, setting.dataset, setting.name), setting.budget)
-        todo += [(e, s, setting, entry) for e, entry in enumerate(setting.entries) if entry.label not in have]
-    return [(setting, entry) for _, _, setting, entry in sorted(todo, key=lambda t: t[:2])]
+        where = folder(leaderboards, setting.dataset, setting.name)
+        for f, fit_seed in enumerate(dict.fromkeys(fit_seeds)):
+            have = present(where, setting.budget, fit_seed)
+            todo += [(f, e, s, setting, entry, fit_seed) for e, entry in enumerate(setting.entries)
+                     if entry.label not in have]
+    return [(setting, entry, fit_seed) for *_, setting, entry, fit_seed in sorted(todo, key=lambda t: t[:3])]
+
+
+def missing(leaderboards: Path, chosen: list[Setting]) -> list[tuple[Setting, Entry]]:
+    """The (setting, entry) pairs of ``chosen`` with no result at fit seed 0 (what ``mtbench official`` fills by
+    default), in the order of :func:`missing_runs`."""
+    return [(setting, entry) for setting, entry, _ in missing_runs(leaderboards, chosen)]
+
+
+def missing_line(todo: list[Any], chosen: list[Setting], fit_seeds: Sequence[int] = (0,)) -> str:
+    """``3 row(s) missing in omniglot/5w1s`` (``at fit seeds 0, 1`` added when asked for other than 0 alone)."""
+    seeds = f" at fit seeds {', '.join(map(str, dict.fromkeys(fit_seeds)))}" if list(fit_seeds) != [0] else ""
+    return f"{len(todo)} row(s) missing in {', '.join(f'{s.dataset}/{s.name}' for s in chosen)}{seeds}"
 
 
 # -- running them ----------------------------------------------------------------------------------
-def command(setting: Setting, entry: Entry, leaderboards: Path, extra: tuple[str, ...] = ()) -> list[str]:
+def command(setting: Setting, entry: Entry, leaderboards: Path, extra: tuple[str, ...] = (),
+            fit_seed: int = 0) -> list[str]:
     """The ``mtbench run`` command line equivalent to one row (``extra``: the options given after ``--``)."""
     hp = [a for name, value in entry.hparams for a in ("--hp", f"{name}={value}")]
     protocol = [a for name, value in setting.options for a in (f"--{name.replace('_', '-')}", str(value))]
     return ["mtbench", "run", "--method", entry.method, *hp, "--dataset", setting.dataset, *protocol,
-            "--budget", setting.budget, "--out", str(folder(leaderboards, setting.dataset, setting.name)), *extra]
+            *(["--fit-seed", str(fit_seed)] if fit_seed else []), "--budget", setting.budget,
+            "--out", str(folder(leaderboards, setting.dataset, setting.name)), *extra]
 
 
 def spec(setting: Setting, entry: Entry, leaderboards: Path, overrides: Mapping[str, Any] | None = None,
-         extra: tuple[str, ...] = ()) -> Any:
-    """The :class:`~mtbench.run.runner.RunSpec` of one row. ``overrides`` sets its other fields (device,
-    data_root, precision...); its ``hparams`` add to the entry's own, and win over them."""
+         extra: tuple[str, ...] = (), fit_seed: int = 0) -> Any:
+    """The :class:`~mtbench.run.runner.RunSpec` of one row at ``fit_seed``. ``overrides`` sets its other fields
+    (device, data_root, precision...); its ``hparams`` add to the entry's own, and win over them."""
     from mtbench.run.runner import RunSpec
 
     fields = dict(overrides or {})
     hparams = {**dict(entry.hparams), **dict(fields.pop("hparams", ()))}
     return RunSpec(method=entry.method, dataset=setting.dataset, episodes=setting.protocol, budget=setting.budget,
                    hparams=tuple(hparams.items()), out=str(folder(leaderboards, setting.dataset, setting.name)),
-                   command=shlex.join(command(setting, entry, leaderboards, extra)), **fields)
+                   command=shlex.join(command(setting, entry, leaderboards, extra, fit_seed)), fit_seed=fit_seed,
+                   **fields)
 
 
 def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...] = (),
                 overrides: Mapping[str, Any] | None = None, dry_run: bool = False,
-                echo: Callable[[str], Any] = print) -> int:
-    """Run every missing row of ``chosen`` in this process, one after the other; a failed run is reported in one
-    line and skipped. ``overrides``: other :class:`~mtbench.run.runner.RunSpec` fields of every run (see
-    :func:`spec`); ``extra``: the options they came from, shown in the commands. Returns the number of runs
-    that failed."""
+                echo: Callable[[str], Any] = print, fit_seeds: Sequence[int] = (0,)) -> int:
+    """Run every missing row of ``chosen`` (at each of ``fit_seeds``) in this process, one after the other; a
+    failed run is reported in one line and skipped. ``overrides``: other :class:`~mtbench.run.runner.RunSpec`
+    fields of every run (see :func:`spec`); ``extra``: the options they came from, shown in the commands.
+    Returns the number of runs that failed."""
     from mtbench.run import runner
 
-    todo = missing(leaderboards, chosen)
-    echo(f"{len(todo)} row(s) missing in {', '.join(f'{s.dataset}/{s.name}' for s in chosen)}")
+    todo = missing_runs(leaderboards, chosen, fit_seeds)
+    echo(missing_line(todo, chosen, fit_seeds))
     failed = 0
-    for i, (setting, entry) in enumerate(todo, 1):
+    for i, (setting, entry, fit_seed) in enumerate(todo, 1):
         step = f"[{i}/{len(todo)}]"
-        echo(f"{step} {entry.label} on {setting.dataset}/{setting.name}")
+        at = f" fit seed {fit_seed}" if fit_seed else ""
+        echo(f"{step} {entry.label} on {setting.dataset}/{setting.name}{at}")
         if dry_run:
-            echo(f"{' ' * len(step)} {shlex.join(command(setting, entry, leaderboards, extra))}")
+            echo(f"{' ' * len(step)} {shlex.join(command(setting, entry, leaderboards, extra, fit_seed))}")
             continue
         start = time.monotonic()
         try:
-            runner.run(spec(setting, entry, leaderboards, overrides, extra))
+            runner.run(spec(setting, entry, leaderboards, overrides, extra, fit_seed))
         except UserError as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - one row's failure must not stop the others

@@ -3,9 +3,9 @@
 A result file can be edited consistently (per-episode accuracies, mean and interval together) so that
 :mod:`mtbench.results.integrity` finds nothing wrong; only running the method again can show that its numbers
 did not come from it. :func:`reproduce` rebuilds the :class:`~mtbench.run.spec.RunSpec` from what the result
-recorded (method and every hparam, dataset and source, protocol and seed, budget, precision, compilation,
-checkpoint, CPU threads), runs it, and pairs the new per-episode accuracies with the recorded ones on the same
-episodes (``episodes_sha``):
+recorded (method and every hparam, dataset and source, protocol and seed, fit seed, budget, precision,
+compilation, checkpoint, CPU threads), runs it, and pairs the new per-episode accuracies with the recorded ones
+on the same episodes (``episodes_sha``):
 
 * on the same hardware (device name, threads, torch version) the re-run must be **identical**, episode for
   episode: a run is deterministic there;
@@ -93,7 +93,7 @@ def spec_of(doc: dict[str, Any], data_root: str | None, device: str | None) -> A
                    hparams=hparams, device=device, data_root=data_root, out=None, download=False, progress=False,
                    command=prov["command"], init=init["path"] if init else None,
                    source=doc["source"]["name"] if doc["source"] else None, precision=prov["precision"],
-                   compile=prov["compile"], submission=submission)
+                   compile=prov["compile"], submission=submission, fit_seed=doc["fit"]["seed"])
 
 
 def _notes(doc: dict[str, Any], again: dict[str, Any]) -> list[str]:

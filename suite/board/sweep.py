@@ -3,7 +3,8 @@
 A trial is a :class:`~mtbench.run.spec.RunSpec` whose ``out`` is its leaderboard folder
 (``<out>/<dataset>/<setting>/``, :func:`mtbench.results.layout.folder`) and its *identity*: the method, its
 resolved hparams (defaults, presets and overrides), the dataset and source, the protocol's parameters (its
-kind, shape, size and seed: they fix the episodes and so their sha), the budget, precision and compilation.
+kind, shape, size and seed: they fix the episodes and so their sha), the fit seed, the budget, precision and
+compilation.
 A valid result in the folder with the same identity, from no ``--init`` checkpoint, is the trial's result on
 any device: the trial is then skipped. The grid comes from comma-separated option values
 (:func:`grid`) or from a sweep file in the format of the official plan (:func:`from_file`, read by
@@ -49,10 +50,12 @@ class Trial:
 
     @property
     def summary(self) -> str:
-        """``protonet synthetic/3w1s seed 0 budget 2 hp lr=0.1``: what sets it apart, for progress lines."""
+        """``protonet synthetic/3w1s seed 0 fit 2 budget 2 hp lr=0.1``: what sets it apart, for progress lines
+        (``fit N`` only for a fit seed other than 0)."""
         s, e = self.spec, self.spec.episodes
         hp = f" hp {','.join(f'{k}={v}' for k, v in s.hparams)}" if s.hparams else ""
-        return f"{s.method} {s.dataset}/{self.folder.name} seed {e.seed} budget {s.budget}{hp}"
+        fit = f" fit {s.fit_seed}" if s.fit_seed else ""
+        return f"{s.method} {s.dataset}/{self.folder.name} seed {e.seed}{fit} budget {s.budget}{hp}"
 
 
 # -- identities --------------------------------------------------------------------------------------------
@@ -73,7 +76,7 @@ def doc_identity(doc: Mapping[str, Any]) -> dict[str, Any] | None:
     prov = doc["provenance"]
     return {"method": doc["method"]["name"], "hparams": json.loads(json.dumps(doc["method"]["hparams"])),
             "dataset": doc["dataset"]["name"], "source": doc["source"]["name"] if doc["source"] else None,
-            "protocol": _protocol(doc["protocol"]), "budget": doc["budget"]["name"],
+            "protocol": _protocol(doc["protocol"]), "fit_seed": doc["fit"]["seed"], "budget": doc["budget"]["name"],
             "precision": prov.get("precision", "fp32"), "compile": bool(prov.get("compile", False))}
 
 
@@ -88,18 +91,19 @@ def trial(spec: RunSpec) -> Trial:
         {"kind": "episodes", **dataclasses.asdict(e)}
     identity = {"method": r.method_cls.name, "hparams": json.loads(json.dumps(dataclasses.asdict(r.hparams))),
                 "dataset": r.dataset_cls.name, "source": r.source_cls.name if r.cross else None,
-                "protocol": _protocol(protocol), "budget": str(spec.budget), "precision": spec.precision,
-                "compile": bool(spec.compile)}
+                "protocol": _protocol(protocol), "fit_seed": spec.fit_seed, "budget": str(spec.budget),
+                "precision": spec.precision, "compile": bool(spec.compile)}
     return Trial(spec, _canonical(identity))
 
 
 def matches(key: str, found: str, any_seed: bool = False) -> bool:
-    """Whether a result of identity ``found`` is the trial ``key``'s (``any_seed``: but for the seed, which makes
-    it a comparable one). An hparam the trial leaves at ``"auto"`` matches the value the run chose for it
+    """Whether a result of identity ``found`` is the trial ``key``'s (``any_seed``: but for the seeds, episodes'
+    and fit's, which makes it a comparable one). An hparam the trial leaves at ``"auto"`` matches the value the
+    run chose for it
     (MAML's ``task_batching``: how it computes, by device, not what)."""
     want, got = json.loads(key), json.loads(found)
     if any_seed:
-        want["protocol"].pop("seed"), got["protocol"].pop("seed")
+        want["protocol"].pop("seed"), got["protocol"].pop("seed"), want.pop("fit_seed"), got.pop("fit_seed")
     hp_want, hp_got = want.pop("hparams"), got.pop("hparams")
     return want == got and hp_want.keys() == hp_got.keys() and all(
         v == "auto" or hp_got[k] == v for k, v in hp_want.items())
@@ -151,7 +155,7 @@ def existing(t: Trial) -> Path | None:
 
 def expected_seconds(t: Trial) -> tuple[float, Path] | None:
     """Fit + evaluation seconds of the newest comparable result in the trial's folder (same identity but
-    the seed), and its file; ``None`` when there is none."""
+    the seeds), and its file; ``None`` when there is none."""
     same = [f for f in results(t.folder) if matches(t.key, f.key, any_seed=True)]
     newest = max(same, key=lambda f: f.timestamp, default=None)
     return (newest.seconds, newest.path) if newest else None
@@ -166,7 +170,8 @@ def command(spec: RunSpec, extra: Sequence[str] = ()) -> str:
                                               "episodes": e.episodes}
     args = ["mtbench", "run", "--method", spec.method, *[a for k, v in spec.hparams for a in ("--hp", f"{k}={v}")],
             "--dataset", spec.dataset, *[a for k, v in protocol.items() for a in (f"--{k.replace('_', '-')}", str(v))],
-            "--seed", str(e.seed), "--budget", str(spec.budget), "--out", str(spec.out), *extra]
+            "--seed", str(e.seed), *(["--fit-seed", str(spec.fit_seed)] if spec.fit_seed else []),
+            "--budget", str(spec.budget), "--out", str(spec.out), *extra]
     return shlex.join(args)
 
 
@@ -182,14 +187,28 @@ def split_values(option: str, text: str) -> tuple[list[str], list[str]]:
     return [v for v in values if v], bad
 
 
+def whole_numbers(option: str, text: str) -> tuple[list[int], list[str]]:
+    """``"0,1"`` -> ``([0, 1], problems)``: an empty value, or one that is not a whole number ≥ 0, is a problem."""
+    given, problems = split_values(option, text)
+    ok = []
+    for v in given:
+        if re.fullmatch(r"\d+", v):
+            ok.append(int(v))
+        else:
+            flag = f"--{option.replace('_', '-')}"
+            problems.append(f"{flag} {v}: not a whole number ≥ 0; give whole numbers, e.g. {flag} "
+                            f"{'5,20' if option == 'ways' else '1,5'}")
+    return ok, problems
+
+
 def grid(methods: str, datasets: str, *, out: str | Path, budgets: str = "quick", seeds: str = "0",
-         hparams: Sequence[str] = (), protocol: str | None = None, overrides: Mapping[str, Any] | None = None,
-         extra: Sequence[str] = (), **ints: str | None) -> list[Trial]:
+         fit_seeds: str = "0", hparams: Sequence[str] = (), protocol: str | None = None,
+         overrides: Mapping[str, Any] | None = None, extra: Sequence[str] = (), **ints: str | None) -> list[Trial]:
     """The trials of every combination of the comma-separated values: methods x datasets x protocol values
     (``ways``, ``shots``, ``queries``, ``episodes``, ``train_images``, ``test_images``, ``trials``: text or
-    ``None`` for the dataset's default) x seeds x budgets x ``--hp NAME=V1,V2`` values. An hparam applies to
-    the methods that have it (one no method of the grid has is an error). ``overrides``: other RunSpec fields
-    of every trial (device, data_root...); ``extra``: the options they came from. Every problem in the grid is
+    ``None`` for the dataset's default) x seeds x fit seeds x budgets x ``--hp NAME=V1,V2`` values. An hparam
+    applies to the methods that have it (one no method of the grid has is an error). ``overrides``: other RunSpec
+    fields of every trial (device, data_root...); ``extra``: the options they came from. Every problem in the grid is
     found before any trial runs, and all of them are raised together as one :class:`UserError`."""
     from mtbench.data import DATASETS
     from mtbench.data.protocols import resolve
@@ -211,21 +230,18 @@ def grid(methods: str, datasets: str, *, out: str | Path, budgets: str = "quick"
                 problems.append(f"--{option} {name}: {exc}")
         return found
 
+    def whole(name: str, text: str) -> list[int]:
+        got, bad = whole_numbers(name, text)
+        problems.extend(bad)
+        return got
+
     method_classes = lookup("method", METHODS, values("method", methods))
     dataset_classes = lookup("dataset", DATASETS, values("dataset", datasets))
     numbers: dict[str, list[int | None]] = {}
     for name in GRID_INTS:
         text = seeds if name == "seed" else ints.pop(name, None)
-        given = values(name, text)
-        ok = []
-        for v in given:
-            if re.fullmatch(r"\d+", v):
-                ok.append(int(v))
-            else:
-                flag = f"--{name.replace('_', '-')}"
-                problems.append(f"{flag} {v}: not a whole number ≥ 0; give whole numbers, e.g. {flag} "
-                                f"{'5,20' if name == 'ways' else '1,5'}")
-        numbers[name] = ok if text is not None else [None]
+        numbers[name] = [*whole(name, text)] if text is not None else [None]
+    fit_seed_values = whole("fit_seed", fit_seeds)
     if ints:
         raise TypeError(f"grid() got unknown options {', '.join(ints)}")
     budget_values = values("budget", budgets)
@@ -278,12 +294,12 @@ def grid(methods: str, datasets: str, *, out: str | Path, budgets: str = "quick"
     base_hp = dict(fields.pop("hparams", ()))
     trials: list[Trial] = []
     for data_cls, spec_protocol, where in settings:
-        for cls, budget in itertools.product(method_classes, budget_values):
+        for cls, fit_seed, budget in itertools.product(method_classes, fit_seed_values, budget_values):
             mine = [(n, vs) for n, vs in hp_axes if n in {f.name for f in dataclasses.fields(cls.Hparams)}]
             for hp_values in itertools.product(*[vs for _, vs in mine]):
                 hp = {**base_hp, **dict(zip([n for n, _ in mine], hp_values))}
                 spec = RunSpec(method=cls.name, dataset=data_cls.name, episodes=spec_protocol, budget=budget,
-                               hparams=tuple(hp.items()), out=str(where), **fields)
+                               hparams=tuple(hp.items()), out=str(where), fit_seed=fit_seed, **fields)
                 spec = dataclasses.replace(spec, command=command(spec, extra))
                 try:
                     trials.append(trial(spec))
@@ -312,14 +328,15 @@ def dedupe(trials: list[Trial]) -> list[Trial]:
 
 
 # -- sweep files (the official plan's format) ---------------------------------------------------------------
-def plan_trials(pairs: Sequence[tuple[Any, Any]], out: str | Path, overrides: Mapping[str, Any] | None = None,
+def plan_trials(rows: Sequence[tuple[Any, Any, int]], out: str | Path, overrides: Mapping[str, Any] | None = None,
                 extra: Sequence[str] = ()) -> list[Trial]:
-    """The trials of (setting, entry) pairs of a plan (:mod:`mtbench.board.official`), written under ``out``."""
+    """The trials of (setting, entry, fit seed) rows of a plan (:mod:`mtbench.board.official`), written under
+    ``out``."""
     from mtbench.board.official import spec
 
     problems, trials = [], []
-    for setting, entry in pairs:
-        s = spec(setting, entry, Path(out), overrides, tuple(extra))
+    for setting, entry, fit_seed in rows:
+        s = spec(setting, entry, Path(out), overrides, tuple(extra), fit_seed)
         try:
             trials.append(trial(dataclasses.replace(s, command=command(s, extra))))
         except UserError as exc:
@@ -329,15 +346,17 @@ def plan_trials(pairs: Sequence[tuple[Any, Any]], out: str | Path, overrides: Ma
 
 
 def from_file(path: str | Path, out: str | Path, overrides: Mapping[str, Any] | None = None,
-              extra: Sequence[str] = ()) -> list[Trial]:
-    """The trials of a sweep file (the format of ``official.toml``: every entry of every setting)."""
+              extra: Sequence[str] = (), fit_seeds: Sequence[int] = (0,)) -> list[Trial]:
+    """The trials of a sweep file (the format of ``official.toml``: every entry of every setting), once per fit
+    seed."""
     from mtbench.board.official import load_plan
 
     plan = load_plan(path)
     if not plan.settings:
         raise UserError(f"{path}{_line_of(path, 'settings')}: the sweep is empty; add [[settings]] tables with "
                         f"entries")
-    return plan_trials([(s, e) for s in plan.settings for e in s.entries], out, overrides, extra)
+    return plan_trials([(s, e, f) for s in plan.settings for e in s.entries for f in fit_seeds], out, overrides,
+                       extra)
 
 
 def _line_of(path: str | Path, key: str) -> str:

@@ -13,7 +13,7 @@ from mtbench.core.errors import UserError
 
 #: `mtbench run` options the plan sets for every row: not to be given after `--`
 PLAN_SETS = ("method", "dataset", "source", "out", "init", "save", "protocol", "ways", "shots", "queries", "episodes",
-             "train_images", "test_images", "trials", "seed", "budget")
+             "train_images", "test_images", "trials", "seed", "fit_seed", "budget")
 _PLACEHOLDER = "<from the plan>"
 
 
@@ -33,8 +33,8 @@ def official_run_options(run_cmd: click.Command, argv: tuple[str, ...]) -> tuple
             and p[param.name] != _PLACEHOLDER)]
     if fixed:
         raise UserError(f"{', '.join(fixed)} after --: the official plan sets the method, dataset, protocol, "
-                        f"budget and folder of every row; give only how to run them, e.g. -- --device cuda "
-                        f"--hp name=value --no-progress")
+                        f"budget and folder of every row (fit seeds: --fit-seeds before --); give only how to run "
+                        f"them, e.g. -- --device cuda --hp name=value --no-progress")
     fields = {"device": p["device"], "data_root": p["data_root"], "download": p["download"],
               "progress": p["progress"], "precision": p["precision"], "compile": p["compile_"],
               "hparams": tuple(parse_overrides(p["hparams"]).items())}
@@ -48,29 +48,34 @@ def official_run_options(run_cmd: click.Command, argv: tuple[str, ...]) -> tuple
 @click.option("--setting", default=None, help="Only this setting, e.g. 5w1s, 20w1s or transfer200-50.")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None,
               help="A plan of your own, in the format of the official one (mtbench/board/official.toml).")
+@click.option("--fit-seeds", default="0", show_default=True,
+              help="Fill each row once per fit seed (comma-separated, e.g. 0,1,2); a row is present per fit seed.")
 @engine_options
 @click.argument("run_options", nargs=-1, type=click.UNPROCESSED)
 @user_errors
 def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dry_run: bool, plan_file: str | None,
-                 run_options: tuple[str, ...], **engine: Any) -> None:
+                 fit_seeds: str, run_options: tuple[str, ...], **engine: Any) -> None:
     """Fill the official leaderboard: run each row of the plan (Omniglot 5w1s/5w5s/20w1s, miniImageNet
     5w1s/5w5s, xray transfer200-50: every method; omniglot-shift 5w1s: DANN and its source-only reference)
     that has no result yet at the quick budget, in this process as `mtbench run` would, writing into
-    LEADERBOARDS/<dataset>/<setting>/. Resumable: rerun it to continue. Options of `mtbench run` after `--`
-    apply to every row, e.g. `-- --device cuda --no-progress`; those that say what a row is (method,
-    dataset, protocol, budget, --out) come from the plan. The rows run as the trials of `mtbench sweep`, on
-    its engines (--engine, --cpus-per-trial...)."""
-    from mtbench.board.official import load_plan, missing, run_missing
-    from mtbench.board.sweep import plan_trials
+    LEADERBOARDS/<dataset>/<setting>/, once per fit seed of --fit-seeds. Resumable: rerun it to continue.
+    Options of `mtbench run` after `--` apply to every row, e.g. `-- --device cuda --no-progress`; those that
+    say what a row is (method, dataset, protocol, budget, --out) come from the plan. The rows run as the trials
+    of `mtbench sweep`, on its engines (--engine, --cpus-per-trial...)."""
+    from mtbench.board.official import load_plan, missing_line, missing_runs, run_missing
+    from mtbench.board.sweep import plan_trials, whole_numbers
 
+    seeds, problems = whole_numbers("fit_seeds", fit_seeds)
+    if problems:
+        raise UserError("; ".join(problems))
     chosen = load_plan(plan_file).select(dataset, setting)
     root = click.get_current_context().find_root()  # the `mtbench` group, which has the `run` command
     fields, malloc = official_run_options(root.command.get_command(root, "run"), run_options)
     if dry_run:
-        run_missing(Path(leaderboards), chosen, run_options, fields, dry_run=True, echo=click.echo)
+        run_missing(Path(leaderboards), chosen, run_options, fields, dry_run=True, echo=click.echo, fit_seeds=seeds)
         return
-    todo = missing(Path(leaderboards), chosen)
-    click.echo(f"{len(todo)} row(s) missing in {', '.join(f'{s.dataset}/{s.name}' for s in chosen)}")
+    todo = missing_runs(Path(leaderboards), chosen, seeds)
+    click.echo(missing_line(todo, chosen, seeds))
     progress = fields.pop("progress")
     trials = plan_trials(todo, leaderboards, fields, run_options)
     run_sweep(trials, progress=progress, malloc=malloc, **engine)

@@ -79,7 +79,10 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--test-images", type=int, default=None,
                      help="Transfer: target test images per trial, balanced over the classes.  [default: 50]"),
         click.option("--trials", type=int, default=None, help="Transfer: seeded draws of both sets.  [default: 20]"),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the episodes and the fit."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the test episodes (transfer: of the trials' draws) only."),
+        click.option("--fit-seed", type=int, default=0, show_default=True,
+                     help="Seed of every draw of the fit: initial weights, training tasks, BatchNorm recalibration."),
         click.option("--budget", default="quick", show_default=True,
                      help="Fit length: quick (a few CPU minutes), paper (the paper's schedule) or a number of iterations."),
         click.option("--hp", "hparams", multiple=True, metavar="NAME=VALUE", help="Override a method hparam (repeatable)."),
@@ -157,7 +160,8 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
         ("accuracy", f"{acc['mean']:.4f} ± {acc['ci95']:.4f} (95% CI)"),
         ("by step", steps),
         ("adapt", f"{adapt['ms_per_episode']:.2f} ms/episode over {adapt['steps']} predictor(s)"),
-        ("fit", f"{fit['seconds']:.1f} s, {fit['iterations']} it, {fit['tasks_per_s']:.1f} tasks/s, "
+        ("fit", f"{fit['seconds']:.1f} s, {fit['iterations']} it, fit seed {fit['seed']}, "
+                f"{fit['tasks_per_s']:.1f} tasks/s, "
                 f"{fit['images_per_s']:.0f} images/s, peak {fit['peak_memory_bytes'] / 2**20:.0f} MiB "
                 f"({fit['peak_memory_kind']})"),
         *[("note", n) for n in [*doc["dataset"]["notes"], *(doc["source"]["notes"] if doc["source"] else []),

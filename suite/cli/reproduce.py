@@ -20,9 +20,9 @@ from mtbench.core.errors import UserError
               help="Append the re-run (who, when, where, verdict) to each file's `reproduced` list.")
 @user_errors
 def reproduce_cmd(paths: tuple[str, ...], data_root: str | None, device: str | None, record: bool) -> None:
-    """Re-run each RESULT's recorded spec (method and hparams, dataset, protocol and seed, budget, precision,
-    checkpoint, CPU threads) and compare per-episode accuracies with the file: REPRODUCED when identical on the
-    same hardware, or within 0.01 paired mean difference on other hardware; else DIFFERS. A folder means every
+    """Re-run each RESULT's recorded spec (method and hparams, dataset, protocol and seed, fit seed, budget,
+    precision, checkpoint, CPU threads) and compare per-episode accuracies with the file: REPRODUCED when
+    identical on the same hardware, or within 0.01 paired mean difference on other hardware; else DIFFERS. A folder means every
     result in it. Exit 1 when any result DIFFERS or cannot be re-run."""
     from mtbench.board.reproduce import reproduce_many
 

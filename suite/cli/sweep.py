@@ -121,7 +121,9 @@ def run_sweep(trials: list[Any], *, engine: str | None, address: str | None, cpu
 @click.option("--train-images", default=None, help="Transfer: labelled target images, comma-separated.")
 @click.option("--test-images", default=None, help="Transfer: test images per trial, comma-separated.")
 @click.option("--trials", default=None, help="Transfer: seeded draws, comma-separated.")
-@click.option("--seed", default="0", show_default=True, help="Seeds, comma-separated.")
+@click.option("--seed", default="0", show_default=True, help="Seeds of the test episodes, comma-separated.")
+@click.option("--fit-seed", default="0", show_default=True,
+              help="Seeds of the fit, comma-separated (with a sweep file too: each entry once per fit seed).")
 @click.option("--budget", default="quick", show_default=True, help="Budgets (quick, paper, iterations), comma-separated.")
 @click.option("--hp", "hparams", multiple=True, metavar="NAME=V1[,V2...]",
               help="Hparam values to sweep, for the methods that have it (repeatable).")
@@ -138,18 +140,19 @@ def run_sweep(trials: list[Any], *, engine: str | None, address: str | None, cpu
 @click.option("--progress/--no-progress", default=True, show_default=True, help="A progress bar over the trials.")
 @engine_options
 @user_errors
-def sweep_cmd(sweep_file: str | None, hparams: tuple[str, ...], out: str, device: str, data_root: str | None,
-              download: bool, precision: str, malloc_tuning: bool, progress: bool, engine: str | None,
-              address: str | None, cpus_per_trial: int, gpus_per_trial: float, storage: str, retry_failed: bool,
-              dry_run: bool, **grid_values: Any) -> None:
-    """Run every combination of the given values (`--method protonet,maml --shots 1,5 --seed 0,1,2`), or every
-    entry of every setting of SWEEP_FILE (the format of the official plan, mtbench/board/official.toml), each as
-    `mtbench run` would, into OUT/<dataset>/<setting>/. Idempotent and resumable: a trial whose result exists
-    is skipped, and sweeps sharing OUT at once run each trial once (claims). On Ray (`pip install
-    'mtbench[ray]'`) trials run side by side, here or on a cluster (--address)."""
+def sweep_cmd(sweep_file: str | None, fit_seed: str, hparams: tuple[str, ...], out: str, device: str,
+              data_root: str | None, download: bool, precision: str, malloc_tuning: bool, progress: bool,
+              engine: str | None, address: str | None, cpus_per_trial: int, gpus_per_trial: float, storage: str,
+              retry_failed: bool, dry_run: bool, **grid_values: Any) -> None:
+    """Run every combination of the given values (`--method protonet,maml --shots 1,5 --seed 0,1,2 --fit-seed
+    0,1`), or every entry of every setting of SWEEP_FILE (the format of the official plan,
+    mtbench/board/official.toml) once per --fit-seed, each as `mtbench run` would, into OUT/<dataset>/<setting>/.
+    Idempotent and resumable: a trial whose result exists is skipped, and sweeps sharing OUT at once run each
+    trial once (claims). On Ray (`pip install 'mtbench[ray]'`) trials run side by side, here or on a cluster
+    (--address)."""
     from click.core import ParameterSource
 
-    from mtbench.board.sweep import from_file, grid
+    from mtbench.board.sweep import check, from_file, grid, whole_numbers
 
     overrides: dict[str, Any] = {"device": device, "data_root": data_root, "download": download,
                                  "precision": precision}
@@ -166,14 +169,17 @@ def sweep_cmd(sweep_file: str | None, hparams: tuple[str, ...], out: str, device
 
         overrides["hparams"] = tuple(parse_overrides(hparams).items())
         extra += [a for h in hparams for a in ("--hp", h)]
-        trials = from_file(sweep_file, out, overrides, extra)
+        fit_seeds, problems = whole_numbers("fit_seed", fit_seed)
+        check(problems)
+        trials = from_file(sweep_file, out, overrides, extra, fit_seeds)
     else:
         if not grid_values["method"] or not grid_values["dataset"]:
             raise UserError("give a sweep file, or at least --method and --dataset, e.g. mtbench sweep --method "
                             "protonet,maml --dataset omniglot --shots 1,5")
         trials = grid(grid_values.pop("method"), grid_values.pop("dataset"), out=out,
-                      budgets=grid_values.pop("budget"), seeds=grid_values.pop("seed"), hparams=hparams,
-                      protocol=grid_values.pop("protocol"), overrides=overrides, extra=extra, **grid_values)
+                      budgets=grid_values.pop("budget"), seeds=grid_values.pop("seed"), fit_seeds=fit_seed,
+                      hparams=hparams, protocol=grid_values.pop("protocol"), overrides=overrides, extra=extra,
+                      **grid_values)
     if dry_run:
         dry_run_listing(trials, storage, retry_failed)
         return

@@ -28,7 +28,9 @@ def result_filename(doc: dict[str, Any]) -> str:
     if ":" in name or "/" in name:  # an image folder's "folder:/its/path": its last component, file-name safe
         kind, _, rest = name.partition(":")
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{kind}-{PurePath(rest).name}")
-    return f"{name}_{setting_name(p)}_{doc['method']['name']}_seed{p['seed']}_{stamp}.json"
+    # a fit seed other than 0 in the name too, so that runs told apart only by it are told apart at a glance
+    fit = f"_fit{doc['fit']['seed']}" if doc["fit"]["seed"] else ""
+    return f"{name}_{setting_name(p)}_{doc['method']['name']}_seed{p['seed']}{fit}_{stamp}.json"
 
 
 def write_result(doc: dict[str, Any], out_dir: Path) -> Path:

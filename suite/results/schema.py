@@ -1,4 +1,4 @@
-"""The result document: one JSON per run, defined once, here, by the TypedDicts below (``schema_version`` 3).
+"""The result document: one JSON per run, defined once, here, by the TypedDicts below (``schema_version`` 4).
 
 Every field is required; a field that may be empty is typed ``X | None`` (JSON ``null``). Each field is
 annotated ``Annotated[type, "what it means"]``: :func:`validate` derives its checks from those types and
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypedDict, Union
 
 from mtbench.core.runtime import PRECISIONS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 NUMBER = (int, float)
 
@@ -141,6 +141,8 @@ class Adaptation(TypedDict):
 class Fit(TypedDict):
     """The fit."""
 
+    seed: Annotated[int, "`--fit-seed`: seeds every draw of the fit (initial weights, tasks, BatchNorm "
+                         "recalibration); the episodes have their own, `protocol.seed`"]
     seconds: Annotated[float, "wall time"]
     iterations: Annotated[int, "iterations run"]
     tasks: Annotated[int, "tasks drawn"]
@@ -205,7 +207,7 @@ class Reproduction(TypedDict):
 class Result(TypedDict):
     """One run's result document."""
 
-    schema_version: Annotated[int, "the layout of the document: 3"]
+    schema_version: Annotated[int, "the layout of the document: 4"]
     method: Annotated[Method, "the method"]
     dataset: Annotated[Dataset, "the dataset evaluated on"]
     source: Annotated[Source | None, "the dataset fitted on when it is not `dataset`, or `null`"]

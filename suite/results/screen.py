@@ -54,12 +54,13 @@ def left_out_note(left_out: list[LeftOut], markdown: bool = False) -> str:
 
 def run_identity(doc: dict[str, Any]) -> str:
     """What makes two result files the same run: what ran (method and hparams, data, protocol and its draws,
-    budget, checkpoint, submitted file, precision, compilation) and every per-episode accuracy, not the file's
-    name, time, timings or machine."""
+    budget, fit seed, checkpoint, submitted file, precision, compilation) and every per-episode accuracy, not the
+    file's name, time, timings or machine."""
     prov, init, sub = doc["provenance"], doc["init"], doc["submission"]
     key = {
         "method": doc["method"], "dataset": doc["dataset"], "source": doc["source"], "protocol": doc["protocol"],
-        "budget": doc["budget"], "init": init and init["sha256"], "submission": sub and sub["source_sha256"],
+        "budget": doc["budget"], "fit_seed": doc["fit"]["seed"], "init": init and init["sha256"],
+        "submission": sub and sub["source_sha256"],
         "precision": prov.get("precision"), "compile": prov.get("compile"),
         "per_episode": doc["accuracy"]["per_episode"],
     }

@@ -1,9 +1,9 @@
-"""Reading older result documents: :func:`upgrade` brings a ``schema_version`` 1 or 2 record to the current one.
+"""Reading older result documents: :func:`upgrade` brings a ``schema_version`` 1, 2 or 3 record to the current one.
 
 Version 1 grew fields over time, and older records lack the newer ones; version 2 requires every field
-(see :mod:`mtbench.results.schema`); version 3 adds the ``reproduced`` records. Each missing field is
-filled with what its absence meant when the record was written, and nothing else changes: numbers, shas
-and every field present stay as they are.
+(see :mod:`mtbench.results.schema`); version 3 adds the ``reproduced`` records; version 4 the fit's own seed
+(``fit.seed``). Each missing field is filled with what its absence meant when the record was written, and
+nothing else changes: numbers, shas and every field present stay as they are.
 """
 
 from __future__ import annotations
@@ -18,17 +18,21 @@ from mtbench.results.schema import SCHEMA_VERSION
 def upgrade(doc: Any) -> Any:
     """``doc`` as a result of :data:`SCHEMA_VERSION`, as a new object (``doc`` is not modified).
 
-    A version-1 record gets what it lacks (see :func:`_from_1`, then :func:`_from_2`); a current one is returned as a copy; a
-    document that is not a result object, or has no known version, is returned as a copy for
-    :func:`~mtbench.results.schema.validate` to name its problems. A version newer than this mtbench
+    An older record gets what it lacks (see :func:`_from_1`, :func:`_from_2`, then :func:`_from_3`); a current
+    one is returned as a copy; a document that is not a result object, or has no known version, is returned as
+    a copy for :func:`~mtbench.results.schema.validate` to name its problems. A version newer than this mtbench
     knows is a :class:`UserError`.
     """
     doc = copy.deepcopy(doc)
     if not isinstance(doc, dict):
         return doc
     version = doc.get("schema_version")
-    if version in (1, 2) and not isinstance(version, bool):
-        return _from_2(_from_1(doc) if version == 1 else doc)
+    if version in (1, 2, 3) and not isinstance(version, bool):
+        if version == 1:
+            _from_1(doc)
+        if version in (1, 2):
+            _from_2(doc)
+        return _from_3(doc)
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise UserError(f"schema_version {version} is newer than this mtbench reads (up to {SCHEMA_VERSION}); "
                         f"upgrade mtbench (pip install -U mtbench) to read it")
@@ -46,7 +50,7 @@ def _fill(doc: dict[str, Any], section: str, **missing: Any) -> None:
 
 
 def _from_1(doc: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 to 2, in place on a copy (``schema_version`` is set by :func:`_from_2`). A field absent from a version-1 record meant:
+    """Version 1 to 2, in place on a copy (``schema_version``: by :func:`_from_3`). A field absent from a version-1 record meant:
 
     * ``init``, ``source``, ``submission``: null (no checkpoint, fitted on the dataset itself, a
       registered method: the features did not exist yet);
@@ -79,6 +83,15 @@ def _from_1(doc: dict[str, Any]) -> dict[str, Any]:
 
 def _from_2(doc: dict[str, Any]) -> dict[str, Any]:
     """Version 2 to 3, in place: ``reproduced`` absent meant nobody had re-run the result (``[]``)."""
-    doc["schema_version"] = SCHEMA_VERSION
     doc.setdefault("reproduced", [])
+    return doc
+
+
+def _from_3(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 to 4, in place: before ``--fit-seed``, the episodes' seed also seeded the fit (the generator of
+    ``fit_seed(--seed)``, the formula ``--fit-seed`` keeps), so ``fit.seed`` is ``protocol.seed``."""
+    doc["schema_version"] = SCHEMA_VERSION
+    protocol = doc.get("protocol")
+    if isinstance(protocol, dict) and "seed" in protocol:  # else validate names what is missing
+        _fill(doc, "fit", seed=protocol["seed"])
     return doc

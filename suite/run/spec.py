@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mtbench.core.errors import UserError
 from mtbench.core.seeding import seed_hash
 from mtbench.data.episodes import EpisodeSpec
 from mtbench.data.protocols import TransferSpec
@@ -40,6 +41,8 @@ class RunSpec:
             notes, instead of stopping with an error naming the first.
         submission: for ``mtbench submit``: the source file, class and the file's sha256, recorded
             as the result's ``submission`` (``None``: a run of a registered method).
+        fit_seed: ``--fit-seed``: seeds every draw of the fit (the method's initial weights, its tasks,
+            BatchNorm recalibration), apart from ``episodes.seed``, which fixes the test episodes only.
     """
 
     method: str
@@ -60,6 +63,7 @@ class RunSpec:
     compile: bool = False
     submission: dict[str, Any] | None = None
     skip_bad_images: bool = False
+    fit_seed: int = 0
 
 
 #: the few-shot tasks a method is fitted with on a source domain other than the evaluation's
@@ -67,5 +71,13 @@ SOURCE_EPISODES = EpisodeSpec(ways=5, shots=5, queries=15, episodes=1)
 
 
 def fit_seed(seed: int) -> int:
-    """The seed of a run's training generator, derived from ``--seed`` but distinct from the episodes'."""
+    """The seed of a run's training generator for ``--fit-seed`` ``seed``: hashed, so that it is never the
+    seed of an episode. Results before ``--fit-seed`` existed were fitted from ``fit_seed(--seed)``, which is
+    why ``--fit-seed 0`` keeps this formula: those of ``--seed 0`` are the fits of ``--fit-seed 0``."""
     return seed_hash(f"fit|{seed}")
+
+
+def check_fit_seed(seed: Any) -> None:
+    """A :class:`UserError` unless ``seed`` is a whole number ≥ 0 (a bool is not one)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UserError(f"--fit-seed must be a whole number ≥ 0, got {seed!r}; e.g. --fit-seed 1")

@@ -29,7 +29,7 @@ from mtbench.run.checkpoints import init_record, load_into, read_checkpoint, rec
 from mtbench.run.evaluate import evaluate
 from mtbench.run.preflight import (check_cache, check_finite, check_memory, check_structure, readable_data,
                                    writable)
-from mtbench.run.spec import SOURCE_EPISODES, RunSpec, fit_seed
+from mtbench.run.spec import SOURCE_EPISODES, RunSpec, check_fit_seed, fit_seed
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     given_source = spec.source or dataset_cls.default_source
     source_cls = DATASETS.get(given_source) if given_source and given_source != spec.dataset else dataset_cls
     check_precision(spec.precision)
+    check_fit_seed(spec.fit_seed)
     if spec.compile and not method_cls.compilable:
         raise UserError(f"--compile: {method_cls.name} is not compilable (it does not call its networks directly; it "
                         f"runs them through torch.func); drop --compile")
@@ -190,7 +191,8 @@ def fit(r: Resolved, d: Loaded) -> Fitted:
     spec = r.spec
     origin = provenance(device_name(r.device), r.device.type, malloc_setting(), spec.command, spec.precision,
                         spec.compile)
-    generator = torch.Generator().manual_seed(fit_seed(spec.episodes.seed))
+    # every draw of the fit comes from --fit-seed, never from the episodes' --seed
+    generator = torch.Generator().manual_seed(fit_seed(spec.fit_seed))
     method = r.method_cls(r.hparams, d.test.image_shape, generator, r.device)
     init = None
     if r.checkpoint is not None:
@@ -257,7 +259,8 @@ def record(r: Resolved, d: Loaded, f: Fitted, scores: dict[str, Any]) -> dict[st
         "accuracy": scores["accuracy"],
         "adaptation": scores["adaptation"],
         "fit": {
-            "seconds": f.seconds, "iterations": r.iterations, "tasks": ctx.tasks, "images": ctx.images,
+            "seed": spec.fit_seed, "seconds": f.seconds, "iterations": r.iterations, "tasks": ctx.tasks,
+            "images": ctx.images,
             "tasks_per_s": ctx.tasks / f.seconds if f.seconds > 0 else 0.0,
             "images_per_s": ctx.images / f.seconds if f.seconds > 0 else 0.0,
             "peak_memory_bytes": fit_bytes, "peak_memory_kind": fit_kind, "notes": ctx.notes,

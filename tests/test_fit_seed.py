@@ -1,0 +1,175 @@
+"""``--fit-seed``: the fit's own seed, apart from the episodes' ``--seed``.
+
+Two fit seeds are two fits scored on the same episodes; the same fit seed gives the same numbers; ``--fit-seed
+0`` is the generator every run had before the option (``fit_seed(0)``, which the committed rows of ``--seed 0``
+were fitted from); the result records it (``fit.seed``, schema 4, in the file name when not 0) and a version-3
+record gets it from ``protocol.seed``; ``reproduce``, ``sweep`` and ``official`` carry it. Tiny runs on the
+generated ``synthetic`` data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mtbench.board.official import load_plan, missing, missing_runs
+from mtbench.board.reproduce import spec_of
+from mtbench.board.sweep import existing, from_file, grid, matches
+from mtbench.cli import main
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.methods import METHODS
+from mtbench.results import SCHEMA_VERSION, read_result, result_filename, upgrade, validate
+from mtbench.results.layout import folder
+from mtbench.run import stages
+from mtbench.run.runner import RunSpec, fit_seed, run
+from support import put_result, result_doc
+
+#: ``fit_seed(0)`` as every run before ``--fit-seed`` seeded its fit with for ``--seed 0`` (the committed rows)
+FIT_SEED_0 = 17092034979513180
+TINY = ["--dataset", "synthetic", "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "4",
+        "--budget", "2", "--device", "cpu", "--no-progress"]
+
+
+def tiny(tmp: Path, **fields) -> RunSpec:
+    return RunSpec(method="protonet", dataset="synthetic", episodes=EpisodeSpec(3, 1, 2, 4, seed=0), budget="2",
+                   device="cpu", data_root=str(tmp / "data"), out=None, progress=False, **fields)
+
+
+def weights(method) -> dict[str, torch.Tensor]:
+    return {f"{name}.{k}": v for name, m in method.modules().items() for k, v in m.state_dict().items()}
+
+
+def test_two_fit_seeds_are_two_fits_on_the_same_episodes_and_one_fit_seed_is_one(tmp_path, one_thread):
+    r = stages.resolve(tiny(tmp_path))
+    d = stages.load(r)  # the episodes: loaded once, scored by every fit below
+    runs = {}
+    for name, seed in (("a", 0), ("b", 1), ("again", 0)):
+        seeded = dataclasses.replace(r, spec=dataclasses.replace(r.spec, fit_seed=seed))
+        f = stages.fit(seeded, d)
+        runs[name] = (weights(f.method), stages.record(seeded, d, f, stages.score(seeded, d, f)))
+    (wa, a), (wb, b), (wc, again) = runs["a"], runs["b"], runs["again"]
+    assert a["protocol"]["episodes_sha"] == b["protocol"]["episodes_sha"] == again["protocol"]["episodes_sha"]
+    assert [a["fit"]["seed"], b["fit"]["seed"], again["fit"]["seed"]] == [0, 1, 0]
+    assert a["protocol"]["seed"] == b["protocol"]["seed"] == 0  # the episodes' seed is not the fit's
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)  # another initialisation and other tasks
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)
+    assert again["accuracy"]["per_episode"] == a["accuracy"]["per_episode"]
+    assert validate(a) == [] and validate(b) == []
+
+
+class Spy(METHODS.get("protonet")):  # type: ignore[misc]
+    """ProtoNet that remembers the seed of the generator it was built with."""
+
+    seeds: ClassVar[list[int]] = []
+
+    def __init__(self, hparams, in_shape, generator, device) -> None:
+        Spy.seeds.append(generator.initial_seed())
+        super().__init__(hparams, in_shape, generator, device)
+
+
+@pytest.mark.parametrize(("episodes_seed", "given", "expected"), [
+    (0, 0, FIT_SEED_0),          # the default: exactly the generator of `--seed 0` before --fit-seed
+    (3, 0, FIT_SEED_0),          # --seed moves the episodes only
+    (0, 2, fit_seed(2)),
+])
+def test_the_fit_generator_is_seeded_from_the_fit_seed_alone(tmp_path, one_thread, episodes_seed, given, expected):
+    assert fit_seed(0) == FIT_SEED_0  # the formula of the committed rows' fits
+    Spy.seeds.clear()
+    spec = dataclasses.replace(tiny(tmp_path, fit_seed=given), episodes=EpisodeSpec(3, 1, 2, 4, seed=episodes_seed),
+                               budget="0")
+    r = stages.resolve(spec, method_cls=Spy)
+    stages.fit(r, stages.load(r))
+    assert Spy.seeds == [expected]
+
+
+def test_the_result_records_the_fit_seed_names_its_file_and_reproduce_uses_it(tmp_path, one_thread):
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, ["run", "--method", "protonet", *TINY, "--fit-seed", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    [path] = out.glob("*.json")
+    assert "_seed0_fit2_" in path.name and "fit seed 2" in result.output
+    doc = read_result(path)
+    assert doc["fit"]["seed"] == 2 and doc["schema_version"] == SCHEMA_VERSION == 4
+    assert spec_of(doc, None, "cpu").fit_seed == 2
+    assert "_fit" not in result_filename(result_doc("protonet", [0.5]))  # fit seed 0: the names runs always had
+    assert "_seed0_fit3_2026" in result_filename(result_doc("protonet", [0.5], fit_seed=3))
+
+
+def test_a_version_3_record_gets_the_fit_seed_that_drove_its_fit():
+    old = result_doc("protonet", [0.5, 1.0])
+    old["schema_version"] = 3
+    old["protocol"]["seed"] = 7  # before --fit-seed, --seed 7 fitted from fit_seed(7): that is --fit-seed 7
+    del old["fit"]["seed"]
+    new = upgrade(old)
+    assert new["schema_version"] == 4 and new["fit"]["seed"] == 7 and validate(new) == []
+    assert "seed" not in old["fit"]  # the argument is left as it was
+    assert {k: v for k, v in new.items() if k not in ("fit", "schema_version")} == \
+        {k: v for k, v in old.items() if k not in ("fit", "schema_version")}
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["run", "--method", "protonet", *TINY, "--fit-seed", "-1"], "--fit-seed must be a whole number ≥ 0, got -1"),
+    (["sweep", "--method", "protonet", *TINY, "--fit-seed", "0,-1", "--dry-run"],
+     "--fit-seed -1: not a whole number ≥ 0"),
+    (["official", "--fit-seeds", "0,x", "--dry-run"], "--fit-seeds x: not a whole number ≥ 0"),
+    (["official", "--dry-run", "--", "--fit-seed", "1"], "--fit-seed after --: the official plan sets"),
+])
+def test_a_bad_fit_seed_is_a_one_line_error(tmp_path, args, says):
+    result = CliRunner().invoke(main, [*args[:1], "--out" if args[0] != "official" else "--leaderboards",
+                                       str(tmp_path / "out"), *args[1:]])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    if args[0] == "sweep":  # a sweep names all its bad values at once, one line each, under a heading line
+        assert lines[0].startswith("mtbench: error: 1 problem(s) in the sweep") and says in lines[1], result.output
+    else:
+        assert len(lines) == 1 and lines[0].startswith("mtbench: error: ") and says in lines[0], result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_sweep_grid_has_a_fit_seed_axis_and_its_dry_run_knows_each(tmp_path, one_thread):
+    trials = grid("protonet", "synthetic", out=tmp_path, ways="3", queries="2", episodes="4", budgets="2",
+                  seeds="0,1", fit_seeds="0,2")
+    assert [t.summary for t in trials] == ["protonet synthetic/3w1s seed 0 budget 2",
+                                           "protonet synthetic/3w1s seed 0 fit 2 budget 2",
+                                           "protonet synthetic/3w1s seed 1 budget 2",
+                                           "protonet synthetic/3w1s seed 1 fit 2 budget 2"]
+    assert [t.spec.fit_seed for t in trials] == [0, 2, 0, 2]
+    assert "--fit-seed" not in trials[0].spec.command and " --seed 0 --fit-seed 2 --budget 2 " in trials[1].spec.command
+    assert not matches(trials[1].key, trials[0].key) and matches(trials[1].key, trials[0].key, any_seed=True)
+
+    run(dataclasses.replace(trials[0].spec, device="cpu", progress=False, data_root=str(tmp_path / "data")))
+    assert existing(trials[0]) is not None and existing(trials[1]) is None  # a result counts for its fit seed only
+    result = CliRunner().invoke(main, ["sweep", "--method", "protonet", *TINY, "--fit-seed", "0,2", "--out",
+                                       str(tmp_path), "--data-root", str(tmp_path / "data"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("[1/2] protonet synthetic/3w1s seed 0 budget 2: skip, result exists (")
+    assert lines[1].startswith("[2/2] protonet synthetic/3w1s seed 0 fit 2 budget 2: run, expected ")
+    assert "--fit-seed 2 --budget 2" in lines[2] and lines[-1].startswith("1 of 2 trial(s) to run")
+
+    plan = tmp_path / "sweep.toml"  # a sweep file: every entry once per fit seed
+    plan.write_text('budget = "2"\n[[settings]]\ndataset = "synthetic"\nways = 3\nepisodes = 4\n'
+                    'entries = [{method = "protonet"}]\n')
+    assert [t.spec.fit_seed for t in from_file(plan, tmp_path, fit_seeds=[0, 1, 2])] == [0, 1, 2]
+
+
+def test_official_fills_each_row_once_per_fit_seed(tmp_path):
+    chosen = load_plan().select("omniglot", "20w1s")
+    where = folder(tmp_path, "omniglot", "20w1s")
+    put_result(where, result_doc("protonet", [0.5, 0.75], dataset="omniglot", ways=20, queries=1))
+    put_result(where, result_doc("matchingnet", [0.5, 0.75], dataset="omniglot", ways=20, queries=1, fit_seed=1))
+    rows = [(e.label, f) for _, e, f in missing_runs(tmp_path, chosen, (0, 1))]
+    labels = [e.label for e in chosen[0].entries]
+    assert rows == [(n, 0) for n in labels if n != "protonet"] + [(n, 1) for n in labels if n != "matchingnet"]
+    assert [e.label for _, e in missing(tmp_path, chosen)] == [n for n in labels if n != "protonet"]
+    result = CliRunner().invoke(main, ["official", "--leaderboards", str(tmp_path), "--dataset", "omniglot",
+                                       "--setting", "20w1s", "--fit-seeds", "0,1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(rows)} row(s) missing in omniglot/20w1s at fit seeds 0, 1" in result.output
+    assert "] protonet on omniglot/20w1s fit seed 1\n" in result.output
+    assert "--ways 20 --shots 1 --fit-seed 1 --budget quick" in result.output
