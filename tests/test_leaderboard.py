@@ -47,7 +47,7 @@ def test_ranked_table_has_paired_difference_speed_and_device(board):
     [g] = load(board, "synthetic", "5w1s")[:1]
     table = frame(g)
     assert list(table["method"]) == ["good", "worse"] and list(table["rank"]) == [1, 2]
-    mean, ci, p = paired(g.entries[1].doc, g.entries[0].doc)
+    mean, ci, p = paired(g.rows[1], g.rows[0])
     assert mean == pytest.approx(-0.28) and ci > 0 and p < 0.05
     assert table["vs best (paired)"][1].startswith("-0.2800 ± ") and table["vs best (paired)"][1].endswith(", *)")
     # good: steps 0, 1, 2 at 0.2, 0.86, 0.92 (final); 95 % of 0.92 = 0.874 -> step 2; 90 % = 0.828 -> step 1

@@ -1,8 +1,10 @@
 """Side-by-side tables of result files: methods ranked on the very same episodes or transfer trials.
 
 Results are grouped as the leaderboard groups them (dataset, setting, ``episodes_sha``, schema
-version): only results scored on identical draws are ranked together, and each row shows its paired
-difference to the best of its group, which is what says whether two methods differ.
+version): only results scored on identical draws are ranked together, the results of one configuration that
+differ only by their training seed make one row (mean over the seeds, CI with the variance between them),
+and each row shows its paired difference to the best of its group, which is what says whether two methods
+differ.
 """
 
 from __future__ import annotations

@@ -2,25 +2,30 @@
 
 Results are ranked together only when they were scored on the very same draws under the same
 result schema: the group key is (dataset, setting, ``episodes_sha``, ``schema_version``). Within a
-group rows are ranked by mean accuracy; each row carries its paired difference to the best row over
-the shared episodes (mean, 95 % CI and a two-sided p-value from the normal approximation), its
-adaptation speed (the first reported adaptation step whose mean accuracy reaches ``fraction`` of
+group, the results of one configuration that differ only by their training seed (``fit.seed``) form
+one :class:`Row` (see :func:`configuration`): its accuracy is the mean over the seeds, with a 95 % CI
+that counts the variance between seeds as well as between episodes
+(:func:`mtbench.core.metrics.seed_mean_ci95`; one seed: the episode CI of the result). Rows are ranked
+by mean accuracy; each carries its paired difference to the best row over the shared episodes (mean,
+95 % CI with both rows' seed variance, two-sided p-value: :func:`mtbench.core.metrics.paired_seed_difference`),
+its adaptation speed (the first reported adaptation step whose mean accuracy reaches ``fraction`` of
 the row's final accuracy, and the milliseconds ``adapt`` took to get there), fit time and
-throughput, peak memory and the device it ran on.
+throughput, peak memory and the device it ran on (timings: means per fit over the row's seeds).
 """
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from mtbench.core.errors import UserError
-from mtbench.core.metrics import Z95, mean_ci95
+from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci95
 from mtbench.results import setting_name
 from mtbench.results.layout import leaderboard_files
 from mtbench.results.screen import LeftOut, left_out_note, screen
@@ -35,15 +40,109 @@ class Entry:
     doc: dict[str, Any]
 
 
+def fit_seed(doc: dict[str, Any]) -> int:
+    """The training seed of a result (``fit.seed``; before it was recorded, the fit was seeded by the protocol's)."""
+    return doc["fit"].get("seed", doc["protocol"]["seed"])
+
+
+def _recipe(init: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A checkpoint by how it was made (method, hparams, data, budget...), not by its bytes: another seed of
+    the first stage gives another file."""
+    if init is None:
+        return None
+    kept = {k: v for k, v in init.items() if k not in ("path", "sha256", "fit_seconds", "git_commit", "init")}
+    return {**kept, "init": _recipe(init["init"])}
+
+
+def configuration(doc: dict[str, Any]) -> str:
+    """What the results of one leaderboard row share, everything that ran but the training seed: the method
+    (name, version, variant, hparams), dataset and source, the protocol with its draws, the budget's name and
+    iterations, the checkpoint's recipe, the submitted file, precision, compilation, and the device (with its
+    threads) the timings come from."""
+    prov, sub = doc["provenance"], doc["submission"]
+    return json.dumps({
+        "method": doc["method"], "dataset": doc["dataset"], "source": doc["source"], "protocol": doc["protocol"],
+        "budget": doc["budget"], "init": _recipe(doc["init"]), "submission": sub and sub["source_sha256"],
+        "precision": prov["precision"], "compile": prov["compile"], "device": device(doc),
+    }, sort_keys=True)
+
+
+@dataclass(eq=False)
+class Row:
+    """One leaderboard row: the results of one :func:`configuration` with distinct training seeds, by seed."""
+
+    entries: list[Entry]
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        """The first seed's result: what the row's results share (method, data, budget, device...)."""
+        return self.entries[0].doc
+
+    @property
+    def path(self) -> Path:
+        return self.entries[0].path
+
+    @property
+    def seeds(self) -> list[int]:
+        return [fit_seed(e.doc) for e in self.entries]
+
+    def table(self) -> list[list[float]]:
+        """The per-episode accuracies, a row per seed (the same episodes in each)."""
+        return [e.doc["accuracy"]["per_episode"] for e in self.entries]
+
+    @cached_property
+    def accuracy(self) -> Interval:
+        """Mean over seeds and episodes, and its 95 % CI (:func:`mtbench.core.metrics.seed_mean_ci95`)."""
+        return seed_mean_ci95(self.table())
+
+    def shape(self) -> str:
+        """``3 seeds × 600 episodes``; ``1 seed × 600 episodes (single-seed)`` for one fit (transfer: trials)."""
+        n, what = len(self.entries), "trials" if self.doc["protocol"]["kind"] == "transfer" else "episodes"
+        return (f"{n} seeds × {len(self.table()[0])} {what}" if n > 1
+                else f"1 seed × {len(self.table()[0])} {what} (single-seed)")
+
+    def mean_of(self, value: Callable[[dict[str, Any]], float]) -> float:
+        """The mean of ``value(doc)`` over the row's results (a timing per fit)."""
+        return sum(value(e.doc) for e in self.entries) / len(self.entries)
+
+    def curve(self) -> tuple[list[int], list[float], list[float]]:
+        """Adaptation steps, mean accuracy and cumulative ms inside ``adapt`` at each, averaged over the seeds."""
+        docs = [e.doc for e in self.entries]
+        steps = [s["step"] for s in docs[0]["accuracy"]["by_step"]]
+        acc = [sum(d["accuracy"]["by_step"][i]["mean"] for d in docs) / len(docs) for i in range(len(steps))]
+        ms = [sum(d["adaptation"]["ms_by_step"][i] for d in docs) / len(docs) for i in range(len(steps))]
+        return steps, acc, ms
+
+
+def rows(entries: list[Entry]) -> list[Row]:
+    """``entries`` as leaderboard rows: one row per :func:`configuration`, holding one result per training seed.
+    A seed that repeats (a re-run of the same configuration and seed that scored differently, e.g. at another
+    commit) opens a further row of that configuration: each result, oldest first, joins the first row
+    without its seed. Rows come in no particular order."""
+    by_config: dict[str, list[list[Entry]]] = {}
+    for e in sorted(entries, key=lambda e: (e.doc["provenance"]["timestamp"], e.path.name)):
+        found = by_config.setdefault(configuration(e.doc), [])
+        row = next((r for r in found if fit_seed(e.doc) not in {fit_seed(x.doc) for x in r}), None)
+        if row is None:
+            found.append(row := [])
+        row.append(e)
+    return [Row(sorted(r, key=lambda e: (fit_seed(e.doc), e.path.name))) for rs in by_config.values() for r in rs]
+
+
 @dataclass
 class Group:
-    """Results that share their draws: ``entries`` ranked best first."""
+    """Results that share their draws: ``rows`` ranked best first."""
 
     dataset: str
     setting: str
     sha: str
     schema: int
-    entries: list[Entry]
+    rows: list[Row]
+
+    @property
+    def entries(self) -> list[Entry]:
+        """Every result of the group, row by row."""
+        return [e for r in self.rows for e in r.entries]
 
     @property
     def title(self) -> str:
@@ -62,8 +161,8 @@ def group(results: list[tuple[Path, dict[str, Any]]]) -> list[Group]:
         groups.setdefault(key, []).append(Entry(Path(path), doc))
     out = []
     for key, entries in sorted(groups.items()):
-        entries.sort(key=lambda e: (-e.doc["accuracy"]["mean"], e.path.name))
-        out.append(Group(*key, entries))
+        ranked = sorted(rows(entries), key=lambda r: (-r.accuracy.mean, r.path.name))
+        out.append(Group(*key, ranked))
     return out
 
 
@@ -106,28 +205,33 @@ def load(root: Path, dataset: str | None = None, setting: str | None = None) -> 
     return shown(root, dataset, setting).groups
 
 
-def paired(doc: dict[str, Any], best: dict[str, Any]) -> tuple[float, float, float]:
-    """Mean and 95 % CI half-width of ``doc``'s per-episode accuracy minus ``best``'s, and the two-sided p-value
-    of a zero mean difference (normal approximation; 1.0 when every difference is 0)."""
-    diff = [a - b for a, b in zip(doc["accuracy"]["per_episode"], best["accuracy"]["per_episode"])]
-    mean, ci = mean_ci95(diff)
-    if ci == 0:
-        return mean, ci, 1.0 if mean == 0 else 0.0
-    z = mean / (ci / Z95)
-    return mean, ci, math.erfc(abs(z) / math.sqrt(2))
+def paired(row: Row, best: Row) -> tuple[float, float, float]:
+    """``row``'s mean accuracy minus ``best``'s over their shared episodes, the 95 % CI half-width and the
+    two-sided p-value of a zero difference: the paired episode differences of the seed-averaged accuracies,
+    plus each row's seed variance (:func:`mtbench.core.metrics.paired_seed_difference`; between two
+    single-seed rows, the normal approximation over episodes; 1.0 when every difference is 0)."""
+    d = paired_seed_difference(row.table(), best.table())
+    return d.mean, d.ci95, d.p_value()
 
 
-def adaptation_speed(doc: dict[str, Any], fraction: float = FRACTION) -> tuple[int, float]:
-    """(step, ms): the first reported adaptation step whose mean accuracy reaches ``fraction`` of the final
-    accuracy, and the cumulative time inside ``adapt`` up to it."""
-    by_step, ms = doc["accuracy"]["by_step"], doc["adaptation"]["ms_by_step"]
-    target = fraction * doc["accuracy"]["mean"]
-    i = next(i for i, s in enumerate(by_step) if s["mean"] >= target - 1e-12)
-    return by_step[i]["step"], ms[i]
+def adaptation_speed(item: Row | dict[str, Any], fraction: float = FRACTION) -> tuple[int, float]:
+    """(step, ms) of a row (its curve averaged over the seeds) or of one result: the first reported adaptation
+    step whose mean accuracy reaches ``fraction`` of the final accuracy, and the cumulative time inside
+    ``adapt`` up to it."""
+    row = item if isinstance(item, Row) else Row([Entry(Path(), item)])
+    steps, acc, ms = row.curve()
+    target = fraction * acc[-1]
+    i = next(i for i, a in enumerate(acc) if a >= target - 1e-12)
+    return steps[i], ms[i]
 
 
 def peak_mib(doc: dict[str, Any]) -> float:
     return max(doc["fit"]["peak_memory_bytes"], doc["evaluation"]["peak_memory_bytes"]) / MIB
+
+
+def _fit_seconds(doc: dict[str, Any]) -> float:
+    """The fit's wall time, a pipeline's first stage included."""
+    return doc["fit"]["seconds"] + (doc["init"]["fit_seconds"] if doc["init"] else 0.0)
 
 
 def device(doc: dict[str, Any]) -> str:
@@ -145,10 +249,20 @@ def budget(doc: dict[str, Any]) -> str:
     return f"{name}{' (CPU)' if cpu and b['name'] == 'quick' else ''}"
 
 
-def reproduced(doc: dict[str, Any]) -> str:
+def reproduced(item: Row | dict[str, Any]) -> str:
     """Whether ``mtbench reproduce --record`` re-ran the result and got its numbers back: the latest verdict, its
-    date and how many re-runs were recorded; ``-`` when none was."""
-    runs = doc["reproduced"]
+    date and how many re-runs were recorded; ``-`` when none was. For a row of several seeds, how many of its
+    fits have a latest re-run that reproduced (``2 of 3 fits yes``) and how many one that differed."""
+    if isinstance(item, Row):
+        if len(item.entries) == 1:
+            return reproduced(item.doc)
+        latest = [e.doc["reproduced"][-1]["verdict"] for e in item.entries if e.doc["reproduced"]]
+        if not latest:
+            return "-"
+        yes = latest.count("REPRODUCED")
+        differs = f", {len(latest) - yes} DIFFERS" if len(latest) > yes else ""
+        return f"{yes} of {len(item.entries)} fits yes{differs}"
+    runs = item["reproduced"]
     if not runs:
         return "-"
     last = runs[-1]
@@ -157,34 +271,33 @@ def reproduced(doc: dict[str, Any]) -> str:
 
 
 def frame(g: Group, fraction: float = FRACTION) -> pd.DataFrame:
-    """The group's ranked table as display strings, one row per result file."""
+    """The group's ranked table as display strings, one row per :class:`Row` (its files listed by seed)."""
     from mtbench.board.labels import label
 
-    best = g.entries[0].doc
-    rows = []
-    for rank, e in enumerate(g.entries, 1):
-        doc = e.doc
-        acc, fit = doc["accuracy"], doc["fit"]
-        d_mean, d_ci, p = paired(doc, best)
-        step, ms = adaptation_speed(doc, fraction)
-        init_s = doc["init"]["fit_seconds"] if doc["init"] else 0.0
-        rows.append({
+    best = g.rows[0]
+    out = []
+    for rank, row in enumerate(g.rows, 1):
+        doc = row.doc
+        d_mean, d_ci, p = paired(row, best)
+        step, ms = adaptation_speed(row, fraction)
+        out.append({
             "rank": rank,
             "method": label(doc) + (" [submission]" if doc["submission"] else ""),
-            "accuracy ± 95% CI": f"{acc['mean']:.4f} ± {acc['ci95']:.4f}",
+            "accuracy ± 95% CI": f"{row.accuracy.mean:.4f} ± {row.accuracy.ci95:.4f}",
+            "seeds × episodes": row.shape(),
             "vs best (paired)": "-" if rank == 1 else f"{d_mean:+.4f} ± {d_ci:.4f} (p={p:.2g}{', *' if p < 0.05 else ''})",
             f"step to {fraction:.0%}": step,
             f"ms to {fraction:.0%}": f"{ms:.1f}",
-            "fit s": f"{fit['seconds'] + init_s:.0f}",
-            "fit tasks/s": f"{fit['tasks_per_s']:.1f}" if fit["iterations"] else "-",
-            "eval episodes/s": f"{doc['evaluation']['tasks_per_s']:.1f}",
-            "peak MiB": f"{peak_mib(doc):.0f}",
+            "fit s": f"{row.mean_of(_fit_seconds):.0f}",
+            "fit tasks/s": f"{row.mean_of(lambda d: d['fit']['tasks_per_s']):.1f}" if doc["fit"]["iterations"] else "-",
+            "eval episodes/s": f"{row.mean_of(lambda d: d['evaluation']['tasks_per_s']):.1f}",
+            "peak MiB": f"{max(peak_mib(e.doc) for e in row.entries):.0f}",
             "device": device(doc),
             "budget": budget(doc),
-            "reproduced": reproduced(doc),
-            "file": e.path.name,
+            "reproduced": reproduced(row),
+            "file": ", ".join(e.path.name for e in row.entries),
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(out)
 
 
 def _pipes(text: str) -> str:
@@ -201,10 +314,15 @@ def markdown(frame: pd.DataFrame, cell: Callable[[str], str] = _pipes) -> str:
     return "\n".join(lines)
 
 
-LEGEND = ("vs best: paired difference to rank 1 over the same episodes/trials, mean ± 95% CI, p from the normal "
-          "approximation; * = significant at 5%. step/ms to {f:.0%}: the first reported adaptation step whose mean "
+LEGEND = ("A row is every result of one configuration (method, hparams, data, protocol and draws, budget and "
+          "iterations, checkpoint recipe, precision, device) that differs only by the training seed: accuracy is the "
+          "mean over its seeds, its 95% CI counts the variance between seeds as well as between episodes; a "
+          "single-seed row's CI covers the test episodes only. vs best: paired difference to rank 1 over the same "
+          "episodes/trials, mean ± 95% CI with both rows' seed variance (none for a single-seed row), p from the "
+          "normal approximation (Student t with several seeds); * = significant at 5%. step/ms to {f:.0%}: the first reported adaptation step whose mean "
           "accuracy reaches {f:.0%} of the final accuracy, and the time inside adapt to get there. fit s includes the "
-          "first stage of a pipeline. peak MiB: the larger of fit and evaluation (GPU: allocated; CPU: process RSS). "
+          "first stage of a pipeline; timings are means per fit over a row's seeds. peak MiB: the larger of fit and "
+          "evaluation, the largest over the seeds (GPU: allocated; CPU: process RSS). "
           "(CPU) marks a quick-budget row run on the CPU. reproduced: the latest re-run recorded by mtbench reproduce "
           "--record (yes: its per-episode accuracies came back), - when none was.")
 

@@ -1,7 +1,9 @@
 """The report's leaderboard pages: one per ``leaderboards/<dataset>/<setting>/`` folder of results.
 
-Each page shows every rankable group of the folder (:mod:`mtbench.board.leaderboard`) as its ranked table
-(HTML: ``<table class="leaderboard">``, one ``<tr data-file="...">`` per result file) and three
+Each page shows every rankable group of the folder (:mod:`mtbench.board.leaderboard`) as its ranked table,
+a row per configuration over its training seeds (HTML: ``<table class="leaderboard">``, each
+``<tr data-file="...">`` naming the row's first file; the fits of the rows over several seeds get a
+table of the same class, a ``<tr data-file>`` per file, so every result file has a row) and three
 figures: accuracy with its 95 % CI, adaptation curves (accuracy against the adaptation step and
 against the time inside ``adapt``), and accuracy against evaluation throughput. The official plan's
 rows that have no result yet are listed with the command that runs them, and every result's
@@ -50,9 +52,10 @@ def _short_device(doc: dict[str, Any]) -> str:
 
 
 def _names(g: lb.Group) -> list[str]:
-    """A figure label per row: rank, method, device (the rank keeps two runs of one method apart)."""
-    return [f"{i}. {label(e.doc)}{' [submission]' if e.doc['submission'] else ''} ({_short_device(e.doc)})"
-            for i, e in enumerate(g.entries, 1)]
+    """A figure label per row: rank, method, device, seeds when several (the rank keeps two runs of one method
+    apart)."""
+    return [f"{i}. {label(r.doc)}{' [submission]' if r.doc['submission'] else ''} ({_short_device(r.doc)}"
+            f"{f', {len(r.entries)} seeds' if len(r.entries) > 1 else ''})" for i, r in enumerate(g.rows, 1)]
 
 
 def _accuracy_figure(g: lb.Group) -> tuple[Callable[[Any], None], tuple[float, float]]:
@@ -60,12 +63,11 @@ def _accuracy_figure(g: lb.Group) -> tuple[Callable[[Any], None], tuple[float, f
 
     def draw(fig: Any) -> None:
         ax = fig.subplots()
-        for i, e in enumerate(g.entries):
-            acc = e.doc["accuracy"]
-            ax.errorbar(acc["mean"], i, xerr=acc["ci95"], fmt="o", color=_color(i, len(names)), capsize=3)
+        for i, r in enumerate(g.rows):
+            ax.errorbar(r.accuracy.mean, i, xerr=r.accuracy.ci95, fmt="o", color=_color(i, len(names)), capsize=3)
         ax.set_yticks(range(len(names)), names)
         ax.set_ylim(len(names) - 0.5, -0.5)
-        ax.set_xlabel("accuracy (mean and 95% CI over the shared episodes)")
+        ax.set_xlabel("accuracy (mean and 95% CI over the shared episodes and the row's seeds)")
         ax.set_title(f"Accuracy, {g.dataset} {g.setting}")
         ax.grid(axis="x", alpha=0.3)
 
@@ -77,12 +79,10 @@ def _adaptation_figure(g: lb.Group) -> Callable[[Any], None]:
 
     def draw(fig: Any) -> None:
         by_step, by_time = fig.subplots(1, 2)
-        for i, e in enumerate(g.entries):
-            steps = e.doc["accuracy"]["by_step"]
-            ms = e.doc["adaptation"]["ms_by_step"]
-            acc = [s["mean"] for s in steps]
+        for i, r in enumerate(g.rows):
+            steps, acc, ms = r.curve()
             style = {"marker": "o", "markersize": 3, "color": _color(i, len(names)), "label": names[i]}
-            by_step.plot([s["step"] for s in steps], acc, **style)
+            by_step.plot(steps, acc, **style)
             by_time.plot([max(t, 1e-3) for t in ms], acc, **style)
         by_step.set_xscale("symlog", linthresh=1)
         by_step.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
@@ -106,14 +106,14 @@ def _throughput_figure(g: lb.Group) -> Callable[[Any], None]:
 
     def draw(fig: Any) -> None:
         ax = fig.subplots()
-        for i, e in enumerate(g.entries):
-            rate = e.doc["evaluation"]["tasks_per_s"]
-            acc = e.doc["accuracy"]
+        for i, r in enumerate(g.rows):
+            rate = r.mean_of(lambda d: d["evaluation"]["tasks_per_s"])
+            acc = r.accuracy
             if not (math.isfinite(rate) and rate > 0):
                 continue
-            ax.errorbar(rate, acc["mean"], yerr=acc["ci95"], fmt="o", color=_color(i, len(names)), capsize=3,
+            ax.errorbar(rate, acc.mean, yerr=acc.ci95, fmt="o", color=_color(i, len(names)), capsize=3,
                         label=names[i])
-            ax.annotate(str(i + 1), (rate, acc["mean"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            ax.annotate(str(i + 1), (rate, acc.mean), textcoords="offset points", xytext=(4, 3), fontsize=7)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -127,15 +127,32 @@ def _throughput_figure(g: lb.Group) -> Callable[[Any], None]:
 
 
 def _provenance(g: lb.Group) -> pd.DataFrame:
+    """A line per result file: its row's rank, its training seed and where it came from."""
     rows = []
-    for i, e in enumerate(g.entries, 1):
-        prov, sub = e.doc["provenance"], e.doc["submission"]
-        commit = (prov["git_commit"] or "unknown")[:10] + (" (dirty)" if prov["git_dirty"] else "")
-        rows.append({"rank": i, "file": e.path.name, "commit": commit, "torch": prov["torch"],
-                     "precision": prov["precision"], "when (UTC)": prov["timestamp"],
-                     "submission sha256": sub["source_sha256"][:16] if sub else "-",
-                     "command": prov["command"] or "-"})
+    for i, r in enumerate(g.rows, 1):
+        for e in r.entries:
+            prov, sub = e.doc["provenance"], e.doc["submission"]
+            commit = (prov["git_commit"] or "unknown")[:10] + (" (dirty)" if prov["git_dirty"] else "")
+            rows.append({"rank": i, "file": e.path.name, "fit seed": lb.fit_seed(e.doc), "commit": commit,
+                         "torch": prov["torch"], "precision": prov["precision"], "when (UTC)": prov["timestamp"],
+                         "submission sha256": sub["source_sha256"][:16] if sub else "-",
+                         "command": prov["command"] or "-"})
     return pd.DataFrame(rows)
+
+
+def _fits(g: lb.Group) -> list[Block]:
+    """The fits of the group's rows over several seeds, each with its own accuracy (CI over the episodes)."""
+    many = [(i, r) for i, r in enumerate(g.rows, 1) if len(r.entries) > 1]
+    if not many:
+        return []
+    fits = [(i, r, e) for i, r in many for e in r.entries]
+    frame = pd.DataFrame([{"rank": i, "method": label(e.doc), "fit seed": lb.fit_seed(e.doc),
+                           "accuracy ± 95% CI (episodes)": f"{e.doc['accuracy']['mean']:.4f} ± "
+                                                           f"{e.doc['accuracy']['ci95']:.4f}",
+                           "file": e.path.name} for i, r, e in fits])
+    return [Heading("Fits of the rows over several seeds", 3),
+            Para(("Each training seed's own result; the row above averages them.",)),
+            Table(frame, css="leaderboard", keys=tuple(e.path.name for _, _, e in fits))]
 
 
 def _missing(leaderboards: Path, dataset: str, setting: str) -> list[Block]:
@@ -174,14 +191,15 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
     if not groups:
         return Built(f"no valid result{left}", [Para(("No file in ", Code(f"leaderboards/{dataset}/{setting}/"),
                                                       " is a valid result.")), *_left_out(found.left_out)])
-    best = max((g.entries[0] for g in groups), key=lambda e: e.doc["accuracy"]["mean"])
-    acc = best.doc["accuracy"]
-    summary = (f"{n} result{'s' * (n > 1)}; best {label(best.doc)} {acc['mean']:.4f} ± {acc['ci95']:.4f} "
-               f"({_short_device(best.doc)}){left}")
+    best = max((g.rows[0] for g in groups), key=lambda r: r.accuracy.mean)
+    summary = (f"{n} result{'s' * (n > 1)}; best {label(best.doc)} {best.accuracy.mean:.4f} ± "
+               f"{best.accuracy.ci95:.4f} on {best.shape()}, {_short_device(best.doc)}{left}")
     blocks: list[Block] = [
         Para(("Every result file in ", Code(f"leaderboards/{dataset}/{setting}/"), f" ({n}), ranked by accuracy "
               "on the episodes all of them share: results on other draws, protocols or schema versions form "
-              "tables of their own. Rows come from ", Code("mtbench official"), " (the baselines) and ",
+              "tables of their own. The results of one configuration that differ only by their training seed "
+              "form one row, its mean over the seeds with a CI that counts the variance between seeds; a "
+              "single-seed row's CI covers the test episodes only. Rows come from ", Code("mtbench official"), " (the baselines) and ",
               Code("mtbench submit"), " (outside methods, marked [submission]); the device column says where "
               "each ran, and (CPU) marks a quick-budget run on the CPU. Print the same table with ",
               Code(f"mtbench leaderboard --dataset {dataset} --protocol {setting}"), ".")),
@@ -191,15 +209,16 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
     for g in groups:
         stem = f"{page}-{g.sha[:8]}" if len(groups) > 1 else page
         figures[f"{stem}-accuracy.svg"] = svg(*_accuracy_figure(g))
-        curves = any(e.doc["adaptation"]["steps"] > 1 for e in g.entries)
+        curves = any(r.doc["adaptation"]["steps"] > 1 for r in g.rows)
         if curves:
             figures[f"{stem}-adaptation.svg"] = svg(_adaptation_figure(g), (10.0, 4.0))
         figures[f"{stem}-throughput.svg"] = svg(_throughput_figure(g), (7.0, 4.5))
         blocks += [
             Heading(g.title),
-            Table(lb.frame(g), css="leaderboard", keys=tuple(e.path.name for e in g.entries)),
+            Table(lb.frame(g), css="leaderboard", keys=tuple(r.path.name for r in g.rows)),
             Para((lb.LEGEND.format(f=lb.FRACTION),)),
-            Image(f"{FIGURES}/{stem}-accuracy.svg", f"accuracy with 95% CI of each result, {g.title}"),
+            *_fits(g),
+            Image(f"{FIGURES}/{stem}-accuracy.svg", f"accuracy with 95% CI of each row, {g.title}"),
             Image(f"{FIGURES}/{stem}-adaptation.svg", f"accuracy against adaptation step and time, {g.title}")
             if curves else Para(("No adaptation curves: every method here predicts after a single step.",)),
             Image(f"{FIGURES}/{stem}-throughput.svg", f"accuracy against evaluation episodes per second, {g.title}"),
@@ -211,8 +230,9 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
 
 def overview(leaderboards: Path) -> list[Block]:
     """The index's matrix of the official plan: each method's accuracy in each official setting (the result
-    ``mtbench official`` counts, the newest with that label), or that it has not run yet; nothing when the
-    folder holds no official row at all."""
+    ``mtbench official`` counts, the newest with that label, as the leaderboard row it belongs to: over its
+    training seeds when there are several), or that it has not run yet; nothing when the folder holds no
+    official row at all."""
     from mtbench.board.official import load_plan, present
     from mtbench.results import read_result
 
@@ -221,6 +241,9 @@ def overview(leaderboards: Path) -> list[Block]:
     found = {(s.dataset, s.name): present(folder(leaderboards, s.dataset, s.name), s.budget) for s in plan.settings}
     if not any(found.values()):
         return []
+    board_rows = {path: r for s in plan.settings if found[(s.dataset, s.name)]
+                  for g in lb.board(leaderboards, s.dataset, s.name).groups for r in g.rows for path in
+                  (e.path for e in r.entries)}
     rows, have, total = [], 0, 0
     for name in labels:
         row = {"method": name}
@@ -233,17 +256,19 @@ def overview(leaderboards: Path) -> list[Block]:
                 row[column] = "not run yet" if planned else "-"
                 continue
             have += 1
-            doc = read_result(path)
-            acc = doc["accuracy"]
-            row[column] = f"{acc['mean']:.3f} ± {acc['ci95']:.3f}" + (f" ({_short_device(doc)})"
-                                                                       if doc["provenance"]["device_type"] == "cuda"
-                                                                       else "")
+            shown = board_rows.get(path)
+            doc = shown.doc if shown else read_result(path)
+            mean, ci = ((shown.accuracy.mean, shown.accuracy.ci95) if shown
+                        else (doc["accuracy"]["mean"], doc["accuracy"]["ci95"]))
+            notes = ([_short_device(doc)] if doc["provenance"]["device_type"] == "cuda" else []) + (
+                [f"{len(shown.entries)} seeds"] if shown and len(shown.entries) > 1 else [])
+            row[column] = f"{mean:.3f} ± {ci:.3f}" + (f" ({', '.join(notes)})" if notes else "")
         rows.append(row)
     return [
         Heading("Official leaderboard"),
         Para((f"Accuracy ± 95% CI of every method in every official setting at the {plan.budget} budget ({have} of "
-              f"{total} rows run; a GPU row names its GPU, the others ran on the CPU). Each setting's page ranks "
-              "them with paired differences, adaptation speed and cost. ", Code("mtbench official"),
+              f"{total} rows run; a GPU row names its GPU, the others ran on the CPU; a row over several training seeds "
+              "says how many, the others are single fits: 1 seed). Each setting's page ranks them with paired differences, adaptation speed and cost. ", Code("mtbench official"),
               " runs the missing rows.")),
         Table(pd.DataFrame(rows)),
         Heading("Pages"),

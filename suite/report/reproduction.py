@@ -200,11 +200,12 @@ def rows(leaderboards: Path) -> dict[tuple[str, str], list[Ours]]:
     """Our rows per (dataset, setting), from the leaderboard's groups (:func:`mtbench.board.leaderboard.board`)."""
     found: dict[tuple[str, str], list[Ours]] = {}
     for g in lb.board(leaderboards).groups:
-        for e in g.entries:
-            doc, acc = e.doc, e.doc["accuracy"]
+        for r in g.rows:  # over its training seeds: the mean and seed-aware CI of the leaderboard row
+            doc = r.doc
             found.setdefault((g.dataset, g.setting), []).append(Ours(
-                label(doc), doc["method"]["hparams"], _budget(doc), acc["mean"], acc["ci95"], 1, (e.path.name,),
-                lb.device(doc), doc["provenance"]["timestamp"]))
+                label(doc), doc["method"]["hparams"], _budget(doc), r.accuracy.mean, r.accuracy.ci95, len(r.entries),
+                tuple(e.path.name for e in r.entries), lb.device(doc),
+                max(e.doc["provenance"]["timestamp"] for e in r.entries)))
     return found
 
 
