@@ -108,8 +108,8 @@ class DANN(FeatureExtract):
             pretrain_classifier(self.backbone, head, ctx, hp.batch_size, hp.lr,
                                 f"{self.name}: source-only training on {ctx.source.num_classes} source classes")
             return
-        modules = nn.ModuleList([self.backbone, head, self.discriminator]).train()
-        opt = torch.optim.Adam(modules.parameters(), lr=hp.lr)
+        modules = ctx.track(nn.ModuleList([self.backbone, head, self.discriminator]).train())  # the head is the fit's
+        opt = ctx.track(torch.optim.Adam(modules.parameters(), lr=hp.lr))
         n, b = ctx.source.images.shape[0], hp.batch_size
         is_target = torch.cat([torch.zeros(b), torch.ones(b)]).to(ctx.device)  # domain labels, made once
         for it in ctx.loop(f"{self.name}: DANN training on {ctx.source.num_classes} source classes"):

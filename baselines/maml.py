@@ -180,7 +180,7 @@ class MAML(Method):
         model = self._build(spec.ways)
         model.train()
         queries = hp.train_queries or spec.shots
-        opt = capturable_adam(model.parameters(), hp.meta_lr, ctx.device)
+        opt = ctx.track(capturable_adam(model.parameters(), hp.meta_lr, ctx.device))
         labels = torch.arange(spec.ways, device=ctx.device)
         sy = labels.repeat_interleave(spec.shots).expand(hp.meta_batch, -1)
         qy = labels.repeat_interleave(queries).expand(hp.meta_batch, -1)

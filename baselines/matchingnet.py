@@ -124,7 +124,7 @@ class MatchingNet(Method):
         hp = self.hparams
         ways = min(hp.train_ways or ctx.spec.ways, ctx.source.num_classes)
         shots = ctx.spec.shots
-        opt = torch.optim.Adam(self.net.parameters(), lr=hp.lr)
+        opt = ctx.track(torch.optim.Adam(self.net.parameters(), lr=hp.lr))
         self.net.train()
         for _ in ctx.loop(f"matchingnet {ways}-way training"):
             idx = sample_indices(ctx.source, ways, shots + hp.train_queries, ctx.generator)[0]

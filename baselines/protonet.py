@@ -108,7 +108,7 @@ class ProtoNet(Method):
             head = make_head("linear", self.backbone.out_features, ctx.source.num_classes, ctx.generator)
             pretrain_classifier(self.backbone, head, ctx, hp.pretrain_batch, hp.pretrain_lr,
                                 f"protonet pre-training on {ctx.source.num_classes} classes", steps=hp.pretrain_steps)
-        opt = capturable_adam(self.backbone.parameters(), hp.lr, ctx.device)
+        opt = ctx.track(capturable_adam(self.backbone.parameters(), hp.lr, ctx.device))
         n_support = ways * shots
         self.backbone.train()
 

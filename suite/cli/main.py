@@ -13,7 +13,7 @@ import click
 from mtbench import __version__
 from mtbench.cli import board as boardcmd
 from mtbench.cli import sweep as sweepcmd
-from mtbench.cli.options import run_options, run_spec, summary, user_errors
+from mtbench.cli.options import resume_options, run_options, run_spec, summary, user_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -55,6 +55,7 @@ def ls(kind: str | None) -> None:
               help="fp32, or bf16: fit and evaluation under torch.autocast to bfloat16.")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
               help="Compile the method's networks with torch.compile (not for maml or reptile).")
+@resume_options
 @user_errors
 def run_cmd(method: str, dataset: str, source: str | None, out: str, init: str | None, save: str | None,
             precision: str, compile_: bool, **options: Any) -> None:

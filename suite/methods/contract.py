@@ -47,7 +47,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,7 @@ from mtbench.core.errors import UserError
 from mtbench.core.registry import Registry
 
 Predictor = Callable[[Tensor], Tensor]
+_T = TypeVar("_T")
 
 
 def at_step(step: int, predictor: Predictor) -> Predictor:
@@ -68,6 +69,18 @@ def at_step(step: int, predictor: Predictor) -> Predictor:
     """
     predictor.step = step  # type: ignore[attr-defined]
     return predictor
+
+
+class FitHook(typing.Protocol):
+    """What the run layer plugs into a fit to save and resume it (``mtbench run --checkpoint-every / --resume``,
+    :mod:`mtbench.run.resume`); :meth:`FitContext.loop` calls it, a method never does."""
+
+    def start(self, ctx: FitContext, stage: int, total: int) -> int:
+        """A loop of ``total`` iterations begins (the ``stage``-th of the fit): the iteration to start from
+        (``total`` skips a loop a resumed fit had finished; the saved state is restored in the loop it was saved in)."""
+
+    def boundary(self, ctx: FitContext, stage: int, iteration: int) -> None:
+        """Iterations ``0 .. iteration - 1`` of the loop are done and the next has not begun: the state is whole."""
 
 
 @dataclass
@@ -84,6 +97,16 @@ class FitContext:
         unlabelled: target-domain images without their labels (the dataset's ``unlabelled_split``,
             one class named ``unlabelled``), or ``None``; never the evaluation images.
         notes: what the fit wants the result to say (``note``), e.g. a fallback it took.
+        hook: set by the run layer to save the fit's state at iteration boundaries and resume it; ``None``
+            leaves :meth:`loop` a plain range.
+        tracked: the fit's state outside the method's modules, registered with :meth:`track`.
+        stage: how many loops the fit has entered so far.
+        in_loop: inside an iteration of :meth:`loop` (the run layer defers Ctrl-C to its end).
+
+    A fit that can be saved and resumed draws only from ``generator`` (or generators it :meth:`track` s),
+    runs its iterations in :meth:`loop` (one or more loops in a fixed order, e.g. pre-training then
+    episodes), keeps its learned state in the method's modules and registers everything else that
+    lives across iterations with :meth:`track` (optimisers, LR schedulers, a head trained then dropped).
     """
 
     source: Split
@@ -96,11 +119,37 @@ class FitContext:
     tasks: int = 0
     images: int = 0
     notes: list[str] = field(default_factory=list)
+    hook: FitHook | None = None
+    tracked: list[Any] = field(default_factory=list)
+    stage: int = 0
+    in_loop: bool = False
+
+    def track(self, obj: _T) -> _T:
+        """Register state of the fit that is not a module of the method, so that a saved fit keeps it: an
+        optimiser or LR scheduler (``state_dict``), a local ``nn.Module`` (a pre-training head), another
+        ``torch.Generator`` (``get_state``). Returns ``obj``: ``opt = ctx.track(torch.optim.Adam(...))``."""
+        if not (hasattr(obj, "state_dict") or isinstance(obj, torch.Generator)):
+            raise TypeError(f"ctx.track takes an object with state_dict() or a torch.Generator, not {type(obj).__name__}")
+        self.tracked.append(obj)
+        return obj
 
     def loop(self, desc: str, steps: int | None = None) -> Iterator[int]:
-        """Iterate over ``range(iterations)`` (or ``range(steps)``, for a stage of its own) with a progress bar."""
-        yield from tqdm(range(self.iterations if steps is None else steps), desc=desc, unit="it", disable=not self.progress,
-                        mininterval=1.0, dynamic_ncols=True)
+        """Iterate over ``range(iterations)`` (or ``range(steps)``, for a stage of its own) with a progress bar;
+        with a :attr:`hook`, from where a resumed fit left off, the state saved at iteration boundaries."""
+        total = self.iterations if steps is None else steps
+        stage, self.stage = self.stage, self.stage + 1
+        first = self.hook.start(self, stage, total) if self.hook is not None else 0
+        self.in_loop = True
+        try:
+            for it in tqdm(range(first, total), desc=desc, unit="it", disable=not self.progress, initial=first,
+                           total=total, mininterval=1.0, dynamic_ncols=True):
+                if self.hook is not None:
+                    self.hook.boundary(self, stage, it)
+                yield it
+            if self.hook is not None:
+                self.hook.boundary(self, stage, total)
+        finally:
+            self.in_loop = False
 
     def count(self, tasks: int, images: int) -> None:
         """Record work done, for the tasks/s and images/s figures."""

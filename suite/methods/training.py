@@ -48,8 +48,8 @@ def pretrain_classifier(backbone: nn.Module, head: nn.Module, ctx: FitContext, b
 
     Adam, cross-entropy, minibatches drawn uniformly (with a CPU generator) from all images.
     """
-    model = nn.Sequential(backbone, head).to(ctx.device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model = ctx.track(nn.Sequential(backbone, head).to(ctx.device).train())  # the head is the fit's, not the method's
+    opt = ctx.track(torch.optim.Adam(model.parameters(), lr=lr))
     n = ctx.source.images.shape[0]
     for _ in ctx.loop(desc, steps):
         idx = torch.randint(n, (batch_size,), generator=ctx.generator).to(ctx.device, non_blocking=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbench.results import write_result
+from mtbench.run.resume import discard
 from mtbench.run.spec import SOURCE_EPISODES, RunSpec, fit_seed
 from mtbench.run.stages import fit, load, record, resolve, score
 
@@ -24,4 +25,5 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     fitted = fit(resolved, loaded)
     doc = record(resolved, loaded, fitted, score(resolved, loaded, fitted))
     path = write_result(doc, Path(spec.out)) if spec.out is not None else None
+    discard(resolved.fit_state)  # the result is written: a saved fit of this run is no longer needed
     return doc, path

@@ -43,6 +43,9 @@ class RunSpec:
             as the result's ``submission`` (``None``: a run of a registered method).
         fit_seed: ``--fit-seed``: seeds every draw of the fit (the method's initial weights, its tasks,
             BatchNorm recalibration), apart from ``episodes.seed``, which fixes the test episodes only.
+        checkpoint_every: ``--checkpoint-every``: save the fit's state under ``out`` every this many minutes
+            (and on Ctrl-C / SIGTERM during the fit), ``None`` for never; see :mod:`mtbench.run.resume`.
+        resume: ``--resume``: continue the fit from the state saved by the same run.
     """
 
     method: str
@@ -64,6 +67,8 @@ class RunSpec:
     submission: dict[str, Any] | None = None
     skip_bad_images: bool = False
     fit_seed: int = 0
+    checkpoint_every: float | None = None
+    resume: bool = False
 
 
 #: the few-shot tasks a method is fitted with on a source domain other than the evaluation's

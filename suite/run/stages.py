@@ -9,6 +9,7 @@ last, by the caller.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from mtbench.data.transforms import to_input
 from mtbench.methods import METHODS, FitContext, Method, make_hparams
 from mtbench.results import SCHEMA_VERSION, provenance
 from mtbench.run.checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
+from mtbench.run import resume
 from mtbench.run.evaluate import evaluate
 from mtbench.run.preflight import (check_cache, check_finite, check_memory, check_structure, readable_data,
                                    writable)
@@ -38,6 +40,7 @@ class Resolved:
 
     Attributes:
         checkpoint: the ``--init`` checkpoint and its sha256, or ``None``.
+        fit_state: where ``--checkpoint-every`` saves the fit and the state ``--resume`` continues, or ``None``.
     """
 
     spec: RunSpec
@@ -48,6 +51,7 @@ class Resolved:
     iterations: int
     device: torch.device
     checkpoint: tuple[dict[str, Any], str] | None
+    fit_state: resume.Plan | None = None
 
     @property
     def cross(self) -> bool:
@@ -77,7 +81,11 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
         writable(spec.out, "--out", folder=True, fix="choose another folder with --out")
     if spec.save:
         writable(spec.save, "--save", folder=False, fix="choose another path with --save")
-    return Resolved(spec, method_cls, dataset_cls, source_cls, hparams, iterations, device, checkpoint)
+    fit_state = None
+    if spec.checkpoint_every is not None or spec.resume:
+        fit_state = resume.plan(spec, resume.identity(spec, method_cls, hparams, dataset_cls, source_cls, iterations,
+                                                      device, checkpoint[1] if checkpoint else None))
+    return Resolved(spec, method_cls, dataset_cls, source_cls, hparams, iterations, device, checkpoint, fit_state)
 
 
 @dataclass(frozen=True)
@@ -205,12 +213,16 @@ def fit(r: Resolved, d: Loaded) -> Fitted:
     if spec.compile:  # in place, after loading: the state_dict keys stay those of the plain modules
         method.compile_modules()
     ctx = FitContext(d.source, d.fit_spec, r.iterations, generator, r.device, spec.progress, d.unlabelled)
+    # --checkpoint-every / --resume: the context's loops save the state and continue a saved one (run/resume.py)
+    state = resume.FitState(r.fit_state, method, ctx, lambda: timer(r.device)) if r.fit_state else None
     reset_peak_memory(r.device)
     start = timer(r.device)
     if r.iterations > 0:
-        with autocast(r.device, spec.precision):
+        with autocast(r.device, spec.precision), state.deferred_signals() if state else contextlib.nullcontext():
             method.fit(ctx)
-    seconds = timer(r.device) - start
+        if state is not None:
+            state.finish()
+    seconds = state.fit_seconds() if state is not None else timer(r.device) - start
     fitted = Fitted(method, init, ctx, seconds, peak_memory(r.device), origin)
     if spec.save:
         save(r, d, fitted, Path(spec.save))
