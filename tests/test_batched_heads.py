@@ -13,6 +13,7 @@ import torch
 from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, make_hparams
+from mtbench.baselines.finetune import BACKBONE_BATCHING
 
 EPISODES = 3
 # few fine-tuning steps: 5 support images in minibatches of 4, 2 passes -> 4 steps, scored at 0, 1, 3 and 4
@@ -44,10 +45,13 @@ def build(name: str, overrides: dict[str, str], shape: tuple[int, int, int]):
     return method
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, chunk, one_thread) -> None:
+@pytest.mark.parametrize("case", [*CASES, "finetune linear whole network, in lockstep"])
+def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, chunk, one_thread, monkeypatch) -> None:
     shape, sx, sy, qx = chunk
-    name, overrides = CASES[case]
+    lockstep = case.endswith(", in lockstep")
+    name, overrides = CASES[case.removesuffix(", in lockstep")]
+    # the backbone copies batched under vmap (what a GPU gets) here too, unless the case is the lockstep
+    monkeypatch.setitem(BACKBONE_BATCHING, "cpu", "loop" if lockstep else "vmap")
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -78,10 +82,12 @@ def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, chunk, one_thread) -
 
 
 @pytest.mark.parametrize("case", ["finetune cosine whole network", "feature-extract logreg", "matchingnet fce"])
-def test_the_evaluator_scores_chunks_as_it_scores_episodes(case, one_thread) -> None:
+def test_the_evaluator_scores_chunks_as_it_scores_episodes(case, one_thread, monkeypatch) -> None:
     """Through :func:`evaluate` (float32): chunks of 3 episodes give every episode the accuracy the per-episode
-    reference gives it, at every step."""
+    reference gives it, at every step (the backbone copies of a whole-network fine-tune batched under vmap)."""
     from mtbench.run.evaluate import evaluate
+
+    monkeypatch.setitem(BACKBONE_BATCHING, "cpu", "vmap")
 
     test = DATASETS.get("synthetic")(progress=False).load("test")
     method = build(*CASES[case], test.image_shape)
