@@ -96,3 +96,22 @@ def test_a_non_finite_episode_of_a_chunk_is_named(one_thread) -> None:
     method.prepare(5)
     with pytest.raises(OutputError, match="NaN or infinite logits on episode 2, adaptation step 1"):
         evaluate(method, EpisodeSet(test, EpisodeSpec(5, 1, 6, 4, seed=1)), progress=False, max_values=10 ** 9)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_scoring_the_last_step_only_gives_the_last_step(batched, one_thread) -> None:
+    """``last_only``: the adaptation runs through every step, only the last predictor is scored, labelled with
+    its step, and its accuracies are those of the full evaluation's last step."""
+    from mtbench.run.evaluate import evaluate
+
+    test = DATASETS.get("synthetic")(progress=False).load("test")
+    cls = METHODS.get("maml")
+    method = cls(make_hparams(cls, "synthetic", {"eval_steps": "2"}, "2"), test.image_shape,
+                 torch.Generator().manual_seed(0), torch.device("cpu"))
+    method.prepare(5)
+    episodes = EpisodeSet(test, EpisodeSpec(5, 1, 6, 4, seed=2))
+    full = evaluate(method, episodes, progress=False, batched=batched)
+    last = evaluate(method, episodes, progress=False, batched=batched, last_only=True)
+    assert [s["step"] for s in last["accuracy"]["by_step"]] == [2]
+    assert last["accuracy"]["per_episode"] == full["accuracy"]["per_episode"]
+    assert last["adaptation"]["steps"] == 1 and last["adaptation"]["ms_per_episode"] > 0

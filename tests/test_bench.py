@@ -26,7 +26,7 @@ def invoke(*args: str):
 def test_bench_prints_a_table_and_writes_json(tmp_path, one_thread):
     out = tmp_path / "out" / "bench.json"
     result = invoke("--device", "cpu", "--meta-batch", "1", "--repeats", "1", "--episodes", "2",
-                    "--data-root", str(tmp_path / "no-data"), "--out", str(out))
+                    "--data-root", str(tmp_path / "no-data"), "--out", str(out), "--evaluation", "maml,scratch")
     assert result.exit_code == 0, result.output
     table = result.stdout
     for column in ("method", "measurement", "tasks/s", "images/s", "ms/step", "peak memory", "device"):
@@ -50,7 +50,7 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, one_thread):
     assert doc["machine"]["device_name"] == prov["device"]
     assert doc["config"]["real_data"] is False and doc["config"]["meta_batches"] == [1]
     rows = {(r["method"], r["measurement"]): r for r in doc["measurements"]}
-    assert len(rows) == len(doc["measurements"]) == 8
+    assert len(rows) == len(doc["measurements"]) == 14
     for row in rows.values():
         assert row["device"] == "cpu" and len(row["seconds"]) == 1
         assert row["tasks_per_s"] > 0 and row["images_per_s"] > 0 and row["peak_memory_bytes"] > 0
@@ -64,10 +64,44 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, one_thread):
         == rows[("maml-bmm", "meta-step")]["images_per_step"] == per_task
     assert rows[("maml-bmm", "meta-step")]["config"]["hparams"]["task_batching"] == "bmm"
     assert rows[("maml-loop", "meta-step")]["config"]["hparams"]["cuda_graph"] is False
-    assert set(doc["ratios"]["maml_over_loop"]) == {"bmm", "vmap"}
+    assert set(doc["ratios"]["maml_over_loop"]) == {"bmm", "vmap", "auto"}
+    # the learn2learn-style peer: the same tasks and images per meta-step, and its evaluation of the same episodes
+    assert rows[("maml-peer", "meta-step")]["images_per_step"] == per_task
+    assert rows[("maml-peer", "evaluate (last step)")]["tasks_per_step"] == 2
+    assert set(doc["ratios"]["maml_train_over_peer"]) == {"1"} and doc["ratios"]["maml_eval_last_over_peer"] > 0
+    # each evaluated method against its work-bound time: FLOPs counted, a best rate measured, a ratio printed
+    for name in ("maml", "scratch"):
+        config = rows[(name, "evaluate")]["config"]
+        assert config["flops_per_episode"] > 0 and config["work_bound_ms"] > 0
+        assert config["best_rate"]["batch"] in (16, 64, 256)
+        assert f"{name} evaluation / its work-bound time" in table
+    # scratch trains a network per episode (forward and backward, 100 steps): more work than MAML's 3 steps
+    assert rows[("scratch", "evaluate")]["config"]["flops_per_episode"] > \
+        3 * rows[("maml", "evaluate")]["config"]["flops_per_episode"]
+    assert "learn2learn-style loop" in table
     assert doc["ratios"]["maml_run_default"] == "loop" and doc["ratios"]["maml_batched_variant"] == "bmm"
     assert set(doc["ratios"]["maml_batched_over_loop"]) == {"1"}
     assert doc["ratios"]["protonet_eval_overhead"] > 0
+
+
+def test_the_peer_loop_is_maml(one_thread) -> None:
+    """The learn2learn-style loop computes MAML's meta-gradient: in float64, its second-order gradient equals
+    the textbook reference's (:func:`~mtbench.baselines.maml.reference_meta_loss`) on the same network."""
+    from mtbench.baselines.maml import reference_meta_loss
+    from mtbench.bench import peer
+
+    g = torch.Generator().manual_seed(0)
+    model = peer.conv4((1, 28, 28), 5, g).double()
+    sx, qx = torch.randn(2, 5, 1, 28, 28, generator=g).double(), torch.randn(2, 10, 1, 28, 28, generator=g).double()
+    sy, qy = torch.arange(5).expand(2, -1), torch.arange(5).repeat(2).expand(2, -1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # a step that changes nothing: the gradients stay readable
+    peer.meta_step(model, opt, sx, sy, qx, qy, lr=0.4, steps=2)
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    reference_meta_loss(model, dict(model.named_parameters()), sx, sy, qx, qy, steps=2, lr=0.4).backward()
+    for a, b in zip(ours, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert any(float(a.abs().max()) > 0 for a in ours)
 
 
 @pytest.mark.parametrize(("args", "mentions"), [
@@ -75,6 +109,7 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, one_thread):
     (["--episodes", "0"], ["--episodes 0"]),
     (["--meta-batch", "x"], ["--meta-batch x", "1,8,32"]),
     (["--meta-batch", "8,0"], ["--meta-batch 8,0"]),
+    (["--evaluation", "mamml"], ["mamml"]),
     (["--device", "tpu"], ["tpu"]),
     (["--out", "{tmp}"], ["is a folder"]),
     (["--out", "{tmp}/bench.txt"], [".json"]),

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from mtbench.bench import evaluation
 from mtbench.bench import workloads as bench
 from mtbench.core.atomic import atomic_write
 from mtbench.core.errors import UserError
@@ -49,6 +50,8 @@ class BenchSpec:
     data_root: str | None = None
     out: str | None = None
     command: str | None = None
+    #: methods whose evaluator is timed against its work-bound time (``()``: none)
+    evaluation: tuple[str, ...] = ()
 
 
 def check(spec: BenchSpec) -> None:
@@ -57,6 +60,10 @@ def check(spec: BenchSpec) -> None:
         raise UserError(f"--repeats {spec.repeats}: must be a whole number ≥ 1")
     if spec.episodes < 1:
         raise UserError(f"--episodes {spec.episodes}: must be a whole number ≥ 1")
+    from mtbench.methods import METHODS
+
+    for name in spec.evaluation:
+        METHODS.get(name)  # an unknown name is a UserError listing the registered ones
     if spec.out is not None:
         out = Path(spec.out)
         if out.is_dir():
@@ -69,8 +76,10 @@ def check(spec: BenchSpec) -> None:
 
 
 def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Callable[[], bench.Workload]]:
-    """The measurements, in order: episode sampling, ProtoNet, then per meta-batch MAML bmm, vmap and the
-    reference loop (and, on CUDA, the loop in a CUDA graph)."""
+    """The measurements, in order: episode sampling, ProtoNet, then per meta-batch MAML bmm, vmap, the
+    reference loop (and, on CUDA, the loop in a CUDA graph), what ``mtbench run`` uses (``auto``) and the
+    learn2learn-style peer loop; then, for ``spec.evaluation``, each method's evaluator with its work-bound
+    time, MAML scoring its last step only, and the peer's evaluation."""
     episodes = dataclasses.replace(bench.SPEC, episodes=spec.episodes)
     out: list[Callable[[], bench.Workload]] = [
         lambda: bench.episode_sampling(data, episodes),
@@ -84,6 +93,15 @@ def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Callable[[], bench
             out.append(lambda b=b, batching=batching: bench.maml_meta_step(data, b, batching, episodes))
         if data.fit.device.type == "cuda":  # how much of the gain is the CUDA graph alone
             out.append(lambda b=b: bench.maml_meta_step(data, b, "loop", episodes, graph=True))
+        out.append(lambda b=b: bench.maml_meta_step(data, b, "auto", episodes))
+        out.append(lambda b=b: evaluation.peer_meta_step(data, b, episodes))
+    if spec.evaluation:
+        rate = evaluation.best_rate(data.test.image_shape, data.test.device)
+        for name in spec.evaluation:
+            out.append(lambda name=name: evaluation.method_evaluate(data, name, rate, episodes))
+        if "maml" in spec.evaluation:
+            out.append(lambda: evaluation.method_evaluate(data, "maml", rate, episodes, last_only=True))
+            out.append(lambda: evaluation.peer_evaluate(data, episodes))
     return out
 
 
@@ -115,7 +133,7 @@ def document(spec: BenchSpec, data: str, real: bool, rows: list[dict[str, Any]],
                    "meta_batches": list(spec.meta_batches), "repeats": spec.repeats,
                    "data": data, "real_data": real},
         "measurements": rows,
-        "ratios": bench.ratios(rows, device.type),
+        "ratios": {**bench.ratios(rows, device.type), **evaluation.ratios(rows)},
         "machine": bench.machine_info(device),
         "provenance": origin,
     }
@@ -150,6 +168,13 @@ def render(doc: dict[str, Any]) -> str:
     if "protonet_eval_overhead" in ratio:
         lines.append(f"ProtoNet evaluator / bare forward passes, time: {ratio['protonet_eval_overhead']:.2f}x "
                      f"(target ≤ {ratio['protonet_eval_overhead_target']}x on the CPU)")
+    for name, x in ratio.get("evaluation_over_work_bound", {}).items():
+        lines.append(f"{name} evaluation / its work-bound time: {x:.2f}x (target ≤ {ratio['work_bound_target']}x)")
+    if "maml_eval_last_over_peer" in ratio:
+        lines.append(f"MAML evaluation scoring the last step / learn2learn-style loop, time: "
+                     f"{ratio['maml_eval_last_over_peer']:.2f}x (≤ 1: no slower)")
+    for b, x in ratio.get("maml_train_over_peer", {}).items():
+        lines.append(f"MAML as mtbench run trains / learn2learn-style loop, tasks/s, meta-batch {b}: {x:.2f}x (≥ 1: no slower)")
     return "\n".join(lines).rstrip()
 
 

@@ -330,7 +330,7 @@ def ratios(rows: Iterable[dict[str, Any]], device_type: str = "cpu") -> dict[str
     over: dict[str, dict[str, float]] = {}
     for (method, _, batch), row in by.items():
         loop = by.get(("maml-loop", "meta-step", batch))
-        if method.startswith("maml-") and method != "maml-loop" and loop and loop["tasks_per_s"] > 0:
+        if method.startswith("maml-") and method not in ("maml-loop", "maml-peer") and loop and loop["tasks_per_s"] > 0:
             over.setdefault(method.removeprefix("maml-"), {})[str(batch)] = row["tasks_per_s"] / loop["tasks_per_s"]
     default = METHODS.get("maml").AUTO_BATCHING.get(device_type, "loop")
     variant = default if default != "loop" else "bmm"

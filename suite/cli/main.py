@@ -172,9 +172,12 @@ main.add_command(folderscmd.predict_cmd)
                    "leaderboards/throughput/: to publish a run, write it there as <device>_<UTC time>.json.")
 @click.option("--malloc-tuning/--no-malloc-tuning", default=True, show_default=True,
               help="On the CPU, keep freed memory in glibc's heap, as `mtbench run` does.")
+@click.option("--evaluation", default="", metavar="METHODS",
+              help="Also time these methods' evaluation of --episodes episodes against their work-bound time "
+                   "(comma-separated, or `all`), and MAML's against a learn2learn-style loop.")
 @user_errors
 def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: int, data_root: str | None,
-              out: str | None, malloc_tuning: bool) -> None:
+              out: str | None, malloc_tuning: bool, evaluation: str) -> None:
     """Measure throughput on Omniglot-shaped tasks (5-way 1-shot, 15 queries, 28x28, Conv4): episode
     sampling, ProtoNet training and evaluation, second-order MAML meta-steps (bmm, vmap, and the per-task
     reference loop); print a table and the ratios."""
@@ -182,8 +185,12 @@ def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: 
     from mtbench.bench.record import BenchSpec, render, run, write
     from mtbench.core.runtime import select_device, tune_malloc
 
+    from mtbench.methods import METHODS
+
+    names = METHODS.names() if evaluation.strip() == "all" else [n.strip() for n in evaluation.split(",") if n.strip()]
     spec = BenchSpec(device=device, meta_batches=parse_meta_batches(meta_batch), repeats=repeats, episodes=episodes,
-                     data_root=data_root, out=out, command=shlex.join(["mtbench", *sys.argv[1:]]))
+                     data_root=data_root, out=out, command=shlex.join(["mtbench", *sys.argv[1:]]),
+                     evaluation=tuple(names))
     if malloc_tuning and select_device(device).type == "cpu":
         tune_malloc()
     doc = run(spec, log=lambda text: click.echo(text, err=True))

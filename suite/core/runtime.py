@@ -10,6 +10,8 @@ import platform
 import resource
 import time
 
+from typing import Any
+
 import torch
 
 from mtbench.core.errors import UserError
@@ -84,6 +86,37 @@ def timer(device: torch.device) -> float:
     """A wall-clock reading taken after the device has finished its queued work."""
     synchronize(device)
     return time.perf_counter()
+
+
+class Laps:
+    """Marks in the device's stream of work, read as intervals once it is all done: on CUDA, events recorded
+    on the current stream (``enable_timing``), so marking costs no synchronisation and the interval between
+    two marks is the device's own time; elsewhere ``time.perf_counter`` readings (CPU work is done when the
+    call returns). The evaluator marks each adaptation step this way, and reads the intervals after its
+    one synchronisation at the end."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.marks: list[Any] = []
+
+    def mark(self) -> int:
+        """Record a mark now (in stream order on CUDA); its index."""
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(torch.cuda.current_stream(self.device))
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+        return len(self.marks) - 1
+
+    def seconds(self, start: int, stop: int) -> float:
+        """Seconds from mark ``start`` to mark ``stop`` (on CUDA, waiting for ``stop`` first)."""
+        a, b = self.marks[start], self.marks[stop]
+        if self.cuda:
+            b.synchronize()
+            return a.elapsed_time(b) / 1000.0
+        return b - a
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -9,15 +9,15 @@ evaluation with an :class:`OutputError` naming the episode and the adaptation st
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
-from mtbench.core.runtime import peak_memory, reset_peak_memory, timer
+from mtbench.core.runtime import Laps, peak_memory, reset_peak_memory, timer
 from mtbench.data.episodes import EpisodeSet
-from mtbench.methods import Method
+from mtbench.methods import Method, at_step
 from mtbench.methods.functional import accuracy
 from tqdm.auto import tqdm
 
@@ -68,27 +68,55 @@ def _check_finite(name: str, finite: list[torch.Tensor], where: list[str]) -> No
         raise OutputError(f"{name} returned NaN or infinite logits {where[first]}; a method must return finite logits")
 
 
-def _seconds(output: object, measured: float) -> float:
+Lap = Callable[[], float]  # the seconds of a timed interval, read after the evaluation's final synchronisation
+
+
+def _seconds(output: object, measured: Lap) -> Lap:
     """The time to take for an output: what the process that ran the method measured, when it says
     (``measured_seconds``, a sandboxed submission's child), else the evaluator's own ``measured``."""
     value = getattr(output, "measured_seconds", None)
-    return float(value) if isinstance(value, (int, float)) else measured
+    return (lambda: float(value)) if isinstance(value, (int, float)) else measured
 
 
-def _timed(stream: Iterable[Any], device: torch.device) -> Iterator[tuple[Any, float]]:
-    """Each predictor of an ``adapt`` stream with the seconds spent producing it (the time inside ``adapt``)."""
+def _timed(stream: Iterable[Any], laps: Laps) -> Iterator[tuple[Any, Lap]]:
+    """Each predictor of an ``adapt`` stream with the time spent producing it (the time inside ``adapt``),
+    marked in the device's stream (:class:`~mtbench.core.runtime.Laps`: CUDA events, no synchronisation per
+    step) and read later."""
     stream = iter(stream)
     while True:
-        t0 = timer(device)
+        start = laps.mark()
         try:
             item = next(stream)
         except StopIteration:
             return
-        yield item, timer(device) - t0
+        stop = laps.mark()
+        yield item, lambda start=start, stop=stop: laps.seconds(start, stop)
+
+
+def _cumulative_ms(laps: list[Lap]) -> list[float]:
+    """Milliseconds from the start of adaptation to each step: the running sum of the steps' laps."""
+    out, total = [], 0.0
+    for lap in laps:
+        total += lap()
+        out.append(total * 1000.0)
+    return out
+
+
+def _scored(stream: Iterable[Any], last_only: bool) -> Iterator[Any]:
+    """The predictors of an ``adapt`` stream to score: all, or with ``last_only`` the last one (produced with
+    the time of the whole stream, since its producer ran through the earlier steps)."""
+    if not last_only:
+        yield from stream
+        return
+    final, count = None, 0
+    for count, final in enumerate(stream, 1):
+        pass
+    if final is not None:  # labelled with its step, which the evaluator could no longer count
+        yield final if hasattr(final, "step") else at_step(count - 1, final)
 
 
 def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batched: bool = True,
-             max_values: int | None = None) -> dict[str, Any]:
+             max_values: int | None = None, last_only: bool = False) -> dict[str, Any]:
     """Run ``method.adapt`` on every episode and score each intermediate predictor on the queries.
 
     Only the time spent inside ``adapt`` (producing the next predictor) counts as adaptation
@@ -99,32 +127,35 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
             (:func:`evaluate_batched`) when it has one; ``False``: episode by episode through ``adapt``
             whatever the method (the reference the batched paths are tested against).
         max_values: the chunk bound of the batched path (see :func:`episode_chunks`).
+        last_only: score the last predictor only (the earlier ones are produced, as adaptation needs them,
+            but never called): what a loop that reports the final accuracy alone does, which ``mtbench bench``
+            compares with such a loop. ``by_step`` then has the last step only.
 
     Returns:
         A dict with the ``accuracy``, ``adaptation`` and ``evaluation`` sections of a result;
         ``evaluation.batched_episodes`` is ``None`` here, the chunk size on the batched path.
     """
     if batched and method.adapt_batch is not None:
-        return evaluate_adapt_batched(method, episodes, progress, max_values)
+        return evaluate_adapt_batched(method, episodes, progress, max_values, last_only)
     if batched and method.predict_batch is not None:
         return evaluate_batched(method, episodes, progress, max_values)
     device, ways = episodes.split.device, episodes.spec.ways
     per_step_acc: list[torch.Tensor] = []  # one float[steps] per episode, kept on the device
-    per_step_ms: list[list[float]] = []
+    per_step_laps: list[list[Lap]] = []
     step_numbers: list[int] = []
     finite: list[torch.Tensor] = []
     where: list[str] = []
+    laps = Laps(device)
     reset_peak_memory(device)
     start = timer(device)
     with torch.no_grad():
         for ep in tqdm(episodes, desc=f"evaluating {method.name}", unit="episode", disable=not progress,
                        mininterval=1.0, dynamic_ncols=True):
-            accs, ms, elapsed = [], [], 0.0
-            for predictor, took in _timed(method.adapt(ep.support_x, ep.support_y, ways), device):
-                elapsed += _seconds(predictor, took)
-                if not per_step_ms:
+            accs, ms = [], []
+            for predictor, took in _timed(_scored(method.adapt(ep.support_x, ep.support_y, ways), last_only), laps):
+                if not per_step_laps:
                     step_numbers.append(int(getattr(predictor, "step", len(ms))))
-                ms.append(elapsed * 1000.0)
+                ms.append(_seconds(predictor, took))
                 at = f"on episode {ep.index}, adaptation step {len(accs)}"
                 logits = check_logits(method.name, predictor(ep.query_x), (len(ep.query_y), ways), at)
                 finite.append(torch.isfinite(logits).all())
@@ -132,13 +163,14 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
                 accs.append(accuracy(logits, ep.query_y))
             if not accs:
                 raise RuntimeError(f"{method.name}.adapt yielded no predictor")
-            if per_step_ms and len(ms) != len(per_step_ms[0]):
+            if per_step_laps and len(ms) != len(per_step_laps[0]):
                 raise RuntimeError(f"{method.name}.adapt yielded {len(ms)} predictors on episode {ep.index}, "
-                                   f"{len(per_step_ms[0])} before: the number of steps must not vary")
+                                   f"{len(per_step_laps[0])} before: the number of steps must not vary")
             per_step_acc.append(torch.stack(accs))
-            per_step_ms.append(ms)
+            per_step_laps.append(ms)
     seconds = timer(device) - start
     _check_finite(method.name, finite, where)
+    per_step_ms = [_cumulative_ms(m) for m in per_step_laps]
     ms_by_step = [sum(m[s] for m in per_step_ms) / len(per_step_ms) for s in range(len(step_numbers))]
     return _scores(torch.stack(per_step_acc), step_numbers, ms_by_step, seconds, device, None)
 
@@ -155,16 +187,17 @@ def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True
     chunks = episode_chunks(episodes, max_values)
     accs: list[torch.Tensor] = []  # float[chunk] each, on the device
     finite: list[torch.Tensor] = []  # bool[chunk] each
-    elapsed = 0.0
+    laps, chunk_laps = Laps(device), []
     reset_peak_memory(device)
     start = timer(device)
     with torch.no_grad(), tqdm(total=len(episodes), desc=f"evaluating {method.name}", unit="episode",
                                disable=not progress, mininterval=1.0, dynamic_ncols=True) as bar:
         for lo, hi in chunks:
             support_x, support_y, query_x, query_y = episodes.batch(lo, hi)
-            t0 = timer(device)
+            t0 = laps.mark()
             logits = method.predict_batch(support_x, support_y, query_x, ways)  # type: ignore[misc]
-            elapsed += _seconds(logits, timer(device) - t0)
+            t1 = laps.mark()
+            chunk_laps.append(_seconds(logits, lambda t0=t0, t1=t1: laps.seconds(t0, t1)))
             logits = check_logits(f"{method.name}.predict_batch", logits, tuple(query_y.shape) + (ways,),
                                   f"on episodes {lo} to {hi - 1}")
             finite.append(torch.isfinite(logits).flatten(1).all(1))
@@ -173,11 +206,12 @@ def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True
     seconds = timer(device) - start
     _check_finite(f"{method.name}.predict_batch", finite, [f"on episode {i}" for i in range(len(episodes))])
     size = max(hi - lo for lo, hi in chunks)
-    return _scores(torch.cat(accs).unsqueeze(1), [0], [elapsed * 1000.0 / len(episodes)], seconds, device, size)
+    ms = _cumulative_ms(chunk_laps)[-1] / len(episodes)
+    return _scores(torch.cat(accs).unsqueeze(1), [0], [ms], seconds, device, size)
 
 
 def evaluate_adapt_batched(method: Method, episodes: EpisodeSet, progress: bool = True,
-                           max_values: int | None = None) -> dict[str, Any]:
+                           max_values: int | None = None, last_only: bool = False) -> dict[str, Any]:
     """:func:`evaluate` through ``method.adapt_batch``: a chunk of episodes (:func:`episode_chunks`) adapts at
     once, and each of its predictors is scored on the chunk's queries, as every step is on the per-episode path.
 
@@ -190,7 +224,8 @@ def evaluate_adapt_batched(method: Method, episodes: EpisodeSet, progress: bool 
     finite: list[torch.Tensor] = []  # bool[chunk] per chunk and step
     where: list[str] = []
     step_numbers: list[int] = []
-    ms_total: list[float] = []  # summed over chunks: cumulative ms to each step
+    chunk_laps: list[list[Lap]] = []  # per chunk, the lap of each step
+    laps = Laps(device)
     reset_peak_memory(device)
     start = timer(device)
     name = f"{method.name}.adapt_batch"
@@ -198,10 +233,10 @@ def evaluate_adapt_batched(method: Method, episodes: EpisodeSet, progress: bool 
                                disable=not progress, mininterval=1.0, dynamic_ncols=True) as bar:
         for lo, hi in chunks:
             support_x, support_y, query_x, query_y = episodes.batch(lo, hi)
-            steps, elapsed, ms = [], 0.0, []
-            for predictor, took in _timed(method.adapt_batch(support_x, support_y, ways), device):  # type: ignore[misc]
-                elapsed += took
-                ms.append(elapsed * 1000.0)
+            steps, ms = [], []
+            stream = _scored(method.adapt_batch(support_x, support_y, ways), last_only)  # type: ignore[misc]
+            for predictor, took in _timed(stream, laps):
+                ms.append(took)
                 if lo == 0:
                     step_numbers.append(int(getattr(predictor, "step", len(steps))))
                 logits = check_logits(name, predictor(query_x), tuple(query_y.shape) + (ways,),
@@ -213,10 +248,11 @@ def evaluate_adapt_batched(method: Method, episodes: EpisodeSet, progress: bool 
                 raise RuntimeError(f"{name} yielded {len(steps)} predictors on episodes {lo} to {hi - 1}, "
                                    f"{len(step_numbers)} before: the number of steps must not vary")
             accs.append(torch.stack(steps, dim=1))
-            ms_total = [a + b for a, b in zip(ms_total, ms)] if ms_total else ms
+            chunk_laps.append(ms)
             bar.update(hi - lo)
     seconds = timer(device) - start
     _check_finite(name, finite, where)
+    ms_total = [sum(column) for column in zip(*(_cumulative_ms(c) for c in chunk_laps))]  # over chunks
     size = max(hi - lo for lo, hi in chunks)
     return _scores(torch.cat(accs), step_numbers, [m / len(episodes) for m in ms_total], seconds, device, size)
 

@@ -1,0 +1,163 @@
+"""Evaluation measurements of ``mtbench bench``: each method's evaluator against the work it must do, and
+MAML against a learn2learn-style per-episode loop (:mod:`mtbench.bench.peer`).
+
+**Work-bound time.** The floating-point operations an evaluation needs are counted by running it under
+``torch.utils.flop_counter.FlopCounterMode`` on a few episodes (forward passes, and backward passes for the
+methods that adapt by gradient steps, at every scored step; the count is the same on the batched and the
+per-episode paths). The same Conv4 backbone is timed on that device at several batch sizes, forward alone
+and forward + backward, and its best rate (FLOP/s) is the fastest the hardware runs this network. The
+work-bound time of an evaluation is its FLOPs over that best rate: what it would take if every pass ran
+at the backbone's best batch size. A method's evaluation time over it (``evaluation_over_work_bound``)
+says how far the evaluator is from the work it must do.
+
+The methods are evaluated untrained (their weights as built from a fixed seed): the work, not the
+accuracy, is measured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from mtbench.bench import peer
+from mtbench.bench.workloads import BACKBONE, SPEC, BenchData, Workload, _warm
+from mtbench.data.episodes import EpisodeSet, EpisodeSpec, sample_indices
+from mtbench.methods import METHODS, make_hparams
+from mtbench.methods.backbones import build_backbone
+from mtbench.core.runtime import synchronize, timer
+from mtbench.run.evaluate import evaluate
+
+#: batch sizes at which the backbone's best rate is looked for, per device type
+RATE_BATCHES = {"cpu": (16, 64, 256), "cuda": (256, 1024, 4096)}
+#: target of the issue: an evaluation within 1.5x its work-bound time
+WORK_BOUND_TARGET = 1.5
+#: MAML's evaluation in Finn et al.'s Omniglot setting, which the peer loop runs too
+MAML_EVAL_STEPS, MAML_INNER_LR = 3, 0.4
+
+
+def flops(fn: Any) -> int:
+    """Floating-point operations ``fn()`` runs (multiply-adds count 2), by ``FlopCounterMode``."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def best_rate(image_shape: tuple[int, ...], device: torch.device, repeats: int = 3) -> dict[str, Any]:
+    """The Conv4 backbone's fastest FLOP rate on ``device``, over the batch sizes of :data:`RATE_BATCHES`,
+    forward alone (no autograd) and forward + backward: ``{"flops_per_s", "batch", "pass"}``."""
+    net = build_backbone(BACKBONE, tuple(image_shape), torch.Generator().manual_seed(0)).to(device)
+    best: dict[str, Any] = {"flops_per_s": 0.0, "batch": None, "pass": None}
+    g = torch.Generator().manual_seed(1)
+    for batch in RATE_BATCHES.get(device.type, RATE_BATCHES["cpu"]):
+        x = torch.randn((batch, *image_shape), generator=g).to(device)
+        for kind in ("forward", "forward+backward"):
+            def once(x: torch.Tensor = x, kind: str = kind) -> None:
+                if kind == "forward":
+                    net.eval()
+                    with torch.no_grad():
+                        net(x)
+                else:
+                    net.train()
+                    net(x).square().mean().backward()
+            work = flops(once)
+            once()  # warm-up
+            seconds = []
+            for _ in range(repeats):
+                t0 = timer(device)
+                once()
+                synchronize(device)
+                seconds.append(timer(device) - t0)
+            rate = work / min(seconds)
+            if rate > best["flops_per_s"]:
+                best = {"flops_per_s": rate, "batch": batch, "pass": kind}
+    return best
+
+
+def untrained(name: str, data: BenchData, ways: int, overrides: dict[str, str] | None = None) -> Any:
+    """Method ``name`` as ``mtbench run`` builds it for Omniglot (its presets), weights from seed 0, ready to adapt."""
+    cls = METHODS.get(name)
+    method = cls(make_hparams(cls, "omniglot", overrides or {}, "quick"), data.test.image_shape,
+                 torch.Generator().manual_seed(0), data.test.device)
+    method.prepare(ways)
+    return method
+
+
+def method_evaluate(data: BenchData, name: str, rate: dict[str, Any], spec: EpisodeSpec = SPEC,
+                    last_only: bool = False) -> Workload:
+    """The evaluator on ``spec.episodes`` episodes for method ``name``, with its FLOPs per episode (counted on
+    two episodes) and its work-bound time at ``rate`` (:func:`best_rate`) in the config."""
+    method = untrained(name, data, spec.ways)
+    episodes = EpisodeSet(data.test, spec)
+    sample = EpisodeSet(data.test, EpisodeSpec(spec.ways, spec.shots, spec.queries, 2, seed=spec.seed))
+    per_episode = flops(lambda: evaluate(method, sample, progress=False, last_only=last_only)) / 2
+    work_bound = per_episode * spec.episodes / rate["flops_per_s"] if rate["flops_per_s"] else 0.0
+    measurement = "evaluate (last step)" if last_only else "evaluate"
+    return _warm(Workload(name, measurement,
+                          lambda: evaluate(method, episodes, progress=False, last_only=last_only), spec.episodes,
+                          spec.episodes * spec.ways * spec.per_class, data.test.device,
+                          config={"episodes": spec.episodes, "flops_per_episode": per_episode,
+                                  "work_bound_ms": work_bound * 1000.0, "best_rate": rate,
+                                  "hparams": _hparams(method)}))
+
+
+def peer_evaluate(data: BenchData, spec: EpisodeSpec = SPEC) -> Workload:
+    """The learn2learn-style loop's evaluation: per episode, 3 SGD steps (lr 0.4) on a clone, the last scored."""
+    model = peer.conv4(data.test.image_shape, spec.ways, torch.Generator().manual_seed(0)).to(data.test.device)
+    episodes = EpisodeSet(data.test, spec)
+    return _warm(Workload("maml-peer", "evaluate (last step)",
+                          lambda: peer.evaluate_episodes(model, episodes, MAML_EVAL_STEPS, MAML_INNER_LR),
+                          spec.episodes, spec.episodes * spec.ways * spec.per_class, data.test.device,
+                          config={"episodes": spec.episodes, "steps": MAML_EVAL_STEPS, "inner_lr": MAML_INNER_LR}))
+
+
+def peer_meta_step(data: BenchData, meta_batch: int, spec: EpisodeSpec = SPEC) -> Workload:
+    """One second-order meta-step of the learn2learn-style loop on ``meta_batch`` tasks of ``spec``'s shape (the
+    tasks ``maml_meta_step`` trains on: ``spec.queries`` queries per class), Adam 1e-3, one inner step."""
+    fit, g = data.fit, torch.Generator().manual_seed(0)
+    model = peer.conv4(fit.image_shape, spec.ways, g).to(fit.device)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    labels = torch.arange(spec.ways, device=fit.device)
+    sy = labels.repeat_interleave(spec.shots).expand(meta_batch, -1)
+    qy = labels.repeat_interleave(spec.queries).expand(meta_batch, -1)
+
+    def step() -> None:
+        x = fit.gather(sample_indices(fit, spec.ways, spec.per_class, g, n=meta_batch).to(fit.device))
+        peer.meta_step(model, opt, x[:, :, : spec.shots].flatten(1, 2), sy, x[:, :, spec.shots:].flatten(1, 2), qy,
+                       MAML_INNER_LR, 1)
+
+    return _warm(Workload("maml-peer", "meta-step", step, meta_batch, meta_batch * spec.ways * spec.per_class,
+                          fit.device, meta_batch, config={"inner_lr": MAML_INNER_LR, "inner_steps": 1,
+                                                          "meta_lr": 1e-3}))
+
+
+def _hparams(method: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(method.hparams)
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """From the measurement rows: every method's evaluation over its work-bound time
+    (``evaluation_over_work_bound``, target :data:`WORK_BOUND_TARGET`), and MAML against the peer loop:
+    ``maml_eval_last_over_peer`` (time, below 1: faster than the peer) and ``maml_train_over_peer`` (tasks/s per
+    meta-batch, above 1: faster)."""
+    out: dict[str, Any] = {}
+    bound = {r["method"]: r["ms_per_step"] / r["config"]["work_bound_ms"] for r in rows
+             if r["measurement"] == "evaluate" and r.get("config", {}).get("work_bound_ms")}
+    if bound:
+        out["evaluation_over_work_bound"] = bound
+        out["work_bound_target"] = WORK_BOUND_TARGET
+    by = {(r["method"], r["measurement"], r["meta_batch"]): r for r in rows}
+    ours, theirs = by.get(("maml", "evaluate (last step)", None)), by.get(("maml-peer", "evaluate (last step)", None))
+    if ours and theirs and theirs["ms_per_step"] > 0:
+        out["maml_eval_last_over_peer"] = ours["ms_per_step"] / theirs["ms_per_step"]
+    train = {}
+    for (method, measurement, batch), row in by.items():
+        p = by.get(("maml-peer", "meta-step", batch))
+        if method == "maml-auto" and measurement == "meta-step" and p and p["tasks_per_s"] > 0:
+            train[str(batch)] = row["tasks_per_s"] / p["tasks_per_s"]
+    if train:
+        out["maml_train_over_peer"] = train
+    return out
