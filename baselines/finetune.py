@@ -138,7 +138,8 @@ class Finetune(Method):
         minibatch, the loss the sum of the episodes' mean cross-entropies (so each episode's parameters get
         its own gradient) and one ``torch.optim.SGD`` step, elementwise and thus the per-episode update.
         The backbone runs in eval mode (BatchNorm on running statistics): with ``finetune_backbone`` it is
-        called functionally under ``vmap`` with each episode's parameters and its buffers left untouched.
+        called functionally under ``vmap`` with each episode's parameters and its buffers left untouched
+        (where :data:`BACKBONE_BATCHING` says ``vmap``; elsewhere the episodes' :meth:`adapt` run in lockstep).
         """
         hp = self.hparams
         (e, s), device = support_y.shape, support_x.device
