@@ -44,13 +44,13 @@ def test_meta_then_transfer_names_both_stages_and_moves_the_backbone(maml_checkp
     seen = {}
     from mtbench.baselines.finetune import Finetune
 
-    original = Finetune.adapt
+    original = Finetune.adapt_batch  # what the evaluator calls (a chunk of episodes at a time)
 
     def spy(self, support_x, support_y, ways):
         seen["conv"] = self.backbone.features[0].weight.detach().clone()
         return original(self, support_x, support_y, ways)
 
-    monkeypatch.setattr(Finetune, "adapt", spy)
+    monkeypatch.setattr(Finetune, "adapt_batch", spy)
     doc, _ = run(spec("finetune", budget="0", init=str(path)))
     assert doc["method"]["name"] == "finetune" and doc["init"]["method"] == "maml"
     assert doc["init"]["dataset"] == "synthetic" and len(doc["init"]["sha256"]) == 64
