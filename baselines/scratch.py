@@ -160,6 +160,14 @@ class WideConv4(nn.Module):
     width)`` per layer holds every episode's statistics and running statistics per channel (so training
     mode updates each episode's own), and the linear heads are one batched matrix product. Maps
     ``float[E, N, C, H, W]`` to ``float[E, N, ways]``; episode ``e``'s logits are what its own network gives.
+
+    The weights are channels-last as :func:`~mtbench.methods.backbones.build_backbone` makes them, and the
+    first convolution and the heads run episode by episode (a few percent of the work): on the CPU the
+    grouped kernels of the other layers then compute each episode's block bit for bit as its own network
+    does. That matters in float32: the gradients of the convolution biases (each followed by BatchNorm)
+    are rounding noise that Adam scales up to steps of ``lr``, so any other rounding moves the running
+    statistics and the accuracies. The grouped first layer (one input channel per group) and a batched
+    matrix product for the heads round their weight gradients otherwise.
     """
 
     def __init__(self, models: list[nn.Module]) -> None:
@@ -168,11 +176,12 @@ class WideConv4(nn.Module):
         layers: list[nn.Module] = []
         for i, layer in enumerate(models[0][0].features):
             parts = [m[0].features[i] for m in models]
+            like = {"dtype": layer.weight.dtype, "device": layer.weight.device} if hasattr(layer, "weight") else {}
             if isinstance(layer, nn.Conv2d):
                 wide: nn.Module = nn.Conv2d(layer.in_channels * e, layer.out_channels * e, layer.kernel_size,
-                                            padding=layer.padding, groups=e)
+                                            padding=layer.padding, groups=e, **like)
             elif isinstance(layer, nn.BatchNorm2d):
-                wide = nn.BatchNorm2d(layer.num_features * e, eps=layer.eps, momentum=layer.momentum)
+                wide = nn.BatchNorm2d(layer.num_features * e, eps=layer.eps, momentum=layer.momentum, **like)
             else:
                 layers.append(copy.deepcopy(layer))
                 continue
@@ -180,13 +189,19 @@ class WideConv4(nn.Module):
                 for name, tensor in wide.state_dict().items():
                     if name != "num_batches_tracked":
                         tensor.copy_(torch.cat([part.state_dict()[name] for part in parts]))
-            layers.append(wide.to(layer.weight.dtype))
+            layers.append(wide)
+        self.first = layers.pop(0)
         self.features = nn.Sequential(*layers)
         self.head_weight = nn.Parameter(torch.stack([m[1].weight.detach() for m in models]))  # [E, ways, D]
         self.head_bias = nn.Parameter(torch.stack([m[1].bias.detach() for m in models]))  # [E, ways]
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         e, n = x.shape[:2]
-        h = self.features(x.transpose(0, 1).reshape(n, e * x.shape[2], *x.shape[3:]))
+        first = self.first
+        h = torch.cat([F.conv2d(x[i], w, b, padding=first.padding)
+                       for i, (w, b) in enumerate(zip(first.weight.chunk(e), first.bias.chunk(e)))], dim=1)
+        h = self.features(h)
         features = h.reshape(n, e, -1).transpose(0, 1)  # [E, N, width*h*w], each flattened as Conv4 flattens
-        return torch.baddbmm(self.head_bias.unsqueeze(1), features, self.head_weight.transpose(1, 2))
+        return torch.stack([F.linear(f, w, b) for f, w, b in zip(features.unbind(0), self.head_weight.unbind(0),
+                                                                   self.head_bias.unbind(0))])

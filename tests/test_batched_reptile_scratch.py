@@ -75,6 +75,27 @@ def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, chunk, one_thread) -
     assert not torch.allclose(together_logits[-1][0], together_logits[-1][1])
 
 
+@pytest.mark.parametrize("size", [1, EPISODES])
+def test_scratch_chunks_train_bit_for_bit_as_episodes_do_in_float32(size, chunk, one_thread) -> None:
+    """In float32 too (full-batch steps, on the CPU): the gradients of the convolution biases, each followed by
+    BatchNorm, are rounding noise that Adam turns into steps of ``lr``, so a chunk must round as each episode
+    does alone or the running statistics, hence the accuracies, move."""
+    shape, sx, sy, qx = chunk
+    sx, qx = sx.float(), qx.float()
+    method = _method("scratch", {"steps": "3", "report_steps": "0,1"}, shape)
+    with torch.no_grad():
+        alone = [[p(qx[e]) for p in method.adapt(sx[e], sy[e], 5)] for e in range(EPISODES)]
+        together = [[] for _ in range(EPISODES)]
+        for lo in range(0, EPISODES, size):
+            for p in method.adapt_batch(sx[lo:lo + size], sy[lo:lo + size], 5):
+                for e, logits in enumerate(p(qx[lo:lo + size]), start=lo):
+                    together[e].append(logits)
+    for e in range(EPISODES):
+        assert len(together[e]) == len(alone[e]) == 3
+        for step, (a, b) in enumerate(zip(alone[e], together[e])):
+            assert torch.equal(a, b), f"episode {e}, step {step}: {(a - b).abs().max():.2e} apart"
+
+
 def test_a_non_transductive_reptile_query_sees_only_the_support_set(chunk, one_thread) -> None:
     """Predicting one query alone or among others gives the same logits (and reptile-transductive does not)."""
     shape, sx, sy, qx = chunk
