@@ -52,6 +52,11 @@ class BenchSpec:
     command: str | None = None
     #: methods whose evaluator is timed against its work-bound time (``()``: none)
     evaluation: tuple[str, ...] = ()
+    #: the throughput measurements (episode sampling, ProtoNet, MAML meta-steps); off: only the extras asked for
+    measurements: bool = True
+    #: meta-iterations of the MAML learning curves against the peer loop (0: none), scored every ``curve_every``
+    maml_curves: int = 0
+    curve_every: int = 50
 
 
 def check(spec: BenchSpec) -> None:
@@ -60,6 +65,9 @@ def check(spec: BenchSpec) -> None:
         raise UserError(f"--repeats {spec.repeats}: must be a whole number ≥ 1")
     if spec.episodes < 1:
         raise UserError(f"--episodes {spec.episodes}: must be a whole number ≥ 1")
+    if spec.maml_curves < 0 or spec.curve_every < 1:
+        raise UserError(f"--maml-curves {spec.maml_curves} --curve-every {spec.curve_every}: give meta-iterations "
+                        f"≥ 0 and a scoring interval ≥ 1")
     from mtbench.methods import METHODS
 
     for name in spec.evaluation:
@@ -81,14 +89,14 @@ def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Callable[[], bench
     learn2learn-style peer loop; then, for ``spec.evaluation``, each method's evaluator with its work-bound
     time, MAML scoring its last step only, and the peer's evaluation."""
     episodes = dataclasses.replace(bench.SPEC, episodes=spec.episodes)
-    out: list[Callable[[], bench.Workload]] = [
+    out: list[Callable[[], bench.Workload]] = [] if not spec.measurements else [
         lambda: bench.episode_sampling(data, episodes),
         lambda: bench.fixed_episodes(data, episodes),
         lambda: bench.protonet_train(data, episodes),
         lambda: bench.protonet_evaluate(data, episodes),
         lambda: bench.protonet_forward(data, episodes),
     ]
-    for b in spec.meta_batches:
+    for b in spec.meta_batches if spec.measurements else ():
         for batching in ("bmm", "vmap", "loop"):
             out.append(lambda b=b, batching=batching: bench.maml_meta_step(data, b, batching, episodes))
         if data.fit.device.type == "cuda":  # how much of the gain is the CUDA graph alone
@@ -118,7 +126,15 @@ def run(spec: BenchSpec, log: Callable[[str], None] = lambda _: None) -> dict[st
         row = m.as_dict()
         log(f"  {label(row)}: {row['ms_per_step']:.1f} ms per step")
         rows.append(row)
-    return document(spec, data.description, data.real, rows, device, origin)
+    doc = document(spec, data.description, data.real, rows, device, origin)
+    if spec.maml_curves:
+        from mtbench.bench.curves import maml_curves
+
+        log(f"MAML learning curves, {spec.maml_curves} meta-iterations, scored every {spec.curve_every} on "
+            f"{spec.episodes} episodes:")
+        doc["maml_curves"] = maml_curves(data.fit, data.test, spec.maml_curves, spec.curve_every, spec.episodes,
+                                         log=log)
+    return doc
 
 
 def document(spec: BenchSpec, data: str, real: bool, rows: list[dict[str, Any]], device: torch.device,
@@ -173,9 +189,24 @@ def render(doc: dict[str, Any]) -> str:
     if "maml_eval_last_over_peer" in ratio:
         lines.append(f"MAML evaluation scoring the last step / learn2learn-style loop, time: "
                      f"{ratio['maml_eval_last_over_peer']:.2f}x (≤ 1: no slower)")
+    lines += curves_text(doc.get("maml_curves"))
     for b, x in ratio.get("maml_train_over_peer", {}).items():
         lines.append(f"MAML as mtbench run trains / learn2learn-style loop, tasks/s, meta-batch {b}: {x:.2f}x (≥ 1: no slower)")
     return "\n".join(lines).rstrip()
+
+
+def curves_text(curves: dict[str, Any] | None) -> list[str]:
+    """The MAML learning curves of a bench run as text lines: accuracy after the last test step by meta-iteration."""
+    if not curves:
+        return []
+    iterations = [p["iteration"] for p in next(iter(curves["curves"].values()))]
+    width = max(len(name) for name in curves["curves"])
+    lines = [f"MAML learning curves: accuracy after {curves['settings']['test_steps']} test steps on "
+             f"{curves['episodes']} episodes, by meta-iteration (seed {curves['seed']})",
+             " " * width + "".join(f"{i:>9}" for i in iterations)]
+    for name, points in curves["curves"].items():
+        lines.append(name.ljust(width) + "".join(f"{p['by_step'][-1]['mean']:>9.4f}" for p in points))
+    return lines
 
 
 def memory_text(row: dict[str, Any]) -> str:
