@@ -133,7 +133,7 @@ class Adaptation(TypedDict):
     """Time to adapt to one episode (inside ``adapt``)."""
 
     steps: Annotated[int, "predictors per episode"]
-    ms_per_episode: Annotated[float, "ms to the final predictor; evaluated in chunks through `predict_batch`, the "
+    ms_per_episode: Annotated[float, "ms to the final predictor; evaluated in chunks, the "
                                      "chunk's time over its episodes"]
     ms_by_step: Annotated[list[float], "cumulative ms, per reported step"]
 
@@ -161,7 +161,7 @@ class Evaluation(TypedDict):
     tasks_per_s: Annotated[float, "episodes per second"]
     peak_memory_bytes: Annotated[int, "peak memory"]
     peak_memory_kind: Annotated[str, "as for `fit`"]
-    batched_episodes: Annotated[int | None, "episodes per chunk when evaluated through `predict_batch` (time per "
+    batched_episodes: Annotated[int | None, "episodes per chunk when evaluated in chunks (`predict_batch` or `adapt_batch`; time per "
                                             "episode amortised over them); `null` episode by episode"]
 
 
