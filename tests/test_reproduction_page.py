@@ -208,3 +208,30 @@ def test_mistakes_in_the_published_file_are_one_line_errors(repo, change, mentio
     assert "\n" not in message and str(path) in message, message
     for text in mentions:
         assert text in message, message
+
+
+def test_maml_curves_files_are_shown_as_tables_and_a_bad_one_is_named(repo):
+    """``mtbench bench --maml-curves`` documents in leaderboards/reproduction/: a table per file, a learner per
+    row, accuracy after the last test step by meta-iteration; a file that is not one is a one-line error."""
+    import json
+
+    from mtbench.bench.curves import LEARNERS
+
+    lb = repo / "leaderboards"
+    points = lambda acc: [{"iteration": i, "seconds": 10.0 * i,  # noqa: E731
+                           "by_step": [{"step": s, "mean": a, "ci95": 0.01} for s in (1, 2, 3)]}
+                          for i, a in zip((0, 50), acc)]
+    doc = {"machine": {"device_name": "CPU Test (2 threads)", "torch": "2.x", "git_commit": "abc" * 8},
+           "maml_curves": {"seed": 0, "episodes": 100, "settings": {"inner_lr": 0.4, "train_steps": 1, "test_steps": 3,
+                                                                     "meta_batch": 32, "meta_lr": 0.001,
+                                                                     "train_queries": 1},
+                           "curves": {name: points((0.2, 0.5 + 0.1 * k)) for k, name in enumerate(LEARNERS)}}}
+    (lb / "reproduction").mkdir()
+    (lb / "reproduction" / "cpu.json").write_text(json.dumps(doc))
+    table = frames(lb)[-2]  # before the table of our rows
+    assert list(table["learner"]) == list(LEARNERS)
+    assert list(table["it 50"]) == ["50.0 ± 1.0", "60.0 ± 1.0", "70.0 ± 1.0"]
+    assert list(table["seconds"]) == ["500"] * 3
+    (lb / "reproduction" / "junk.json").write_text("{}")
+    with pytest.raises(UserError, match="junk.json is not an `mtbench bench --maml-curves` file"):
+        reproduction_page(lb)
