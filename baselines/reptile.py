@@ -186,6 +186,13 @@ class Reptile(Method):
         ones), each inner step is one call of the per-episode step vmapped over the episodes, and
         :meth:`predict` is vmapped over them too (the non-transductive one vmaps over queries inside);
         the predictors map ``float[E, Q, C, H, W]`` to ``float[E, Q, ways]``, at :meth:`adapt`'s steps."""
+        if len(support_x) == 1:
+            # a chunk of one episode (the CPU's chunk for the real datasets) is adapt itself: on the CPU the vmapped
+            # convolutions are slower than adapt's, and in float32 Adam's first steps from fresh moments (near sign
+            # steps) turn their other rounding into other accuracies
+            for predictor in self.adapt(support_x[0], support_y[0], ways):
+                yield at_step(predictor.step, lambda query_x, p=predictor: p(query_x[0]).unsqueeze(0))
+            return
         model = self._build(ways)
         model.train()
         hp, episodes = self.hparams, len(support_x)

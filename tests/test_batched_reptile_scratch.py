@@ -96,6 +96,18 @@ def test_scratch_chunks_train_bit_for_bit_as_episodes_do_in_float32(size, chunk,
             assert torch.equal(a, b), f"episode {e}, step {step}: {(a - b).abs().max():.2e} apart"
 
 
+@pytest.mark.parametrize("name", ["reptile", "reptile-transductive"])
+def test_a_reptile_chunk_of_one_episode_is_adapt_bit_for_bit(name, chunk, one_thread) -> None:
+    shape, sx, sy, qx = chunk
+    method = _method(name, {"eval_steps": "2", "report_steps": "0"}, shape)
+    sx, qx = sx[:1].float(), qx[:1].float()
+    with torch.no_grad():
+        alone = [(p.step, p(qx[0])) for p in method.adapt(sx[0], sy[0], 5)]
+        together = [(p.step, p(qx)) for p in method.adapt_batch(sx, sy[:1], 5)]
+    assert [s for s, _ in together] == [s for s, _ in alone] == [0, 2]
+    assert all(torch.equal(a.unsqueeze(0), b) for (_, a), (_, b) in zip(alone, together))
+
+
 def test_a_non_transductive_reptile_query_sees_only_the_support_set(chunk, one_thread) -> None:
     """Predicting one query alone or among others gives the same logits (and reptile-transductive does not)."""
     shape, sx, sy, qx = chunk
