@@ -25,9 +25,14 @@ EPISODES = 200
 BUDGETS = {"protonet": "100", "maml": "100"}  # iterations (quick: 1000 and 700)
 
 
+SAVED: dict[str, Path] = {}  # the fitted methods the fixture saved
+
+
 def short(method: str, out: Path) -> dict:
+    SAVED[method] = out / "fitted.pt"  # for the batched-evaluation check
+    save = ("--save", str(SAVED[method])) if method == "maml" else ()
     return cli_run(out, "--method", method, "--dataset", "omniglot", "--ways", "5", "--shots", "1",
-                   "--budget", BUDGETS[method], "--episodes", str(EPISODES))
+                   "--budget", BUDGETS[method], "--episodes", str(EPISODES), *save)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +64,36 @@ def test_maml_reaches_the_floor_and_adapts_step_by_step(fits: dict[str, dict]) -
     # above), so the strictly rising curve (steps[-1] > steps[1]) is the quick budget's, on the leaderboard
     assert min(steps[1:]) > steps[0] + 0.3, steps
     assert doc["method"]["transductive"] is True
+
+
+@pytest.mark.slow
+def test_maml_chunks_of_real_episodes_score_as_episode_by_episode(fits: dict[str, dict], one_thread) -> None:
+    """The fitted MAML of the fixture, on its first 100 real test episodes: chunks of 25 episodes adapted at once
+    (``adapt_batch``, vmapped, float32) against ``adapt`` episode by episode. Float32 sums in another order may
+    move a logit by a rounding error, so equality is per episode on at least 99 of 100 and the mean to 0.001."""
+    import torch
+
+    from mtbench.data import DATASETS
+    from mtbench.data.episodes import EpisodeSet
+    from mtbench.methods import METHODS, make_hparams
+    from mtbench.run.checkpoints import load_into, read_checkpoint
+    from mtbench.run.evaluate import evaluate
+
+    doc = fits["maml"]
+    blob, _ = read_checkpoint(SAVED["maml"])
+    cls = METHODS.get("maml")
+    method = cls(make_hparams(cls, "omniglot", {k: str(v) for k, v in blob["hparams"].items()}), (1, 28, 28),
+                 torch.Generator().manual_seed(0), torch.device("cpu"))
+    load_into(method, blob, 5)
+    test = DATASETS.get("omniglot")(root=shared_root(), progress=False).load("test")
+    episodes = EpisodeSet(test, EpisodeSpec(5, 1, 15, 100, seed=0))
+    alone = evaluate(method, episodes, progress=False, batched=False)
+    chunked = evaluate(method, episodes, progress=False, max_values=25 * 80 * 28 * 28)
+    assert chunked["evaluation"]["batched_episodes"] == 25
+    for other in (chunked["accuracy"]["per_episode"], doc["accuracy"]["per_episode"][:100]):  # and the run's own
+        same = sum(a == b for a, b in zip(alone["accuracy"]["per_episode"], other))
+        assert same >= 99, same
+    assert abs(alone["accuracy"]["mean"] - chunked["accuracy"]["mean"]) <= 0.001
 
 
 @pytest.mark.slow

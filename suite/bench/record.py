@@ -101,6 +101,7 @@ def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Callable[[], bench
             out.append(lambda b=b, batching=batching: bench.maml_meta_step(data, b, batching, episodes))
         if data.fit.device.type == "cuda":  # how much of the gain is the CUDA graph alone
             out.append(lambda b=b: bench.maml_meta_step(data, b, "loop", episodes, graph=True))
+    for b in spec.meta_batches if spec.measurements or spec.evaluation else ():  # MAML as run trains, and the peer
         out.append(lambda b=b: bench.maml_meta_step(data, b, "auto", episodes))
         out.append(lambda b=b: evaluation.peer_meta_step(data, b, episodes))
     if spec.evaluation:
