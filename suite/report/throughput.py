@@ -101,6 +101,23 @@ def _protonet(latest: dict[str, Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _evaluation(latest: dict[str, Run]) -> pd.DataFrame:
+    """Each evaluated method's time over its work-bound time, and MAML against the learn2learn-style loop."""
+    rows = []
+    for device, (_, doc) in latest.items():
+        ratio = doc["ratios"]
+        for name, x in ratio.get("evaluation_over_work_bound", {}).items():
+            rows.append({"device": device, "what": f"{name} evaluation / its work-bound time", "ratio": f"{x:.2f}x",
+                         "target": f"≤ {ratio.get('work_bound_target', '-')}x"})
+        if "maml_eval_last_over_peer" in ratio:
+            rows.append({"device": device, "what": "MAML evaluation, last step scored / learn2learn-style loop (time)",
+                         "ratio": f"{ratio['maml_eval_last_over_peer']:.2f}x", "target": "≤ 1x"})
+        for batch, x in ratio.get("maml_train_over_peer", {}).items():
+            rows.append({"device": device, "what": f"MAML training as run does it / learn2learn-style loop (tasks/s, "
+                                                   f"meta-batch {batch})", "ratio": f"{x:.2f}x", "target": "≥ 1x"})
+    return pd.DataFrame(rows)
+
+
 def _runs(runs: list[Run], latest: dict[str, Run]) -> pd.DataFrame:
     shown = {path for path, _ in latest.values()}
     rows = []
@@ -224,6 +241,11 @@ def throughput_page(leaderboards: Path) -> Built | None:
         Heading("ProtoNet: evaluator overhead"),
         Para(("Time of the evaluator on the fixed episodes over the bare forward passes it needs.",)),
         _table(_protonet(latest), "No ProtoNet evaluator measurements."),
+        Heading("Evaluation against the work it must do"),
+        Para(("From ", Code("mtbench bench --evaluation"), ": each method's evaluation time over its work-bound time "
+              "(its FLOPs, counted by ", Code("torch.utils.flop_counter"), ", over the Conv4's best FLOP rate on that "
+              "device), and MAML against a learn2learn-style per-episode loop in plain PyTorch.",)),
+        _table(_evaluation(latest), "No evaluation measurements."),
         Heading("Runs"),
         Table(_runs(runs, latest)),
     ]
