@@ -231,7 +231,7 @@ def test_maml_curves_files_are_shown_as_tables_and_a_bad_one_is_named(repo):
     table = frames(lb)[-2]  # before the table of our rows
     assert list(table["learner"]) == list(LEARNERS)
     assert list(table["it 50"]) == ["50.0 ± 1.0", "60.0 ± 1.0", "70.0 ± 1.0"]
-    assert list(table["seconds"]) == ["500"] * 3
+    assert list(table["by step at the end"]) == ["50.0 / 50.0 / 50.0", "60.0 / 60.0 / 60.0", "70.0 / 70.0 / 70.0"]
     (lb / "reproduction" / "junk.json").write_text("{}")
     with pytest.raises(UserError, match="junk.json is not an `mtbench bench --maml-curves` file"):
         reproduction_page(lb)

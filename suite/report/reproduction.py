@@ -317,8 +317,7 @@ def _maml_curves(leaderboards: Path) -> list[Block]:
             f"it {i}": [f"{100 * pts[k]['by_step'][-1]['mean']:.1f} ± {100 * pts[k]['by_step'][-1]['ci95']:.1f}"
                         for pts in learners.values()] for k, i in enumerate(iterations)} | {
             "by step at the end": [" / ".join(f"{100 * s['mean']:.1f}" for s in pts[-1]["by_step"])
-                                   for pts in learners.values()],
-            "seconds": [f"{pts[-1]['seconds']:.0f}" for pts in learners.values()]})
+                                   for pts in learners.values()]})  # speed: the bench's side-by-side ratios, not these
         blocks += [Para((f"{path.name}: Omniglot 5w1s, inner lr {settings['inner_lr']}, {settings['train_steps']} "
                          f"inner step in training and {settings['test_steps']} at test, meta-batch "
                          f"{settings['meta_batch']}, Adam {settings['meta_lr']}, {settings['train_queries']} query per "
