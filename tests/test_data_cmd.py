@@ -377,7 +377,7 @@ def test_verify_missing_and_unknown(tmp_path: Path) -> None:
     # without names, missing datasets are reported but do not fail
     result = invoke("verify", "--data-root", str(tmp_path), "--no-progress")
     assert result.exit_code == 0, result.output
-    assert "nothing failed: 1 generated, 6 missing" in result.output
+    assert "nothing failed: 1 generated, 7 missing" in result.output
     one_line_error(invoke("verify", "omniglot", "xrya", "--data-root", str(tmp_path)), "unknown dataset 'xrya'",
                    "did you mean 'xray'")
 

@@ -68,9 +68,10 @@ def test_maml_reaches_the_floor_and_adapts_step_by_step(fits: dict[str, dict]) -
 
 @pytest.mark.slow
 def test_maml_chunks_of_real_episodes_score_as_episode_by_episode(fits: dict[str, dict], one_thread) -> None:
-    """The fitted MAML of the fixture, on its first 100 real test episodes: chunks of 25 episodes adapted at once
+    """The fitted MAML of the fixture, on its first 30 real test episodes: chunks of 10 episodes adapted at once
     (``adapt_batch``, vmapped, float32) against ``adapt`` episode by episode. Float32 sums in another order may
-    move a logit by a rounding error, so equality is per episode on at least 99 of 100 and the mean to 0.001."""
+    move a logit by a rounding error, so at most one episode may differ and the means agree to 0.001. (30 episodes
+    keep CI within its time; chunks of 10 run about 3x slower per episode than one at a time on a 2-core CPU.)"""
     import torch
 
     from mtbench.data import DATASETS
@@ -86,13 +87,13 @@ def test_maml_chunks_of_real_episodes_score_as_episode_by_episode(fits: dict[str
                  torch.Generator().manual_seed(0), torch.device("cpu"))
     load_into(method, blob, 5)
     test = DATASETS.get("omniglot")(root=shared_root(), progress=False).load("test")
-    episodes = EpisodeSet(test, EpisodeSpec(5, 1, 15, 100, seed=0))
+    episodes = EpisodeSet(test, EpisodeSpec(5, 1, 15, 30, seed=0))
     alone = evaluate(method, episodes, progress=False, batched=False)
-    chunked = evaluate(method, episodes, progress=False, max_values=25 * 80 * 28 * 28)
-    assert chunked["evaluation"]["batched_episodes"] == 25
-    for other in (chunked["accuracy"]["per_episode"], doc["accuracy"]["per_episode"][:100]):  # and the run's own
+    chunked = evaluate(method, episodes, progress=False, max_values=10 * 80 * 28 * 28)
+    assert chunked["evaluation"]["batched_episodes"] == 10
+    for other in (chunked["accuracy"]["per_episode"], doc["accuracy"]["per_episode"][:30]):  # and the run's own
         same = sum(a == b for a, b in zip(alone["accuracy"]["per_episode"], other))
-        assert same >= 99, same
+        assert same >= 29, same
     assert abs(alone["accuracy"]["mean"] - chunked["accuracy"]["mean"]) <= 0.001
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from mtbench.core.errors import UserError
 
 THROUGHPUT = "throughput"  # the folder of a leaderboard that holds `mtbench bench` files
+REPRODUCTION = "reproduction"  # the folder of `mtbench bench --maml-curves` files (the reproduction page's)
+NOT_RESULTS = (THROUGHPUT, REPRODUCTION)  # folders of bench files, not results
 
 
 def folder(root: str | Path, dataset: str, setting: str) -> Path:
@@ -27,7 +29,7 @@ def throughput_folder(root: str | Path) -> Path:
 
 def leaderboard_files(root: str | Path) -> list[Path]:
     """The result files of a leaderboard folder, exactly as laid out (``<dataset>/<setting>/*.json``), sorted."""
-    return sorted(p for p in Path(root).glob("*/*/*.json") if p.parts[-3] != THROUGHPUT)
+    return sorted(p for p in Path(root).glob("*/*/*.json") if p.parts[-3] not in NOT_RESULTS)
 
 
 def folders(root: str | Path) -> list[tuple[str, str]]:
@@ -37,12 +39,12 @@ def folders(root: str | Path) -> list[tuple[str, str]]:
 
 def result_files(paths: Iterable[str | Path]) -> list[Path]:
     """The result JSON files under ``paths`` (files, or folders searched recursively; ``throughput/`` folders
-    hold benchmark files, not results, and are skipped)."""
+    and ``reproduction/`` folders hold benchmark files, not results, and are skipped)."""
     found: list[Path] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found += sorted(f for f in path.rglob("*.json") if THROUGHPUT not in f.relative_to(path).parts)
+            found += sorted(f for f in path.rglob("*.json") if not set(NOT_RESULTS) & set(f.relative_to(path).parts))
         elif path.is_file():
             found.append(path)
         else:
