@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -80,34 +80,19 @@ class Scratch(Method):
         return minibatches(n, hp.batch_size, -(-hp.steps * hp.batch_size // n), g) if 0 < hp.batch_size < n else None
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
-        hp = self.hparams
         model, g = self._episode_model(support_x, ways)
         model = model.to(support_x.device)
         if self.compiled:  # built per episode, so compiled here rather than by compile_modules
             model.compile()
-        opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
-        wanted = report_steps(hp.report_steps, hp.steps)
-
-        def snapshot() -> Predictor:
-            frozen = copy.deepcopy(model).eval()
-            return lambda query_x: frozen(query_x)
-
         batches = self._batches(len(support_y), g)
-        for step in range(hp.steps + 1):
-            if step in wanted:
-                yield at_step(step, snapshot())
-            if step == hp.steps:
-                break
-            model.train()
-            x, y = support_x, support_y
-            if batches is not None:
-                pick = batches[step].to(support_x.device)
-                x, y = support_x[pick], support_y[pick]
-            with torch.enable_grad():
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+
+        def step_data(step: int) -> tuple[Tensor, Tensor]:
+            if batches is None:
+                return support_x, support_y
+            pick = batches[step].to(support_x.device)
+            return support_x[pick], support_y[pick]
+
+        yield from self._train(model, step_data, F.cross_entropy)
 
     def adapt_batch(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
         """:meth:`adapt` for ``E`` episodes at once (``float[E, S, C, H, W]``, ``int64[E, S]``): each episode's
@@ -116,34 +101,43 @@ class Scratch(Method):
         of the episodes' mean losses (so each episode's gradient is its own); the predictors map
         ``float[E, Q, C, H, W]`` to ``float[E, Q, ways]`` in eval mode, each episode with its own running
         BatchNorm statistics."""
-        hp, device = self.hparams, support_x.device
+        device = support_x.device
         built = [self._episode_model(x, ways) for x in support_x]
         batches = [self._batches(support_y.shape[1], g) for _, g in built]
         model = WideConv4([m for m, _ in built]).to(device)
         if self.compiled:
             model.compile()
-        opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
-        wanted = report_steps(hp.report_steps, hp.steps)
         rows = torch.arange(len(support_x), device=device).unsqueeze(1)
 
-        def snapshot() -> Predictor:
-            frozen = copy.deepcopy(model).eval()
-            return lambda query_x: frozen(query_x)
+        def step_data(step: int) -> tuple[Tensor, Tensor]:
+            if batches[0] is None:
+                return support_x, support_y
+            pick = torch.stack([b[step] for b in batches]).to(device)  # [E, B]: the same sizes in every episode
+            return support_x[rows, pick], support_y[rows, pick]
 
+        def loss(logits: Tensor, y: Tensor) -> Tensor:
+            # the sum of the episodes' mean losses: episode e's parameters get episode e's gradient alone
+            return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / y.shape[1]
+
+        yield from self._train(model, step_data, loss)
+
+    def _train(self, model: nn.Module, step_data: Callable[[int], tuple[Tensor, Tensor]],
+               loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Iterator[Predictor]:
+        """Adam on ``model`` for ``steps`` steps on ``step_data(step)``, yielding an eval-mode copy at every
+        step of ``report_steps``: the one training loop of :meth:`adapt` (one network) and :meth:`adapt_batch`."""
+        hp = self.hparams
+        opt = torch.optim.Adam(model.parameters(), lr=hp.lr)
+        wanted = report_steps(hp.report_steps, hp.steps)
         for step in range(hp.steps + 1):
             if step in wanted:
-                yield at_step(step, snapshot())
+                frozen = copy.deepcopy(model).eval()
+                yield at_step(step, lambda query_x, frozen=frozen: frozen(query_x))
             if step == hp.steps:
                 break
             model.train()
-            x, y = support_x, support_y
-            if batches[0] is not None:
-                pick = torch.stack([b[step] for b in batches]).to(device)  # [E, B]: the same sizes in every episode
-                x, y = support_x[rows, pick], support_y[rows, pick]
+            x, y = step_data(step)
             with torch.enable_grad():
-                logits = model(x)
-                # the sum of the episodes' mean losses: episode e's parameters get episode e's gradient alone
-                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / y.shape[1]
+                loss = loss_fn(model(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -16,6 +16,7 @@ accuracy, is measured.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -99,7 +100,7 @@ def method_evaluate(data: BenchData, name: str, rate: dict[str, Any], spec: Epis
                           spec.episodes * spec.ways * spec.per_class, data.test.device,
                           config={"episodes": spec.episodes, "flops_per_episode": per_episode,
                                   "work_bound_ms": work_bound * 1000.0, "best_rate": rate,
-                                  "hparams": _hparams(method)}))
+                                  "hparams": dataclasses.asdict(method.hparams)}))
 
 
 def peer_evaluate(data: BenchData, spec: EpisodeSpec = SPEC) -> Workload:
@@ -130,12 +131,6 @@ def peer_meta_step(data: BenchData, meta_batch: int, spec: EpisodeSpec = SPEC) -
     return _warm(Workload("maml-peer", "meta-step", step, meta_batch, meta_batch * spec.ways * spec.per_class,
                           fit.device, meta_batch, config={"inner_lr": MAML_INNER_LR, "inner_steps": 1,
                                                           "meta_lr": 1e-3}))
-
-
-def _hparams(method: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(method.hparams)
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
