@@ -2,10 +2,11 @@
 
 Both learn Omniglot 5-way 1-shot in Finn et al.'s setting (inner lr 0.4, one inner step in training and
 three at test, meta-batch 32, Adam 1e-3, one query per class in training) from the same seed: the same
-training tasks (one task generator, seeded alike for each learner) and the same test episodes. A third
-learner, ``mtbench maml, peer init``, is mtbench's MAML started from the peer's initialisation (Xavier
-convolution and head weights, zero biases, BatchNorm scales uniform in [0, 1]) instead of PyTorch's default
-one: it tells apart what the initialisation does from what the rest of the implementation does.
+training tasks (one task generator, seeded alike for each learner) and the same test episodes. mtbench's
+MAML starts from the peer's very weights (its ``init=xavier``, the same draws from the same seed). A third
+learner, ``mtbench maml, PyTorch default init``, is mtbench's MAML started from PyTorch's default
+initialisation instead (``init=default``, MAML's default until version 2): it shows what the initialisation
+does, apart from the rest of the implementation.
 
 ``mtbench bench --maml-curves N`` runs it and writes the curves (accuracy after 1, 2 and 3 test steps at
 every evaluated iteration, with 95 % CIs, and the seconds spent) into the bench JSON; the reproduction
@@ -19,7 +20,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
 from mtbench.bench import peer
 from mtbench.core.metrics import mean_ci95
@@ -28,23 +28,8 @@ from mtbench.data.episodes import EpisodeSet, EpisodeSpec, sample_indices
 from mtbench.methods import METHODS, FitContext, make_hparams
 from mtbench.run.evaluate import evaluate
 
-LEARNERS = ("mtbench maml", "mtbench maml, peer init", "learn2learn-style")
+LEARNERS = ("mtbench maml", "mtbench maml, PyTorch default init", "learn2learn-style")
 INNER_LR, META_BATCH, META_LR, TEST_STEPS = 0.4, 32, 1e-3, 3
-
-
-def peer_init_(model: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Re-initialise ``model`` in place as :func:`mtbench.bench.peer.conv4` initialises the peer's network."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            # drawn into a contiguous tensor: filling a channels-last weight in place would draw in its memory order
-            weight = nn.init.xavier_uniform_(torch.empty(m.weight.shape), generator=generator)
-            with torch.no_grad():
-                m.weight.copy_(weight)
-            nn.init.zeros_(m.bias)
-        elif not list(m.children()) and getattr(m, "weight", None) is not None and m.weight.dim() == 1:
-            nn.init.uniform_(m.weight, generator=generator)  # the BatchNorm scales
-            nn.init.zeros_(m.bias)
-    return model
 
 
 def _point(iteration: int, started: float, by_step: list[tuple[float, float]]) -> dict[str, Any]:
@@ -53,16 +38,13 @@ def _point(iteration: int, started: float, by_step: list[tuple[float, float]]) -
 
 
 def _ours(source: Split, episodes: EpisodeSet, iterations: int, eval_at: set[int], seed: int,
-          peer_init: bool) -> list[dict[str, Any]]:
+          init: str) -> list[dict[str, Any]]:
     cls = METHODS.get("maml")
     hp = make_hparams(cls, "omniglot", {"inner_lr": str(INNER_LR), "meta_batch": str(META_BATCH),
                                         "meta_lr": str(META_LR), "eval_steps": str(TEST_STEPS),
-                                        "inner_steps": "1", "train_queries": "1"}, str(iterations))
-    init = torch.Generator().manual_seed(1000 + seed)
-    method = cls(hp, source.image_shape, init, source.device)
+                                        "inner_steps": "1", "train_queries": "1", "init": init}, str(iterations))
+    method = cls(hp, source.image_shape, torch.Generator().manual_seed(1000 + seed), source.device)  # the peer's seed
     method.prepare(episodes.spec.ways)
-    if peer_init:  # the peer's very weights: the same draws, in the same order, from the same seed
-        peer_init_(method.model, torch.Generator().manual_seed(1000 + seed))
     points: list[dict[str, Any]] = []
     started = time.perf_counter()
 
@@ -118,7 +100,7 @@ def maml_curves(source: Split, test: Split, iterations: int, every: int, episode
         if name == "learn2learn-style":
             points = _peer(source, eps, iterations, eval_at, seed)
         else:
-            points = _ours(source, eps, iterations, eval_at, seed, peer_init=name.endswith("peer init"))
+            points = _ours(source, eps, iterations, eval_at, seed, "default" if name.endswith("default init") else "xavier")
         last = points[-1]["by_step"][-1]
         log(f"  {name}: {last['mean']:.4f} ± {last['ci95']:.4f} after {iterations} meta-iterations "
             f"({points[-1]['seconds']:.0f} s)")

@@ -13,7 +13,10 @@ from pathlib import Path
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from mtbench.core.errors import UserError
 from mtbench.core.registry import Registry
@@ -25,9 +28,12 @@ BACKBONES: Registry[BackboneFactory] = Registry("backbones")
 class BatchStatNorm2d(nn.Module):
     """BatchNorm that always normalises with the statistics of the batch it is given.
 
-    Written with primitive tensor ops instead of the fused ``F.batch_norm``: under ``torch.func.vmap``
-    the fused kernel gives a wrong second-order gradient (pytorch/functorch#534). This is the
-    normalisation MAML uses (no running statistics), so it is transductive at test time.
+    This is the normalisation MAML and Reptile use (no running statistics), so they are transductive
+    at test time. It runs the fused ``F.batch_norm`` kernel, except under ``torch.func.vmap``: there the
+    fused kernel's batching rule gives a wrong second-order gradient (pytorch/functorch#534; still so in
+    torch 2.14: tests/test_maml_reference.py), so under vmap the same normalisation is written with
+    primitive tensor ops. The two agree to float rounding; outside vmap the fused one is the faster
+    (MAML's second-order meta-step on a CPU: reports/throughput.md).
     """
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
@@ -37,10 +43,17 @@ class BatchStatNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
+        if not under_vmap():
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)
         x_hat = (x - mean) * torch.rsqrt(var + self.eps)
         return x_hat * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def under_vmap() -> bool:
+    """Whether a ``torch.func.vmap`` transform is active (at any level of the functorch stack)."""
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
 class Conv4(nn.Module):
@@ -164,22 +177,40 @@ def timm_backbone(model_name: str, in_shape: tuple[int, int, int], generator: to
     return net
 
 
-def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
-    """Re-initialise ``module`` in place from ``generator``, with PyTorch's default schemes.
+#: the initialisation schemes of :func:`init_parameters`
+INIT_SCHEMES = ("default", "xavier")
 
-    Conv and Linear weights: Kaiming-uniform (a=sqrt(5)); biases uniform in ±1/sqrt(fan_in);
-    norm layers: weight 1, bias 0; recurrent layers: uniform in ±1/sqrt(hidden_size). Parameters must be on the CPU (generators are CPU ones), so
-    the same seed gives the same weights on every device.
+
+def init_parameters(module: nn.Module, generator: torch.Generator, scheme: str = "default") -> nn.Module:
+    """Re-initialise ``module`` in place from ``generator``, module by module in registration order.
+
+    ``default``: PyTorch's own schemes. Conv and Linear weights: Kaiming-uniform (a=sqrt(5)); biases uniform
+    in ±1/sqrt(fan_in); norm layers: weight 1, bias 0; recurrent layers: uniform in ±1/sqrt(hidden_size).
+    ``xavier``: MAML's as its reference implementations have it: Xavier-uniform conv and linear weights, zero
+    biases (Finn et al.'s code), norm weights uniform in [0, 1] and zero biases (learn2learn's ``CNN4``);
+    the draws of :func:`mtbench.bench.peer.conv4`, in its order. Parameters must be on the CPU (generators are
+    CPU ones), so the same seed gives the same weights on every device.
     """
+    if scheme not in INIT_SCHEMES:
+        raise UserError(f"initialisation {scheme!r}: use one of {', '.join(INIT_SCHEMES)}")
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and scheme == "xavier":
+            # drawn into a contiguous tensor: filling a channels-last weight in place draws in its memory order
+            with torch.no_grad():
+                m.weight.copy_(nn.init.xavier_uniform_(torch.empty(m.weight.shape), generator=generator))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
             if m.bias is not None:
                 fan_in = m.weight[0].numel()
                 bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
                 nn.init.uniform_(m.bias, -bound, bound, generator=generator)
         elif isinstance(m, (nn.BatchNorm2d, BatchStatNorm2d)):
-            nn.init.ones_(m.weight)
+            if scheme == "xavier":
+                nn.init.uniform_(m.weight, generator=generator)
+            else:
+                nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.LSTM, nn.LSTMCell, nn.GRU, nn.GRUCell)):
             bound = 1 / math.sqrt(m.hidden_size)
@@ -188,23 +219,25 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
     return module
 
 
-def build_backbone(name: str, in_shape: tuple[int, int, int], generator: torch.Generator, **options) -> nn.Module:
+def build_backbone(name: str, in_shape: tuple[int, int, int], generator: torch.Generator, init: str = "default",
+                   **options) -> nn.Module:
     """Build a registered backbone, or ``timm:<model>`` (``timm:<model>@<file>`` loads pretrained weights
-    from a local file), for ``in_shape``, initialised from ``generator``."""
+    from a local file), for ``in_shape``, initialised from ``generator`` by the scheme ``init``
+    (:func:`init_parameters`; a timm model keeps timm's)."""
     if name.startswith("timm:"):
         options.pop("norm", None)  # timm models bring their own normalisation layers
         model, _, weights = name.removeprefix("timm:").partition("@")  # timm:<model>@<weights file>
         return timm_backbone(model, in_shape, generator, weights=weights or options.pop("weights", None), **options)
-    model = init_parameters(BACKBONES.get(name)(in_shape, **options), generator)
+    model = init_parameters(BACKBONES.get(name)(in_shape, **options), generator, init)
     # channels-last convolution weights: 1.36x faster training steps of conv4 on a 2-core CPU, at
     # 84x84 and at 28x28 alike (inputs stay NCHW: the convolutions pick the weights' layout)
     return model.to(memory_format=torch.channels_last)
 
 
-def linear_head(in_features: int, ways: int, generator: torch.Generator) -> nn.Linear:
-    """A ``ways``-output linear classifier initialised from ``generator``."""
-    return init_parameters(nn.Linear(in_features, ways), generator)  # type: ignore[return-value]
+def linear_head(in_features: int, ways: int, generator: torch.Generator, init: str = "default") -> nn.Linear:
+    """A ``ways``-output linear classifier initialised from ``generator`` by the scheme ``init``."""
+    return init_parameters(nn.Linear(in_features, ways), generator, init)  # type: ignore[return-value]
 
 
-__all__ = ["BACKBONES", "BatchStatNorm2d", "Conv4", "build_backbone", "conv4", "conv4_32", "init_parameters", "linear_head",
+__all__ = ["BACKBONES", "BatchStatNorm2d", "Conv4", "INIT_SCHEMES", "build_backbone", "conv4", "conv4_32", "init_parameters", "linear_head", "under_vmap",
            "resnet12", "timm_backbone"]
