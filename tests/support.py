@@ -46,14 +46,20 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
     final accuracies (multiples of 1 / (ways * queries) to be consistent); ``by_step`` the means of the steps
     before the last; ``fit_seed`` its ``fit.seed``; ``top`` replaces top-level sections (``init``, ``submission``,
     ``source``...)."""
+    from mtbench.core.errors import UserError
     from mtbench.core.metrics import mean_ci95
+    from mtbench.methods import METHODS
 
+    try:  # a built-in method's result is of its installed version
+        version = str(METHODS.get(method).version)
+    except UserError:
+        version = "1"
     mean, ci = mean_ci95(per_episode)
     steps = [*(by_step or []), mean]
     ms = ms_by_step or [float(i + 1) for i in range(len(steps))]
     doc = {
         "schema_version": 4,
-        "method": {"name": method, "version": "1", "hparams": {}, "transductive": False, "variant": ""},
+        "method": {"name": method, "version": version, "hparams": {}, "transductive": False, "variant": ""},
         "dataset": {"name": dataset, "version": "1", "fit_split": "train", "split": "test", "unlabelled_split": None,
                     "support_split": None, "notes": []},
         "source": None,

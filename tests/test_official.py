@@ -116,6 +116,10 @@ def test_a_row_counts_once_a_quick_result_with_its_label_exists(tmp_path):
     longer = result_doc("matchingnet", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)
     longer["budget"]["name"] = "500"  # not the official budget: does not count
     put_result(where, longer)
+    older = result_doc("scratch", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)
+    older["method"]["version"] = "0"  # a result of older code: a row of its own, and not today's
+    put_result(where, older)
+    assert label(older) == "scratch v0" and label(fo) == "maml (1st order)"
     todo = missing(tmp_path, load_plan().select("omniglot", "20w1s"))
     assert [e.label for _, e in todo] == ["matchingnet", "feature-extract", "finetune", "maml", "scratch", "reptile"]
 

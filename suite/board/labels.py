@@ -4,17 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtbench.core.errors import UserError
+from mtbench.methods import METHODS
 from mtbench.results import execution_label
 
 
 def label(doc: dict[str, Any]) -> str:
     """``name (variant)``, as a pipeline when the run started from another method's checkpoint
     (``finetune → feature-extract``; ``maml (saved fit)`` from its own), with its precision and
-    compilation when not fp32 and uncompiled (e.g. ``protonet (bf16)``)."""
+    compilation when not fp32 and uncompiled (e.g. ``protonet (bf16)``); ``maml v1`` when the installed
+    method of that name is at another version (a change to its numbers bumps it), so that a result of
+    older code never stands in a row of today's, and ``mtbench official`` runs it again."""
     method = doc["method"]
     variant = method["variant"]
-    name = method["name"] + (f" ({variant})" if variant else "")
+    name = method["name"] + stale_version(method) + (f" ({variant})" if variant else "")
     init = doc["init"]
     if init:
         name = f"{name} (saved fit)" if init["method"] == method["name"] else f"{init['method']} → {name}"
     return name + execution_label(doc)
+
+
+def stale_version(method: dict[str, Any]) -> str:
+    """`` v<version>`` when the installed method called ``method["name"]`` is at another version than the
+    result's, else (and for a method not installed here, e.g. a submitted one) nothing."""
+    if "version" not in method:  # a label being derived for a plan entry
+        return ""
+    try:
+        installed = METHODS.get(method["name"])
+    except UserError:
+        return ""
+    return "" if str(installed.version) == str(method["version"]) else f" v{method['version']}"
