@@ -23,6 +23,8 @@ pytestmark = pytest.mark.realdata
 
 EPISODES = 200
 BUDGETS = {"protonet": "100", "maml": "100"}  # iterations (quick: 1000 and 700)
+# 20-way training episodes instead of the default 60-way: a third of ProtoNet's fit
+HPARAMS = {"protonet": ("--hp", "train_ways=20"), "maml": ()}
 
 
 SAVED: dict[str, Path] = {}  # the fitted methods the fixture saved
@@ -32,7 +34,7 @@ def short(method: str, out: Path) -> dict:
     SAVED[method] = out / "fitted.pt"  # for the batched-evaluation check
     save = ("--save", str(SAVED[method])) if method == "maml" else ()
     return cli_run(out, "--method", method, "--dataset", "omniglot", "--ways", "5", "--shots", "1",
-                   "--budget", BUDGETS[method], "--episodes", str(EPISODES), *save)
+                   "--budget", BUDGETS[method], "--episodes", str(EPISODES), *HPARAMS[method], *save)
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,9 @@ def fits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 def test_protonet_reaches_the_floor(fits: dict[str, dict]) -> None:
     acc = fits["protonet"]["accuracy"]
     assert len(acc["per_episode"]) == EPISODES
-    # measured 0.9306 +- 0.0092 at 100 iterations (0.9545 at 200), 200 episodes (2026-12-01); the paper: 98.8 % at
-    # its full schedule
-    assert acc["mean"] >= 0.90, acc["mean"]
+    # measured 0.8768 +- 0.0105 at 100 iterations of 20-way episodes, 200 episodes (60-way: 0.9306 +- 0.0092 in 3x
+    # the fit time; 2026-12-01); the paper: 98.8 % at its full schedule
+    assert acc["mean"] >= 0.84, acc["mean"]
     assert 0 < acc["ci95"] < 0.02
 
 
