@@ -47,8 +47,9 @@ class MAMLHparams:
             (:mod:`mtbench.methods.graphs`). No effect on the CPU.
         init: the network's initialisation (:func:`mtbench.methods.backbones.init_parameters`): ``xavier``,
             as Finn et al.'s code and learn2learn initialise MAML's Conv4, or PyTorch's ``default``. From
-            PyTorch's default MAML starts slower: 0.287 against 0.441 after 3 test steps at meta-iteration 0,
-            0.683 against 0.767 at 100 (Omniglot 5w1s, 100 episodes; reports/reproduction.md).
+            PyTorch's default MAML starts slower: 0.287 against 0.440 after 3 test steps at meta-iteration 0,
+            0.689 against 0.767 at 100 (Omniglot 5w1s, 100 episodes; leaderboards/reproduction/, shown on
+            reports/reproduction.md).
     """
 
     backbone: str = "conv4"
