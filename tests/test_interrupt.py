@@ -28,12 +28,25 @@ def _temps(root: Path) -> list[Path]:
 def _start_run(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     """``mtbench run`` of ProtoNet on the synthetic data in a subprocess, its stderr going to a file."""
     err = tmp_path / "stderr.txt"
-    cmd = [sys.executable, "-m", "mtbench.cli", "run", "--method", "protonet", "--dataset", "synthetic",
+    # -X faulthandler: a run that does not end after a signal is dumped by _ended (every thread's traceback)
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "mtbench.cli", "run", "--method", "protonet", "--dataset",
+           "synthetic",
            "--out", str(tmp_path / "results"), "--device", "cpu", *args]
     env = {**os.environ, "MTBENCH_CACHE": str(tmp_path / "cache")}
     with open(err, "w") as f:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=env, cwd=tmp_path)
     return proc, err
+
+
+def _ended(proc: subprocess.Popen, err: Path, timeout: float = 60.0) -> int:
+    """The run's exit status; a run still going after ``timeout`` s is sent SIGABRT, which its faulthandler answers
+    with every thread's traceback on stderr, and the test fails with that stderr (a hang, diagnosed)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=30)
+        pytest.fail(f"the run did not end {timeout:.0f} s after the signal; its stderr:\n{err.read_text()[-6000:]}")
 
 
 def _wait_for(found, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
@@ -51,7 +64,7 @@ def test_sigint_after_save_names_the_checkpoint(tmp_path: Path) -> None:
     _wait_for(ckpt.exists, proc, "the checkpoint was written")
     time.sleep(0.3)  # into the evaluation
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    assert _ended(proc, err) == 130
     last = err.read_text().strip().splitlines()[-1]
     assert last == f"mtbench: interrupted by SIGINT; it had written a checkpoint at {ckpt}, nothing else"
     assert not list((tmp_path / "results").glob("*")) and not _temps(tmp_path)
@@ -61,7 +74,7 @@ def test_sigterm_during_fit_says_nothing_was_written(tmp_path: Path) -> None:
     proc, err = _start_run(tmp_path, "--budget", "10000", "--episodes", "5", "--save", str(tmp_path / "ck.pt"))
     _wait_for(lambda: "training" in err.read_text(), proc, "the fit started")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143
+    assert _ended(proc, err) == 143
     last = err.read_text().replace("\r", "\n").strip().splitlines()[-1]
     assert last == "mtbench: interrupted by SIGTERM; nothing was written"
     assert not (tmp_path / "ck.pt").exists() and not (tmp_path / "results").exists() and not _temps(tmp_path)
