@@ -34,7 +34,10 @@ def _start_run(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
            "--out", str(tmp_path / "results"), "--device", "cpu", *args]
     env = {**os.environ, "MTBENCH_CACHE": str(tmp_path / "cache")}
     with open(err, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=env, cwd=tmp_path)
+        # SIGINT at its default in the child: a process that inherits it ignored (as a pytest-xdist worker's child may;
+        # a CI run's faulthandler dump showed the run evaluating on 60 s after SIGINT) keeps it ignored, as Python does
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, env=env, cwd=tmp_path,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return proc, err
 
 
