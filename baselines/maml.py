@@ -17,7 +17,7 @@ from mtbench.methods.backbones import Conv4, build_backbone, linear_head
 from mtbench.data.episodes import sample_indices
 from mtbench.methods.graphs import GraphedStep, capturable_adam
 from mtbench.methods.functional import Params, accuracy, detached, forward, last, params_of, sgd_inner_loop
-from mtbench.methods import METHODS, FitContext, Method, Predictor, non_negative, positive
+from mtbench.methods import METHODS, FitContext, Method, Predictor, as_chunk_of_one, non_negative, positive
 from mtbench.core.errors import UserError
 
 
@@ -227,8 +227,7 @@ class MAML(Method):
         if len(support_x) == 1:
             # a chunk of one episode (the CPU's chunk for the real datasets) is adapt itself: on the CPU the vmapped
             # step over one episode took 1.5-2x adapt's time (mtbench bench --evaluation maml)
-            for predictor in self.adapt(support_x[0], support_y[0], ways):
-                yield lambda query_x, p=predictor: p(query_x[0]).unsqueeze(0)
+            yield from as_chunk_of_one(self.adapt(support_x[0], support_y[0], ways))
             return
         model = self._target_model(ways)
         start = detached(params_of(model))

@@ -14,7 +14,7 @@ from mtbench.methods.backbones import build_backbone, linear_head
 from mtbench.data.episodes import sample_indices
 from mtbench.core.errors import UserError
 from mtbench.methods.functional import Adam, Params, detached, forward, inner_loop, last, params_of
-from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive, report_steps
+from mtbench.methods import METHODS, FitContext, Method, Predictor, as_chunk_of_one, at_step, positive, report_steps
 
 
 class AdamMoments(nn.Module):
@@ -191,8 +191,7 @@ class Reptile(Method):
             # a chunk of one episode (the CPU's chunk for the real datasets) is adapt itself: on the CPU the vmapped
             # convolutions are slower than adapt's, and in float32 Adam's first steps from fresh moments (near sign
             # steps) turn their other rounding into other accuracies
-            for predictor in self.adapt(support_x[0], support_y[0], ways):
-                yield at_step(predictor.step, lambda query_x, p=predictor: p(query_x[0]).unsqueeze(0))
+            yield from as_chunk_of_one(self.adapt(support_x[0], support_y[0], ways))
             return
         model = self._build(ways)
         model.train()

@@ -71,6 +71,14 @@ def at_step(step: int, predictor: Predictor) -> Predictor:
     return predictor
 
 
+def as_chunk_of_one(predictors: Iterator[Predictor]) -> Iterator[Predictor]:
+    """``adapt``'s predictors of one episode as ``adapt_batch``'s for a chunk of that one episode (``float[1, Q, ...]``
+    -> ``float[1, Q, ways]``), each at its step: for a method whose vmapped path is slower than ``adapt`` at one
+    episode (MAML, Reptile on the CPU)."""
+    for i, predictor in enumerate(predictors):
+        yield at_step(getattr(predictor, "step", i), lambda query_x, p=predictor: p(query_x[0]).unsqueeze(0))
+
+
 class FitHook(typing.Protocol):
     """What the run layer plugs into a fit to save and resume it (``mtbench run --checkpoint-every / --resume``,
     :mod:`mtbench.run.resume`); :meth:`FitContext.loop` calls it, a method never does."""
