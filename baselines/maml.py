@@ -108,7 +108,8 @@ class MAML(Method):
     quick_presets = {"miniimagenet": {"inner_steps": 1, "meta_batch": 2, "task_batching": "loop"}}
     transductive = True
     # 2: Xavier initialisation by default (``init``); BatchNorm by the fused kernel outside vmap (float rounding)
-    version = "2"
+    # 3: on the CPU, convolution weights in the default layout, not channels-last (float rounding)
+    version = "3"
     #: what ``task_batching=auto`` picks per device type (read by ``mtbench bench`` too)
     AUTO_BATCHING = AUTO_BATCHING
 
@@ -120,7 +121,10 @@ class MAML(Method):
     def __init__(self, hparams: MAMLHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)
         self._generator = generator
-        self.backbone = build_backbone(hparams.backbone, in_shape, generator, init=hparams.init, norm="batch")
+        # on the CPU the default weight layout: channels-last weights made the second-order meta-step 0.80x as
+        # fast (same-process measurement against the learn2learn-style loop, whose weights are contiguous)
+        self.backbone = build_backbone(hparams.backbone, in_shape, generator, init=hparams.init, norm="batch",
+                                       channels_last=torch.device(device).type != "cpu")
         batching = hparams.task_batching
         if batching == "auto":
             batching = AUTO_BATCHING.get(torch.device(device).type, "loop")

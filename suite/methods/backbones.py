@@ -220,18 +220,20 @@ def init_parameters(module: nn.Module, generator: torch.Generator, scheme: str =
 
 
 def build_backbone(name: str, in_shape: tuple[int, int, int], generator: torch.Generator, init: str = "default",
-                   **options) -> nn.Module:
+                   channels_last: bool = True, **options) -> nn.Module:
     """Build a registered backbone, or ``timm:<model>`` (``timm:<model>@<file>`` loads pretrained weights
     from a local file), for ``in_shape``, initialised from ``generator`` by the scheme ``init``
-    (:func:`init_parameters`; a timm model keeps timm's)."""
+    (:func:`init_parameters`; a timm model keeps timm's), with channels-last convolution weights unless
+    ``channels_last`` is false."""
     if name.startswith("timm:"):
         options.pop("norm", None)  # timm models bring their own normalisation layers
         model, _, weights = name.removeprefix("timm:").partition("@")  # timm:<model>@<weights file>
         return timm_backbone(model, in_shape, generator, weights=weights or options.pop("weights", None), **options)
     model = init_parameters(BACKBONES.get(name)(in_shape, **options), generator, init)
     # channels-last convolution weights: 1.36x faster training steps of conv4 on a 2-core CPU, at
-    # 84x84 and at 28x28 alike (inputs stay NCHW: the convolutions pick the weights' layout)
-    return model.to(memory_format=torch.channels_last)
+    # 84x84 and at 28x28 alike (inputs stay NCHW: the convolutions pick the weights' layout); but 0.80x
+    # for MAML's second-order meta-steps on the CPU, which therefore asks for the default layout
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def linear_head(in_features: int, ways: int, generator: torch.Generator, init: str = "default") -> nn.Linear:
