@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mtbench.board.labels import label
-from mtbench.board.official import expected_label, load_plan, missing, spec
+from mtbench.board.official import cost_lines, expected_label, load_plan, missing, spec
 from mtbench.cli import main
 from mtbench.cli.board import official_run_options
 from mtbench.cli.main import run_cmd
@@ -122,6 +122,14 @@ def test_a_row_counts_once_a_quick_result_with_its_label_exists(tmp_path):
     assert label(older) == "scratch v0" and label(fo) == "maml (1st order)"
     todo = missing(tmp_path, load_plan().select("omniglot", "20w1s"))
     assert [e.label for _, e in todo] == ["matchingnet", "feature-extract", "finetune", "maml", "scratch", "reptile"]
+    # what the present rows cost, per device: protonet's and FOMAML's files (10 s fit + 2 s evaluation each); the
+    # longer budget's and the older version's are not rows of the plan
+    gpu = result_doc("feature-extract", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)
+    gpu["provenance"]["device"], gpu["fit"]["seconds"] = "GPU Test", 7200.0
+    put_result(where, gpu)
+    assert cost_lines(tmp_path, load_plan().select("omniglot", "20w1s")) == [
+        "present, run on CPU Test Processor (2 threads): 2 row(s), fit 20.0 s + evaluation 4.0 s = 24.0 s",
+        "present, run on GPU Test: 1 row(s), fit 2.00 h + evaluation 2.0 s = 2.00 h"]
 
 
 def test_options_after_the_dashes_are_run_options_and_the_plan_sets_the_rest(tmp_path):
@@ -200,6 +208,7 @@ def test_dry_run_and_unknown_setting(tmp_path):
     result = CliRunner().invoke(main, ["official", "--leaderboards", str(tmp_path), "--setting", "transfer200-50",
                                        "--dry-run", "--", "--device", "cuda"])
     assert result.exit_code == 0 and "8 row(s) missing in xray/transfer200-50" in result.output
+    assert "present, run on" not in result.output  # an empty folder: no row, no cost
     assert "[1/8] protonet on xray/transfer200-50" in result.output
     assert (f"mtbench run --method protonet --dataset xray --train-images 200 --test-images 50 --budget quick "
             f"--out {tmp_path / 'xray' / 'transfer200-50'} --device cuda") in result.output

@@ -240,6 +240,29 @@ def missing(leaderboards: Path, chosen: list[Setting]) -> list[tuple[Setting, En
     return [(setting, entry) for setting, entry, _ in missing_runs(leaderboards, chosen)]
 
 
+def cost_lines(leaderboards: Path, chosen: list[Setting]) -> list[str]:
+    """What the plan's rows present at fit seed 0 cost, from their result files: per device, the rows and the sum
+    of their fit and evaluation seconds (the plan's compute, as the rows were run)."""
+    from mtbench.results import read_result
+
+    by_device: dict[str, list[float]] = {}
+    for setting in chosen:
+        have = present(folder(leaderboards, setting.dataset, setting.name), setting.budget, 0)
+        for entry in setting.entries:
+            if entry.label in have:
+                doc = read_result(have[entry.label])
+                row = by_device.setdefault(doc["provenance"]["device"], [0, 0.0, 0.0])
+                row[0] += 1
+                row[1] += doc["fit"]["seconds"]
+                row[2] += doc["evaluation"]["seconds"]
+    return [f"present, run on {device}: {int(n)} row(s), fit {_time(fit)} + evaluation {_time(ev)} = {_time(fit + ev)}"
+            for device, (n, fit, ev) in sorted(by_device.items())]
+
+
+def _time(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 60 else f"{seconds:.1f} s"
+
+
 def missing_line(todo: list[Any], chosen: list[Setting], fit_seeds: Sequence[int] = (0,)) -> str:
     """``3 row(s) missing in omniglot/5w1s`` (``at fit seeds 0, 1`` added when asked for other than 0 alone)."""
     seeds = f" at fit seeds {', '.join(map(str, dict.fromkeys(fit_seeds)))}" if list(fit_seeds) != [0] else ""
@@ -281,6 +304,9 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
     from mtbench.run import runner
 
     todo = missing_runs(leaderboards, chosen, fit_seeds)
+    if dry_run:
+        for line in cost_lines(leaderboards, chosen):
+            echo(line)
     echo(missing_line(todo, chosen, fit_seeds))
     failed = 0
     for i, (setting, entry, fit_seed) in enumerate(todo, 1):
