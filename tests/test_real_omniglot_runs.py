@@ -21,7 +21,7 @@ from support import cli_run, requires_real_data, shared_root
 pytestmark = pytest.mark.realdata
 
 
-EPISODES = 200
+EPISODES = 100  # the first 100 of the quick rows' 600 (episode i comes from its own seed)
 BUDGETS = {"protonet": "100", "maml": "100"}  # iterations (quick: 1000 and 700)
 # 20-way training episodes instead of the default 60-way: a third of ProtoNet's fit; MAML's meta-batches of 16
 # tasks instead of 32: half its fit
@@ -48,19 +48,20 @@ def fits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 def test_protonet_reaches_the_floor(fits: dict[str, dict]) -> None:
     acc = fits["protonet"]["accuracy"]
     assert len(acc["per_episode"]) == EPISODES
-    # measured 0.8768 +- 0.0105 at 100 iterations of 20-way episodes, 200 episodes (60-way: 0.9306 +- 0.0092 in 3x
-    # the fit time; 2026-12-01); the paper: 98.8 % at its full schedule
+    # measured 0.8685 +- 0.0137 at 100 iterations of 20-way episodes on these 100 episodes (0.8768 +- 0.0105 on 200;
+    # 60-way: 0.9306 +- 0.0092 on 200 in 3x the fit time; 2026-12-01); the paper: 98.8 % at its full schedule
     assert acc["mean"] >= 0.84, acc["mean"]
-    assert 0 < acc["ci95"] < 0.02
+    assert 0 < acc["ci95"] < 0.03
 
 
 @pytest.mark.slow
 def test_maml_reaches_the_floor_and_adapts_step_by_step(fits: dict[str, dict]) -> None:
     doc = fits["maml"]
     steps = [s["mean"] for s in doc["accuracy"]["by_step"]]
-    # MAML version 2 (Xavier initialisation), 200 episodes (2026-12-01): measured 0.6585 +- 0.0201 at 100 iterations
-    # of 16 tasks, by step 0.179, 0.665, 0.623, 0.658 (of 32 tasks: 0.7614 +- 0.0175, by step 0.200, 0.733, 0.726,
-    # 0.761, in 2.3x the fit time); version 1 (PyTorch's default initialisation) had 0.6396 at 100 of 32
+    # MAML version 3, these 100 episodes (2026-12-02): measured 0.6779 +- 0.0271 at 100 iterations of 16 tasks, by
+    # step 0.182, 0.673, 0.635, 0.678 (version 2, on 200 episodes: 0.6585 +- 0.0201; of 32 tasks: 0.7614 +- 0.0175,
+    # by step 0.200, 0.733, 0.726, 0.761, in 2.3x the fit time); version 1 (PyTorch's default initialisation) had
+    # 0.6396 at 100 of 32
     assert doc["accuracy"]["mean"] >= 0.60, steps
     assert len(steps) == doc["method"]["hparams"]["eval_steps"] + 1
     assert abs(steps[0] - 0.2) < 0.05, steps  # before adapting: chance for 5 ways
