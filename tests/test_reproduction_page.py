@@ -14,7 +14,7 @@ from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
 from mtbench.report.blocks import Table
 from mtbench.report.build import PAGES, build, write
-from mtbench.report.reproduction import PUBLISHED, UNEXPLAINED, reproduction_page
+from mtbench.report.reproduction import PUBLISHED, UNEXPLAINED, _measured, reproduction_page
 from tests.support import init_doc, put_result, result_doc
 
 HOSTILE = "<script>alert(1)</script> | *bold*"
@@ -238,3 +238,16 @@ def test_maml_curves_files_are_shown_as_tables_and_a_bad_one_is_named(repo):
     (lb / "reproduction" / "junk.json").write_text("{}")
     with pytest.raises(UserError, match="junk.json is not an `mtbench bench --maml-curves` file"):
         reproduction_page(lb)
+
+
+def test_transfer_evidence_shows_the_spread_of_its_trials(tmp_path):
+    """A transfer result's few trials: the evidence says how far one trial fell from the mean, read from the file
+    (a claim made from one split lies anywhere in that range); a run without a fit says no iterations."""
+    doc = result_doc("scratch", [0.6, 0.74, 0.86, 0.7], ways=2, queries=25, budget={"name": "quick", "iterations": 0})
+    doc["protocol"].update(kind="transfer", train_images=200, test_images=50, trials=4, shots=100,
+                           fit_episodes={"ways": 2, "shots": 5, "queries": 15, "episodes": 1, "seed": 0})
+    doc["fit"]["iterations"] = 0
+    put_result(tmp_path / "lb", doc)
+    mean, ci = ci_pct([0.6, 0.74, 0.86, 0.7])
+    assert _measured("lb/scratch.json", tmp_path) == (f"lb/scratch.json ({mean:.2f} ± {ci:.2f} %; its 4 trials of 50 "
+                                                      f"test images from 60 to 86 %)")

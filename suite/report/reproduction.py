@@ -135,9 +135,14 @@ def _measured(path: str, repo: Path) -> str:
         doc = read_result(repo / path)
     except (UserError, ValueError, KeyError):
         return path  # not a result file (e.g. a bench file): the path alone
-    acc = doc["accuracy"]
-    return (f"{path} ({100 * acc['mean']:.2f} ± {100 * acc['ci95']:.2f} % after {doc['fit']['iterations']} "
-            f"iterations)")
+    acc, protocol, iterations = doc["accuracy"], doc["protocol"], doc["fit"]["iterations"]
+    what = [f"{100 * acc['mean']:.2f} ± {100 * acc['ci95']:.2f} %" + (f" after {iterations} iterations" if iterations
+                                                                       else "")]
+    if protocol["kind"] == "transfer":  # a few trials: how far one of them may fall from the mean
+        each = acc["per_episode"]
+        what.append(f"its {len(each)} trials of {protocol['test_images']} test images from {100 * min(each):.0f} "
+                    f"to {100 * max(each):.0f} %")
+    return f"{path} ({'; '.join(what)})"
 
 
 def parse(doc: dict[str, Any], where: str, repo: Path) -> list[Figure]:
