@@ -147,6 +147,17 @@ def test_measure_warms_up_then_times_the_repeats():
     assert row["tasks_per_s"] == pytest.approx(2 / w.median) and row["images_per_s"] == pytest.approx(10 / w.median)
 
 
+def test_a_pair_is_timed_in_turn_step_for_step():
+    calls = []
+
+    def build(name: str):
+        return lambda: bench._warm(bench.Workload(name, "x", lambda: calls.append(name), 1, 1, torch.device("cpu")))
+
+    ours, peer = bench.measure_pair((build("ours"), build("peer")), repeats=4)
+    assert calls == ["ours", "peer"] + ["ours", "peer", "peer", "ours", "ours", "peer", "peer", "ours"]  # warm-ups first
+    assert (ours.method, peer.method) == ("ours", "peer") and len(ours.seconds) == len(peer.seconds) == 4
+
+
 def test_ratios_pair_batched_variants_with_loop_and_evaluator_with_forward():
     def row(method, measurement, batch, ms, tasks=1):
         return {"method": method, "measurement": measurement, "meta_batch": batch, "ms_per_step": ms,

@@ -20,6 +20,7 @@ from mtbench.core.runtime import device_name, malloc_setting, select_device
 
 SCHEMA_VERSION = 1
 KIND = "mtbench-bench"
+Build = Callable[[], bench.Workload]  # builds (and warms up) one measurement
 
 #: What readers of a bench file (``mtbench report``) rely on; :func:`read` checks it.
 SCHEMA: dict[str, Any] = {
@@ -83,13 +84,14 @@ def check(spec: BenchSpec) -> None:
             raise UserError(f"--out {out}: cannot write in {folder}; choose another file")
 
 
-def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Callable[[], bench.Workload]]:
+def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Build | tuple[Build, Build]]:
     """The measurements, in order: episode sampling, ProtoNet, then per meta-batch MAML bmm, vmap, the
     reference loop (and, on CUDA, the loop in a CUDA graph), what ``mtbench run`` uses (``auto``) and the
     learn2learn-style peer loop; then, for ``spec.evaluation``, each method's evaluator with its work-bound
-    time, MAML scoring its last step only, and the peer's evaluation."""
+    time, MAML scoring its last step only, and the peer's evaluation. A pair, MAML and the peer, is timed
+    in turn (:func:`~mtbench.bench.workloads.measure_pair`)."""
     episodes = dataclasses.replace(bench.SPEC, episodes=spec.episodes)
-    out: list[Callable[[], bench.Workload]] = [] if not spec.measurements else [
+    out: list[Build | tuple[Build, Build]] = [] if not spec.measurements else [
         lambda: bench.episode_sampling(data, episodes),
         lambda: bench.fixed_episodes(data, episodes),
         lambda: bench.protonet_train(data, episodes),
@@ -102,15 +104,15 @@ def workloads(data: bench.BenchData, spec: BenchSpec) -> list[Callable[[], bench
         if data.fit.device.type == "cuda":  # how much of the gain is the CUDA graph alone
             out.append(lambda b=b: bench.maml_meta_step(data, b, "loop", episodes, graph=True))
     for b in spec.meta_batches if spec.measurements or spec.evaluation else ():  # MAML as run trains, and the peer
-        out.append(lambda b=b: bench.maml_meta_step(data, b, "auto", episodes))
-        out.append(lambda b=b: evaluation.peer_meta_step(data, b, episodes))
+        out.append((lambda b=b: bench.maml_meta_step(data, b, "auto", episodes),
+                    lambda b=b: evaluation.peer_meta_step(data, b, episodes)))
     if spec.evaluation:
         rate = evaluation.best_rate(data.test.image_shape, data.test.device)
         for name in spec.evaluation:
             out.append(lambda name=name: evaluation.method_evaluate(data, name, rate, episodes))
         if "maml" in spec.evaluation:
-            out.append(lambda: evaluation.method_evaluate(data, "maml", rate, episodes, last_only=True))
-            out.append(lambda: evaluation.peer_evaluate(data, episodes))
+            out.append((lambda: evaluation.method_evaluate(data, "maml", rate, episodes, last_only=True),
+                        lambda: evaluation.peer_evaluate(data, episodes)))
     return out
 
 
@@ -123,10 +125,12 @@ def run(spec: BenchSpec, log: Callable[[str], None] = lambda _: None) -> dict[st
     log(f"data: {data.description}")
     rows = []
     for build in workloads(data, spec):
-        m = bench.measure(build, spec.repeats)
-        row = m.as_dict()
-        log(f"  {label(row)}: {row['ms_per_step']:.1f} ms per step")
-        rows.append(row)
+        # a pair (MAML and the peer loop) is timed in turn, step for step: see bench.measure_pair
+        pair = isinstance(build, tuple)
+        for m in bench.measure_pair(build, spec.repeats) if pair else [bench.measure(build, spec.repeats)]:
+            row = m.as_dict()
+            log(f"  {label(row)}: {row['ms_per_step']:.1f} ms per step")
+            rows.append(row)
     doc = document(spec, data.description, data.real, rows, device, origin)
     if spec.maml_curves:
         from mtbench.bench.curves import maml_curves

@@ -316,6 +316,29 @@ def measure(build: Callable[[], Workload], repeats: int) -> Measurement:
                        str(device), w.config)
 
 
+def measure_pair(builds: tuple[Callable[[], Workload], Callable[[], Workload]], repeats: int) -> list[Measurement]:
+    """Two workloads whose ratio is reported (MAML against the peer loop), built and warmed up together, then timed
+    step for step in turn, ``a b b a a b ...``: a load that changes during the run (another job on a shared
+    machine) weighs on both alike, where one after the other it could fall on one of them only. Peak memory:
+    the pair's."""
+    pair = [build() for build in builds]
+    device = pair[0].device
+    reset_peak_memory(device)
+    seconds: list[list[float]] = [[], []]
+    try:
+        for r in range(repeats):
+            for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+                t0 = timer(device)
+                pair[i]()
+                seconds[i].append(timer(device) - t0)
+        mem, kind = peak_memory(device)
+    finally:
+        for w in pair:
+            w.close()
+    return [Measurement(w.method, w.measurement, w.meta_batch, w.tasks, w.images, tuple(t), mem, kind, str(device),
+                        w.config) for w, t in zip(pair, seconds)]
+
+
 def ratios(rows: Iterable[dict[str, Any]], device_type: str = "cpu") -> dict[str, Any]:
     """From :meth:`Measurement.as_dict` rows:
 
