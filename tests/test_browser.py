@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from mtbench.report import report
-from mtbench.results.layout import THROUGHPUT
+from mtbench.results.layout import REPRODUCTION, THROUGHPUT
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -52,9 +52,10 @@ ROWS_JS = """return Array.from(document.querySelectorAll('table.leaderboard'),
 # -- what the report must contain (pure functions) -------------------------------------------------
 def leaderboard_pages(leaderboards: Path) -> dict[str, set[str]]:
     """The leaderboard pages a report of ``leaderboards`` must have: ``<dataset>-<setting>.html`` for each
-    folder ``<dataset>/<setting>/`` (not under ``throughput/``) with ``*.json`` files, to their file names."""
+    folder ``<dataset>/<setting>/`` (not under ``throughput/`` or ``reproduction/``, which hold no results) with
+    ``*.json`` files, to their file names."""
     pages: dict[str, set[str]] = {}
-    for dataset in sorted(p for p in leaderboards.iterdir() if p.is_dir() and p.name != THROUGHPUT):
+    for dataset in sorted(p for p in leaderboards.iterdir() if p.is_dir() and p.name not in (THROUGHPUT, REPRODUCTION)):
         for setting in sorted(p for p in dataset.iterdir() if p.is_dir()):
             files = {p.name for p in setting.glob("*.json") if p.is_file()}
             if files:
