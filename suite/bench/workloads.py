@@ -300,43 +300,30 @@ class Measurement:
 def measure(build: Callable[[], Workload], repeats: int) -> Measurement:
     """Build (and warm up) a workload, then time ``repeats`` steps. Peak memory: CUDA's maximum allocated
     over the timed steps, or on the CPU the process's peak RSS so far (it cannot be reset)."""
-    w = build()
-    device = w.device
-    reset_peak_memory(device)
-    seconds = []
-    try:
-        for _ in range(repeats):
-            t0 = timer(device)
-            w()
-            seconds.append(timer(device) - t0)
-        mem, kind = peak_memory(device)
-    finally:
-        w.close()
-    return Measurement(w.method, w.measurement, w.meta_batch, w.tasks, w.images, tuple(seconds), mem, kind,
-                       str(device), w.config)
+    return measure_pair((build,), repeats)[0]
 
 
-def measure_pair(builds: tuple[Callable[[], Workload], Callable[[], Workload]], repeats: int) -> list[Measurement]:
-    """Two workloads whose ratio is reported (MAML against the peer loop), built and warmed up together, then timed
+def measure_pair(builds: tuple[Callable[[], Workload], ...], repeats: int) -> list[Measurement]:
+    """Workloads whose ratio is reported (MAML against the peer loop), built and warmed up together, then timed
     step for step in turn, ``a b b a a b ...``: a load that changes during the run (another job on a shared
     machine) weighs on both alike, where one after the other it could fall on one of them only. Peak memory:
-    the pair's."""
-    pair = [build() for build in builds]
-    device = pair[0].device
+    theirs together. One workload alone is :func:`measure`."""
+    works = [build() for build in builds]
+    device = works[0].device
     reset_peak_memory(device)
-    seconds: list[list[float]] = [[], []]
+    seconds: list[list[float]] = [[] for _ in works]
     try:
         for r in range(repeats):
-            for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            for i in (range(len(works)) if r % 2 == 0 else reversed(range(len(works)))):
                 t0 = timer(device)
-                pair[i]()
+                works[i]()
                 seconds[i].append(timer(device) - t0)
         mem, kind = peak_memory(device)
     finally:
-        for w in pair:
+        for w in works:
             w.close()
     return [Measurement(w.method, w.measurement, w.meta_batch, w.tasks, w.images, tuple(t), mem, kind, str(device),
-                        w.config) for w, t in zip(pair, seconds)]
+                        w.config) for w, t in zip(works, seconds)]
 
 
 def ratios(rows: Iterable[dict[str, Any]], device_type: str = "cpu") -> dict[str, Any]:
