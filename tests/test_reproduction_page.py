@@ -14,7 +14,8 @@ from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
 from mtbench.report.blocks import Table
 from mtbench.report.build import PAGES, build, write
-from mtbench.report.reproduction import PUBLISHED, UNEXPLAINED, _measured, reproduction_page
+from mtbench.report.evidence import describe
+from mtbench.report.reproduction import PUBLISHED, UNEXPLAINED, reproduction_page
 from tests.support import init_doc, put_result, result_doc
 
 HOSTILE = "<script>alert(1)</script> | *bold*"
@@ -249,5 +250,27 @@ def test_transfer_evidence_shows_the_spread_of_its_trials(tmp_path):
     doc["fit"]["iterations"] = 0
     put_result(tmp_path / "lb", doc)
     mean, ci = ci_pct([0.6, 0.74, 0.86, 0.7])
-    assert _measured("lb/scratch.json", tmp_path) == (f"lb/scratch.json ({mean:.2f} ± {ci:.2f} %; its 4 trials of 50 "
-                                                      f"test images from 60 to 86 %)")
+    assert describe(["lb/scratch.json"], tmp_path) == (f"lb/scratch.json ({mean:.2f} ± {ci:.2f} %; its 4 trials of 50 "
+                                                       f"test images from 60 to 86 %)",)
+
+
+def test_evidence_of_the_same_episodes_is_paired_with_the_last_result(tmp_path):
+    """Results of the same test episodes are each paired with the last one named (the row), over the episodes
+    both scored: a shorter run on the first 4 episodes, another on all 6; a run of other episodes (another
+    episode seed) and a file that is no result are not paired."""
+    row = [0.8, 0.6, 0.9, 0.4, 0.8, 0.6]
+    short = [0.6, 0.6, 0.7, 0.2]  # 0.2 below the row on 3 of its first 4 episodes
+    longer = [x + 0.1 for x in row]  # 0.1 above on every episode: a zero-width interval
+    put_result(tmp_path / "lb", result_doc("protonet", short), "short")
+    put_result(tmp_path / "lb", result_doc("protonet", longer), "longer")
+    other = result_doc("protonet", short)
+    other["protocol"]["seed"] = 1
+    put_result(tmp_path / "lb", other, "other")
+    put_result(tmp_path / "lb", result_doc("protonet", row), "row")
+    (tmp_path / "lb" / "bench.json").write_text("{}")
+    got = describe(["lb/short.json", "lb/longer.json", "lb/other.json", "lb/bench.json", "lb/row.json"], tmp_path)
+    diff, ci = ci_pct([-0.2, 0.0, -0.2, -0.2])
+    assert got[0].endswith(f"; {diff:+.2f} ± {ci:.2f} points paired with row.json on the first 4 episodes)")
+    assert diff == pytest.approx(-15.0) and ci > 0
+    assert got[1].endswith("; +10.00 ± 0.00 points paired with row.json on the same 6 episodes)")
+    assert "paired" not in got[2] and got[3] == "lb/bench.json" and "paired" not in got[4]

@@ -31,8 +31,8 @@ import pandas as pd
 from mtbench.board import leaderboard as lb
 from mtbench.board.labels import label
 from mtbench.core.errors import UserError
-from mtbench.results import read_result
 from mtbench.report.blocks import Block, Built, Bullets, Code, Heading, Link, Para, Table
+from mtbench.report.evidence import describe
 
 PUBLISHED = "published.toml"  # in the leaderboard folder
 BUDGETS = ("quick", "paper")  # the columns; a row of any other budget is not compared
@@ -123,26 +123,7 @@ def _reason(where: str, table: Any, repo: Path) -> Reason:
             raise UserError(f"{where}.evidence: {path} does not exist under {repo}; a reason names what measured it")
     if r.get("budget", "quick") not in BUDGETS:
         raise UserError(f"{where}.budget: {r['budget']!r} is not one of {', '.join(BUDGETS)} (or leave it out)")
-    return Reason(r["text"], tuple(_measured(path, repo) for path in r["evidence"]), r.get("budget"))
-
-
-def _measured(path: str, repo: Path) -> str:
-    """An evidence path; for a result file, with what it measured, read from the file (never typed into the reason):
-    ``path (95.88 ± 0.39 % after 250 iterations, 1 fit seed)``."""
-    if not path.endswith(".json"):
-        return path
-    try:
-        doc = read_result(repo / path)
-    except (UserError, ValueError, KeyError):
-        return path  # not a result file (e.g. a bench file): the path alone
-    acc, protocol, iterations = doc["accuracy"], doc["protocol"], doc["fit"]["iterations"]
-    what = [f"{100 * acc['mean']:.2f} ± {100 * acc['ci95']:.2f} %" + (f" after {iterations} iterations" if iterations
-                                                                       else "")]
-    if protocol["kind"] == "transfer":  # a few trials: how far one of them may fall from the mean
-        each = acc["per_episode"]
-        what.append(f"its {len(each)} trials of {protocol['test_images']} test images from {100 * min(each):.0f} "
-                    f"to {100 * max(each):.0f} %")
-    return f"{path} ({'; '.join(what)})"
+    return Reason(r["text"], describe(r["evidence"], repo), r.get("budget"))
 
 
 def parse(doc: dict[str, Any], where: str, repo: Path) -> list[Figure]:
