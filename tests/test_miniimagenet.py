@@ -114,6 +114,24 @@ def test_no_note_for_a_full_copy(csv_copy: Path, tmp_path: Path, monkeypatch: py
     assert "not comparable" in mi.subset_note([700])
 
 
+def test_a_shortened_train_split_is_named_in_the_note(tmp_path: Path) -> None:
+    """A copy whose train split keeps fewer images per class than its test split (what the reproduction page's
+    data experiments fit on): the one note names each split's count, so a result says which split was short."""
+    src = write_csv_copy(tmp_path / "src" / "mini-imagenet")
+    rows = (src / "train.csv").read_text().splitlines()
+    first = {}
+    for row in rows[1:]:  # the first image of each training class
+        first.setdefault(row.split(",")[1], row)
+    (src / "train.csv").write_text("\n".join([rows[0], *first.values()]) + "\n")
+    data = dataset(src.parent, tmp_path / "cache")
+    data.load("test")
+    assert data.notes == [f"this miniImageNet copy holds {PER_CLASS} images per class, not the standard 600: "
+                          "expect lower accuracy than published"]
+    data.load("train")
+    assert data.notes == [f"this miniImageNet copy holds {PER_CLASS} images per class in its test split and 1 in its "
+                          "train split, not the standard 600: expect lower accuracy than published"]
+
+
 def test_cache_is_reused_and_keyed_on_the_files(csv_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "data" / "mini-imagenet"
     shutil.copytree(csv_copy, src)

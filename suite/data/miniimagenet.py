@@ -35,7 +35,7 @@ from mtbench.data.base import DATASETS, Check, Dataset, Split, VerifyReport, ato
 from mtbench.data.cache import file_stamp, read_cache, unreadable_image
 from mtbench.data.miniimagenet_files import (CSV_FILES, IMAGES_PER_CLASS, PICKLE_FILES, SIZE, SPLITS, check_classes,
                                              decode_image, detect_layout, layouts_help, read_csv, read_pickle,
-                                             subset_note, what_is_there)
+                                             SUBSET, subset_note, what_is_there)
 from mtbench.data.miniimagenet_files import RAVI_CLASSES  # noqa: F401 (the split's classes, importable from here)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,6 +55,10 @@ class MiniImageNet(Dataset):
     size = SIZE
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
+
+    def __init__(self, root: Path | None = None, cache_dir: Path | None = None, progress: bool = True) -> None:
+        super().__init__(root, cache_dir, progress)
+        self._per_class: dict[str, list[int]] = {}  # images per class of each split loaded, for the subset note
 
     @property
     def folder(self) -> Path:
@@ -148,9 +152,10 @@ class MiniImageNet(Dataset):
             raise self._missing()
         images, labels, class_names = self._load_csv(split) if layout == "csv" else self._load_pickle(split)
         out = Split(self.name, split, images, labels, tuple(class_names), self.mean, self.std, self.version)
-        note = subset_note(out.class_count.tolist())
-        if note and note not in self.notes:
-            self.notes.append(note)
+        # one note for the splits loaded so far, naming each split's count where they differ
+        self._per_class[split] = out.class_count.tolist()
+        note = subset_note(self._per_class)
+        self.notes[:] = [n for n in self.notes if not n.startswith(SUBSET)] + ([note] if note else [])
         return out
 
     def _cache_file(self, split: str, layout: str, digest: str) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -152,16 +152,30 @@ def check_classes(split: str, wnids: Iterable[str], source: Path) -> None:
                     f"split: use the Ravi & Larochelle files (64/16/20 classes)")
 
 
-def subset_note(counts: Iterable[int]) -> str | None:
-    """The sentence a copy with other than :data:`IMAGES_PER_CLASS` images per class deserves, or None."""
-    counts = sorted(set(int(c) for c in counts))
-    if counts == [IMAGES_PER_CLASS]:
+SUBSET = "this miniImageNet copy holds "  # how a subset note starts
+
+
+def subset_note(counts: Iterable[int] | Mapping[str, Iterable[int]]) -> str | None:
+    """The sentence a copy with other than :data:`IMAGES_PER_CLASS` images per class deserves, or None. Given the
+    counts by split (``{"train": [...], "test": [...]}``), a copy whose splits hold different counts (a shortened
+    train split) names each split's."""
+    by_split = dict(counts) if isinstance(counts, Mapping) else {"": counts}
+    held = {split: sorted(set(int(c) for c in cs)) for split, cs in by_split.items()}
+    every = sorted(set().union(*held.values()))
+    if every == [IMAGES_PER_CLASS]:
         return None
-    held = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
-    consequence = ("expect lower accuracy than published" if counts[0] < IMAGES_PER_CLASS
+
+    def span(c: list[int]) -> str:
+        return f"{c[0]}" if len(c) == 1 else f"{c[0]} to {c[-1]}"
+
+    if len({tuple(c) for c in held.values()}) == 1:
+        what = f"{span(every)} images per class"
+    else:
+        what = " and ".join(f"{span(c)}{' images per class' * (i == 0)} in its {split} split"
+                            for i, (split, c) in enumerate(held.items()))
+    consequence = ("expect lower accuracy than published" if every[0] < IMAGES_PER_CLASS
                    else "results are not comparable with published ones")
-    return (f"this miniImageNet copy holds {held} images per class, not the standard {IMAGES_PER_CLASS}: "
-            f"{consequence}")
+    return f"{SUBSET}{what}, not the standard {IMAGES_PER_CLASS}: {consequence}"
 
 
 def decode_image(path: Path) -> np.ndarray:
