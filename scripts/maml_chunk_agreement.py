@@ -22,9 +22,8 @@ import torch
 from mtbench.core.atomic import atomic_write
 from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
-from mtbench.methods import METHODS, make_hparams
 from mtbench.core.runtime import device_name
-from mtbench.run.checkpoints import load_into, read_checkpoint
+from mtbench.run.checkpoints import read_checkpoint, restore
 from mtbench.run.evaluate import evaluate
 
 
@@ -38,10 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     blob, _ = read_checkpoint(args.checkpoint)
-    cls = METHODS.get("maml")
-    hparams = make_hparams(cls, "omniglot", {k: str(v) for k, v in blob["hparams"].items()})
-    method = cls(hparams, (1, 28, 28), torch.Generator().manual_seed(0), torch.device("cpu"))
-    load_into(method, blob, 5)
+    method, _ = restore(blob, 5, torch.device("cpu"))
     test = DATASETS.get("omniglot")(root=args.data_root, progress=False).load("test")
     episodes = EpisodeSet(test, EpisodeSpec(5, 1, 15, args.episodes, seed=0))
     runs, seconds = {}, {}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtbench.run.checkpoints import load_into, read_checkpoint
+from mtbench.run.checkpoints import load_into, read_checkpoint, restore
 from mtbench.data.episodes import EpisodeSpec
 from mtbench.core.errors import UserError
 from mtbench.methods import METHODS, make_hparams
@@ -93,6 +93,19 @@ def test_feature_extract_from_a_finetune_checkpoint_is_feature_extract(tmp_path:
     staged, _ = run(RunSpec(method="feature-extract", init=str(ckpt), **{**spec, "budget": "0"}))
     assert staged["init"]["method"] == "finetune"
     assert staged["accuracy"]["per_episode"] == direct["accuracy"]["per_episode"]
+
+
+def test_restore_rebuilds_the_saved_method_as_it_was_fitted(tmp_path: Path, one_thread) -> None:
+    """restore: the checkpoint's own method, its recorded hparams (not the dataset's presets) and every tensor."""
+    ckpt = tmp_path / "maml.pt"
+    run(spec("maml", budget="2", save=str(ckpt), hparams=(("inner_lr", "0.3"), ("eval_steps", "2"))))
+    blob, _ = read_checkpoint(ckpt)
+    method, missing = restore(blob, 5, torch.device("cpu"))
+    assert method.name == "maml" and missing == []
+    assert (method.hparams.inner_lr, method.hparams.eval_steps) == (0.3, 2)
+    for attr, state in blob["state"].items():
+        ours = method.modules()[attr].state_dict()
+        assert all(torch.equal(ours[k], t) for k, t in state.items())
 
 
 def test_a_reptile_fit_evaluates_transductively_in_full(tmp_path: Path, one_thread) -> None:

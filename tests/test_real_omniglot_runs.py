@@ -81,16 +81,12 @@ def test_maml_chunks_of_real_episodes_score_as_episode_by_episode(fits: dict[str
 
     from mtbench.data import DATASETS
     from mtbench.data.episodes import EpisodeSet
-    from mtbench.methods import METHODS, make_hparams
-    from mtbench.run.checkpoints import load_into, read_checkpoint
+    from mtbench.run.checkpoints import read_checkpoint, restore
     from mtbench.run.evaluate import evaluate
 
     doc = fits["maml"]
     blob, _ = read_checkpoint(SAVED["maml"])
-    cls = METHODS.get("maml")
-    method = cls(make_hparams(cls, "omniglot", {k: str(v) for k, v in blob["hparams"].items()}), (1, 28, 28),
-                 torch.Generator().manual_seed(0), torch.device("cpu"))
-    load_into(method, blob, 5)
+    method, _ = restore(blob, 5, torch.device("cpu"))
     test = DATASETS.get("omniglot")(root=shared_root(), progress=False).load("test")
     episodes = EpisodeSet(test, EpisodeSpec(5, 1, 15, 30, seed=0))
     alone = evaluate(method, episodes, progress=False, batched=False)

@@ -12,6 +12,7 @@ statistics) are re-estimated on the new method's source images before it runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 from pathlib import Path
@@ -103,6 +104,19 @@ def load_into(method: Method, blob: dict[str, Any], ways: int) -> list[str]:
                             f"missing {', '.join(bad[:4]) or '-'}, unexpected {', '.join(unexpected[:4]) or '-'}")
         missing_stats += [f"{attr}.{k}" for k in missing]
     return missing_stats
+
+
+def restore(blob: dict[str, Any], ways: int, device: torch.device,
+            generator: torch.Generator | None = None) -> tuple[Method, list[str]]:
+    """The checkpoint's own method rebuilt as it was fitted (its recorded hparams and input shape) and loaded
+    (:func:`load_into`; heads built per run are for ``ways``), with the BatchNorm statistics it did not provide."""
+    cls = METHODS.get(str(blob["method"]))
+    known = {f.name for f in dataclasses.fields(cls.Hparams)}
+    hparams = cls.Hparams(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in blob["hparams"].items()
+                             if k in known})
+    method = cls(hparams, tuple(int(v) for v in blob["in_shape"]), generator or torch.Generator().manual_seed(0),
+                 device)
+    return method, load_into(method, blob, ways)
 
 
 def recalibrate_batchnorm(module: nn.Module, source: Split, generator: torch.Generator, batches: int = 50,

@@ -6,14 +6,13 @@ before being brought to it (``decoded_shape``), and the normalisation (``mean``/
 and query images are decoded as an image folder's are (:mod:`mtbench.data.images`), at the decoded
 shape, brought to ``in_shape`` by the same declared transform (:mod:`mtbench.data.transforms`) and
 normalised as in the run: the preprocessing the checkpoint was evaluated with. The method is built and
-loaded as a run's ``--init`` does (:func:`~mtbench.run.checkpoints.load_into`), adapted once on the
+loaded as a run's ``--init`` does (:func:`~mtbench.run.checkpoints.restore`), adapted once on the
 whole support set, and its final predictor scores every query image.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from mtbench.data.base import some
 from mtbench.data.images import decode, find_images, scan
 from mtbench.data.transforms import convert
 from mtbench.methods import METHODS
-from mtbench.run.checkpoints import load_into, read_checkpoint, recalibrate_batchnorm
+from mtbench.run.checkpoints import read_checkpoint, recalibrate_batchnorm, restore
 from mtbench.run.spec import fit_seed
 
 
@@ -67,9 +66,6 @@ def predict(init: str | Path, support: str | Path, query: str | Path, device: st
         raise UserError(f"--init {init} does not record the normalisation its method was evaluated with (a checkpoint "
                         f"from an older mtbench); save it again with `mtbench run ... --save PATH`")
     decoded = tuple(int(v) for v in blob.get("decoded_shape", in_shape))
-    known = {f.name for f in dataclasses.fields(method_cls.Hparams)}
-    hparams = method_cls.Hparams(**{k: (tuple(v) if isinstance(v, list) else v)
-                                    for k, v in blob["hparams"].items() if k in known})
     support, query = Path(support), Path(query)
     found = scan(support, f"--support {support}")
     queries, ignored = find_images(query, f"--query {query}")
@@ -100,8 +96,7 @@ def predict(init: str | Path, support: str | Path, query: str | Path, device: st
     sy = sy.to(dev)
     ways = len(found.classes)
     generator = torch.Generator().manual_seed(fit_seed(0))
-    method = method_cls(hparams, in_shape, generator, dev)
-    missing = load_into(method, blob, ways)
+    method, missing = restore(blob, ways, dev, generator)
     if missing:  # BatchNorm statistics the checkpoint did not keep: estimated on the support images
         modules = method.modules()
         for attr in dict.fromkeys(k.split(".")[0] for k in missing):
