@@ -4,7 +4,7 @@ MAML agree on >= 99 % of the 600 episodes and on the mean to 0.001").
 A saved MAML (``mtbench run --method maml ... --save FILE``) scores the same Omniglot 5-way 1-shot test episodes
 twice: episode by episode through ``adapt`` (the reference path), and in chunks of ``--chunk`` episodes adapted
 at once through ``adapt_batch`` (vmapped, float32). Prints the agreement and writes it, with both runs' per-episode
-accuracies, as JSON. CI runs the same comparison on 30 episodes (tests/test_real_omniglot_runs.py).
+accuracies, as JSON. CI runs the same comparison on 20 episodes (tests/test_real_omniglot_runs.py).
 
 usage: python scripts/maml_chunk_agreement.py CHECKPOINT OUT.json [--episodes 600] [--chunk 10] [--data-root DIR]
 """
