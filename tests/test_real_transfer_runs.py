@@ -19,7 +19,7 @@ import pytest
 from support import cli_run, requires_real_data
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
-EPISODES = "100"  # the first 100 of the 200 the floors were measured on
+EPISODES = "50"  # the first 50 of the 100 the floors were measured on (2026-12-02)
 BUDGET = ["--budget", "600", "--hp", "batch_size=64"]  # quick: 3000 iterations of minibatches of 64
 
 
@@ -41,13 +41,16 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 def test_finetune_reaches_the_floor_and_improves_with_steps(pipeline: dict[str, dict]) -> None:
     doc = pipeline["finetune"]
     steps = [s["mean"] for s in doc["accuracy"]["by_step"]]
-    assert doc["accuracy"]["mean"] >= 0.65, steps  # measured 0.734 +- 0.017 at 600 iterations on 200 episodes (2026-12-01)
+    # measured 0.7219 +- 0.0340 at 600 iterations on these 50 episodes (0.7164 +- 0.0246 on 100, 2026-12-02; 0.734 +-
+    # 0.017 on 200, 2026-12-01)
+    assert doc["accuracy"]["mean"] >= 0.65, steps
     assert steps[-1] > steps[0] + 0.3, steps  # step 0 is an untrained head: near chance
 
 
 def test_feature_extract_from_the_finetune_checkpoint_names_both_stages(pipeline: dict[str, dict]) -> None:
     doc, first = pipeline["feature-extract"], pipeline["finetune"]
-    assert doc["accuracy"]["mean"] >= 0.65, doc["accuracy"]["mean"]  # measured 0.734 +- 0.016 (as above)
+    # measured 0.7283 +- 0.0315 on these 50 episodes (0.7161 +- 0.0229 on 100; 0.734 +- 0.016 on 200)
+    assert doc["accuracy"]["mean"] >= 0.65, doc["accuracy"]["mean"]
     assert doc["init"]["method"] == "finetune" and doc["init"]["iterations"] == first["fit"]["iterations"]
     assert doc["method"]["name"] == "feature-extract" and doc["fit"]["iterations"] == 0
     assert doc["protocol"]["episodes_sha"] == first["protocol"]["episodes_sha"]
