@@ -13,6 +13,7 @@ import torch
 from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, make_hparams
+from mtbench.methods.functional import detached, params_of
 
 EPISODES = 3
 CASES = {
@@ -146,3 +147,27 @@ def test_the_evaluator_scores_chunks_as_it_scores_episodes(name, overrides, one_
     assert chunked["accuracy"]["per_episode"] == alone["accuracy"]["per_episode"]
     for a, b in zip(chunked["accuracy"]["by_step"], alone["accuracy"]["by_step"]):
         assert a["mean"] == pytest.approx(b["mean"], abs=1e-12)
+
+
+def test_reptile_tasks_one_after_the_other_adapt_as_vmapped(chunk, one_thread) -> None:
+    """Meta-training's tasks: the CPU's loop over the meta-batch gives the vmapped path's adapted weights and Adam
+    moments (float64, 2 tasks of 2 inner steps from carried moments)."""
+    shape, sx, sy, _ = chunk
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        method = _method("reptile", {}, shape)
+        params = detached(params_of(method.model))
+        xb = torch.stack([sx[:2], sx[1:3]], dim=1)  # [2 tasks, 2 steps, 5 images, C, H, W]
+        yb = torch.stack([sy[:2], sy[1:3]], dim=1)
+        looped = method._adapt_tasks(params, method._start_state(), xb, yb, loop=True)
+        vmapped = method._adapt_tasks(params, method._start_state(), xb, yb, loop=False)
+    finally:
+        torch.set_default_dtype(before)
+    for ours, theirs in zip(looped, vmapped):
+        assert ours.keys() == theirs.keys() == params.keys()
+        for k in ours:
+            assert ours[k].shape == (2, *params[k].shape) and ours[k].dtype == torch.float64
+            torch.testing.assert_close(ours[k], theirs[k], rtol=1e-9, atol=1e-12)
+    weights = next(iter(looped[0].values()))
+    assert not torch.allclose(weights[0], weights[1])  # the tasks adapted apart
