@@ -79,7 +79,9 @@ def repo(tmp_path) -> Path:
         figure("ProtoNet inside", "protonet", round(mean + 0.9 * ci, 3)),
         # just past the quick interval (mean + 1.1 CI): outside, no reason recorded
         figure("ProtoNet outside", "protonet", round(mean + 1.1 * ci, 3)),
-        figure("MatchingNet", "matchingnet", 99.0, extra='note = "a note"\n'),
+        figure("MatchingNet", "matchingnet", 99.0, extra='note = "a note"\n'
+               '[[figures.reasons]]\ntext = "a shorter fit scores as high"\nexplains = false\n'
+               'evidence = ["leaderboards/synthetic/5w1s/matchingnet.json"]\n'),
         figure("MAML", "maml", 98.7),  # no row of ours
         figure("Baseline++", "finetune", 48.2, extra='hp = {head = "cosine"}\n'),  # our finetune is linear: not run
         figure("Baseline", "finetune", 90.0, extra='hp = {head = "linear"}\n'
@@ -142,7 +144,10 @@ def test_a_reason_is_shown_only_where_one_is_recorded(repo):
     assert rows["Baseline"]["gap"] == ("quick: measured: the linear head underfits (measured in "
                                        f"leaderboards/synthetic/5w1s/finetune.json ({mean:.2f} ± {ci:.2f} % after "
                                        f"{result_doc('finetune', FINETUNE)['fit']['iterations']} iterations))")
-    assert rows["MatchingNet"]["gap"] == rows["ProtoNet outside"]["gap"] == UNEXPLAINED
+    assert rows["ProtoNet outside"]["gap"] == UNEXPLAINED
+    # a measurement that did not explain the gap is shown, and the gap stays unexplained
+    assert rows["MatchingNet"]["gap"].startswith(f"{UNEXPLAINED}; measured, not the cause: a shorter fit scores as "
+                                                 "high (measured in leaderboards/synthetic/5w1s/matchingnet.json (")
     assert rows["ProtoNet inside"]["gap"] == UNEXPLAINED  # inside at the quick budget, outside at the paper one
     assert rows["Pipeline"]["quick: inside"] == "yes" and rows["Pipeline"]["gap"] == "-"
     md = page_only(lb)["reproduction.md"].decode()
@@ -151,6 +156,7 @@ def test_a_reason_is_shown_only_where_one_is_recorded(repo):
     # MatchingNet, Baseline and the hostile one (quick)
     assert "outside our 95 % CI in 6 of these 8 comparisons:" in summary
     assert summary.count(UNEXPLAINED) == 5 and summary.count("the linear head underfits") == 1
+    assert summary.count("measured, not the cause: a shorter fit scores as high") == 1
     assert "MAML" not in summary and "Baseline++" not in summary  # not run is not outside
     assert "ProtoNet inside (Doe &amp; Roe 2020, Table 1; ours: protonet): published" in summary
     assert "ours at the paper budget" in summary and "(1 seed)" in summary
@@ -199,6 +205,7 @@ def test_no_published_file_no_page(repo):
     (("5w1s/finetune.json", "5w1s/nothing.json"), ["reasons[0].evidence", "nothing.json does not exist"]),
     (('evidence = ["leaderboards/synthetic/5w1s/finetune.json"]', "evidence = []"), ["reasons[0].evidence: give"]),
     (('budget = "quick"', 'budget = "fast"'), ["reasons[0].budget", "'fast'"]),
+    (("explains = false", 'explains = "no"'), ["figures[2].reasons[0].explains: 'no' is not bool"]),
     (("[[figures]]", "[[figures]"), ["is not valid TOML"]),
 ])
 def test_mistakes_in_the_published_file_are_one_line_errors(repo, change, mentions):

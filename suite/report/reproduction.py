@@ -60,6 +60,7 @@ class Reason:
     text: str
     evidence: tuple[str, ...]
     budget: str | None  # the column it explains; None: both
+    explains: bool = True  # False: measured, and found not to be the cause (the gap stays unexplained)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def _fields(where: str, table: Any, required: Mapping[str, type | tuple[type, ..
 
 
 def _reason(where: str, table: Any, repo: Path) -> Reason:
-    r = _fields(where, table, {"text": str, "evidence": list}, {"budget": str})
+    r = _fields(where, table, {"text": str, "evidence": list}, {"budget": str, "explains": bool})
     if not r["text"].strip():
         raise UserError(f"{where}.text is empty; say what was measured")
     if not r["evidence"] or not all(isinstance(p, str) and p for p in r["evidence"]):
@@ -123,7 +124,18 @@ def _reason(where: str, table: Any, repo: Path) -> Reason:
             raise UserError(f"{where}.evidence: {path} does not exist under {repo}; a reason names what measured it")
     if r.get("budget", "quick") not in BUDGETS:
         raise UserError(f"{where}.budget: {r['budget']!r} is not one of {', '.join(BUDGETS)} (or leave it out)")
-    return Reason(r["text"], describe(r["evidence"], repo), r.get("budget"))
+    return Reason(r["text"], describe(r["evidence"], repo), r.get("budget"), r.get("explains", True))
+
+
+def _why(reasons: list[Reason] | tuple[Reason, ...], with_budget: bool = False) -> str:
+    """The reasons that explain a gap, each with its evidence, else :data:`UNEXPLAINED`; then what was measured
+    and found not to be the cause."""
+    def said(r: Reason) -> str:
+        return f"{f'{r.budget}: ' if with_budget and r.budget else ''}{r.text} (measured in {', '.join(r.evidence)})"
+
+    given = "; ".join(said(r) for r in reasons if r.explains) or UNEXPLAINED
+    ruled_out = "; ".join(said(r) for r in reasons if not r.explains)
+    return given + (f"; measured, not the cause: {ruled_out}" if ruled_out else "")
 
 
 def parse(doc: dict[str, Any], where: str, repo: Path) -> list[Figure]:
@@ -236,9 +248,9 @@ class Compared:
 
     def gap(self) -> str:
         """The recorded reasons (each with its evidence), else, when outside, that the gap is not explained."""
-        given = [f"{f'{r.budget}: ' if r.budget else ''}{r.text} (measured in {', '.join(r.evidence)})"
-                 for r in self.figure.reasons]
-        return "; ".join(given) if given else UNEXPLAINED if self.outside() else "-"
+        if self.figure.reasons:
+            return _why(self.figure.reasons, with_budget=True)
+        return UNEXPLAINED if self.outside() else "-"
 
 
 def _cells(c: Compared, budget: str) -> dict[str, str]:
@@ -277,7 +289,7 @@ def _summary(compared: list[Compared]) -> list[Block]:
     for c, b in outside:
         o, f = c.ours[b][0], c.figure
         reasons = [r for r in f.reasons if r.budget in (None, b)]
-        why = "; ".join(f"{r.text} (measured in {', '.join(r.evidence)})" for r in reasons) or UNEXPLAINED
+        why = _why(reasons)
         line = (f"{f.dataset} {f.setting}, {f.name} ({f.cited}; ours: {f.matches}): published {f.published} %, "
                 f"ours at the {b} budget {o.shown(' %')}, {100 * o.mean - f.accuracy:+.2f} points: {why}")
         items.append((line,))
