@@ -1,7 +1,7 @@
 """The foundation's acceptance runs on real Omniglot: `mtbench run` as a user types it.
 
 ProtoNet and MAML, 5-way 1-shot, through the installed CLI in a subprocess (as a user runs it,
-allocator tuning included), at a short numeric budget on 200 test episodes: the floors below were
+allocator tuning included), at a short numeric budget on 50 test episodes: the floors below were
 set from measured runs at exactly these settings. The full quick-budget rows (600 episodes) are the
 leaderboard's, checked by `mtbench validate` in tests/test_leaderboard.py. Slow: minutes on 2 CPU cores.
 """
@@ -21,11 +21,11 @@ from support import cli_run, requires_real_data, shared_root
 pytestmark = pytest.mark.realdata
 
 
-EPISODES = 100  # the first 100 of the quick rows' 600 (episode i comes from its own seed)
+EPISODES = 50  # the first 50 of the quick rows' 600 (episode i comes from its own seed)
 BUDGETS = {"protonet": "100", "maml": "100"}  # iterations (quick: 1000 and 700)
-# 20-way training episodes instead of the default 60-way: a third of ProtoNet's fit; MAML's meta-batches of 16
-# tasks instead of 32: half its fit
-HPARAMS = {"protonet": ("--hp", "train_ways=20"), "maml": ("--hp", "meta_batch=16")}
+# 20-way training episodes instead of the default 60-way: a third of ProtoNet's fit; MAML's meta-batches of 8
+# tasks instead of 32: a quarter of its fit
+HPARAMS = {"protonet": ("--hp", "train_ways=20"), "maml": ("--hp", "meta_batch=8")}
 
 
 SAVED: dict[str, Path] = {}  # the fitted methods the fixture saved
@@ -48,8 +48,9 @@ def fits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 def test_protonet_reaches_the_floor(fits: dict[str, dict]) -> None:
     acc = fits["protonet"]["accuracy"]
     assert len(acc["per_episode"]) == EPISODES
-    # measured 0.8685 +- 0.0137 at 100 iterations of 20-way episodes on these 100 episodes (0.8768 +- 0.0105 on 200;
-    # 60-way: 0.9306 +- 0.0092 on 200 in 3x the fit time; 2026-12-01); the paper: 98.8 % at its full schedule
+    # measured 0.8749 +- 0.0189 at 100 iterations of 20-way episodes on these 50 episodes (0.8685 +- 0.0137 on 100,
+    # 2026-12-02; 0.8768 +- 0.0105 on 200; 60-way: 0.9306 +- 0.0092 on 200 in 3x the fit time, 2026-12-01); the
+    # paper: 98.8 % at its full schedule
     assert acc["mean"] >= 0.84, acc["mean"]
     assert 0 < acc["ci95"] < 0.03
 
@@ -58,16 +59,15 @@ def test_protonet_reaches_the_floor(fits: dict[str, dict]) -> None:
 def test_maml_reaches_the_floor_and_adapts_step_by_step(fits: dict[str, dict]) -> None:
     doc = fits["maml"]
     steps = [s["mean"] for s in doc["accuracy"]["by_step"]]
-    # MAML version 3, these 100 episodes (2026-12-02): measured 0.6779 +- 0.0271 at 100 iterations of 16 tasks, by
-    # step 0.182, 0.673, 0.635, 0.678 (version 2, on 200 episodes: 0.6585 +- 0.0201; of 32 tasks: 0.7614 +- 0.0175,
-    # by step 0.200, 0.733, 0.726, 0.761, in 2.3x the fit time); version 1 (PyTorch's default initialisation) had
-    # 0.6396 at 100 of 32
-    assert doc["accuracy"]["mean"] >= 0.60, steps
+    # MAML version 3, these 50 episodes (2026-12-02): measured 0.5675 +- 0.0417 at 100 iterations of 8 tasks, by
+    # step 0.210, 0.612, 0.552, 0.567 (on 100 episodes: 0.5772; of 16 tasks: 0.6779 +- 0.0271 on 100, by step 0.182,
+    # 0.673, 0.635, 0.678, in 2.1x the fit time; version 2, of 32 tasks: 0.7614 +- 0.0175 on 200)
+    assert doc["accuracy"]["mean"] >= 0.50, steps
     assert len(steps) == doc["method"]["hparams"]["eval_steps"] + 1
     assert abs(steps[0] - 0.2) < 0.05, steps  # before adapting: chance for 5 ways
     # the first inner step does the adapting; this early in meta-training the later steps overshoot (measured
     # above), so the strictly rising curve (steps[-1] > steps[1]) is the quick budget's, on the leaderboard
-    assert min(steps[1:]) > steps[0] + 0.3, steps
+    assert min(steps[1:]) > steps[0] + 0.25, steps
     assert doc["method"]["transductive"] is True
 
 
