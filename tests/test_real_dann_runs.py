@@ -11,6 +11,12 @@ Measured on this machine (1 thread, 2026-12-01): DANN at 2000 iterations 0.4733 
 (0.4712 +- 0.0150 on 200), paired gain over the source-only row +0.1552 +- 0.0197; at 1500 iterations 0.3571
 (gain +0.039 +- 0.017); at 1000 iterations it had not learned (0.2086 on 200): the gradient reversal needs a long
 enough fit (600 DANN iterations from a 600-iteration source-only fit, --init, scored 0.2138 on 200). Slow.
+
+Why not shorter (measured 2026-12-02, 1 thread, first 100 episodes): short DANN fits are unstable. With the
+coefficient's maximum at 0.3, 800 iterations scored 0.4108 / 0.3171 / 0.3211 by fit seed 0 / 1 / 2 (source-only at
+800: 0.2992 / 0.2851 / 0.3021), 1000 iterations 0.3235 and 1200 0.4016 (seed 0); the same 800-iteration fit on 2
+threads instead of 1 scored 0.2256 on 200 episodes (float sums in another order). A test at such a budget would
+pass or fail with the CPU it runs on.
 """
 
 from __future__ import annotations
