@@ -44,7 +44,10 @@ def dann(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_dann_beats_the_source_only_row_on_the_shifted_target(dann: dict) -> None:
-    [row] = [read_result(p) for p in sorted(ROWS.glob("*source-only*.json"))]
+    # the reference: the first fit-seed-0 source-only result (the Intel row the figures above were paired with; the
+    # folder also holds the rows of fit seeds 0-2 on another CPU)
+    rows = [read_result(p) for p in sorted(ROWS.glob("*source-only*.json"))]
+    row = min((r for r in rows if r["fit"].get("seed", 0) == 0), key=lambda r: r["provenance"]["timestamp"])
     p, q = dann["protocol"], row["protocol"]
     assert (p["ways"], p["shots"], p["queries"], p["seed"]) == (q["ways"], q["shots"], q["queries"], q["seed"])
     assert dann["dataset"]["version"] == row["dataset"]["version"] and row["budget"]["name"] == "quick"
