@@ -84,6 +84,8 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
         "reproduced": [],
     }
     doc.update(top)
+    if "budget" in top and "fit" not in top:  # a whole fit of the budget given (a partial one: set fit.iterations)
+        doc["fit"]["iterations"] = doc["budget"]["iterations"]
     return doc
 
 

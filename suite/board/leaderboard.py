@@ -26,7 +26,7 @@ import pandas as pd
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci95
-from mtbench.results import setting_name
+from mtbench.results import partial_fit, setting_name
 from mtbench.results.layout import leaderboard_files
 from mtbench.results.screen import LeftOut, left_out_note, screen
 
@@ -62,7 +62,8 @@ def configuration(doc: dict[str, Any]) -> str:
     prov, sub = doc["provenance"], doc["submission"]
     return json.dumps({
         "method": doc["method"], "dataset": doc["dataset"], "source": doc["source"], "protocol": doc["protocol"],
-        "budget": doc["budget"], "init": _recipe(doc["init"]), "submission": sub and sub["source_sha256"],
+        "budget": {**doc["budget"], **({"reached": doc["fit"]["iterations"]} if partial_fit(doc) else {})},
+        "init": _recipe(doc["init"]), "submission": sub and sub["source_sha256"],
         "precision": prov["precision"], "compile": prov["compile"], "device": device(doc),
     }, sort_keys=True)
 
@@ -242,9 +243,12 @@ def device(doc: dict[str, Any]) -> str:
 
 
 def budget(doc: dict[str, Any]) -> str:
-    """The budget, saying a quick budget on the CPU is one (a GPU row with the paper's schedule is not)."""
+    """The budget, saying a quick budget on the CPU is one (a GPU row with the paper's schedule is not), and how far
+    a partial fit got (``paper, 8000 of 20000 iterations``)."""
     b = doc["budget"]
     name = b["name"] if not b["name"].isdigit() else f"{b['name']} iterations"
+    if partial_fit(doc):
+        return f"{b['name']}, {doc['fit']['iterations']} of {b['iterations']} iterations (partial)"
     cpu = doc["provenance"]["device_type"] == "cpu"
     return f"{name}{' (CPU)' if cpu and b['name'] == 'quick' else ''}"
 
@@ -315,7 +319,8 @@ def markdown(frame: pd.DataFrame, cell: Callable[[str], str] = _pipes) -> str:
 
 
 LEGEND = ("A row is every result of one configuration (method, hparams, data, protocol and draws, budget and "
-          "iterations, checkpoint recipe, precision, device) that differs only by the training seed: accuracy is the "
+          "iterations, checkpoint recipe, precision, device) that differs only by the training seed (a fit stopped "
+          "part-way by mtbench run --until is its own row, its budget marked partial): accuracy is the "
           "mean over its seeds, its 95% CI counts the variance between seeds as well as between episodes; a "
           "single-seed row's CI covers the test episodes only. vs best: paired difference to rank 1 over the same "
           "episodes/trials, mean ± 95% CI with both rows' seed variance (none for a single-seed row), p from the "

@@ -32,6 +32,7 @@ from mtbench.core.atomic import atomic_write
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
 from mtbench.data.base import sha256_file
+from mtbench.results import partial_fit
 
 #: the largest paired mean difference (re-run minus recorded) accepted when the hardware differs
 TOLERANCE = 0.01
@@ -93,7 +94,8 @@ def spec_of(doc: dict[str, Any], data_root: str | None, device: str | None) -> A
                    hparams=hparams, device=device, data_root=data_root, out=None, download=False, progress=False,
                    command=prov["command"], init=init["path"] if init else None,
                    source=doc["source"]["name"] if doc["source"] else None, precision=prov["precision"],
-                   compile=prov["compile"], submission=submission, fit_seed=doc["fit"]["seed"])
+                   compile=prov["compile"], submission=submission, fit_seed=doc["fit"]["seed"],
+                   until=doc["fit"]["iterations"] if partial_fit(doc) else None)
 
 
 def _notes(doc: dict[str, Any], again: dict[str, Any]) -> list[str]:

@@ -112,7 +112,11 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resume_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``mtbench run``'s options for long fits: save the fit's state every N minutes, continue a saved one."""
+    """``mtbench run``'s options for long fits: save the fit's state every N minutes, continue a saved one, stop
+    one part-way (``--until``)."""
+    fn = click.option("--until", "until", type=int, default=None, metavar="ITERATION",
+                      help="Stop the fit after ITERATION iterations of its budget (the schedules of the whole budget), "
+                           "evaluate it as a partial row and keep its state for --resume to continue.")(fn)
     fn = click.option("--resume", is_flag=True, default=False,
                       help="Continue the fit saved by --checkpoint-every (the same command line plus --resume).")(fn)
     return click.option("--checkpoint-every", "checkpoint_every", type=float, default=None, metavar="MINUTES",
@@ -177,7 +181,9 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
         ("accuracy", f"{acc['mean']:.4f} ± {acc['ci95']:.4f} (95% CI)"),
         ("by step", steps),
         ("adapt", f"{adapt['ms_per_episode']:.2f} ms/episode over {adapt['steps']} predictor(s)"),
-        ("fit", f"{fit['seconds']:.1f} s, {fit['iterations']} it, fit seed {fit['seed']}, "
+        ("fit", f"{fit['seconds']:.1f} s, {fit['iterations']} it"
+                f"{f' of {b} (a partial fit)' if (b := doc['budget']['iterations']) != fit['iterations'] else ''}, "
+                f"fit seed {fit['seed']}, "
                 f"{fit['tasks_per_s']:.1f} tasks/s, "
                 f"{fit['images_per_s']:.0f} images/s, peak {fit['peak_memory_bytes'] / 2**20:.0f} MiB "
                 f"({fit['peak_memory_kind']})"),

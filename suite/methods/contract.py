@@ -107,6 +107,9 @@ class FitContext:
         notes: what the fit wants the result to say (``note``), e.g. a fallback it took.
         hook: set by the run layer to save the fit's state at iteration boundaries and resume it; ``None``
             leaves :meth:`loop` a plain range.
+        until: ``--until``: end the budget's loops (those over ``iterations``) after this many iterations, the
+            schedules still those of all ``iterations`` (a partial fit, to be continued); ``None``: run them whole.
+        reached: where the last budget loop ended (``iterations``, or ``until`` when it stopped the fit short).
         tracked: the fit's state outside the method's modules, registered with :meth:`track`.
         stage: how many loops the fit has entered so far.
         in_loop: inside an iteration of :meth:`loop` (the run layer defers Ctrl-C to its end).
@@ -131,6 +134,8 @@ class FitContext:
     tracked: list[Any] = field(default_factory=list)
     stage: int = 0
     in_loop: bool = False
+    until: int | None = None
+    reached: int | None = None
 
     def track(self, obj: _T) -> _T:
         """Register state of the fit that is not a module of the method, so that a saved fit keeps it: an
@@ -145,17 +150,24 @@ class FitContext:
         """Iterate over ``range(iterations)`` (or ``range(steps)``, for a stage of its own) with a progress bar;
         with a :attr:`hook`, from where a resumed fit left off, the state saved at iteration boundaries."""
         total = self.iterations if steps is None else steps
+        # --until ends a budget loop early; a loop of its own length (pre-training) always runs whole
+        stop = min(total, self.until) if steps is None and self.until is not None else total
         stage, self.stage = self.stage, self.stage + 1
         first = self.hook.start(self, stage, total) if self.hook is not None else 0
+        if first > stop:
+            raise UserError(f"--until {self.until}: the saved fit is already at iteration {first} of this loop; give "
+                            f"--until {first} or more, or drop --until to run the whole fit")
         self.in_loop = True
         try:
-            for it in tqdm(range(first, total), desc=desc, unit="it", disable=not self.progress, initial=first,
+            for it in tqdm(range(first, stop), desc=desc, unit="it", disable=not self.progress, initial=first,
                            total=total, mininterval=1.0, dynamic_ncols=True):
                 if self.hook is not None:
                     self.hook.boundary(self, stage, it)
                 yield it
             if self.hook is not None:
-                self.hook.boundary(self, stage, total)
+                self.hook.boundary(self, stage, stop)
+            if steps is None:
+                self.reached = stop
         finally:
             self.in_loop = False
 

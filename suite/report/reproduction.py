@@ -31,6 +31,7 @@ import pandas as pd
 from mtbench.board import leaderboard as lb
 from mtbench.board.labels import label
 from mtbench.core.errors import UserError
+from mtbench.results import partial_fit
 from mtbench.report.blocks import Block, Built, Bullets, Code, Heading, Link, Para, Table
 from mtbench.report.evidence import describe
 
@@ -192,13 +193,15 @@ class Ours:
     files: tuple[str, ...]
     device: str
     when: str
+    partial: tuple[int, int] | None = None  # a fit stopped by --until: (iterations reached, the budget's)
 
     def inside(self, published: float) -> bool:
         return self.mean - self.ci95 <= published / 100 <= self.mean + self.ci95
 
     def shown(self, unit: str = "") -> str:
-        """``mean ± CI`` in %, and the number of training seeds of the row."""
-        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}{unit} ({self.seeds} seed{'s' * (self.seeds != 1)})"
+        """``mean ± CI`` in %, and the number of training seeds of the row (and how far a partial fit got)."""
+        part = f"; partial fit, {self.partial[0]} of {self.partial[1]} iterations" if self.partial else ""
+        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}{unit} ({self.seeds} seed{'s' * (self.seeds != 1)}{part})"
 
 
 def _budget(doc: dict[str, Any]) -> str:
@@ -218,7 +221,8 @@ def rows(leaderboards: Path) -> dict[tuple[str, str], list[Ours]]:
             found.setdefault((g.dataset, g.setting), []).append(Ours(
                 label(doc), doc["method"]["hparams"], _budget(doc), r.accuracy.mean, r.accuracy.ci95, len(r.entries),
                 tuple(e.path.name for e in r.entries), lb.device(doc),
-                max(e.doc["provenance"]["timestamp"] for e in r.entries)))
+                max(e.doc["provenance"]["timestamp"] for e in r.entries),
+                (doc["fit"]["iterations"], doc["budget"]["iterations"]) if partial_fit(doc) else None))
     return found
 
 
@@ -228,12 +232,13 @@ def is_row_of(figure: Figure, o: Ours) -> bool:
 
 
 def pick(figure: Figure, candidates: list[Ours], budget: str) -> tuple[Ours | None, int]:
-    """Our row for ``figure`` at ``budget``: of the rows with its label and hparams, the one over the most seeds,
-    then the newest; and how many rows matched."""
+    """Our row for ``figure`` at ``budget``: of the rows with its label and hparams, a whole fit before a partial one
+    (then the furthest partial one), then the one over the most seeds, then the newest; and how many rows matched."""
     matching = [o for o in candidates if o.budget == budget and is_row_of(figure, o)]
     if not matching:
         return None, 0
-    return max(matching, key=lambda o: (o.seeds, o.when, o.files)), len(matching)
+    return max(matching, key=lambda o: (o.partial is None, o.partial and o.partial[0], o.seeds, o.when, o.files)), \
+        len(matching)
 
 
 # -- the page --------------------------------------------------------------------------------------
@@ -282,9 +287,11 @@ def _which(compared: list[Compared]) -> pd.DataFrame:
 def _summary(compared: list[Compared]) -> list[Block]:
     outside = [(c, b) for c in compared for b in c.outside()]
     run = {b: sum(c.ours[b][0] is not None for c in compared) for b in BUDGETS}
+    partial = sum(c.ours["paper"][0] is not None and c.ours["paper"][0].partial is not None for c in compared)
+    partly = f" ({partial} of them partial fits, stopped part-way through the paper's schedule)" if partial else ""
     head = Para((f"{len(compared)} published figures; a row of ours at the quick budget for {run['quick']}, at the "
-                 f"paper budget for {run['paper']}. The published value lies outside our 95 % CI in {len(outside)} of "
-                 f"these {run['quick'] + run['paper']} comparisons" + (":" if outside else "."),))
+                 f"paper budget for {run['paper']}{partly}. The published value lies outside our 95 % CI in "
+                 f"{len(outside)} of these {run['quick'] + run['paper']} comparisons" + (":" if outside else "."),))
     items = []
     for c, b in outside:
         o, f = c.ours[b][0], c.figure
@@ -364,7 +371,9 @@ def reproduction_page(leaderboards: Path) -> Built | None:
               "inside: whether the published value lies in our interval. gap: the measured reason recorded for a "
               "published value outside it, with the files that measured it, or \"" + UNEXPLAINED + "\". A budget "
               "without a row says \"not run\"; ", Code("mtbench official"), " and ",
-              Code("mtbench run --budget paper"), " fill them.",)),
+              Code("mtbench run --budget paper"), " fill them. A paper-budget fit stopped part-way (",
+              Code("--until"), ", to be continued with ", Code("--resume"), ") is shown as a partial fit with the "
+              "iterations it reached, only while no whole fit of the row exists.",)),
         Heading("Outside our interval"),
         *_summary(compared),
     ]

@@ -92,7 +92,7 @@ class Budget(TypedDict):
     """How long the method was fitted."""
 
     name: Annotated[str, "`quick`, `paper` or a number"]
-    iterations: Annotated[int, "the resulting fit iterations"]
+    iterations: Annotated[int, "the budget's fit iterations (the length its schedules are set for)"]
 
 
 class Init(TypedDict):
@@ -144,7 +144,8 @@ class Fit(TypedDict):
     seed: Annotated[int, "`--fit-seed`: seeds every draw of the fit (initial weights, tasks, BatchNorm "
                          "recalibration); the episodes have their own, `protocol.seed`"]
     seconds: Annotated[float, "wall time"]
-    iterations: Annotated[int, "iterations run"]
+    iterations: Annotated[int, "iterations run: the budget's, or fewer for a fit stopped part-way by `--until` (a "
+                               "partial fit)"]
     tasks: Annotated[int, "tasks drawn"]
     images: Annotated[int, "images seen"]
     tasks_per_s: Annotated[float, "tasks per second"]
@@ -362,3 +363,9 @@ def fields_table() -> str:
     lines = ["| field | type | meaning |", "|---|---|---|"]
     lines += [f"| `{path}` | {kind} | {meaning} |" for path, kind, meaning in _rows(Result, "", (Result,))]
     return "\n".join(lines)
+
+
+def partial_fit(doc: dict[str, Any]) -> bool:
+    """Whether a result's fit stopped before its budget's end (``mtbench run --until``): ``fit.iterations`` below
+    ``budget.iterations``. Its row is its own, never averaged with whole fits."""
+    return doc["fit"]["iterations"] < doc["budget"]["iterations"]

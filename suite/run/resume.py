@@ -13,7 +13,8 @@ and iteration reached, the fit seconds so far and the context's counters and not
 it when the fit reaches the loop it was saved in (earlier loops are skipped; the code before each loop
 runs again, so objects are rebuilt before their state is loaded), which on the CPU continues the exact
 computation: the same per-episode accuracies as an uninterrupted run. The file is removed once the
-run's result is written.
+run's result is written, unless ``--until`` stopped the fit part-way (a partial fit): its state is saved where it
+stopped and kept, for ``--resume`` with a later ``--until``, or none, to continue it.
 """
 
 from __future__ import annotations
@@ -137,12 +138,13 @@ def plan(spec: Any, ident: dict[str, Any]) -> Plan | None:
     A commit of the checkout that left the method's file as it was (an unrelated change) does not stop a
     resume: the result's ``fit.notes`` name both commits."""
     every, resume = getattr(spec, "checkpoint_every", None), getattr(spec, "resume", False)
-    if every is None and not resume:
-        return None
+    until = getattr(spec, "until", None)
+    if every is None and not resume and (until is None or spec.out is None):
+        return None  # (a run that writes nothing, mtbench reproduce's, keeps no state of a partial fit either)
     if every is not None and not (isinstance(every, (int, float)) and 0 < every < float("inf")):
         raise UserError(f"--checkpoint-every must be a number of minutes > 0, got {every}; e.g. --checkpoint-every 30")
     if spec.out is None:
-        raise UserError("--checkpoint-every and --resume keep the fit's state under --out; give --out a folder")
+        raise UserError("--checkpoint-every, --resume and --until keep the fit's state under --out; give --out a folder")
     path = state_path(spec.out, ident)
     saved = None
     if resume:
@@ -227,8 +229,9 @@ class FitState:
     def boundary(self, ctx: FitContext, stage: int, iteration: int) -> None:
         if not self.restored:  # a loop skipped on the way to the saved one: its state is not this run's yet
             return
-        due = (self.plan.every_s is not None
-               and (iteration == self.totals[stage] or time.monotonic() - self.last_save >= self.plan.every_s))
+        due = ((self.plan.every_s is not None
+                and (iteration == self.totals[stage] or time.monotonic() - self.last_save >= self.plan.every_s))
+               or iteration == ctx.until)  # a fit stopped by --until keeps its state, for --resume to continue
         if due or self.pending is not None:
             self.save(stage, iteration)
         if self.pending is not None:

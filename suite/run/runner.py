@@ -8,7 +8,7 @@ from typing import Any
 from mtbench.results import write_result
 from mtbench.run.resume import discard
 from mtbench.run.spec import SOURCE_EPISODES, RunSpec, fit_seed
-from mtbench.run.stages import fit, load, record, resolve, score
+from mtbench.run.stages import fit, load, partial, record, resolve, score
 
 __all__ = ["RunSpec", "SOURCE_EPISODES", "fit_seed", "run"]
 
@@ -25,5 +25,6 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     fitted = fit(resolved, loaded)
     doc = record(resolved, loaded, fitted, score(resolved, loaded, fitted))
     path = write_result(doc, Path(spec.out)) if spec.out is not None else None
-    discard(resolved.fit_state)  # the result is written: a saved fit of this run is no longer needed
+    if not partial(resolved, fitted.ctx):  # a fit stopped by --until keeps its state for --resume
+        discard(resolved.fit_state)  # the result is written: a saved fit of this run is no longer needed
     return doc, path

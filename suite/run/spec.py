@@ -46,6 +46,9 @@ class RunSpec:
         checkpoint_every: ``--checkpoint-every``: save the fit's state under ``out`` every this many minutes
             (and on Ctrl-C / SIGTERM during the fit), ``None`` for never; see :mod:`mtbench.run.resume`.
         resume: ``--resume``: continue the fit from the state saved by the same run.
+        until: ``--until``: stop the fit after this many iterations of its budget (schedules unchanged), evaluate
+            it as a partial fit (``fit.iterations`` < ``budget.iterations``: a row of its own, never averaged with
+            whole fits) and keep its state under ``out`` for ``--resume``; ``None`` runs the whole budget.
     """
 
     method: str
@@ -69,6 +72,7 @@ class RunSpec:
     fit_seed: int = 0
     checkpoint_every: float | None = None
     resume: bool = False
+    until: int | None = None
 
 
 #: the few-shot tasks a method is fitted with on a source domain other than the evaluation's

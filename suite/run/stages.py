@@ -81,8 +81,9 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
         writable(spec.out, "--out", folder=True, fix="choose another folder with --out")
     if spec.save:
         writable(spec.save, "--save", folder=False, fix="choose another path with --save")
+    check_until(spec.until, iterations, spec.budget)
     fit_state = None
-    if spec.checkpoint_every is not None or spec.resume:
+    if spec.checkpoint_every is not None or spec.resume or spec.until is not None:
         fit_state = resume.plan(spec, resume.identity(spec, method_cls, hparams, dataset_cls, source_cls, iterations,
                                                       device, checkpoint[1] if checkpoint else None))
     return Resolved(spec, method_cls, dataset_cls, source_cls, hparams, iterations, device, checkpoint, fit_state)
@@ -212,7 +213,8 @@ def fit(r: Resolved, d: Loaded) -> Fitted:
         init = init_record(blob, sha, str(spec.init), recalibrated=bool(missing_stats))
     if spec.compile:  # in place, after loading: the state_dict keys stay those of the plain modules
         method.compile_modules()
-    ctx = FitContext(d.source, d.fit_spec, r.iterations, generator, r.device, spec.progress, d.unlabelled)
+    ctx = FitContext(d.source, d.fit_spec, r.iterations, generator, r.device, spec.progress, d.unlabelled,
+                     until=spec.until)
     # --checkpoint-every / --resume: the context's loops save the state and continue a saved one (run/resume.py)
     state = resume.FitState(r.fit_state, method, ctx, lambda: timer(r.device)) if r.fit_state else None
     reset_peak_memory(r.device)
@@ -223,10 +225,29 @@ def fit(r: Resolved, d: Loaded) -> Fitted:
         if state is not None:
             state.finish()
     seconds = state.fit_seconds() if state is not None else timer(r.device) - start
+    if partial(r, ctx):
+        name = "" if str(r.spec.budget).isdigit() else f"the {r.spec.budget} budget's "
+        ctx.note(f"a partial fit: stopped by --until at iteration {ctx.reached} of {name}{r.iterations} (with the "
+                 f"schedules of all {r.iterations}); its state is kept in {r.fit_state.path if r.fit_state else '--out'} "
+                 f"for the same command with --resume (and a later --until, or none) to continue it")
     fitted = Fitted(method, init, ctx, seconds, peak_memory(r.device), origin)
     if spec.save:
         save(r, d, fitted, Path(spec.save))
     return fitted
+
+
+def check_until(until: int | None, iterations: int, budget: str) -> None:
+    """``--until``: a whole number of iterations from 1 to the budget's; a :class:`UserError` otherwise."""
+    if until is None:
+        return
+    if not isinstance(until, int) or isinstance(until, bool) or not 0 < until <= iterations:
+        raise UserError(f"--until {until}: must be a whole number of iterations from 1 to the {budget} budget's "
+                        f"{iterations}; drop --until to run the whole fit")
+
+
+def partial(r: Resolved, ctx: FitContext) -> bool:
+    """Whether ``--until`` stopped the fit before the end of its budget (a partial fit, :attr:`FitContext.reached`)."""
+    return r.spec.until is not None and ctx.reached is not None and ctx.reached < r.iterations
 
 
 def save(r: Resolved, d: Loaded, f: Fitted, path: Path) -> Path:
@@ -271,7 +292,8 @@ def record(r: Resolved, d: Loaded, f: Fitted, scores: dict[str, Any]) -> dict[st
         "accuracy": scores["accuracy"],
         "adaptation": scores["adaptation"],
         "fit": {
-            "seed": spec.fit_seed, "seconds": f.seconds, "iterations": r.iterations, "tasks": ctx.tasks,
+            "seed": spec.fit_seed, "seconds": f.seconds, "iterations": ctx.reached if partial(r, ctx) else r.iterations,
+            "tasks": ctx.tasks,
             "images": ctx.images,
             "tasks_per_s": ctx.tasks / f.seconds if f.seconds > 0 else 0.0,
             "images_per_s": ctx.images / f.seconds if f.seconds > 0 else 0.0,

@@ -1,0 +1,141 @@
+"""Partial fits (``mtbench run --until ITERATION``): a fit stopped part-way through its budget's schedule is evaluated,
+recorded as partial (``fit.iterations`` < ``budget.iterations``) and keeps its state, so that ``--resume`` continues it
+to exactly the numbers of an uninterrupted fit; its leaderboard row is its own, and the reproduction page shows it only
+as a partial fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtbench.board import leaderboard as lb
+from mtbench.board.reproduce import spec_of
+from mtbench.core.errors import UserError
+from mtbench.data.episodes import EpisodeSpec
+from mtbench.results import partial_fit
+from mtbench.run.runner import RunSpec, run
+from mtbench.report.blocks import Table
+from mtbench.report.reproduction import reproduction_page
+from tests.support import put_result, result_doc
+
+BUDGET = 12  # protonet's episodes on the synthetic data; --until stops at 5, then 9
+
+
+def _spec(out: Path | None, **extra) -> RunSpec:
+    return RunSpec(method="protonet", dataset="synthetic", episodes=EpisodeSpec(5, 1, 2, 4, 0), budget=str(BUDGET),
+                   hparams=(("train_ways", "5"),), device="cpu", out=None if out is None else str(out), progress=False,
+                   **extra)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted fit; and one stopped at 5, continued to 9, then to the end: their results and state files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole, _ = run(_spec(tmp_path_factory.mktemp("whole")))
+        out = tmp_path_factory.mktemp("parts")
+        first, _ = run(_spec(out, until=5))
+        states = [sorted((out / ".resume").glob("*.pt"))]
+        second, _ = run(_spec(out, until=9, resume=True))
+        states.append(sorted((out / ".resume").glob("*.pt")))
+        last, _ = run(_spec(out, resume=True))
+        states.append(sorted((out / ".resume").glob("*.pt")))
+    finally:
+        torch.set_num_threads(before)
+    return whole, [first, second, last], states, out
+
+
+def test_a_partial_fit_is_recorded_as_one_and_keeps_its_state(runs) -> None:
+    whole, (first, second, last), states, _ = runs
+    assert [d["fit"]["iterations"] for d in (first, second, last)] == [5, 9, BUDGET]
+    assert all(d["budget"] == {"name": str(BUDGET), "iterations": BUDGET} for d in (first, second, last))
+    assert [partial_fit(d) for d in (whole, first, second, last)] == [False, True, True, False]
+    assert any("stopped by --until at iteration 5 of 12" in n for n in first["fit"]["notes"])
+    assert first["fit"]["tasks"] == 5 and second["fit"]["tasks"] == 9  # the work of the iterations that ran
+    assert [len(s) for s in states] == [1, 1, 0]  # kept after each partial fit, gone once the fit is whole
+
+
+def test_a_partial_fit_continued_ends_with_the_numbers_of_an_uninterrupted_one(runs) -> None:
+    whole, (first, second, last), _, _ = runs
+    assert last["accuracy"]["per_episode"] == whole["accuracy"]["per_episode"]
+    assert [last["fit"][k] for k in ("iterations", "tasks", "images")] == [whole["fit"][k] for k in
+                                                                          ("iterations", "tasks", "images")]
+    # the partial fits are evaluated as they stood: not the whole fit's numbers
+    assert first["accuracy"]["per_episode"] != whole["accuracy"]["per_episode"]
+
+
+def test_until_is_checked_and_a_resume_never_goes_back(runs, tmp_path) -> None:
+    for bad in (0, -3, BUDGET + 1):
+        with pytest.raises(UserError, match=rf"--until {bad}: must be a whole number of iterations from 1 to the "
+                                            rf"{BUDGET} budget's {BUDGET}; drop --until"):
+            run(_spec(tmp_path, until=bad))
+    assert not list(tmp_path.iterdir())  # nothing written
+    out = tmp_path / "again"
+    run(_spec(out, until=6))
+    (state,) = (out / ".resume").glob("*.pt")
+    saved = state.read_bytes()
+    with pytest.raises(UserError, match="--until 4: the saved fit is already at iteration 6 of this loop; give "
+                                        "--until 6 or more"):
+        run(_spec(out, until=4, resume=True))
+    assert state.read_bytes() == saved and len(list(out.glob("*.json"))) == 1  # nothing overwritten, no result
+
+
+def test_a_partial_row_is_its_own_and_says_how_far_it_got(tmp_path) -> None:
+    folder = tmp_path / "synthetic" / "5w1s"
+    budget = {"name": "paper", "iterations": 100}
+    for seed in (0, 1):
+        put_result(folder, result_doc("protonet", [0.9, 0.7] * 5, fit_seed=seed, budget=budget), f"whole{seed}")
+    part = result_doc("protonet", [0.5, 0.7] * 5, fit_seed=2, budget=budget)
+    part["fit"]["iterations"] = 40
+    put_result(folder, part, "part")
+    (group,) = lb.board(tmp_path).groups
+    by_seeds = {tuple(r.seeds): r for r in group.rows}
+    assert set(by_seeds) == {(0, 1), (2,)}  # never averaged with the whole fits
+    assert lb.budget(by_seeds[(2,)].doc) == "paper, 40 of 100 iterations (partial)"
+    assert lb.budget(by_seeds[(0, 1)].doc) == "paper"
+    # mtbench reproduce re-runs a partial fit as far as it went
+    assert spec_of(part, None, "cpu").until == 40 and spec_of(result_doc("protonet", [0.5]), None, "cpu").until is None
+
+
+PUBLISHED = """
+[sources.doe]
+authors = "Doe"
+year = 2020
+title = "A paper"
+venue = "A venue"
+
+[[figures]]
+dataset = "synthetic"
+setting = "5w1s"
+name = "ProtoNet"
+ours = "protonet"
+accuracy = 99.0
+source = "doe"
+table = "Table 1"
+"""
+
+
+def _paper_cell(root: Path) -> str:
+    built = reproduction_page(root / "leaderboards")
+    assert built is not None
+    table = [b.frame for b in built.blocks if isinstance(b, Table)][0]
+    return table.to_dict("records")[0]["paper: ours %"]
+
+
+def test_the_reproduction_page_shows_a_partial_fit_as_one_until_a_whole_one_exists(tmp_path) -> None:
+    folder = tmp_path / "leaderboards" / "synthetic" / "5w1s"
+    (tmp_path / "leaderboards" / "published.toml").parent.mkdir(parents=True)
+    (tmp_path / "leaderboards" / "published.toml").write_text(PUBLISHED)
+    budget = {"name": "paper", "iterations": 100}
+    for reached, seed in ((30, 0), (60, 1)):
+        doc = result_doc("protonet", [0.8, 0.6] * 5, fit_seed=seed, budget=budget)
+        doc["fit"]["iterations"] = reached
+        put_result(folder, doc, f"part{reached}")
+    line = _paper_cell(tmp_path)
+    assert "partial fit, 60 of 100 iterations" in line and "30 of 100" not in line  # the furthest one
+    put_result(folder, result_doc("protonet", [0.9, 0.7] * 5, fit_seed=0, budget=budget), "whole")
+    line = _paper_cell(tmp_path)
+    assert "80.00 ± " in line and "partial" not in line  # a whole fit replaces it
