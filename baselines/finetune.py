@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from mtbench.core.runtime import in_passes
 from mtbench.methods.backbones import build_backbone
 from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive, report_steps
 from mtbench.methods.training import episode_generator, make_head, minibatches, pretrain_classifier
@@ -57,6 +58,8 @@ class FinetuneHparams:
 # keeps "loop": there vmap's float32 rounding moved a few query predictions of 20 Omniglot 5w1s episodes (so CPU
 # results would no longer be the per-episode ones) and, on a shared 2-core CPU, the chunks were not faster.
 BACKBONE_BATCHING = {"cuda": "vmap"}
+# the episodes of a chunk when only the head is fine-tuned (Method.chunk_episodes)
+CHUNK_EPISODES = 32
 
 
 @METHODS.register
@@ -89,6 +92,10 @@ class Finetune(Method):
         super().__init__(hparams, in_shape, generator, device)
         self._generator = generator
         self.backbone = build_backbone(hparams.backbone, in_shape, generator).to(device)
+        # a head on frozen features: the chunk's images are embedded in passes and its 100 steps are batched
+        # matrix products, whose cost barely grows with the episodes, so a chunk holds many (on the CPU one pass
+        # holds one Omniglot episode); fine-tuning the backbone too is per-image work: one pass's worth
+        self.chunk_episodes = None if hparams.finetune_backbone else CHUNK_EPISODES
 
     def fit(self, ctx: FitContext) -> None:
         hp = self.hparams
@@ -169,7 +176,7 @@ class Finetune(Method):
         def frozen_features(query_x: Tensor) -> Tensor:
             # every step's predictor is scored on the same queries and the backbone does not change: embed them once
             if not seen or seen[0] is not query_x:
-                seen[:] = [query_x, self.backbone(query_x.flatten(0, 1)).unflatten(0, query_x.shape[:2])]
+                seen[:] = [query_x, in_passes(self.backbone, query_x.flatten(0, 1)).unflatten(0, query_x.shape[:2])]
             return seen[1]
 
         def snapshot() -> Predictor:
@@ -185,7 +192,7 @@ class Finetune(Method):
         features = None
         if not hp.finetune_backbone:
             with torch.no_grad():
-                features = self.backbone(support_x.flatten(0, 1)).unflatten(0, (e, s))
+                features = in_passes(self.backbone, support_x.flatten(0, 1)).unflatten(0, (e, s))
         rows = torch.arange(e, device=device).unsqueeze(1)
         wanted = report_steps(hp.report_steps, len(orders[0]))
         if 0 in wanted:

@@ -98,3 +98,41 @@ def test_the_evaluator_scores_chunks_as_it_scores_episodes(case, one_thread, mon
     assert chunked["accuracy"]["per_episode"] == alone["accuracy"]["per_episode"]
     assert chunked["accuracy"]["by_step"] == alone["accuracy"]["by_step"]
     assert len(alone["accuracy"]["by_step"]) == (4 if case.startswith("finetune") else 1)
+
+
+@pytest.mark.parametrize("head", ["linear", "cosine"])
+def test_a_head_on_frozen_features_takes_many_episodes_a_chunk_and_scores_them_alike(head, one_thread) -> None:
+    """On the CPU one forward pass holds one episode of these images; a fine-tuned head (``chunk_episodes``) takes
+    32 a chunk, embeds them in passes, and still gives every episode its per-episode accuracy at every step (float32)."""
+    from mtbench.run.evaluate import evaluate
+
+    test = DATASETS.get("synthetic")(progress=False).load("test")
+    method = build("finetune", {**FINETUNE, "head": head}, test.image_shape)
+    episodes = EpisodeSet(test, EpisodeSpec(5, 1, 15, 40, seed=2))
+    assert method.chunk_episodes == 32
+    assert build("finetune", {**FINETUNE, "finetune_backbone": "true"}, test.image_shape).chunk_episodes is None
+    chunked = evaluate(method, episodes, progress=False)
+    alone = evaluate(method, episodes, progress=False, batched=False)
+    assert chunked["evaluation"]["batched_episodes"] == 20  # 40 episodes: two chunks of 20, within 32 each
+    assert chunked["accuracy"]["per_episode"] == alone["accuracy"]["per_episode"]
+    assert chunked["accuracy"]["by_step"] == alone["accuracy"]["by_step"]
+
+
+def test_in_passes_splits_a_batch_and_gives_the_whole_batchs_output() -> None:
+    from mtbench.core.runtime import PASS_VALUES, in_passes
+
+    calls = []
+    layer = torch.nn.Linear(28 * 28, 3).double()
+
+    def module(x):
+        calls.append(len(x))
+        return layer(x.flatten(1))
+
+    x = torch.randn(300, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    whole = layer(x.flatten(1))
+    assert PASS_VALUES["cpu"] == 128 * 28 * 28
+    torch.testing.assert_close(in_passes(module, x), whole, rtol=0, atol=1e-12)
+    assert calls == [128, 128, 44]
+    calls.clear()
+    in_passes(module, x[:100])
+    assert calls == [100]  # what fits in one pass is one call

@@ -203,6 +203,11 @@ class Method:
     predict_batch: Callable[[Tensor, Tensor, Tensor, int], Tensor] | None = None
     #: ``adapt`` for a batch of episodes at once, every step, or ``None``; see the module docstring
     adapt_batch: Callable[[Tensor, Tensor, int], Iterator[Predictor]] | None = None
+    #: the episodes a chunk of the batched path may hold where that is more than one forward pass's images, or
+    #: ``None`` (one pass's worth): for a batched path that embeds its images in passes itself
+    #: (:func:`~mtbench.core.runtime.in_passes`) and then repeats cheap steps for every episode at once (heads
+    #: fine-tuned on frozen features), so that more episodes share each step
+    chunk_episodes: int | None = None
 
     def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
                  device: torch.device) -> None:

@@ -201,7 +201,8 @@ class Ours:
     def shown(self, unit: str = "") -> str:
         """``mean ± CI`` in %, and the number of training seeds of the row (and how far a partial fit got)."""
         part = f"; partial fit, {self.partial[0]} of {self.partial[1]} iterations" if self.partial else ""
-        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}{unit} ({self.seeds} seed{'s' * (self.seeds != 1)}{part})"
+        seeds = f"{self.seeds} seed{'s' * (self.seeds != 1)}"
+        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}{unit} ({seeds}{part})"
 
 
 def _budget(doc: dict[str, Any]) -> str:

@@ -15,17 +15,17 @@ from typing import Any
 import torch
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
-from mtbench.core.runtime import Laps, peak_memory, reset_peak_memory, timer
+from mtbench.core.runtime import PASS_VALUES, Laps, peak_memory, reset_peak_memory, timer
 from mtbench.data.episodes import EpisodeSet
 from mtbench.methods import Method, at_step
 from mtbench.methods.functional import accuracy
 from tqdm.auto import tqdm
 
 #: bound on the input values (images x C x H x W) of one chunk of episodes on the batched path, by device
-#: type (others: the CPU's), never less than one episode: on a GPU a chunk is 16384 Omniglot (1x28x28)
-#: images, few launches for 600 episodes. On the CPU Conv4 ran twice as slow per image from ~160
-#: Omniglot images a batch as from 80 (its activations outgrow the cache), so a chunk there is 128.
-CHUNK_VALUES = {"cpu": 128 * 28 * 28, "cuda": 16384 * 28 * 28}
+#: type (others: the CPU's), never less than one episode: one forward pass's worth (:data:`PASS_VALUES`), as a
+#: method's batched path runs its backbone once over the chunk's images; a method that embeds them in passes
+#: itself says how many episodes its chunk may hold (``Method.chunk_episodes``)
+CHUNK_VALUES = PASS_VALUES
 
 
 def episode_chunks(episodes: EpisodeSet, max_values: int | None = None) -> list[tuple[int, int]]:
@@ -126,7 +126,8 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
         batched: use the method's ``adapt_batch`` (:func:`evaluate_adapt_batched`) or ``predict_batch``
             (:func:`evaluate_batched`) when it has one; ``False``: episode by episode through ``adapt``
             whatever the method (the reference the batched paths are tested against).
-        max_values: the chunk bound of the batched path (see :func:`episode_chunks`).
+        max_values: the chunk bound of the batched path (see :func:`episode_chunks`); by default one forward
+            pass's worth of images, or ``method.chunk_episodes`` episodes where that is more.
         last_only: score the last predictor only (the earlier ones are produced, as adaptation needs them,
             but never called): what a loop that reports the final accuracy alone does, which ``mtbench bench``
             compares with such a loop. ``by_step`` then has the last step only.
@@ -135,6 +136,11 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
         A dict with the ``accuracy``, ``adaptation`` and ``evaluation`` sections of a result;
         ``evaluation.batched_episodes`` is ``None`` here, the chunk size on the batched path.
     """
+    if max_values is None and getattr(method, "chunk_episodes", None):  # more episodes than one pass holds
+        spec = episodes.spec
+        per_episode = spec.ways * spec.per_class * math.prod(episodes.split.image_shape)
+        bound = CHUNK_VALUES.get(episodes.split.device.type, CHUNK_VALUES["cpu"])
+        max_values = max(bound, method.chunk_episodes * per_episode)
     if batched and method.adapt_batch is not None:
         return evaluate_adapt_batched(method, episodes, progress, max_values, last_only)
     if batched and method.predict_batch is not None:

@@ -228,7 +228,8 @@ def fit(r: Resolved, d: Loaded) -> Fitted:
     if partial(r, ctx):
         name = "" if str(r.spec.budget).isdigit() else f"the {r.spec.budget} budget's "
         ctx.note(f"a partial fit: stopped by --until at iteration {ctx.reached} of {name}{r.iterations} (with the "
-                 f"schedules of all {r.iterations}); its state is kept in {r.fit_state.path if r.fit_state else '--out'} "
+                 f"schedules of all {r.iterations}); its state is kept in "
+                 f"{r.fit_state.path if r.fit_state else '--out'} "
                  f"for the same command with --resume (and a later --until, or none) to continue it")
     fitted = Fitted(method, init, ctx, seconds, peak_memory(r.device), origin)
     if spec.save:
