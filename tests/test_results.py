@@ -123,6 +123,7 @@ def _set(value, *keys):
         (_set(1, "provenance", "compile"), "provenance.compile"),
         (_set("bogus", "protocol", "kind"), "protocol.kind"),
         (_set("fp16", "provenance", "precision"), "provenance.precision"),
+        (_set(10 ** 6, "fit", "iterations"), "fit.iterations"),
         (_set(1, "provenance", "malloc"), "provenance.malloc"),
         (_set({"name": "x"}, "source"), "source.version"),
         (_set({"ways": 5, "shots": 1, "queries": 15, "episodes": True, "seed": 0}, "protocol", "fit_episodes"),

@@ -314,6 +314,9 @@ def validate(doc: Any) -> list[str]:
             problems.append("accuracy.per_episode: length differs from protocol.episodes")
         if len(acc["by_step"]) != doc["adaptation"]["steps"]:
             problems.append("accuracy.by_step: length differs from adaptation.steps")
+        if doc["fit"]["iterations"] > doc["budget"]["iterations"]:
+            problems.append(f"fit.iterations: {doc['fit']['iterations']} is past budget.iterations "
+                            f"{doc['budget']['iterations']} (a fit runs its budget, or less when --until stops it)")
         precision = doc["provenance"]["precision"]
         if precision not in PRECISIONS:
             problems.append(f"provenance.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
