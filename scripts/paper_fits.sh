@@ -16,14 +16,17 @@ shift 2
 mtbench=${MTBENCH:-mtbench}
 minutes=${MINUTES:-2}
 deadline=$((SECONDS + seconds))
+# default: the Omniglot paper-budget rows the leaderboard lacks (ProtoNet, MatchingNet and fine-tune have the others)
 fits=${PAPER_FITS:-"protonet-5w5s|protonet|omniglot|5|5|
-protonet-20w1s|protonet|omniglot|20|1|
-matchingnet-20w1s|matchingnet|omniglot|20|1|
 maml-5w1s|maml|omniglot|5|1|
 maml-fo-5w1s|maml|omniglot|5|1|--hp first_order=true
 reptile-5w1s|reptile|omniglot|5|1|
 maml-5w5s|maml|omniglot|5|5|
-maml-20w1s|maml|omniglot|20|1|"}
+maml-20w1s|maml|omniglot|20|1|
+maml-fo-5w5s|maml|omniglot|5|5|--hp first_order=true
+maml-fo-20w1s|maml|omniglot|20|1|--hp first_order=true
+reptile-5w5s|reptile|omniglot|5|5|
+reptile-20w1s|reptile|omniglot|20|1|"}
 
 while IFS='|' read -r label method dataset ways shots more; do
     [ -z "$label" ] && continue
