@@ -28,14 +28,16 @@ from tqdm.auto import tqdm
 CHUNK_VALUES = PASS_VALUES
 
 
-def episode_chunks(episodes: EpisodeSet, max_values: int | None = None) -> list[tuple[int, int]]:
+def episode_chunks(episodes: EpisodeSet, max_values: int | None = None,
+                   at_least: int | None = None) -> list[tuple[int, int]]:
     """``(start, stop)`` ranges covering ``episodes`` in order, as few as keep each chunk's images within
-    ``max_values`` input values (default :data:`CHUNK_VALUES` of their device), sizes within one of each
-    other; a chunk holds at least one episode."""
+    ``max_values`` input values (default :data:`CHUNK_VALUES` of their device, or ``at_least`` episodes' worth where
+    that is more: a method's ``chunk_episodes``), sizes within one of each other; a chunk holds at least one episode."""
     spec, n = episodes.spec, len(episodes)
-    if max_values is None:
-        max_values = CHUNK_VALUES.get(episodes.split.device.type, CHUNK_VALUES["cpu"])
     per_episode = spec.ways * spec.per_class * math.prod(episodes.split.image_shape)
+    if max_values is None:
+        max_values = max(CHUNK_VALUES.get(episodes.split.device.type, CHUNK_VALUES["cpu"]),
+                         (at_least or 0) * per_episode)
     count = -(-n // max(1, max_values // per_episode))  # ceil: the fewest chunks within the bound
     size, extra = divmod(n, count)
     bounds = [i * size + min(i, extra) for i in range(count + 1)]
@@ -136,11 +138,6 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
         A dict with the ``accuracy``, ``adaptation`` and ``evaluation`` sections of a result;
         ``evaluation.batched_episodes`` is ``None`` here, the chunk size on the batched path.
     """
-    if max_values is None and getattr(method, "chunk_episodes", None):  # more episodes than one pass holds
-        spec = episodes.spec
-        per_episode = spec.ways * spec.per_class * math.prod(episodes.split.image_shape)
-        bound = CHUNK_VALUES.get(episodes.split.device.type, CHUNK_VALUES["cpu"])
-        max_values = max(bound, method.chunk_episodes * per_episode)
     if batched and method.adapt_batch is not None:
         return evaluate_adapt_batched(method, episodes, progress, max_values, last_only)
     if batched and method.predict_batch is not None:
@@ -190,7 +187,7 @@ def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True
     which ``evaluation.batched_episodes`` (the largest chunk) says.
     """
     device, ways = episodes.split.device, episodes.spec.ways
-    chunks = episode_chunks(episodes, max_values)
+    chunks = episode_chunks(episodes, max_values, getattr(method, "chunk_episodes", None))
     accs: list[torch.Tensor] = []  # float[chunk] each, on the device
     finite: list[torch.Tensor] = []  # bool[chunk] each
     laps, chunk_laps = Laps(device), []
@@ -225,7 +222,7 @@ def evaluate_adapt_batched(method: Method, episodes: EpisodeSet, progress: bool 
     the per-episode path) over the chunk's episodes; scoring the predictors is not counted.
     """
     device, ways = episodes.split.device, episodes.spec.ways
-    chunks = episode_chunks(episodes, max_values)
+    chunks = episode_chunks(episodes, max_values, getattr(method, "chunk_episodes", None))
     accs: list[torch.Tensor] = []  # float[chunk, steps] each, on the device
     finite: list[torch.Tensor] = []  # bool[chunk] per chunk and step
     where: list[str] = []
