@@ -51,6 +51,11 @@ class BatchStatNorm2d(nn.Module):
         return x_hat * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
 
+def under_transform() -> bool:
+    """Whether any ``torch.func`` transform (vmap, grad, ...) is active."""
+    return bool(retrieve_all_functorch_interpreters())
+
+
 def under_vmap() -> bool:
     """Whether a ``torch.func.vmap`` transform is active (at any level of the functorch stack)."""
     return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
@@ -241,5 +246,5 @@ def linear_head(in_features: int, ways: int, generator: torch.Generator, init: s
     return init_parameters(nn.Linear(in_features, ways), generator, init)  # type: ignore[return-value]
 
 
-__all__ = ["BACKBONES", "BatchStatNorm2d", "Conv4", "INIT_SCHEMES", "build_backbone", "conv4", "conv4_32", "init_parameters", "linear_head", "under_vmap",
+__all__ = ["BACKBONES", "BatchStatNorm2d", "Conv4", "INIT_SCHEMES", "build_backbone", "conv4", "conv4_32", "init_parameters", "linear_head", "under_transform", "under_vmap",
            "resnet12", "timm_backbone"]

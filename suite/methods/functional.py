@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad
 
-from mtbench.methods.backbones import under_vmap
+from mtbench.methods.backbones import under_transform, under_vmap
 
 Params = dict[str, Tensor]
 
@@ -94,6 +94,16 @@ class Adam:
         return new, (t, m, v)
 
 
+def _constant_grads(model: nn.Module, frozen: Params, fast: Params, x: Tensor, y: Tensor) -> Params:
+    """The loss gradients at ``fast`` as constants (a first-order step outside any ``torch.func`` transform), by
+    plain autograd on detached copies: bit for bit what ``torch.func.grad`` gives, in 0.88x its time (a Conv4
+    step on 5 Omniglot images, CPU, one thread, 2026-12-02; Reptile evaluates with 50 such steps)."""
+    leaves = {k: v.detach().requires_grad_() for k, v in fast.items()}
+    with torch.enable_grad():
+        loss = classification_loss({**{k: v.detach() for k, v in frozen.items()}, **leaves}, model, x, y)
+        return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+
+
 def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor, Tensor]], optimizer: SGD | Adam,
                first_order: bool = False, adapted: Collection[str] | None = None, state: Any = None,
                with_state: bool = False) -> Iterator[Any]:
@@ -129,10 +139,14 @@ def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor,
     layout = _channels_last_names(fast)
     state = optimizer.init(fast) if state is None else state
     yield (params, state) if with_state else params
+    plain = first_order and not under_transform()
     for x, y in batches:
-        grads = loss_grad(fast, x, y)
-        if first_order:
-            grads = {k: g.detach() for k, g in grads.items()}
+        if plain:
+            grads = _constant_grads(model, frozen, fast, x, y)
+        else:
+            grads = loss_grad(fast, x, y)
+            if first_order:
+                grads = {k: g.detach() for k, g in grads.items()}
         fast, state = optimizer.step(fast, grads, state)
         fast = {k: v.to(memory_format=torch.channels_last) if k in layout else v for k, v in fast.items()}
         out = {k: fast[k] if k in fast else frozen[k] for k in params}
