@@ -94,14 +94,19 @@ class Adam:
         return new, (t, m, v)
 
 
-def _constant_grads(model: nn.Module, frozen: Params, fast: Params, x: Tensor, y: Tensor) -> Params:
-    """The loss gradients at ``fast`` as constants (a first-order step outside any ``torch.func`` transform), by
-    plain autograd on detached copies: bit for bit what ``torch.func.grad`` gives, in 0.88x its time (a Conv4
-    step on 5 Omniglot images, CPU, one thread, 2026-12-02; Reptile evaluates with 50 such steps)."""
-    leaves = {k: v.detach().requires_grad_() for k, v in fast.items()}
+def _autograd_grads(model: nn.Module, frozen: Params, fast: Params, x: Tensor, y: Tensor, first_order: bool) -> Params:
+    """The loss gradients at ``fast`` by plain autograd, for a step outside any ``torch.func`` transform: bit for
+    bit what ``torch.func.grad`` gives, in less time (a first-order Conv4 step on 5 Omniglot images took 0.88x
+    its time, CPU, one thread, 2026-12-02; Reptile evaluates with 50 such steps). First order, or parameters
+    outside any autograd graph (evaluation): the gradients of detached copies, constants. Otherwise (second-order
+    meta-training) with ``create_graph``, so that they stay differentiable with respect to ``params``."""
+    if first_order or not any(v.requires_grad for v in fast.values()):
+        fast = {k: v.detach().requires_grad_() for k, v in fast.items()}
+        frozen = {k: v.detach() for k, v in frozen.items()}
+        first_order = True
     with torch.enable_grad():
-        loss = classification_loss({**{k: v.detach() for k, v in frozen.items()}, **leaves}, model, x, y)
-        return dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+        loss = classification_loss({**frozen, **fast}, model, x, y)
+        return dict(zip(fast, torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)))
 
 
 def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor, Tensor]], optimizer: SGD | Adam,
@@ -113,8 +118,8 @@ def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor,
     ``torch.func.vmap`` (one task per vmapped slice) and under outer autograd: with
     ``first_order=False`` the yielded parameters stay differentiable with respect to ``params``
     through the inner gradients (second-order MAML); with ``first_order=True`` the inner gradients
-    are constants. ``torch.func.grad`` ignores an outer ``torch.no_grad()``, so the same loop
-    adapts at evaluation time. Convolution weights that start channels-last on the CPU stay so after
+    are constants. The gradients are taken inside ``torch.enable_grad()`` (or by ``torch.func.grad``, which
+    ignores an outer ``torch.no_grad()``), so the same loop adapts at evaluation time. Convolution weights that start channels-last on the CPU stay so after
     every step (see :func:`channels_last`).
 
     Args:
@@ -139,10 +144,12 @@ def inner_loop(model: nn.Module, params: Params, batches: Iterable[tuple[Tensor,
     layout = _channels_last_names(fast)
     state = optimizer.init(fast) if state is None else state
     yield (params, state) if with_state else params
-    plain = first_order and not under_transform()
+    # plain autograd on the CPU outside transforms (the same numbers, faster); torch.func.grad elsewhere, which
+    # also works inside vmap and is what the GPU paths (CUDA graphs included) were measured with
+    plain = not under_transform() and all(v.device.type == "cpu" for v in fast.values())
     for x, y in batches:
         if plain:
-            grads = _constant_grads(model, frozen, fast, x, y)
+            grads = _autograd_grads(model, frozen, fast, x, y, first_order)
         else:
             grads = loss_grad(fast, x, y)
             if first_order:
