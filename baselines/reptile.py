@@ -106,8 +106,10 @@ class Reptile(Method):
     quick_presets = {"omniglot": {"inner_lr": 3e-3}}
     transductive = False
     # 2: BatchNorm by the fused kernel outside vmap; 3: the meta-batch's tasks one after the other on the CPU (both
-    # move the numbers by float rounding)
-    version = "3"
+    # move the numbers by float rounding); 4: on the CPU the convolution weights stay channels-last after every inner
+    # step (the one-input-channel first weight fell back to the default layout, and every later layer's input with
+    # it): float rounding again, and meta-training and evaluation about twice as fast
+    version = "4"
 
     def __init__(self, hparams: ReptileHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)
