@@ -109,7 +109,9 @@ class MAML(Method):
     transductive = True
     # 2: Xavier initialisation by default (``init``); BatchNorm by the fused kernel outside vmap (float rounding)
     # 3: on the CPU, convolution weights in the default layout, not channels-last (float rounding)
-    version = "3"
+    # 4: on the CPU, adapted channels-last at evaluation (float rounding: 10 of 600 real Omniglot 5w1s episodes
+    # scored one query apart after a 60-iteration fit, the mean 7e-5 apart), evaluation 2.4x as fast
+    version = "4"
     #: what ``task_batching=auto`` picks per device type (read by ``mtbench bench`` too)
     AUTO_BATCHING = AUTO_BATCHING
 
