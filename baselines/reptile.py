@@ -16,6 +16,11 @@ from mtbench.core.errors import UserError
 from mtbench.methods.functional import Adam, Params, detached, forward, inner_loop, last, params_of
 from mtbench.methods import METHODS, FitContext, Method, Predictor, as_chunk_of_one, at_step, positive, report_steps
 
+#: the input values one vmapped pass of non-transductive predictions holds (queries x their support set plus
+#: themselves): 2048 Omniglot images, so a 5-way 1-shot or 5-shot episode's queries are one pass (450 and 1950
+#: images), while a 20-way 1-shot one's 6300 images, in one pass, took over 15 GB and were killed on a 24 GB machine
+PREDICT_VALUES = 2048 * 28 * 28
+
 
 class AdamMoments(nn.Module):
     """Adam's state ``(t, m, v)`` for a parameter dict, as buffers so that checkpoints keep it."""
@@ -178,13 +183,15 @@ class Reptile(Method):
             ctx.count(hp.meta_batch, hp.meta_batch * hp.inner_steps * hp.inner_batch)
 
     def predict(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
-        """Each query in a batch with the support set alone (non-transductive BatchNorm statistics)."""
+        """Each query in a batch with the support set alone (non-transductive BatchNorm statistics), vmapped over
+        the queries in passes of at most :data:`PREDICT_VALUES` input values."""
         model = self.model
 
         def one(q: Tensor) -> Tensor:
             return forward(model, params, torch.cat([support_x, q.unsqueeze(0)]))[-1]
 
-        return vmap(one)(query_x)
+        per_pass = max(1, PREDICT_VALUES // (support_x[0].numel() * (len(support_x) + 1)))
+        return torch.cat([vmap(one)(part) for part in query_x.split(per_pass)])
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
         model = self._build(ways)
