@@ -113,7 +113,8 @@ class Reptile(Method):
     # 2: BatchNorm by the fused kernel outside vmap; 3: the meta-batch's tasks one after the other on the CPU (both
     # move the numbers by float rounding); 4: on the CPU the convolution weights stay channels-last after every inner
     # step (the one-input-channel first weight fell back to the default layout, and every later layer's input with
-    # it): float rounding again, and meta-training and evaluation about twice as fast
+    # it): float rounding again; the Omniglot 5w1s quick row's fit took 140 s instead of 878 s, its
+    # evaluation 557 s instead of 1891 s (CPU, one thread, beside another fit)
     version = "4"
 
     def __init__(self, hparams: ReptileHparams, in_shape, generator, device) -> None:
