@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mtbench.methods.backbones import build_backbone
 from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
+from mtbench.methods.logreg import fit_logistic_regression
 from mtbench.methods.training import make_head, pretrain_classifier
 
 
@@ -22,21 +23,23 @@ class FeatureExtractHparams:
     Attributes:
         backbone: registered backbone name.
         classifier: ``logreg`` (multinomial logistic regression on L2-normalised features, fitted
-            with L-BFGS) or ``centroid`` (nearest class mean by cosine similarity).
+            exactly by Newton's method: :mod:`mtbench.methods.logreg`) or ``centroid`` (nearest class
+            mean by cosine similarity).
         l2: weight decay of the logistic regression.
-        lbfgs_steps: L-BFGS iterations.
+        newton_steps: most Newton steps of the logistic regression (it stops on its own at the optimum,
+            in about ten).
         batch_size, lr: pre-training minibatch and Adam learning rate.
     """
 
     backbone: str = "conv4"
     classifier: Literal["logreg", "centroid"] = "logreg"
     l2: float = 1e-3
-    lbfgs_steps: int = 100
+    newton_steps: int = 50
     batch_size: int = 16
     lr: float = 1e-3
 
     def __post_init__(self) -> None:
-        positive("lbfgs_steps", self.lbfgs_steps)
+        positive("newton_steps", self.newton_steps)
         positive("batch_size", self.batch_size)
         positive("lr", self.lr)
 
@@ -59,6 +62,9 @@ class FeatureExtract(Method):
     quick_presets = {"omniglot": {"batch_size": 64}, "miniimagenet": {"batch_size": 64}}
     transductive = False
     compilable = True
+    # 2: the logistic regression solved exactly by batched Newton steps instead of torch.optim.LBFGS run to its
+    # default tolerances (weights agree to the L-BFGS tolerance), so a chunk of episodes is fitted at once
+    version = "2"
 
     def __init__(self, hparams: FeatureExtractHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)
@@ -79,15 +85,14 @@ class FeatureExtract(Method):
             centroids = F.normalize(torch.stack([z[support_y == c].mean(0) for c in range(ways)]), dim=-1)
             yield lambda query_x: self.features(query_x) @ centroids.T
             return
-        w, b = self.logistic_regression(z, support_y, ways)
-        yield lambda query_x: self.features(query_x) @ w.T + b
+        w, b = fit_logistic_regression(z[None], support_y[None], ways, self.hparams.l2, self.hparams.newton_steps)
+        yield lambda query_x: self.features(query_x) @ w[0].T + b[0]
 
     def predict_batch(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, ways: int) -> Tensor:
         """:meth:`adapt`'s logits for ``E`` episodes at once: one backbone pass (eval mode) over every support
         and query image of the chunk -> ``float[E, Q, ways]``. ``centroid``: class means by a batched one-hot
-        product. ``logreg``: L-BFGS episode by episode on the (tiny) features, as :meth:`adapt` fits it; an
-        L-BFGS batched over the episodes would share its line searches and stopping tests between them and
-        so not give each episode the numbers it gets alone."""
+        product. ``logreg``: every episode's regression in one batched Newton solve, each episode stepping and
+        stopping on its own, so it gets the weights it gets alone."""
         self.backbone.eval()
         (e, s), q = support_y.shape, query_x.shape[1]
         z = self.features(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
@@ -96,25 +101,5 @@ class FeatureExtract(Method):
             one_hot = F.one_hot(support_y, ways).to(z.dtype)  # [E, S, ways]
             means = (one_hot.mT @ support) / one_hot.sum(1).unsqueeze(-1)
             return query @ F.normalize(means, dim=-1).mT
-        out = []
-        for z_s, y, z_q in zip(support, support_y, query):
-            w, b = self.logistic_regression(z_s, y, ways)
-            out.append(z_q @ w.T + b)
-        return torch.stack(out)
-
-    def logistic_regression(self, z: Tensor, y: Tensor, ways: int) -> tuple[Tensor, Tensor]:
-        """Weight ``[ways, D]`` and bias ``[ways]`` of the L2-regularised logistic regression of ``y`` on ``z``."""
-        weight = torch.zeros(ways, z.shape[1], device=z.device, requires_grad=True)
-        bias = torch.zeros(ways, device=z.device, requires_grad=True)
-        opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=self.hparams.lbfgs_steps,
-                                line_search_fn="strong_wolfe")
-
-        def closure() -> Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(z @ weight.T + bias, y) + self.hparams.l2 * weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            opt.step(closure)
-        return weight.detach(), bias.detach()
+        w, b = fit_logistic_regression(support, support_y, ways, self.hparams.l2, self.hparams.newton_steps)
+        return query @ w.mT + b.unsqueeze(1)

@@ -24,7 +24,7 @@ CASES = {
     "finetune linear whole network": ("finetune", {**FINETUNE, "head": "linear", "finetune_backbone": "true"}),
     "finetune cosine whole network": ("finetune", {**FINETUNE, "head": "cosine", "finetune_backbone": "true"}),
     "feature-extract centroid": ("feature-extract", {"classifier": "centroid"}),
-    "feature-extract logreg": ("feature-extract", {"classifier": "logreg", "lbfgs_steps": "5"}),
+    "feature-extract logreg": ("feature-extract", {"classifier": "logreg", "newton_steps": "50"}),
     "matchingnet": ("matchingnet", {}),
     "matchingnet fce": ("matchingnet", {"fce": "true", "fce_steps": "2"}),
 }
