@@ -204,6 +204,20 @@ def test_a_failed_row_is_reported_in_one_line_and_the_others_run(tmp_path, monke
     assert ran[2][2] == {"first_order": "true", "meta_batch": "2", "train_queries": "3"}
 
 
+def test_the_dry_run_expects_each_rows_cost_from_a_comparable_result(tmp_path):
+    older = result_doc("protonet", [0.6] * 600, dataset="omniglot", queries=15)
+    older["method"]["version"] = "0"  # the row as an earlier version ran it: missing now, its cost known
+    older["fit"]["seconds"], older["evaluation"]["seconds"] = 100.0, 20.0
+    put_result(folder(tmp_path, "omniglot", "5w1s"), older)
+    result = CliRunner().invoke(main, ["official", "--leaderboards", str(tmp_path), "--dataset", "omniglot",
+                                       "--setting", "5w1s", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "8 row(s) missing in omniglot/5w1s" in result.output
+    assert "[1/8] protonet on omniglot/5w1s: expected 0.03 h (as protonet.json)" in result.output
+    assert "[2/8] matchingnet on omniglot/5w1s: expected cost unknown" in result.output
+    assert "expected 0.03 h one after another, plus 7 row(s) of unknown cost" in result.output
+
+
 def test_dry_run_and_unknown_setting(tmp_path):
     result = CliRunner().invoke(main, ["official", "--leaderboards", str(tmp_path), "--setting", "transfer200-50",
                                        "--dry-run", "--", "--device", "cuda"])

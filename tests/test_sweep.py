@@ -21,6 +21,7 @@ from mtbench.board.sweep import existing, from_file, grid
 from mtbench.cli import main
 from mtbench.core.errors import UserError
 from mtbench.data.episodes import EpisodeSpec
+from mtbench.methods import METHODS
 from mtbench.results import read_result
 from mtbench.results.layout import leaderboard_files
 
@@ -262,3 +263,17 @@ def test_engine_choice_errors(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert result.output.strip() == "mtbench: error: --engine ray needs Ray: pip install 'mtbench[ray]' (or use " \
                                     "--engine local)"
+
+
+def test_a_result_of_another_version_is_not_the_trials_but_predicts_its_cost(tmp_path, one_thread, monkeypatch):
+    first = sweep(tmp_path, "--method", "protonet", *CLI_TINY)
+    assert first.exit_code == 0, first.output
+    [path] = files(tmp_path)
+    trials = grid("protonet", "synthetic", out=tmp_path / "lb", overrides={"device": "cpu"}, **TINY)
+    assert existing(trials[0]) == path
+    monkeypatch.setattr(METHODS.get("protonet"), "version", "99")  # a later version of the method
+    trials = grid("protonet", "synthetic", out=tmp_path / "lb", overrides={"device": "cpu"}, **TINY)
+    assert existing(trials[0]) is None  # rerun, not skipped as done
+    dry = sweep(tmp_path, "--method", "protonet", *CLI_TINY, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert ": run, expected " in dry.output and f"(as {path.name})" in dry.output

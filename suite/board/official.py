@@ -308,14 +308,19 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
         for line in cost_lines(leaderboards, chosen):
             echo(line)
     echo(missing_line(todo, chosen, fit_seeds))
-    failed = 0
+    failed, expected, unknown = 0, 0.0, 0
     for i, (setting, entry, fit_seed) in enumerate(todo, 1):
         step = f"[{i}/{len(todo)}]"
         at = f" fit seed {fit_seed}" if fit_seed else ""
-        echo(f"{step} {entry.label} on {setting.dataset}/{setting.name}{at}")
         if dry_run:
+            cost = expected_cost(setting, entry, leaderboards, overrides, fit_seed)
+            expected += cost[0] if cost else 0.0
+            unknown += cost is None
+            estimate = f"expected {_time(cost[0])} (as {cost[1].name})" if cost else "expected cost unknown"
+            echo(f"{step} {entry.label} on {setting.dataset}/{setting.name}{at}: {estimate}")
             echo(f"{' ' * len(step)} {shlex.join(command(setting, entry, leaderboards, extra, fit_seed))}")
             continue
+        echo(f"{step} {entry.label} on {setting.dataset}/{setting.name}{at}")
         start = time.monotonic()
         try:
             runner.run(spec(setting, entry, leaderboards, overrides, extra, fit_seed))
@@ -328,4 +333,20 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
             continue
         failed += 1
         echo(f"{step} FAILED: {reason}")
+    if dry_run and todo:
+        echo(f"expected {_time(expected)} one after another" + (f", plus {unknown} row(s) of unknown cost"
+                                                                 if unknown else ""))
     return failed
+
+
+def expected_cost(setting: Setting, entry: Entry, leaderboards: Path, overrides: Mapping[str, Any] | None,
+                  fit_seed: int) -> tuple[float, Path] | None:
+    """Fit + evaluation seconds of the newest result in the row's folder that is the row's but for its seeds or
+    code versions (another fit seed; the row as an earlier version ran it), and its file; ``None`` without one.
+    Its seconds are those of the device it ran on."""
+    from mtbench.board.sweep import expected_seconds, trial
+
+    try:
+        return expected_seconds(trial(spec(setting, entry, leaderboards, overrides, fit_seed=fit_seed)))
+    except UserError:
+        return None

@@ -75,6 +75,7 @@ def doc_identity(doc: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     prov = doc["provenance"]
     return {"method": doc["method"]["name"], "hparams": json.loads(json.dumps(doc["method"]["hparams"])),
+            "versions": [str(doc["method"]["version"]), str(doc["dataset"]["version"])],
             "dataset": doc["dataset"]["name"], "source": doc["source"]["name"] if doc["source"] else None,
             "protocol": _protocol(doc["protocol"]), "fit_seed": doc["fit"]["seed"], "budget": doc["budget"]["name"],
             "precision": prov.get("precision", "fp32"), "compile": bool(prov.get("compile", False))}
@@ -90,6 +91,8 @@ def trial(spec: RunSpec) -> Trial:
     protocol = {"kind": "transfer", **e.record(), "seed": e.seed} if isinstance(e, TransferSpec) else \
         {"kind": "episodes", **dataclasses.asdict(e)}
     identity = {"method": r.method_cls.name, "hparams": json.loads(json.dumps(dataclasses.asdict(r.hparams))),
+                # a result of another method or dataset version is not this trial's: it reruns after a bump
+                "versions": [str(r.method_cls.version), str(r.dataset_cls.version)],
                 "dataset": r.dataset_cls.name, "source": r.source_cls.name if r.cross else None,
                 "protocol": _protocol(protocol), "fit_seed": spec.fit_seed, "budget": str(spec.budget),
                 "precision": spec.precision, "compile": bool(spec.compile)}
@@ -98,13 +101,17 @@ def trial(spec: RunSpec) -> Trial:
 
 def matches(key: str, found: str, any_seed: bool = False) -> bool:
     """Whether a result of identity ``found`` is the trial ``key``'s (``any_seed``: but for the seeds, episodes'
-    and fit's, which makes it a comparable one). An hparam the trial leaves at ``"auto"`` matches the value the
-    run chose for it
+    and fit's, and the code versions, which makes it a comparable one: what it cost predicts the trial's). An
+    hparam the trial leaves at ``"auto"`` matches the value the run chose for it
     (MAML's ``task_batching``: how it computes, by device, not what)."""
     want, got = json.loads(key), json.loads(found)
     if any_seed:
         want["protocol"].pop("seed"), got["protocol"].pop("seed"), want.pop("fit_seed"), got.pop("fit_seed")
+        want.pop("versions", None), got.pop("versions", None)
     hp_want, hp_got = want.pop("hparams"), got.pop("hparams")
+    if any_seed:  # an hparam one of them lacks (renamed, added by a later version) does not make it incomparable
+        hp_want = {k: v for k, v in hp_want.items() if k in hp_got}
+        hp_got = {k: v for k, v in hp_got.items() if k in hp_want}
     return want == got and hp_want.keys() == hp_got.keys() and all(
         v == "auto" or hp_got[k] == v for k, v in hp_want.items())
 
