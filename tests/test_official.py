@@ -228,6 +228,7 @@ def test_dry_run_and_unknown_setting(tmp_path):
             f"--out {tmp_path / 'xray' / 'transfer200-50'} --device cuda") in result.output
     assert "[6/8] maml (1st order) on xray/transfer200-50" in result.output
     assert "--method maml --hp first_order=true --dataset xray" in result.output
+    assert "no comparable result: the cost of the 8 row(s) is unknown" in result.output
     assert not list(tmp_path.iterdir())  # nothing ran
     result = CliRunner().invoke(main, ["official", "--setting", "7w3s", "--dry-run"])
     assert result.exit_code == 2 and "no official setting */7w3s; the plan has omniglot/5w1s" in result.output

@@ -334,8 +334,9 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
         failed += 1
         echo(f"{step} FAILED: {reason}")
     if dry_run and todo:
-        echo(f"expected {_time(expected)} one after another" + (f", plus {unknown} row(s) of unknown cost"
-                                                                 if unknown else ""))
+        echo(f"no comparable result: the cost of the {unknown} row(s) is unknown" if unknown == len(todo) else
+             f"expected {_time(expected)} one after another" + (f", plus {unknown} row(s) of unknown cost"
+                                                               if unknown else ""))
     return failed
 
 
