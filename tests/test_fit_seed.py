@@ -171,5 +171,5 @@ def test_official_fills_each_row_once_per_fit_seed(tmp_path):
                                        "--setting", "20w1s", "--fit-seeds", "0,1", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert f"{len(rows)} row(s) missing in omniglot/20w1s at fit seeds 0, 1" in result.output
-    assert "] protonet on omniglot/20w1s fit seed 1\n" in result.output
+    assert "] protonet on omniglot/20w1s fit seed 1: " in result.output
     assert "--ways 20 --shots 1 --fit-seed 1 --budget quick" in result.output

@@ -296,11 +296,13 @@ def spec(setting: Setting, entry: Entry, leaderboards: Path, overrides: Mapping[
 
 def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...] = (),
                 overrides: Mapping[str, Any] | None = None, dry_run: bool = False,
-                echo: Callable[[str], Any] = print, fit_seeds: Sequence[int] = (0,)) -> int:
+                echo: Callable[[str], Any] = print, fit_seeds: Sequence[int] = (0,),
+                cost: Callable[[Setting, Entry, int], tuple[float, Path] | None] | None = None) -> int:
     """Run every missing row of ``chosen`` (at each of ``fit_seeds``) in this process, one after the other; a
     failed run is reported in one line and skipped. ``overrides``: other :class:`~mtbench.run.runner.RunSpec`
     fields of every run (see :func:`spec`); ``extra``: the options they came from, shown in the commands.
-    Returns the number of runs that failed."""
+    ``cost``: with ``dry_run``, a missing row's expected seconds and the file they come from, or ``None``
+    (:func:`mtbench.board.sweep.row_cost`). Returns the number of runs that failed."""
     from mtbench.run import runner
 
     todo = missing_runs(leaderboards, chosen, fit_seeds)
@@ -313,10 +315,10 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
         step = f"[{i}/{len(todo)}]"
         at = f" fit seed {fit_seed}" if fit_seed else ""
         if dry_run:
-            cost = expected_cost(setting, entry, leaderboards, overrides, fit_seed)
-            expected += cost[0] if cost else 0.0
-            unknown += cost is None
-            estimate = f"expected {_time(cost[0])} (as {cost[1].name})" if cost else "expected cost unknown"
+            guess = cost(setting, entry, fit_seed) if cost else None
+            expected += guess[0] if guess else 0.0
+            unknown += guess is None
+            estimate = f"expected {_time(guess[0])} (as {guess[1].name})" if guess else "expected cost unknown"
             echo(f"{step} {entry.label} on {setting.dataset}/{setting.name}{at}: {estimate}")
             echo(f"{' ' * len(step)} {shlex.join(command(setting, entry, leaderboards, extra, fit_seed))}")
             continue
@@ -339,15 +341,3 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
                                                                if unknown else ""))
     return failed
 
-
-def expected_cost(setting: Setting, entry: Entry, leaderboards: Path, overrides: Mapping[str, Any] | None,
-                  fit_seed: int) -> tuple[float, Path] | None:
-    """Fit + evaluation seconds of the newest result in the row's folder that is the row's but for its seeds or
-    code versions (another fit seed; the row as an earlier version ran it), and its file; ``None`` without one.
-    Its seconds are those of the device it ran on."""
-    from mtbench.board.sweep import expected_seconds, trial
-
-    try:
-        return expected_seconds(trial(spec(setting, entry, leaderboards, overrides, fit_seed=fit_seed)))
-    except UserError:
-        return None

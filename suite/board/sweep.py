@@ -168,6 +168,19 @@ def expected_seconds(t: Trial) -> tuple[float, Path] | None:
     return (newest.seconds, newest.path) if newest else None
 
 
+def row_cost(setting: Any, entry: Any, leaderboards: Path, overrides: Mapping[str, Any] | None,
+             fit_seed: int) -> tuple[float, Path] | None:
+    """:func:`expected_seconds` of a row of a plan (:mod:`mtbench.board.official`): a result in its folder that is
+    the row's but for its seeds or code versions (another fit seed; the row as an earlier version ran it), on
+    whatever device that ran; ``None`` without one."""
+    from mtbench.board.official import spec
+
+    try:
+        return expected_seconds(trial(spec(setting, entry, leaderboards, overrides, fit_seed=fit_seed)))
+    except UserError:
+        return None
+
+
 # -- the equivalent command line ----------------------------------------------------------------------------
 def command(spec: RunSpec, extra: Sequence[str] = ()) -> str:
     """The ``mtbench run`` command that runs ``spec``; ``extra``: the options every trial was given."""

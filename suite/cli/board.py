@@ -63,7 +63,7 @@ def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dr
     say what a row is (method, dataset, protocol, budget, --out) come from the plan. The rows run as the trials
     of `mtbench sweep`, on its engines (--engine, --cpus-per-trial...)."""
     from mtbench.board.official import load_plan, missing_line, missing_runs, run_missing
-    from mtbench.board.sweep import plan_trials, whole_numbers
+    from mtbench.board.sweep import plan_trials, row_cost, whole_numbers
 
     seeds, problems = whole_numbers("fit_seeds", fit_seeds)
     if problems:
@@ -72,7 +72,8 @@ def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dr
     root = click.get_current_context().find_root()  # the `mtbench` group, which has the `run` command
     fields, malloc = official_run_options(root.command.get_command(root, "run"), run_options)
     if dry_run:
-        run_missing(Path(leaderboards), chosen, run_options, fields, dry_run=True, echo=click.echo, fit_seeds=seeds)
+        run_missing(Path(leaderboards), chosen, run_options, fields, dry_run=True, echo=click.echo, fit_seeds=seeds,
+                    cost=lambda s, e, f: row_cost(s, e, Path(leaderboards), fields, f))
         return
     todo = missing_runs(Path(leaderboards), chosen, seeds)
     click.echo(missing_line(todo, chosen, seeds))
