@@ -340,4 +340,3 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
              f"expected {_time(expected)} one after another" + (f", plus {unknown} row(s) of unknown cost"
                                                                if unknown else ""))
     return failed
-

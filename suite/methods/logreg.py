@@ -77,8 +77,8 @@ def _fit(z: Tensor, y: Tensor, ways: int, l2: float, max_steps: int) -> tuple[Te
         # the Newton direction: the Hessian's system solved by conjugate gradients, to a relative residual that
         # shrinks with the gradient (superlinear convergence); Hessian-vector products in closed form
         def hessian_times(v: Tensor) -> Tensor:
-            u = x @ v.mT  # [E, S, ways]
-            curved = p * u - p * (p * u).sum(-1, keepdim=True)  # (diag p_i - p_i p_i^T) u_i
+            xv = x @ v.mT  # [E, S, ways]
+            curved = p * xv - p * (p * xv).sum(-1, keepdim=True)  # (diag p_i - p_i p_i^T) (V x_i)
             return curved.mT @ x / s + 2 * l2 * v * is_weight + 2 * v[..., -1:].sum(-2, keepdim=True) * (1 - is_weight)
 
         direction = conjugate_gradients(hessian_times, grad, active, forcing=0.5)
