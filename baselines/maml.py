@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from mtbench.methods import taskbatched
-from mtbench.methods.backbones import Conv4, build_backbone, linear_head
+from mtbench.methods.backbones import Conv4, build_backbone, linear_head, ZeroHeadForOtherWays
 from mtbench.data.episodes import sample_indices
 from mtbench.methods.graphs import GraphedStep, capturable_adam
 from mtbench.methods.functional import Params, accuracy, channels_last, detached, forward, last, params_of, sgd_inner_loop
@@ -81,7 +81,7 @@ AUTO_BATCHING = {"cpu": "loop", "cuda": "vmap"}
 
 
 @METHODS.register
-class MAML(Method):
+class MAML(ZeroHeadForOtherWays, Method):
     """MAML (Finn et al. 2017): learn an initialisation that adapts in a few gradient steps.
 
     Second-order by default (``first_order=true`` for FOMAML; ``head_only=true`` for ANIL). The inner loop is
@@ -141,7 +141,6 @@ class MAML(Method):
             batching = "vmap"
         self.hparams = dataclasses.replace(hparams, task_batching=batching)  # what ran, for the result
         self.model: nn.Module | None = None
-        self._zero_heads: dict[int, nn.Module] = {}
 
     def prepare(self, ways: int) -> None:
         self._build(ways)
@@ -154,19 +153,6 @@ class MAML(Method):
         elif ways != self.ways:
             raise UserError(f"this MAML model was built for {self.ways}-way tasks, not {ways}-way")
         return self.model
-
-    def _target_model(self, ways: int) -> nn.Module:
-        """The model that adapts to a ``ways``-way task: the meta-trained one, or, for a target with
-        another number of classes than meta-training (a transfer), the meta-learned backbone under a
-        zero-initialised head, which treats every class alike (Ye & Chao, ICLR 2022)."""
-        if self.model is None or ways == self.ways:
-            return self._build(ways)
-        if ways not in self._zero_heads:
-            head = nn.Linear(self.backbone.out_features, ways).to(self.device)
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
-            self._zero_heads[ways] = nn.Sequential(self.backbone, head)
-        return self._zero_heads[ways]
 
     def adapted(self, params: Params) -> list[str] | None:
         """The parameters the inner steps move: all (``None``), or with ``head_only`` (ANIL) the head's ("1.")."""

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from mtbench.methods.backbones import build_backbone, linear_head
+from mtbench.methods.backbones import ZeroHeadForOtherWays, build_backbone, linear_head
 from mtbench.data.episodes import sample_indices
 from mtbench.core.errors import UserError
 from mtbench.methods.functional import Adam, Params, detached, forward, inner_loop, last, params_of
@@ -88,7 +88,7 @@ class ReptileHparams:
 
 
 @METHODS.register
-class Reptile(Method):
+class Reptile(ZeroHeadForOtherWays, Method):
     """Reptile (Nichol et al. 2018): move the initialisation toward task-adapted weights.
 
     Inner loop: Adam on minibatches of one task, through :func:`mtbench.methods.functional.inner_loop`
@@ -96,6 +96,11 @@ class Reptile(Method):
     ``theta += epsilon * (mean_i phi_i - theta)``, epsilon annealed linearly. This variant is
     **not transductive**: each query is classified in a batch made of the support set and that
     query alone, so no query sees another's statistics (see ``reptile-transductive``).
+
+    A target with another number of classes than meta-training (a transfer, e.g. 5-way miniImageNet to 2-way
+    chest X-rays) adapts the meta-learned backbone under a zero-initialised head, from fresh Adam moments: the
+    carried ones belong to the other head's shape, and carried backbone moments beside fresh head ones would
+    share one step count, with which a fresh head's first steps are ~30x the step size (beta1 = 0).
     """
 
     name = "reptile"
@@ -137,8 +142,9 @@ class Reptile(Method):
             raise UserError(f"this Reptile model was built for {self.ways}-way tasks, not {ways}-way")
         return self.model
 
-    def _start_state(self):
-        return self.moments.state() if self.hparams.carry_moments else None
+    def _start_state(self, ways: int):
+        """The Adam state an adaptation to ``ways`` classes starts from: the carried one, or fresh (``None``)."""
+        return self.moments.state() if self.hparams.carry_moments and ways == self.ways else None
 
     def _adapt_task(self, params: Params, state, xb: Tensor, yb: Tensor) -> tuple[Params, Params, Params]:
         """Inner loop over ``xb: float[steps, B, C, H, W]`` minibatches of one task: (weights, m, v)."""
@@ -172,7 +178,7 @@ class Reptile(Method):
             xb = ctx.source.gather(idx[rows, pick].to(ctx.device))
             yb = labels[pick].to(ctx.device)
             params = detached(params_of(model))
-            adapted, m, v = self._adapt_tasks(params, self._start_state(), xb, yb, loop=ctx.device.type == "cpu")
+            adapted, m, v = self._adapt_tasks(params, self._start_state(ways), xb, yb, loop=ctx.device.type == "cpu")
             if hp.carry_moments:
                 self.moments.update(hp.inner_steps, {k: t.mean(0) for k, t in m.items()},
                                     {k: t.mean(0) for k, t in v.items()})
@@ -183,10 +189,9 @@ class Reptile(Method):
                     p.add_(epsilon * (adapted[k].mean(0) - p))
             ctx.count(hp.meta_batch, hp.meta_batch * hp.inner_steps * hp.inner_batch)
 
-    def predict(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
-        """Each query in a batch with the support set alone (non-transductive BatchNorm statistics), vmapped over
-        the queries in passes of at most :data:`PREDICT_VALUES` input values."""
-        model = self.model
+    def predict(self, model: nn.Module, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
+        """``model`` with ``params`` on the queries, each in a batch with the support set alone (non-transductive
+        BatchNorm statistics), vmapped over the queries in passes of at most :data:`PREDICT_VALUES` input values."""
 
         def one(q: Tensor) -> Tensor:
             return forward(model, params, torch.cat([support_x, q.unsqueeze(0)]))[-1]
@@ -195,15 +200,16 @@ class Reptile(Method):
         return torch.cat([vmap(one)(part) for part in query_x.split(per_pass)])
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
-        model = self._build(ways)
+        model = self._target_model(ways)
         model.train()
         wanted = report_steps(self.hparams.report_steps, self.hparams.eval_steps)
         batches = [(support_x, support_y)] * self.hparams.eval_steps
-        loop = inner_loop(model, detached(params_of(model)), batches, self.optimizer, True, state=self._start_state())
+        loop = inner_loop(model, detached(params_of(model)), batches, self.optimizer, True,
+                          state=self._start_state(ways))
         for step, params in enumerate(loop):
             if step in wanted:
                 params = detached(params)
-                yield at_step(step, lambda query_x, p=params: self.predict(p, support_x, query_x))
+                yield at_step(step, lambda query_x, p=params: self.predict(model, p, support_x, query_x))
 
     def adapt_batch(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
         """:meth:`adapt` for ``E`` episodes at once (``float[E, S, C, H, W]``, ``int64[E, S]``): each episode has
@@ -217,12 +223,12 @@ class Reptile(Method):
             # steps) turn their other rounding into other accuracies
             yield from as_chunk_of_one(self.adapt(support_x[0], support_y[0], ways))
             return
-        model = self._build(ways)
+        model = self._target_model(ways)
         model.train()
         hp, episodes = self.hparams, len(support_x)
         wanted = report_steps(hp.report_steps, hp.eval_steps)
         start = detached(params_of(model))
-        t, m, v = self._start_state() or self.optimizer.init(start)
+        t, m, v = self._start_state(ways) or self.optimizer.init(start)
         params, m, v = ({k: x.expand(episodes, *x.shape) for k, x in d.items()} for d in (start, m, v))
 
         def one_step(t: int, p: Params, m: Params, v: Params, x: Tensor, y: Tensor) -> tuple[Params, Params, Params]:
@@ -230,7 +236,7 @@ class Reptile(Method):
                                                  with_state=True))
             return adapted, m, v
 
-        predict = vmap(self.predict)
+        predict = vmap(functools.partial(self.predict, model))
         for step in range(hp.eval_steps + 1):
             if step:
                 # the step count is Adam's bias correction, shared by every episode: a constant of the vmapped step
@@ -248,5 +254,5 @@ class ReptileTransductive(Reptile):
     description = "Reptile with transductive evaluation (queries batched together), as the paper's headline numbers"
     transductive = True
 
-    def predict(self, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
-        return forward(self.model, params, query_x)
+    def predict(self, model: nn.Module, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
+        return forward(model, params, query_x)

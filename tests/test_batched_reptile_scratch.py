@@ -176,8 +176,8 @@ def test_reptile_tasks_one_after_the_other_adapt_as_vmapped(chunk, one_thread) -
         params = detached(params_of(method.model))
         xb = torch.stack([sx[:2], sx[1:3]], dim=1)  # [2 tasks, 2 steps, 5 images, C, H, W]
         yb = torch.stack([sy[:2], sy[1:3]], dim=1)
-        looped = method._adapt_tasks(params, method._start_state(), xb, yb, loop=True)
-        vmapped = method._adapt_tasks(params, method._start_state(), xb, yb, loop=False)
+        looped = method._adapt_tasks(params, method._start_state(5), xb, yb, loop=True)
+        vmapped = method._adapt_tasks(params, method._start_state(5), xb, yb, loop=False)
     finally:
         torch.set_default_dtype(before)
     for ours, theirs in zip(looped, vmapped):

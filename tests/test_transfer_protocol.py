@@ -1,5 +1,5 @@
 """The transfer protocol on generated data: protocol resolution, support/query drawn from two splits,
-fitting on a source dataset, MAML's zero head for a target's ways, and ``mtbench compare``."""
+fitting on a source dataset, MAML's and Reptile's zero head for a target's ways, and ``mtbench compare``."""
 
 from __future__ import annotations
 
@@ -211,24 +211,54 @@ def test_presets_of_source_then_target_then_overrides() -> None:
     assert hp.inner_lr == 0.5
 
 
-# -- MAML on a target with other ways ---------------------------------------------------------
+# -- MAML and Reptile on a target with other ways ------------------------------------------------
 def test_maml_adapts_to_other_ways_from_a_zero_head(one_thread) -> None:
     from mtbench.baselines.maml import MAML
 
     # an untrained network: from the Xavier initialisation (MAML's default) the first steps tie, the tenth separates
     # (measured: accuracy 0.5 through step 3, 1.0 from step 4)
     hp = make_hparams(MAML, "synthetic", {"eval_steps": "10", "inner_lr": "0.5"})
-    maml = MAML(hp, (3, 16, 16), torch.Generator().manual_seed(0), torch.device("cpu"))
-    maml.prepare(5)
+    _adapts_to_two_ways_from_a_zero_head(MAML(hp, (3, 16, 16), torch.Generator().manual_seed(0), torch.device("cpu")))
+
+
+@pytest.fixture
+def float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("name", ["reptile", "reptile-transductive"])
+def test_reptile_adapts_to_other_ways_from_a_zero_head_and_fresh_moments(name, one_thread, float64) -> None:
+    """A 5-way Reptile model adapting to 2 classes (the X-ray transfer row failed with "built for 5-way tasks"),
+    in float64 so that a chunk and an episode alone agree closely (fresh moments make float32's first steps
+    sign-like, and their rounding shows)."""
+    cls = METHODS.get(name)
+    hp = make_hparams(cls, "synthetic", {"eval_steps": "10", "report_steps": "0,5", "inner_lr": "0.01"})
+    reptile = cls(hp, (3, 16, 16), torch.Generator().manual_seed(0), torch.device("cpu"))
+    _adapts_to_two_ways_from_a_zero_head(reptile)
+    # the carried moments (5-way head) stay for 5-way tasks; a 2-way one starts from fresh ones
+    assert reptile._start_state(5) is not None and reptile._start_state(2) is None
+    x = torch.randn(2, 8, 3, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.arange(2).repeat_interleave(4).expand(2, 8)
+    with torch.no_grad():
+        chunk = list(reptile.adapt_batch(x, y, 2))[-1](x)
+        alone = list(reptile.adapt(x[1], y[1], 2))[-1](x[1])
+    assert chunk.shape == (2, 8, 2) and torch.allclose(chunk[1], alone, atol=1e-9)
+
+
+def _adapts_to_two_ways_from_a_zero_head(method: Method) -> None:
+    method.prepare(5)
     x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     x[4:] += 2.0
     y = torch.arange(2).repeat_interleave(4)
     with torch.no_grad():
-        predictors = list(maml.adapt(x, y, 2))
+        predictors = list(method.adapt(x, y, 2))
     first, last = predictors[0](x), predictors[-1](x)
     assert first.shape == (8, 2) and torch.equal(first, torch.zeros_like(first))  # no class favoured at step 0
     assert bool((last.argmax(1) == y).all())
-    assert maml.model[1].out_features == 5  # the meta-trained head is untouched
+    assert method.model[1].out_features == 5  # the meta-trained head is untouched
 
 
 # -- compare -----------------------------------------------------------------------------------

@@ -246,5 +246,36 @@ def linear_head(in_features: int, ways: int, generator: torch.Generator, init: s
     return init_parameters(nn.Linear(in_features, ways), generator, init)  # type: ignore[return-value]
 
 
+def zero_head(backbone: nn.Module, ways: int, device: torch.device) -> nn.Sequential:
+    """``backbone`` under a zero-initialised ``ways``-output linear head: the model with which a meta-learned
+    backbone adapts to a target with another number of classes than meta-training (a transfer). Every class
+    starts alike, none favoured by a head meant for other classes (Ye & Chao, ICLR 2022)."""
+    head = nn.Linear(backbone.out_features, ways).to(device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return nn.Sequential(backbone, head)
+
+
+class ZeroHeadForOtherWays:
+    """For a method whose meta-trained ``model`` (built by ``_build(ways)``, which sets ``ways``) is ``backbone``
+    under a linear head: :meth:`_target_model` adapts a target of another number of classes than meta-training
+    through :func:`zero_head`, leaving the meta-trained head untouched."""
+
+    model: nn.Module | None
+    ways: int
+    backbone: nn.Module
+    device: torch.device
+
+    def _target_model(self, ways: int) -> nn.Module:
+        """The model that adapts to a ``ways``-way task: the meta-trained one, or for a transfer to other ways the
+        meta-learned backbone under a zero-initialised head (one per number of ways, made once)."""
+        if self.model is None or ways == self.ways:
+            return self._build(ways)  # type: ignore[attr-defined]
+        heads = self.__dict__.setdefault("_zero_heads", {})
+        if ways not in heads:
+            heads[ways] = zero_head(self.backbone, ways, self.device)
+        return heads[ways]
+
+
 __all__ = ["BACKBONES", "BatchStatNorm2d", "Conv4", "INIT_SCHEMES", "build_backbone", "conv4", "conv4_32", "init_parameters", "linear_head", "under_transform", "under_vmap",
-           "resnet12", "timm_backbone"]
+           "resnet12", "timm_backbone", "zero_head", "ZeroHeadForOtherWays"]
