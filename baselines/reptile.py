@@ -20,6 +20,12 @@ from mtbench.methods import METHODS, FitContext, Method, Predictor, as_chunk_of_
 #: themselves): 2048 Omniglot images, so a 5-way 1-shot or 5-shot episode's queries are one pass (450 and 1950
 #: images), while a 20-way 1-shot one's 6300 images, in one pass, took over 15 GB and were killed on a 24 GB machine
 PREDICT_VALUES = 2048 * 28 * 28
+#: on the CPU, at most this many queries a pass: the vmapped pass's activations then stay small enough for the
+#: caches. Per scored step, one thread, beside two other jobs (2026-12-03): Omniglot 5w1s 437 ms in one pass of
+#: all 75 queries, 292 ms in passes of 16 (275 ms of 8); miniImageNet-shaped 5w1s (conv4-32) 2738 ms against
+#: 1123 ms; 20-way 1-shot 4014 ms at the memory bound (97 queries) and 4070-4348 ms at 12-24. The logits are
+#: the same bit for bit (each query's batch is computed alone whatever the pass)
+CPU_PASS_QUERIES = 16
 
 
 class AdamMoments(nn.Module):
@@ -191,12 +197,15 @@ class Reptile(ZeroHeadForOtherWays, Method):
 
     def predict(self, model: nn.Module, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
         """``model`` with ``params`` on the queries, each in a batch with the support set alone (non-transductive
-        BatchNorm statistics), vmapped over the queries in passes of at most :data:`PREDICT_VALUES` input values."""
+        BatchNorm statistics), vmapped over the queries in passes of at most :data:`PREDICT_VALUES` input values
+        (and on the CPU of at most :data:`CPU_PASS_QUERIES` queries)."""
 
         def one(q: Tensor) -> Tensor:
             return forward(model, params, torch.cat([support_x, q.unsqueeze(0)]))[-1]
 
         per_pass = max(1, PREDICT_VALUES // (support_x[0].numel() * (len(support_x) + 1)))
+        if support_x.device.type == "cpu":
+            per_pass = min(per_pass, CPU_PASS_QUERIES)
         return torch.cat([vmap(one)(part) for part in query_x.split(per_pass)])
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
