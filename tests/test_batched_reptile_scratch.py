@@ -151,6 +151,24 @@ def test_scratch_with_another_backbone_evaluates_episode_by_episode() -> None:
                torch.Generator().manual_seed(0), torch.device("cpu")).adapt_batch is not None
 
 
+def test_scratch_chunks_several_episodes_of_small_images_on_the_cpu() -> None:
+    """Omniglot-sized episodes share a chunk on the CPU (their steps are overhead-bound); 84x84 ones do not."""
+    from mtbench.baselines import scratch
+
+    cls = METHODS.get("scratch")
+    hp = make_hparams(cls, "synthetic", {}, "2")
+    small = cls(hp, (1, 28, 28), torch.Generator(), torch.device("cpu"))
+    large = cls(hp, (3, 84, 84), torch.Generator(), torch.device("cpu"))
+    assert small.chunk_episodes == scratch.CPU_CHUNK_EPISODES > 1 and large.chunk_episodes is None
+    from mtbench.bench.workloads import synthetic_split
+    from mtbench.run.evaluate import episode_chunks
+
+    # Omniglot-shaped 5-way 1-shot episodes with 15 queries: one a chunk by the CPU's default bound
+    episodes = EpisodeSet(synthetic_split("test", 8), EpisodeSpec(5, 1, 15, 3 * scratch.CPU_CHUNK_EPISODES, seed=0))
+    assert {b - a for a, b in episode_chunks(episodes)} == {1}
+    assert {b - a for a, b in episode_chunks(episodes, at_least=small.chunk_episodes)} == {scratch.CPU_CHUNK_EPISODES}
+
+
 @pytest.mark.parametrize("name,overrides", [("reptile", {"eval_steps": "2", "report_steps": "0"}),
                                             ("scratch", {"steps": "3", "report_steps": "0,1", "batch_size": "3"})])
 def test_the_evaluator_scores_chunks_as_it_scores_episodes(name, overrides, one_thread) -> None:

@@ -206,7 +206,8 @@ class Method:
     #: the episodes a chunk of the batched path may hold where that is more than one forward pass's images, or
     #: ``None`` (one pass's worth): for a batched path that embeds its images in passes itself
     #: (:func:`~mtbench.core.runtime.in_passes`) and then repeats cheap steps for every episode at once (heads
-    #: fine-tuned on frozen features), so that more episodes share each step
+    #: fine-tuned on frozen features), or whose steps on few images are overhead-bound (scratch on the CPU),
+    #: so that more episodes share each step
     chunk_episodes: int | None = None
 
     def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
