@@ -20,11 +20,12 @@ from mtbench.methods import METHODS, FitContext, Method, Predictor, as_chunk_of_
 #: themselves): 2048 Omniglot images, so a 5-way 1-shot or 5-shot episode's queries are one pass (450 and 1950
 #: images), while a 20-way 1-shot one's 6300 images, in one pass, took over 15 GB and were killed on a 24 GB machine
 PREDICT_VALUES = 2048 * 28 * 28
-#: on the CPU, at most this many queries a pass: the vmapped pass's activations then stay small enough for the
-#: caches. Per scored step, one thread, beside two other jobs (2026-12-03): Omniglot 5w1s 437 ms in one pass of
-#: all 75 queries, 292 ms in passes of 16 (275 ms of 8); miniImageNet-shaped 5w1s (conv4-32) 2738 ms against
-#: 1123 ms; 20-way 1-shot 4014 ms at the memory bound (97 queries) and 4070-4348 ms at 12-24. The logits are
-#: the same bit for bit (each query's batch is computed alone whatever the pass)
+#: on the CPU, at most this many queries a pass. On a machine shared with other jobs (the leaderboard's runs are),
+#: small passes keep their activations in the shared caches: per scored step, one thread beside two other jobs
+#: (2026-12-03), Omniglot 5w1s 437 ms in one pass of all 75 queries against 292 ms in passes of 16,
+#: miniImageNet-shaped 5w1s (conv4-32) 2738 against 1123 ms. On the idle machine the pass size made no difference
+#: (5w1s 196 against 194 ms, 20w1s 2593-2762 ms at 4 to 97 queries). The logits are the same bit for bit (each
+#: query's batch is computed alone whatever the pass)
 CPU_PASS_QUERIES = 16
 
 
