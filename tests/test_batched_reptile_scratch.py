@@ -138,8 +138,11 @@ def test_non_transductive_reptile_predicts_in_passes_as_in_one(bound, chunk, one
             monkeypatch.setattr(reptile, "PREDICT_VALUES", 3 * images * sx[0, 0].numel())  # 3 queries a pass
         else:
             monkeypatch.setattr(reptile, "CPU_PASS_QUERIES", 3)
+        calls = []  # one vmap per pass: the bound is applied
+        monkeypatch.setattr(reptile, "vmap", lambda fn, *a, **k: calls.append(1) or torch.func.vmap(fn, *a, **k))
         passes = predictor(qx[0].float())
-    assert len(qx[0]) > 3 and torch.equal(one_pass, passes)
+    assert len(calls) == -(-len(qx[0]) // 3) > 1
+    assert torch.equal(one_pass, passes)
 
 
 def test_scratch_with_another_backbone_evaluates_episode_by_episode() -> None:
