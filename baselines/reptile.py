@@ -233,7 +233,11 @@ class Reptile(ZeroHeadForOtherWays, Method):
         if len(support_x) == 1:
             # a chunk of one episode (the CPU's chunk for the real datasets) is adapt itself: on the CPU the vmapped
             # convolutions are slower than adapt's, and in float32 Adam's first steps from fresh moments (near sign
-            # steps) turn their other rounding into other accuracies
+            # steps) turn their other rounding into other accuracies. Nor does scratch's grouped network (a chunk's
+            # networks as one WideConv4) pay here: it gave the same logits bit for bit, but 8 Omniglot 5w1s episodes'
+            # inner steps took 0.9-1.2x the time of one by one on the idle machine (one thread, 2026-12-03; Reptile's
+            # functional steps have none of the per-episode model building it saves scratch) and evaluating 16
+            # episodes 1.2x as long transductively, beside two other jobs
             yield from as_chunk_of_one(self.adapt(support_x[0], support_y[0], ways))
             return
         model = self._target_model(ways)
