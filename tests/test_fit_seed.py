@@ -173,3 +173,33 @@ def test_official_fills_each_row_once_per_fit_seed(tmp_path):
     assert f"{len(rows)} row(s) missing in omniglot/20w1s at fit seeds 0, 1" in result.output
     assert "] protonet on omniglot/20w1s fit seed 1: " in result.output
     assert "--ways 20 --shots 1 --fit-seed 1 --budget quick" in result.output
+
+
+def test_the_index_sums_what_the_official_rows_cost_at_first_and_now(tmp_path):
+    """The plan's cost before and after a change: each row's oldest result (at any version of its method) against
+    the one the matrix shows, over the rows whose both results ran on the CPU; a GPU row is left out."""
+    from mtbench.board.official import first_results
+    from mtbench.report.boards import overview
+
+    where = folder(tmp_path, "omniglot", "20w1s")
+
+    def doc(method, stamp, fit, evaluation, version=None, device_type="cpu"):
+        d = result_doc(method, [0.5, 0.75], dataset="omniglot", ways=20, queries=1, stamp=stamp)
+        d["fit"]["seconds"], d["evaluation"]["seconds"] = fit, evaluation
+        d["provenance"]["device_type"] = device_type
+        if version:
+            d["method"]["version"] = version  # older code: labelled "protonet v0", still the row's first result
+        return d
+
+    old = put_result(where, doc("protonet", "2026-01-01T00:00:00+00:00", 3600.0, 1800.0, version="0"), "a")
+    put_result(where, doc("protonet", "2026-02-01T00:00:00+00:00", 360.0, 180.0), "b")
+    put_result(where, doc("matchingnet", "2026-01-05T00:00:00+00:00", 720.0, 360.0), "c")
+    put_result(where, doc("finetune", "2026-01-05T00:00:00+00:00", 7200.0, 7200.0, device_type="cuda"), "d")
+    assert first_results(where, "quick")["protonet"] == old
+    blocks = overview(tmp_path)
+    text = " ".join(str(b) for b in blocks)
+    assert "The 2 rows of the matrix that ran on the CPU (1 of them rerun since their first result" in text
+    table = next(b.frame for b in blocks if getattr(b, "frame", None) is not None and "fit (h)" in b.frame)
+    assert table.to_dict("records") == [
+        {"results": "each row's first result", "fit (h)": "1.20", "evaluation (h)": "0.60", "total (h)": "1.80"},
+        {"results": "the results shown above", "fit (h)": "0.30", "evaluation (h)": "0.15", "total (h)": "0.45"}]

@@ -219,6 +219,29 @@ def present(where: Path, budget: str, fit_seed: int | None = None) -> dict[str, 
     return found
 
 
+def without_version(method: dict[str, Any]) -> dict[str, Any]:
+    """A result's ``method`` record without its version, which :func:`~mtbench.board.labels.label` then leaves out."""
+    return {k: v for k, v in method.items() if k != "version"}
+
+
+def first_results(where: Path, budget: str) -> dict[str, Path]:
+    """:func:`present`'s results, but each label's oldest file by its recorded timestamp, at any version of the
+    method (a result of older code, labelled ``maml v1``, counts as ``maml``'s): what the row cost when it was first
+    run (the cost of the plan before and after a change, on the report's index)."""
+    from mtbench.board.labels import label
+    from mtbench.results.integrity import file_problems
+
+    found: dict[str, tuple[str, Path]] = {}
+    for path in sorted(where.glob("*.json")):
+        doc, problems = file_problems(path)
+        if doc is None or problems or doc["budget"]["name"] != budget or doc["init"] is not None:
+            continue
+        stamp, name = doc["provenance"]["timestamp"], label({**doc, "method": without_version(doc["method"])})
+        if name not in found or stamp < found[name][0]:
+            found[name] = (stamp, path)
+    return {name: path for name, (_, path) in found.items()}
+
+
 def missing_runs(leaderboards: Path, chosen: list[Setting],
                  fit_seeds: Sequence[int] = (0,)) -> list[tuple[Setting, Entry, int]]:
     """The (setting, entry, fit seed) rows of ``chosen`` with no result yet: each fit seed's in turn, and in it

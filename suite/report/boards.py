@@ -271,5 +271,44 @@ def overview(leaderboards: Path) -> list[Block]:
               "says how many, the others are single fits: 1 seed). Each setting's page ranks them with paired differences, adaptation speed and cost. ", Code("mtbench official"),
               " runs the missing rows.")),
         Table(pd.DataFrame(rows)),
+        *_plan_cost(leaderboards, plan, found),
         Heading("Pages"),
+    ]
+
+
+def _plan_cost(leaderboards: Path, plan: Any, found: dict[tuple[str, str], dict[str, Path]]) -> list[Block]:
+    """What the official rows cost on the CPU, as their results recorded it: the fit and evaluation seconds of each
+    row's first result against those of the result the matrix shows, over the rows whose both results ran on the
+    CPU (the issue of batched evaluation asked for the plan's total before and after)."""
+    from mtbench.board.official import first_results
+    from mtbench.results import read_result
+
+    sums = {"first": [0.0, 0.0], "now": [0.0, 0.0]}
+    rows, changed = 0, 0
+    for s in plan.settings:
+        first = first_results(folder(leaderboards, s.dataset, s.name), s.budget)
+        for name in dict.fromkeys(e.label for e in s.entries):
+            path = found[(s.dataset, s.name)].get(name)
+            docs = {"first": read_result(first[name]), "now": read_result(path)} if path and name in first else {}
+            if not docs or any(d["provenance"]["device_type"] != "cpu" for d in docs.values()):
+                continue
+            rows += 1
+            changed += first[name] != path
+            for when, doc in docs.items():
+                sums[when][0] += doc["fit"]["seconds"]
+                sums[when][1] += doc["evaluation"]["seconds"]
+    if not rows:
+        return []
+    table = pd.DataFrame([{"results": what, "fit (h)": f"{fit / 3600:.2f}", "evaluation (h)": f"{ev / 3600:.2f}",
+                           "total (h)": f"{(fit + ev) / 3600:.2f}"}
+                          for what, (fit, ev) in (("each row's first result", sums["first"]),
+                                                  ("the results shown above", sums["now"]))])
+    return [
+        Heading("What the official rows cost on the CPU", 3),
+        Para((f"The {rows} rows of the matrix that ran on the CPU ({changed} of them rerun since their first result, "
+              "after a change of code or of version), as their result files record it: fit and evaluation seconds, "
+              "summed. Each run recorded its own seconds on a 2-core machine of its day (the CPUs differ from "
+              "day to day), most of them beside another job, so the totals say what filling the plan cost, not how "
+              "fast the code is; the throughput page compares speeds side by side in one run.",)),
+        Table(table),
     ]
