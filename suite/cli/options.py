@@ -28,14 +28,14 @@ def written_since(mark: int) -> str:
     """What this process wrote after the ``mark``-th completed write (:func:`mtbench.core.atomic.completed`), in
     words: ``a checkpoint at ck.pt and a result at results/x.json``, or ``nothing``."""
     done = list(dict.fromkeys(completed()[mark:]))  # a file written again (a fit state saved every N minutes) once
-    named = [f"a {w.what} at {w.path}" for w in done if w.what != "file"]
+    named = [f"{'an' if w.what[0] in 'aeiou' else 'a'} {w.what} at {w.path}" for w in done if w.what != "file"]
     files = [w.path for w in done if w.what == "file"]
     named += [f"a file at {p}" for p in files[:3]] + ([f"{len(files) - 3} more files"] if len(files) > 3 else [])
     return "nothing" if not named else named[0] if len(named) == 1 else f"{', '.join(named[:-1])} and {named[-1]}"
 
 
 def resume_command() -> str:
-    """The command line of this process with ``--resume``: what continues its saved fit."""
+    """The command line of this process with ``--resume``: what continues its saved fit and evaluation."""
     args = sys.argv[1:]
     return shlex.join(["mtbench", *args, *([] if "--resume" in args else ["--resume"])])
 
@@ -62,7 +62,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             what = written_since(mark)
             said = "nothing was written" if what == "nothing" else f"it had written {what}, nothing else"
             click.echo(f"mtbench: interrupted by {name}; {said}", err=True)
-            if any(w.what == "fit state" for w in completed()[mark:]):
+            if any(w.what in ("fit state", "evaluation state") for w in completed()[mark:]):
                 click.echo(f"mtbench: resume with: {resume_command()}", err=True)
             sys.exit(143 if isinstance(exc, Terminated) else 130)
         finally:
@@ -118,10 +118,11 @@ def resume_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                       help="Stop the fit after ITERATION iterations of its budget (the schedules of the whole budget), "
                            "evaluate it as a partial row and keep its state for --resume to continue.")(fn)
     fn = click.option("--resume", is_flag=True, default=False,
-                      help="Continue the fit saved by --checkpoint-every (the same command line plus --resume).")(fn)
+                      help="Continue the fit, and the evaluation, saved by --checkpoint-every (the same command line plus "
+                           "--resume).")(fn)
     return click.option("--checkpoint-every", "checkpoint_every", type=float, default=None, metavar="MINUTES",
                         help="Save the fit's state under --out/.resume every MINUTES (fractions allowed) and on "
-                             "Ctrl-C or SIGTERM during the fit.")(fn)
+                             "Ctrl-C or SIGTERM, and the evaluation's progress after the episode in progress.")(fn)
 
 
 def run_spec(method: str, dataset: str, out: str, *, protocol: str | None, ways: int | None, shots: int | None,

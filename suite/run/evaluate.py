@@ -9,8 +9,10 @@ evaluation with an :class:`OutputError` naming the episode and the adaptation st
 from __future__ import annotations
 
 import math
+import contextlib
+import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from mtbench.core.errors import UserError
@@ -20,6 +22,9 @@ from mtbench.data.episodes import EpisodeSet
 from mtbench.methods import Method, at_step
 from mtbench.methods.functional import accuracy
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from mtbench.run.evaluation_state import EvaluationState, Progress
 
 #: bound on the input values (images x C x H x W) of one chunk of episodes on the batched path, by device
 #: type (others: the CPU's), never less than one episode: one forward pass's worth (:data:`PASS_VALUES`), as a
@@ -118,7 +123,8 @@ def _scored(stream: Iterable[Any], last_only: bool) -> Iterator[Any]:
 
 
 def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batched: bool = True,
-             max_values: int | None = None, last_only: bool = False) -> dict[str, Any]:
+             max_values: int | None = None, last_only: bool = False,
+             saver: EvaluationState | None = None) -> dict[str, Any]:
     """Run ``method.adapt`` on every episode and score each intermediate predictor on the queries.
 
     Only the time spent inside ``adapt`` (producing the next predictor) counts as adaptation
@@ -133,16 +139,20 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
         last_only: score the last predictor only (the earlier ones are produced, as adaptation needs them,
             but never called): what a loop that reports the final accuracy alone does, which ``mtbench bench``
             compares with such a loop. ``by_step`` then has the last step only.
+        saver: a run's saved evaluation (``--checkpoint-every``, :mod:`mtbench.run.evaluation_state`): the
+            episodes it holds are not evaluated again, and the progress is saved after an episode or chunk
+            when it is due.
 
     Returns:
         A dict with the ``accuracy``, ``adaptation`` and ``evaluation`` sections of a result;
         ``evaluation.batched_episodes`` is ``None`` here, the chunk size on the batched path.
     """
     if batched and method.adapt_batch is not None:
-        return evaluate_adapt_batched(method, episodes, progress, max_values, last_only)
+        return evaluate_adapt_batched(method, episodes, progress, max_values, last_only, saver)
     if batched and method.predict_batch is not None:
-        return evaluate_batched(method, episodes, progress, max_values)
+        return evaluate_batched(method, episodes, progress, max_values, saver)
     device, ways = episodes.split.device, episodes.spec.ways
+    before = _Before(saver, device)
     per_step_acc: list[torch.Tensor] = []  # one float[steps] per episode, kept on the device
     per_step_laps: list[list[Lap]] = []
     step_numbers: list[int] = []
@@ -151,12 +161,20 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
     laps = Laps(device)
     reset_peak_memory(device)
     start = timer(device)
-    with torch.no_grad():
-        for ep in tqdm(episodes, desc=f"evaluating {method.name}", unit="episode", disable=not progress,
-                       mininterval=1.0, dynamic_ncols=True):
+    step_numbers += before.step_numbers
+
+    def so_far() -> Progress:
+        _check_finite(method.name, finite, where)  # what is saved has been checked
+        return before.progress(per_step_acc, [sum(m[s] for m in map(_cumulative_ms, per_step_laps))
+                                              for s in range(len(step_numbers))], step_numbers, timer(device) - start)
+
+    with torch.no_grad(), _deferred(saver):
+        for ep in tqdm(itertools.islice(episodes, before.episodes, None), desc=f"evaluating {method.name}",
+                       unit="episode", disable=not progress, mininterval=1.0, dynamic_ncols=True,
+                       initial=before.episodes, total=len(episodes)):
             accs, ms = [], []
             for predictor, took in _timed(_scored(method.adapt(ep.support_x, ep.support_y, ways), last_only), laps):
-                if not per_step_laps:
+                if not per_step_laps and not before.step_numbers:
                     step_numbers.append(int(getattr(predictor, "step", len(ms))))
                 ms.append(_seconds(predictor, took))
                 at = f"on episode {ep.index}, adaptation step {len(accs)}"
@@ -166,20 +184,22 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
                 accs.append(accuracy(logits, ep.query_y))
             if not accs:
                 raise RuntimeError(f"{method.name}.adapt yielded no predictor")
-            if per_step_laps and len(ms) != len(per_step_laps[0]):
+            if len(ms) != len(step_numbers):
                 raise RuntimeError(f"{method.name}.adapt yielded {len(ms)} predictors on episode {ep.index}, "
-                                   f"{len(per_step_laps[0])} before: the number of steps must not vary")
-            per_step_acc.append(torch.stack(accs))
+                                   f"{len(step_numbers)} before: the number of steps must not vary")
+            per_step_acc.append(torch.stack(accs).unsqueeze(0))
             per_step_laps.append(ms)
+            if saver:
+                saver.boundary(so_far)
     seconds = timer(device) - start
     _check_finite(method.name, finite, where)
     per_step_ms = [_cumulative_ms(m) for m in per_step_laps]
-    ms_by_step = [sum(m[s] for m in per_step_ms) / len(per_step_ms) for s in range(len(step_numbers))]
-    return _scores(torch.stack(per_step_acc), step_numbers, ms_by_step, seconds, device, None)
+    ms_sums = [sum(m[s] for m in per_step_ms) for s in range(len(step_numbers))]
+    return before.scores(per_step_acc, step_numbers, ms_sums, seconds, len(episodes), None)
 
 
 def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True,
-                     max_values: int | None = None) -> dict[str, Any]:
+                     max_values: int | None = None, saver: EvaluationState | None = None) -> dict[str, Any]:
     """:func:`evaluate` through ``method.predict_batch``, one call per chunk of episodes (:func:`episode_chunks`).
 
     Accuracies stay on the device until one transfer at the end. The adaptation time of an episode
@@ -187,15 +207,23 @@ def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True
     which ``evaluation.batched_episodes`` (the largest chunk) says.
     """
     device, ways = episodes.split.device, episodes.spec.ways
+    before = _Before(saver, device)
     chunks = episode_chunks(episodes, max_values, getattr(method, "chunk_episodes", None))
-    accs: list[torch.Tensor] = []  # float[chunk] each, on the device
+    accs: list[torch.Tensor] = []  # float[chunk, 1] each, on the device
     finite: list[torch.Tensor] = []  # bool[chunk] each
     laps, chunk_laps = Laps(device), []
     reset_peak_memory(device)
     start = timer(device)
-    with torch.no_grad(), tqdm(total=len(episodes), desc=f"evaluating {method.name}", unit="episode",
-                               disable=not progress, mininterval=1.0, dynamic_ncols=True) as bar:
-        for lo, hi in chunks:
+    name = f"{method.name}.predict_batch"
+
+    def so_far() -> Progress:
+        _check_finite(name, finite, [f"on episode {i}" for i in range(before.episodes, len(episodes))])
+        return before.progress(accs, [_cumulative_ms(chunk_laps)[-1]], [0], timer(device) - start)
+
+    with torch.no_grad(), _deferred(saver), tqdm(total=len(episodes), desc=f"evaluating {method.name}",
+                                                 unit="episode", disable=not progress, mininterval=1.0,
+                                                 dynamic_ncols=True, initial=before.episodes) as bar:
+        for lo, hi in before.remaining(chunks):
             support_x, support_y, query_x, query_y = episodes.batch(lo, hi)
             t0 = laps.mark()
             logits = method.predict_batch(support_x, support_y, query_x, ways)  # type: ignore[misc]
@@ -204,17 +232,20 @@ def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True
             logits = check_logits(f"{method.name}.predict_batch", logits, tuple(query_y.shape) + (ways,),
                                   f"on episodes {lo} to {hi - 1}")
             finite.append(torch.isfinite(logits).flatten(1).all(1))
-            accs.append(accuracy(logits, query_y))
+            accs.append(accuracy(logits, query_y).unsqueeze(1))
             bar.update(hi - lo)
+            if saver:
+                saver.boundary(so_far)
     seconds = timer(device) - start
-    _check_finite(f"{method.name}.predict_batch", finite, [f"on episode {i}" for i in range(len(episodes))])
+    _check_finite(name, finite, [f"on episode {i}" for i in range(before.episodes, len(episodes))])
     size = max(hi - lo for lo, hi in chunks)
-    ms = _cumulative_ms(chunk_laps)[-1] / len(episodes)
-    return _scores(torch.cat(accs).unsqueeze(1), [0], [ms], seconds, device, size)
+    ms = [_cumulative_ms(chunk_laps)[-1]] if chunk_laps else []
+    return before.scores(accs, [0], ms, seconds, len(episodes), size)
 
 
 def evaluate_adapt_batched(method: Method, episodes: EpisodeSet, progress: bool = True,
-                           max_values: int | None = None, last_only: bool = False) -> dict[str, Any]:
+                           max_values: int | None = None, last_only: bool = False,
+                           saver: EvaluationState | None = None) -> dict[str, Any]:
     """:func:`evaluate` through ``method.adapt_batch``: a chunk of episodes (:func:`episode_chunks`) adapts at
     once, and each of its predictors is scored on the chunk's queries, as every step is on the per-episode path.
 
@@ -222,25 +253,35 @@ def evaluate_adapt_batched(method: Method, episodes: EpisodeSet, progress: bool 
     the per-episode path) over the chunk's episodes; scoring the predictors is not counted.
     """
     device, ways = episodes.split.device, episodes.spec.ways
+    before = _Before(saver, device)
     chunks = episode_chunks(episodes, max_values, getattr(method, "chunk_episodes", None))
     accs: list[torch.Tensor] = []  # float[chunk, steps] each, on the device
     finite: list[torch.Tensor] = []  # bool[chunk] per chunk and step
     where: list[str] = []
-    step_numbers: list[int] = []
+    step_numbers: list[int] = list(before.step_numbers)
     chunk_laps: list[list[Lap]] = []  # per chunk, the lap of each step
     laps = Laps(device)
     reset_peak_memory(device)
     start = timer(device)
     name = f"{method.name}.adapt_batch"
-    with torch.no_grad(), tqdm(total=len(episodes), desc=f"evaluating {method.name}", unit="episode",
-                               disable=not progress, mininterval=1.0, dynamic_ncols=True) as bar:
-        for lo, hi in chunks:
+
+    def ms_sums() -> list[float]:  # each step's cumulative ms, summed over the chunks
+        return [sum(column) for column in zip(*(_cumulative_ms(c) for c in chunk_laps))]
+
+    def so_far() -> Progress:
+        _check_finite(name, finite, where)
+        return before.progress(accs, ms_sums(), step_numbers, timer(device) - start)
+
+    with torch.no_grad(), _deferred(saver), tqdm(total=len(episodes), desc=f"evaluating {method.name}",
+                                                 unit="episode", disable=not progress, mininterval=1.0,
+                                                 dynamic_ncols=True, initial=before.episodes) as bar:
+        for lo, hi in before.remaining(chunks):
             support_x, support_y, query_x, query_y = episodes.batch(lo, hi)
             steps, ms = [], []
             stream = _scored(method.adapt_batch(support_x, support_y, ways), last_only)  # type: ignore[misc]
             for predictor, took in _timed(stream, laps):
                 ms.append(took)
-                if lo == 0:
+                if lo == 0:  # (a resumed evaluation has its step numbers from the saved part)
                     step_numbers.append(int(getattr(predictor, "step", len(steps))))
                 logits = check_logits(name, predictor(query_x), tuple(query_y.shape) + (ways,),
                                       f"on episodes {lo} to {hi - 1}, adaptation step {len(steps)}")
@@ -253,11 +294,58 @@ def evaluate_adapt_batched(method: Method, episodes: EpisodeSet, progress: bool 
             accs.append(torch.stack(steps, dim=1))
             chunk_laps.append(ms)
             bar.update(hi - lo)
+            if saver:
+                saver.boundary(so_far)
     seconds = timer(device) - start
     _check_finite(name, finite, where)
-    ms_total = [sum(column) for column in zip(*(_cumulative_ms(c) for c in chunk_laps))]  # over chunks
     size = max(hi - lo for lo, hi in chunks)
-    return _scores(torch.cat(accs), step_numbers, [m / len(episodes) for m in ms_total], seconds, device, size)
+    return before.scores(accs, step_numbers, ms_sums(), seconds, len(episodes), size)
+
+
+def _deferred(saver: EvaluationState | None) -> Any:
+    """The saver's deferral of Ctrl-C and SIGTERM to the end of the episode or chunk in progress, if any."""
+    return saver.deferred_signals() if saver else contextlib.nullcontext()
+
+
+class _Before:
+    """The part of the evaluation a saved state holds (:class:`~mtbench.run.evaluation_state.Progress`; nothing
+    without one), which the evaluator adds to what it evaluates now."""
+
+    def __init__(self, saver: EvaluationState | None, device: torch.device) -> None:
+        saved = saver.resumed if saver else None
+        self.device = device
+        self.episodes = saved.episodes if saved else 0
+        self.accs = [saved.accs.to(device)] if saved else []
+        self.ms_sums = saved.ms_sums if saved else []
+        self.step_numbers = saved.step_numbers if saved else []
+        self.seconds = saved.seconds if saved else 0.0
+
+    def remaining(self, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The chunks after the saved episodes, which end at a chunk's end (the chunks are a function of the
+        episodes, the method and the device, which the saved state's identity fixes)."""
+        if self.episodes and self.episodes not in {hi for _, hi in chunks}:
+            raise UserError(f"--resume: the saved evaluation stops at episode {self.episodes}, inside a chunk of "
+                            "this evaluation (the code that splits the episodes changed); delete the .evaluation.pt "
+                            "file in the run's .resume folder to evaluate from the first episode")
+        return [(lo, hi) for lo, hi in chunks if lo >= self.episodes]
+
+    def _add(self, ms_sums: list[float]) -> list[float]:
+        if not self.ms_sums or not ms_sums:
+            return list(self.ms_sums or ms_sums)
+        return [a + b for a, b in zip(self.ms_sums, ms_sums)]
+
+    def progress(self, accs: list[torch.Tensor], ms_sums: list[float], step_numbers: list[int],
+                 seconds: float) -> Progress:
+        from mtbench.run.evaluation_state import Progress
+
+        table = torch.cat(self.accs + accs)
+        return Progress(len(table), table.cpu(), self._add(ms_sums), list(step_numbers), self.seconds + seconds)
+
+    def scores(self, accs: list[torch.Tensor], step_numbers: list[int], ms_sums: list[float], seconds: float,
+               total: int, batched: int | None) -> dict[str, Any]:
+        """:func:`_scores` of the saved and the new episodes together."""
+        ms = [m / total for m in self._add(ms_sums)]
+        return _scores(torch.cat(self.accs + accs), step_numbers, ms, self.seconds + seconds, self.device, batched)
 
 
 def _scores(acc: torch.Tensor, step_numbers: list[int], ms_by_step: list[float], seconds: float,

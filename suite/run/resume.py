@@ -46,6 +46,9 @@ from mtbench.methods import FitContext, Method
 from mtbench.results.provenance import git_state
 
 FORMAT, VERSION = "mtbench fit state", 1
+#: what ``torch.load`` raises on a file that is truncated or not a saved state
+UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
+              pickle.UnpicklingError, zipfile.BadZipFile)
 #: the folder under ``--out`` that holds the saved fits
 FOLDER = ".resume"
 
@@ -103,8 +106,7 @@ def read_state(path: Path) -> dict[str, Any]:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
         raise UserError(f"--resume: cannot read {path} (permission denied); make it readable") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError,
-            pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    except UNREADABLE as exc:
         first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--resume: {path} is damaged (truncated or not a fit state: {first}); {fix}") from None
     keys = {"format", "version", "identity", "stage", "iteration", "seconds", "tasks", "images", "notes", "modules",
@@ -127,6 +129,7 @@ class Plan:
     every_s: float | None
     saved: dict[str, Any] | None
     commit: str | None = None
+    resume: bool = False  # --resume: continue the saved fit, and the saved evaluation where there is one
 
 
 def plan(spec: Any, ident: dict[str, Any]) -> Plan | None:
@@ -146,8 +149,11 @@ def plan(spec: Any, ident: dict[str, Any]) -> Plan | None:
     if spec.out is None:
         raise UserError("--checkpoint-every, --resume and --until keep the fit's state under --out; give --out a folder")
     path = state_path(spec.out, ident)
+    evaluated = path.with_name(f"{path.stem}.evaluation.pt")
     saved = None
-    if resume:
+    if resume and not path.exists() and evaluated.exists():
+        pass  # a fit with nothing to save (no iterations, e.g. scratch's): its evaluation alone was saved
+    elif resume:
         if not path.exists():
             raise UserError(_missing(path, ident))
         saved = read_state(path)
@@ -155,15 +161,19 @@ def plan(spec: Any, ident: dict[str, Any]) -> Plan | None:
             more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
             raise UserError(f"--resume: {path} is the fit of another run ({'; '.join(diff[:3])}{more}); resume with "
                             f"the code and command that wrote it, or delete it to start over without --resume")
-    elif path.exists():
-        raise UserError(f"a saved fit of this run is at {path}: add --resume to continue it, or delete it to start over")
-    return Plan(path, ident, every * 60.0 if every is not None else None, saved, git_state()[0])
+    elif path.exists() or evaluated.exists():
+        what = "fit" if path.exists() else "evaluation"
+        raise UserError(f"a saved {what} of this run is at {path if path.exists() else evaluated}: add --resume to "
+                        f"continue it, or delete it to start over")
+    return Plan(path, ident, every * 60.0 if every is not None else None, saved, git_state()[0], resume)
 
 
 def _missing(path: Path, ident: dict[str, Any]) -> str:
     """The error of ``--resume`` without a saved fit of this run, naming how the nearest one in the folder differs."""
     nearest: tuple[int, Path, list[str]] | None = None
     for other in sorted(path.parent.glob("*.pt")) if path.parent.is_dir() else []:
+        if other.name.endswith(".evaluation.pt"):  # a saved evaluation, not a fit
+            continue
         try:
             diff = differences(read_state(other)["identity"], ident)
         except UserError:
@@ -327,7 +337,13 @@ class FitState:
             handler(signum, frame)
 
 
+def evaluation_path(p: Plan) -> Path:
+    """``<out>/.resume/<run>.evaluation.pt``: where the run's evaluation is saved (:mod:`mtbench.run.evaluation_state`)."""
+    return p.path.with_name(f"{p.path.stem}.evaluation.pt")  # (named so in plan() too)
+
+
 def discard(p: Plan | None) -> None:
-    """The run's result is written: its saved fit is no longer needed."""
+    """The run's result is written: its saved fit and evaluation are no longer needed."""
     if p is not None:
         p.path.unlink(missing_ok=True)
+        evaluation_path(p).unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from mtbench.results import SCHEMA_VERSION, provenance
 from mtbench.run.checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
 from mtbench.run import resume
 from mtbench.run.evaluate import evaluate
+from mtbench.run.evaluation_state import EvaluationState
 from mtbench.run.preflight import (check_cache, check_finite, check_memory, check_structure, readable_data,
                                    writable)
 from mtbench.run.spec import SOURCE_EPISODES, RunSpec, check_fit_seed, fit_seed
@@ -266,8 +267,12 @@ def save(r: Resolved, d: Loaded, f: Fitted, path: Path) -> Path:
 def score(r: Resolved, d: Loaded, f: Fitted) -> dict[str, Any]:
     """Adapt to every fixed test episode and score every predictor: the ``accuracy``, ``adaptation``
     and ``evaluation`` sections of the result."""
+    # --checkpoint-every / --resume: the evaluation is saved and continued too (run/evaluation_state.py)
+    saver = EvaluationState(r.fit_state, d.episodes.sha, len(d.episodes)) if r.fit_state else None
     with autocast(r.device, r.spec.precision):
-        scores = evaluate(f.method, d.episodes, r.spec.progress)
+        scores = evaluate(f.method, d.episodes, r.spec.progress, saver=saver)
+    for note in saver.notes(len(d.episodes)) if saver else []:
+        f.ctx.note(note)
     return check_finite(scores, r.method_cls.name)
 
 

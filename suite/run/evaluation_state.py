@@ -1,0 +1,139 @@
+"""Long evaluations saved and resumed, beside the fit's state (:mod:`mtbench.run.resume`).
+
+A run with ``--checkpoint-every MINUTES`` saves its evaluation too: after the episode (or chunk of episodes) in
+progress when ``MINUTES`` have passed since the last save, and when Ctrl-C or SIGTERM arrives (the signal waits
+for the episode or chunk to end; a second one stops at once), the scores of the episodes done so far are written
+atomically to ``<out>/.resume/<run>.evaluation.pt``, next to the fit's state, which is kept until the result is
+written. ``mtbench run ... --resume`` then restores the fit, skips the episodes already scored and goes on from
+the next one: the evaluation of an Omniglot 20-way or miniImageNet Reptile row takes hours on a CPU, longer
+than a session or a GPU lease. Each episode is adapted on its own (a chunk's episodes as they are adapted
+together), so the per-episode accuracies are those of an uninterrupted run; ``evaluation.seconds`` and the
+adaptation times add the saved part's, and ``fit.notes`` says that the evaluation was resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtbench.core.atomic import atomic_write
+from mtbench.core.errors import UserError
+from mtbench.run.resume import UNREADABLE, Plan, differences, evaluation_path
+
+FORMAT, VERSION = "mtbench evaluation state", 1
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The first ``episodes`` episodes scored: their accuracy at each scored step (``float[episodes, steps]``,
+    on the CPU), each step's cumulative adaptation ms summed over them (over their chunks on a batched path),
+    the steps' numbers and the evaluation seconds so far."""
+
+    episodes: int
+    accs: Tensor
+    ms_sums: list[float]
+    step_numbers: list[int]
+    seconds: float
+
+
+class EvaluationState:
+    """The evaluation's saving and resuming for a run whose fit :class:`~mtbench.run.resume.Plan` saves its state.
+
+    ``resumed`` is the saved :class:`Progress` a ``--resume`` continues (``None``: start at the first episode);
+    the evaluator calls :meth:`boundary` after each episode or chunk, inside :meth:`deferred_signals`."""
+
+    def __init__(self, plan: Plan, episodes_sha: str, episodes: int) -> None:
+        self.path = evaluation_path(plan)
+        self.every_s = plan.every_s
+        self.identity = {**plan.identity, "episodes_sha": episodes_sha, "episodes": episodes}
+        self.saves, self.saving_seconds = 0, 0.0
+        self.last_save = time.monotonic()
+        self.pending: tuple[int, Any, Any] | None = None
+        self.resumed = self._read() if plan.resume and self.path.exists() else None
+
+    def _read(self) -> Progress:
+        fix = f"delete {self.path} to evaluate from the first episode"
+        try:
+            blob = torch.load(self.path, map_location="cpu", weights_only=True)
+        except UNREADABLE as exc:
+            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"--resume: {self.path} is damaged (truncated or not an evaluation state: {first}); "
+                            f"{fix}") from None
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("version") != VERSION:
+            raise UserError(f"--resume: {self.path} is not an evaluation state this mtbench wrote; {fix}")
+        if diff := differences(blob["identity"], self.identity):
+            raise UserError(f"--resume: {self.path} is the evaluation of another run ({'; '.join(diff[:3])}); {fix}")
+        return Progress(int(blob["episodes"]), blob["accs"], [float(x) for x in blob["ms_sums"]],
+                        [int(x) for x in blob["step_numbers"]], float(blob["seconds"]))
+
+    def boundary(self, progress: Callable[[], Progress]) -> None:
+        """After an episode or a chunk: save ``progress()`` when ``--checkpoint-every``'s period has passed or a
+        signal is waiting, then let a waiting signal's own handler run."""
+        due = self.every_s is not None and time.monotonic() - self.last_save >= self.every_s
+        if due or self.pending is not None:
+            self.save(progress())
+        if self.pending is not None:
+            signum, frame, handler = self.pending
+            self.pending = None
+            handler(signum, frame)
+
+    def save(self, p: Progress) -> None:
+        began = time.monotonic()
+        blob = {"format": FORMAT, "version": VERSION, "identity": self.identity, "episodes": p.episodes,
+                "accs": p.accs.cpu(), "ms_sums": p.ms_sums, "step_numbers": p.step_numbers, "seconds": p.seconds,
+                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        atomic_write(self.path, lambda tmp: torch.save(blob, tmp), what="evaluation state")
+        self.saves += 1
+        self.last_save = time.monotonic()
+        self.saving_seconds += self.last_save - began
+
+    def notes(self, total: int) -> list[str]:
+        """What the result's ``fit.notes`` say of the evaluation's saves and resume."""
+        out = []
+        if self.resumed is not None:
+            out.append(f"evaluation resumed at episode {self.resumed.episodes + 1} of {total} (evaluation.seconds "
+                       f"and the adaptation times add the {self.resumed.seconds:.1f} s before it)")
+        if self.saves:
+            out.append(f"evaluation state saved {self.saves} times ({self.saving_seconds:.1f} s)")
+        return out
+
+    @contextlib.contextmanager
+    def deferred_signals(self) -> Iterator[None]:
+        """Ctrl-C or SIGTERM during the evaluation waits for the episode or chunk in progress to end, where the
+        state is saved and the signal's own handler runs; a second signal runs it at once. Main thread only."""
+        if self.every_s is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def defer(signum: int, frame: Any) -> None:
+            if self.pending is None:
+                self.pending = (signum, frame, before[signum])
+                return
+            self.pending = None
+            before[signum](signum, frame)
+
+        installed = [s for s, h in before.items() if callable(h)]
+        for s in installed:
+            signal.signal(s, defer)
+        try:
+            yield
+        finally:
+            for s in installed:
+                signal.signal(s, before[s])
+        if self.pending is not None:  # arrived after the last chunk: the evaluation is whole, honour it now
+            signum, frame, handler = self.pending
+            self.pending = None
+            handler(signum, frame)
+
+
+__all__ = ["EvaluationState", "Progress"]

@@ -1,0 +1,189 @@
+"""Resumable evaluations (``mtbench run --checkpoint-every MINUTES`` / ``--resume``, :mod:`mtbench.run.evaluation_state`):
+a run that dies in its evaluation, resumed, scores every episode as an uninterrupted run does, on each of the
+evaluator's three paths (episode by episode, ``predict_batch`` chunks, ``adapt_batch`` chunks) and for a method
+with no fit to save; the saved state of another run, or a damaged one, is refused in one line; a new run never
+overwrites a saved evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtbench.core.errors import UserError
+from mtbench.data import DATASETS
+from mtbench.data.episodes import EpisodeSet, EpisodeSpec
+from mtbench.methods import METHODS, make_hparams
+from mtbench.run import evaluate as evaluator
+from mtbench.run.evaluation_state import EvaluationState, Progress
+from mtbench.run.resume import Plan
+from mtbench.run.runner import RunSpec, run
+
+EPISODES = 6
+
+
+class Stop(Exception):
+    """Stands for the process dying after the evaluation saved its progress."""
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    test = DATASETS.get("synthetic")(progress=False).load("test")
+    return EpisodeSet(test, EpisodeSpec(5, 1, 2, EPISODES, seed=0))
+
+
+def _method(name: str, overrides: dict[str, str], episodes: EpisodeSet):
+    cls = METHODS.get(name)
+    method = cls(make_hparams(cls, "synthetic", overrides, "2"), episodes.split.image_shape,
+                 torch.Generator().manual_seed(0), torch.device("cpu"))
+    method.prepare(5)
+    return method
+
+
+def _stop_after(monkeypatch, episodes_saved: int) -> None:
+    """Every boundary saves (a period of ~0); the process "dies" once ``episodes_saved`` episodes are saved."""
+    original = EvaluationState.save
+
+    def save(self, p: Progress) -> None:
+        original(self, p)
+        if p.episodes >= episodes_saved:
+            raise Stop
+
+    monkeypatch.setattr(EvaluationState, "save", save)
+
+
+# name, overrides, evaluate()'s keywords: each of the evaluator's paths, chunks of 2 episodes on the batched ones
+PATHS = {
+    "episode by episode": ("maml", {"meta_batch": "2"}, {"batched": False}),
+    "predict_batch": ("protonet", {}, {"max_values": 2 * 5 * 3 * 3 * 16 * 16}),
+    "adapt_batch": ("reptile", {"eval_steps": "3", "report_steps": "0,2"}, {"max_values": 2 * 5 * 3 * 3 * 16 * 16}),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_an_evaluation_resumed_scores_every_episode_as_an_uninterrupted_one(path, episodes, tmp_path, monkeypatch,
+                                                                            one_thread) -> None:
+    name, overrides, kwargs = PATHS[path]
+    method = _method(name, overrides, episodes)
+    whole = evaluator.evaluate(method, episodes, progress=False, **kwargs)
+    plan = Plan(tmp_path / ".resume" / "run-abc.pt", {"run": name}, 1e-9, None)
+    saver = EvaluationState(plan, episodes.sha, len(episodes))
+    stopped_at = 4 if path == "episode by episode" else 2
+    with monkeypatch.context() as m:
+        _stop_after(m, stopped_at)
+        with pytest.raises(Stop):
+            evaluator.evaluate(method, episodes, progress=False, saver=saver, **kwargs)
+    saved = tmp_path / ".resume" / "run-abc.evaluation.pt"
+    assert saved.exists() and not list(tmp_path.rglob("*.tmp"))
+    again = EvaluationState(dataclasses.replace(plan, resume=True), episodes.sha, len(episodes))
+    assert again.resumed is not None and again.resumed.episodes == stopped_at
+    calls = []
+    original = type(method).adapt if path == "episode by episode" else None
+    if original:  # the saved episodes are not adapted again
+        monkeypatch.setattr(type(method), "adapt", lambda self, sx, *a: calls.append(1) or original(self, sx, *a))
+    resumed = evaluator.evaluate(method, episodes, progress=False, saver=again, **kwargs)
+    if original:
+        assert len(calls) == EPISODES - stopped_at
+    assert resumed["accuracy"]["per_episode"] == whole["accuracy"]["per_episode"]
+    assert resumed["accuracy"]["by_step"] == whole["accuracy"]["by_step"]
+    assert [len(resumed["adaptation"]["ms_by_step"]), resumed["evaluation"]["batched_episodes"]] == [
+        len(whole["adaptation"]["ms_by_step"]), whole["evaluation"]["batched_episodes"]]
+    assert resumed["evaluation"]["seconds"] > again.resumed.seconds > 0
+    assert again.notes(EPISODES)[0].startswith(f"evaluation resumed at episode {stopped_at + 1} of {EPISODES}")
+
+
+def _spec(method: str, out: Path, **extra) -> RunSpec:
+    hp = {"maml": (("meta_batch", "2"),), "scratch": (("steps", "3"), ("report_steps", "0,1"))}[method]
+    return RunSpec(method=method, dataset="synthetic", episodes=EpisodeSpec(5, 1, 2, 4, 0),
+                   budget="4" if method == "maml" else "quick", hparams=hp, device="cpu", out=str(out), progress=False,
+                   **extra)
+
+
+@pytest.mark.parametrize("method", ["maml", "scratch"])
+def test_a_run_that_died_in_its_evaluation_resumes_it(method, tmp_path, monkeypatch, one_thread) -> None:
+    """Through ``mtbench run``: the fit is restored (scratch has none: its evaluation alone was saved), the
+    saved episodes are kept, the result says so, and both states are gone once it is written."""
+    monkeypatch.setitem(evaluator.CHUNK_VALUES, "cpu", 1)  # a chunk per episode: boundaries to stop at
+    monkeypatch.setattr("mtbench.baselines.scratch.CPU_CHUNK_EPISODES", 1)
+    whole = run(_spec(method, tmp_path / "whole"))[0]
+    out = tmp_path / "results"
+    with monkeypatch.context() as m:
+        _stop_after(m, 2)
+        with pytest.raises(Stop):
+            run(_spec(method, out, checkpoint_every=1e-9))
+    assert not list(out.glob("*.json"))
+    kinds = sorted("evaluation" if p.name.endswith(".evaluation.pt") else "fit" for p in (out / ".resume").iterdir())
+    assert kinds == (["evaluation", "fit"] if method == "maml" else ["evaluation"])
+    with pytest.raises(UserError, match="a saved (fit|evaluation) of this run is at .*add --resume"):
+        run(_spec(method, out, checkpoint_every=1e-9))
+    doc, path = run(_spec(method, out, checkpoint_every=1e-9, resume=True))
+    assert doc["accuracy"]["per_episode"] == whole["accuracy"]["per_episode"]
+    assert any(n.startswith("evaluation resumed at episode 3 of 4") for n in doc["fit"]["notes"])
+    assert path.exists() and not list((out / ".resume").iterdir())
+
+
+def test_a_saved_evaluation_of_another_run_or_a_damaged_one_is_refused(episodes, tmp_path) -> None:
+    plan = Plan(tmp_path / "run-abc.pt", {"run": "protonet"}, 1e-9, None, resume=True)
+    saver = EvaluationState(dataclasses.replace(plan, resume=False), episodes.sha, len(episodes))
+    saver.save(Progress(2, torch.ones(2, 1), [1.0], [0], 1.0))
+    with pytest.raises(UserError, match=r"is the evaluation of another run \(episodes_sha .* there, b+ here\)"):
+        EvaluationState(plan, "b" * 12, len(episodes))
+    with pytest.raises(UserError, match=r"is the evaluation of another run \(run protonet there, maml here\)"):
+        EvaluationState(dataclasses.replace(plan, identity={"run": "maml"}), episodes.sha, len(episodes))
+    saved = tmp_path / "run-abc.evaluation.pt"
+    saved.write_bytes(saved.read_bytes()[:100])
+    with pytest.raises(UserError, match="is damaged .*delete .* to evaluate from the first episode"):
+        EvaluationState(plan, episodes.sha, len(episodes))
+
+
+def test_sigterm_during_the_evaluation_saves_it_and_the_resumed_run_scores_as_an_uninterrupted_one(tmp_path) -> None:
+    """Through the CLI: SIGTERM in the evaluation waits for the chunk in progress, saves the scored episodes beside
+    the fit, names both files and the command that resumes them; that command scores every episode as a run that
+    was never stopped does (40 synthetic episodes: 5 chunks of 8 on the CPU)."""
+    env = {**os.environ, "MTBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+    def cli(out: Path, *args: str) -> list[str]:
+        return [sys.executable, "-m", "mtbench.cli", "run", "--method", "maml", "--dataset", "synthetic", "--ways",
+                "5", "--shots", "1", "--queries", "2", "--episodes", "40", "--device", "cpu", "--hp", "meta_batch=2",
+                "--budget", "4", "--out", str(out), *args]
+
+    whole = subprocess.run(cli(tmp_path / "whole", "--no-progress"), capture_output=True, text=True, env=env,
+                           timeout=600, check=False)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out, err = tmp_path / "results", tmp_path / "stderr.txt"
+    with open(err, "w") as f:
+        proc = subprocess.Popen(cli(out, "--checkpoint-every", "60"), stdout=subprocess.DEVNULL, stderr=f, env=env,
+                                cwd=tmp_path)
+    end = time.monotonic() + 300
+    while "evaluating maml:" not in err.read_text():
+        if proc.poll() is not None or time.monotonic() > end:
+            proc.kill()
+            pytest.fail(f"the evaluation did not start (rc {proc.poll()}): {err.read_text()[-2000:]}")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143
+    lines = err.read_text().replace("\r", "\n").strip().splitlines()
+    (fit,) = (out / ".resume").glob("*[0-9a-f].pt")
+    (evaluation,) = (out / ".resume").glob("*.evaluation.pt")
+    assert lines[-2] == (f"mtbench: interrupted by SIGTERM; it had written a fit state at {fit} and an evaluation "
+                         f"state at {evaluation}, nothing else")
+    command = shlex.split(lines[-1].removeprefix("mtbench: resume with: "))
+    assert command[-1] == "--resume" and not list(out.glob("*.json"))
+    done = subprocess.run([sys.executable, "-m", "mtbench.cli", *command[1:], "--no-progress"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (result,) = out.glob("*.json")
+    (reference,) = (tmp_path / "whole").glob("*.json")
+    doc = json.loads(result.read_text())
+    assert doc["accuracy"]["per_episode"] == json.loads(reference.read_text())["accuracy"]["per_episode"]
+    assert any(n.startswith("evaluation resumed at episode ") for n in doc["fit"]["notes"])
+    assert not list((out / ".resume").iterdir())
