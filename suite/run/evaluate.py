@@ -153,20 +153,21 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
         return evaluate_batched(method, episodes, progress, max_values, saver)
     device, ways = episodes.split.device, episodes.spec.ways
     before = _Before(saver, device)
-    per_step_acc: list[torch.Tensor] = []  # one float[steps] per episode, kept on the device
+    per_step_acc: list[torch.Tensor] = []  # one float[1, steps] per episode, kept on the device
     per_step_laps: list[list[Lap]] = []
-    step_numbers: list[int] = []
+    step_numbers: list[int] = list(before.step_numbers)
     finite: list[torch.Tensor] = []
     where: list[str] = []
     laps = Laps(device)
     reset_peak_memory(device)
     start = timer(device)
-    step_numbers += before.step_numbers
+
+    def ms_sums() -> list[float]:  # each step's cumulative ms, summed over the episodes
+        return [sum(column) for column in zip(*(_cumulative_ms(m) for m in per_step_laps))]
 
     def so_far() -> Progress:
         _check_finite(method.name, finite, where)  # what is saved has been checked
-        return before.progress(per_step_acc, [sum(m[s] for m in map(_cumulative_ms, per_step_laps))
-                                              for s in range(len(step_numbers))], step_numbers, timer(device) - start)
+        return before.progress(per_step_acc, ms_sums(), step_numbers, timer(device) - start)
 
     with torch.no_grad(), _deferred(saver):
         for ep in tqdm(itertools.islice(episodes, before.episodes, None), desc=f"evaluating {method.name}",
@@ -193,9 +194,7 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
                 saver.boundary(so_far)
     seconds = timer(device) - start
     _check_finite(method.name, finite, where)
-    per_step_ms = [_cumulative_ms(m) for m in per_step_laps]
-    ms_sums = [sum(m[s] for m in per_step_ms) for s in range(len(step_numbers))]
-    return before.scores(per_step_acc, step_numbers, ms_sums, seconds, len(episodes), None)
+    return before.scores(per_step_acc, step_numbers, ms_sums(), seconds, len(episodes), None)
 
 
 def evaluate_batched(method: Method, episodes: EpisodeSet, progress: bool = True,
