@@ -187,3 +187,51 @@ def test_sigterm_during_the_evaluation_saves_it_and_the_resumed_run_scores_as_an
     assert doc["accuracy"]["per_episode"] == json.loads(reference.read_text())["accuracy"]["per_episode"]
     assert any(n.startswith("evaluation resumed at episode ") for n in doc["fit"]["notes"])
     assert not list((out / ".resume").iterdir())
+
+
+def test_official_saves_its_rows_with_checkpoint_every_and_a_rerun_continues_them(tmp_path, monkeypatch,
+                                                                                  one_thread) -> None:
+    """``mtbench official ... -- --checkpoint-every MINUTES``: a row stopped in its evaluation leaves its fit and
+    its scored episodes in the sweep's storage, and the same command continues the row from them, to the
+    per-episode accuracies of a row never stopped; ``--resume`` after ``--`` is refused (the rerun resumes)."""
+    from click.testing import CliRunner
+
+    from mtbench.cli import main
+
+    monkeypatch.setitem(evaluator.CHUNK_VALUES, "cpu", 1)  # a chunk per episode: boundaries to stop at
+    plan = tmp_path / "plan.toml"
+    plan.write_text('budget = "4"\n[[settings]]\ndataset = "synthetic"\nepisodes = 4\n'
+                    'entries = [{method = "maml", hp = {meta_batch = "2"}}]\n')
+
+    def official(leaderboards: str, *run_options: str):
+        return CliRunner().invoke(main, ["official", "--plan", str(plan), "--leaderboards", str(tmp_path / leaderboards),
+                                         "--engine", "local", "--storage", str(tmp_path / "storage"), "--",
+                                         "--device", "cpu", "--no-progress", *run_options])
+
+    whole = official("whole")
+    assert whole.exit_code == 0, whole.output
+    (reference,) = (tmp_path / "whole").rglob("*.json")
+    refused = official("saved", "--resume")
+    assert refused.exit_code == 2 and "--resume after --: mtbench official runs whole rows" in refused.output
+    original = EvaluationState.save
+
+    def save(self, p: Progress) -> None:
+        original(self, p)
+        if p.episodes >= 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(EvaluationState, "save", save)
+        stopped = official("saved", "--checkpoint-every", "0.00001")
+    assert stopped.exit_code != 0 and not list((tmp_path / "saved").rglob("*.json"))
+    states = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "storage" / "states").rglob("*.pt"))
+    assert states == ["evaluation.pt", "pt"]
+    again = official("saved", "--checkpoint-every", "0.00001")
+    assert again.exit_code == 0, again.output
+    (result,) = (tmp_path / "saved").rglob("*.json")
+    doc = json.loads(result.read_text())
+    assert doc["accuracy"]["per_episode"] == json.loads(reference.read_text())["accuracy"]["per_episode"]
+    notes = doc["fit"]["notes"]
+    assert any(n.startswith("resumed from a saved fit") for n in notes), notes
+    assert any(n.startswith("evaluation resumed at episode 3 of 4") for n in notes), notes
+    assert not list((tmp_path / "storage" / "states").rglob("*.pt"))

@@ -283,6 +283,9 @@ def run_trials(trials: list[Trial], engine: LocalEngine | RayEngine, storage: Pa
                     held.release()
                     finish(i, Outcome(t, "exists", path), f"skip   {t.summary}: result exists ({path.name})")
                     continue
+                if t.spec.checkpoint_every is not None:  # its saved states live in the sweep's storage
+                    t = dataclasses.replace(t, spec=dataclasses.replace(
+                        t.spec, state_dir=str(storage / "states" / t.digest)))
                 running[engine.submit(t)] = (i, t, held)
                 say(f"[{i}/{n}] start  {t.summary} ({engine.name})")
             if not running:

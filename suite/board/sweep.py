@@ -86,7 +86,7 @@ def trial(spec: RunSpec) -> Trial:
     :class:`UserError`."""
     from mtbench.run.stages import resolve
 
-    r = resolve(dataclasses.replace(spec, init=None, save=None))
+    r = resolve(dataclasses.replace(spec, init=None, save=None, checkpoint_every=None, resume=False))
     e = spec.episodes
     protocol = {"kind": "transfer", **e.record(), "seed": e.seed} if isinstance(e, TransferSpec) else \
         {"kind": "episodes", **dataclasses.asdict(e)}

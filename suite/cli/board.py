@@ -35,9 +35,13 @@ def official_run_options(run_cmd: click.Command, argv: tuple[str, ...]) -> tuple
         raise UserError(f"{', '.join(fixed)} after --: the official plan sets the method, dataset, protocol, "
                         f"budget and folder of every row (fit seeds: --fit-seeds before --); give only how to run "
                         f"them, e.g. -- --device cuda --hp name=value --no-progress")
+    if p["resume"] or p["until"] is not None:
+        given = "--resume" if p["resume"] else f"--until {p['until']}"
+        raise UserError(f"{given} after --: mtbench official runs whole rows and continues the saved ones by "
+                        f"itself; give -- --checkpoint-every MINUTES to save them, and run the same command again")
     fields = {"device": p["device"], "data_root": p["data_root"], "download": p["download"],
               "progress": p["progress"], "precision": p["precision"], "compile": p["compile_"],
-              "hparams": tuple(parse_overrides(p["hparams"]).items())}
+              "hparams": tuple(parse_overrides(p["hparams"]).items()), "checkpoint_every": p["checkpoint_every"]}
     return fields, p["malloc_tuning"] and p["device"] != "cuda"
 
 
@@ -61,7 +65,9 @@ def official_cmd(leaderboards: str, dataset: str | None, setting: str | None, dr
     LEADERBOARDS/<dataset>/<setting>/, once per fit seed of --fit-seeds. Resumable: rerun it to continue.
     Options of `mtbench run` after `--` apply to every row, e.g. `-- --device cuda --no-progress`; those that
     say what a row is (method, dataset, protocol, budget, --out) come from the plan. The rows run as the trials
-    of `mtbench sweep`, on its engines (--engine, --cpus-per-trial...)."""
+    of `mtbench sweep`, on its engines (--engine, --cpus-per-trial...). With `-- --checkpoint-every MINUTES` each
+    row's fit and evaluation are saved under --storage as they go, and the same command continues a row that
+    was stopped from where it was saved."""
     from mtbench.board.official import load_plan, missing_line, missing_runs, run_missing
     from mtbench.board.sweep import plan_trials, row_cost, whole_numbers
 

@@ -141,15 +141,17 @@ def plan(spec: Any, ident: dict[str, Any]) -> Plan | None:
     A commit of the checkout that left the method's file as it was (an unrelated change) does not stop a
     resume: the result's ``fit.notes`` name both commits."""
     every, resume = getattr(spec, "checkpoint_every", None), getattr(spec, "resume", False)
-    until = getattr(spec, "until", None)
+    until, state_dir = getattr(spec, "until", None), getattr(spec, "state_dir", None)
     if every is None and not resume and (until is None or spec.out is None):
         return None  # (a run that writes nothing, mtbench reproduce's, keeps no state of a partial fit either)
     if every is not None and not (isinstance(every, (int, float)) and 0 < every < float("inf")):
         raise UserError(f"--checkpoint-every must be a number of minutes > 0, got {every}; e.g. --checkpoint-every 30")
-    if spec.out is None:
+    if (state_dir or spec.out) is None:
         raise UserError("--checkpoint-every, --resume and --until keep the fit's state under --out; give --out a folder")
-    path = state_path(spec.out, ident)
+    path = state_path(state_dir or spec.out, ident)
     evaluated = path.with_name(f"{path.stem}.evaluation.pt")
+    # a state folder of its own (a trial of mtbench official's) is continued from whenever it holds this run's state
+    resume = resume or (state_dir is not None and (path.exists() or evaluated.exists()))
     saved = None
     if resume and not path.exists() and evaluated.exists():
         pass  # a fit with nothing to save (no iterations, e.g. scratch's): its evaluation alone was saved

@@ -46,6 +46,9 @@ class RunSpec:
         checkpoint_every: ``--checkpoint-every``: save the fit's state under ``out`` every this many minutes
             (and on Ctrl-C / SIGTERM during the fit), ``None`` for never; see :mod:`mtbench.run.resume`.
         resume: ``--resume``: continue the fit from the state saved by the same run.
+        state_dir: where ``checkpoint_every`` keeps the run's states instead of ``out`` (``<state_dir>/.resume/``),
+            and continues them from whenever they are there: a trial of ``mtbench official`` (its folder in the
+            sweep's storage, as its result is written by the sweep, not the run).
         until: ``--until``: stop the fit after this many iterations of its budget (schedules unchanged), evaluate
             it as a partial fit (``fit.iterations`` < ``budget.iterations``: a row of its own, never averaged with
             whole fits) and keep its state under ``out`` for ``--resume``; ``None`` runs the whole budget.
@@ -73,6 +76,7 @@ class RunSpec:
     checkpoint_every: float | None = None
     resume: bool = False
     until: int | None = None
+    state_dir: str | None = None
 
 
 #: the few-shot tasks a method is fitted with on a source domain other than the evaluation's
