@@ -72,8 +72,11 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, one_thread):
     # each evaluated method against its work-bound time: FLOPs counted, a best rate measured, a ratio printed
     for name in ("maml", "scratch"):
         config = rows[(name, "evaluate")]["config"]
-        assert config["flops_per_episode"] > 0 and config["work_bound_ms"] > 0
+        assert config["flops_per_episode"] > config["backward_flops_per_episode"] > 0 and config["work_bound_ms"] > 0
         assert config["best_rate"]["batch"] in (16, 64, 256)
+        # the training pass's convolution backward is about twice its forward (not the first layer's input grad)
+        assert 0.5 < config["best_rate"]["forward+backward"]["backward_share"] < 2 / 3
+        assert {config["best_rate"][k]["batch"] for k in ("forward", "forward+backward")} <= {16, 64, 256}
         assert f"{name} evaluation / its work-bound time" in table
     # scratch trains a network per episode (forward and backward, 100 steps): more work than MAML's 3 steps
     assert rows[("scratch", "evaluate")]["config"]["flops_per_episode"] > \
@@ -248,3 +251,15 @@ def test_stepped_context_refuses_a_fit_with_a_stage_of_its_own():
     ctx.start(fit)
     with pytest.raises(ValueError, match="one-stage fits"):
         ctx.advance()
+
+
+def test_the_work_bound_times_training_passes_at_their_rate_and_the_rest_at_the_forward_rate() -> None:
+    """300 FLOPs of which 100 are convolution backward, in a backbone whose training pass is 2/3 backward: 150 of
+    training passes at 50 FLOP/s (3 s) and 150 of forward passes at 100 (1.5 s)."""
+    from mtbench.bench.evaluation import work_bound_seconds
+
+    rate = {"flops_per_s": 100.0, "forward": {"flops_per_s": 100.0},
+            "forward+backward": {"flops_per_s": 50.0, "backward_share": 2 / 3}}
+    assert work_bound_seconds(300.0, 100.0, rate) == pytest.approx(4.5)
+    assert work_bound_seconds(300.0, 0.0, rate) == pytest.approx(3.0)  # no training pass: all forward
+    assert work_bound_seconds(300.0, 250.0, rate) == pytest.approx(6.0)  # never more training than there is work

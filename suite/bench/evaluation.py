@@ -5,10 +5,14 @@ MAML against a learn2learn-style per-episode loop (:mod:`mtbench.bench.peer`).
 ``torch.utils.flop_counter.FlopCounterMode`` on a few episodes (forward passes, and backward passes for the
 methods that adapt by gradient steps, at every scored step; the count is the same on the batched and the
 per-episode paths). The same Conv4 backbone is timed on that device at several batch sizes, forward alone
-and forward + backward, and its best rate (FLOP/s) is the fastest the hardware runs this network. The
-work-bound time of an evaluation is its FLOPs over that best rate: what it would take if every pass ran
-at the backbone's best batch size. A method's evaluation time over it (``evaluation_over_work_bound``)
-says how far the evaluator is from the work it must do.
+(no autograd) and forward + backward (a training pass), and each kind's best rate (FLOP/s) is the fastest the
+hardware runs that pass of this network. The work-bound time of an evaluation is what its passes would take,
+each kind at its own best batch size: its training passes' FLOPs (its convolution-backward FLOPs, over the
+share they have of the backbone's own training pass) at the training pass's best rate, the rest at the forward
+pass's. A method's evaluation time over it (``evaluation_over_work_bound``) says how far the evaluator is from
+the work it must do. Files before 2026-12-03 timed every FLOP at the faster of the two rates (the forward
+pass's, on the CPU), which made the methods that adapt by gradient steps look further from their work than
+they were; ``evaluation_over_one_rate_bound`` keeps that ratio beside the new one.
 
 The methods are evaluated untrained (their weights as built from a fixed seed): the work, not the
 accuracy, is measured.
@@ -40,16 +44,26 @@ MAML_EVAL_STEPS, MAML_INNER_LR = 3, 0.4
 
 def flops(fn: Any) -> int:
     """Floating-point operations ``fn()`` runs (multiply-adds count 2), by ``FlopCounterMode``."""
+    return flops_and_backward(fn)[0]
+
+
+def flops_and_backward(fn: Any) -> tuple[int, int]:
+    """:func:`flops` of ``fn()``, and those of its convolution backward passes (which only training passes run)."""
     with FlopCounterMode(display=False) as counter:
         fn()
-    return int(counter.get_total_flops())
+    per_op = counter.get_flop_counts().get("Global", {})
+    backward = sum(int(n) for op, n in per_op.items() if "convolution_backward" in str(op))
+    return int(counter.get_total_flops()), backward
 
 
 def best_rate(image_shape: tuple[int, ...], device: torch.device, repeats: int = 3) -> dict[str, Any]:
-    """The Conv4 backbone's fastest FLOP rate on ``device``, over the batch sizes of :data:`RATE_BATCHES`,
-    forward alone (no autograd) and forward + backward: ``{"flops_per_s", "batch", "pass"}``."""
+    """The Conv4 backbone's fastest FLOP rate on ``device``, over the batch sizes of :data:`RATE_BATCHES`:
+    ``{"flops_per_s", "batch", "pass"}`` of the faster kind, and under ``"forward"`` and ``"forward+backward"``
+    each kind's own (``flops_per_s``, ``batch``; the training pass also its ``backward_share``: its
+    convolution-backward FLOPs over all of its FLOPs)."""
     net = build_backbone(BACKBONE, tuple(image_shape), torch.Generator().manual_seed(0)).to(device)
     best: dict[str, Any] = {"flops_per_s": 0.0, "batch": None, "pass": None}
+    kinds: dict[str, dict[str, Any]] = {}
     g = torch.Generator().manual_seed(1)
     for batch in RATE_BATCHES.get(device.type, RATE_BATCHES["cpu"]):
         x = torch.randn((batch, *image_shape), generator=g).to(device)
@@ -62,7 +76,7 @@ def best_rate(image_shape: tuple[int, ...], device: torch.device, repeats: int =
                 else:
                     net.train()
                     net(x).square().mean().backward()
-            work = flops(once)
+            work, backward = flops_and_backward(once)
             once()  # warm-up
             seconds = []
             for _ in range(repeats):
@@ -73,7 +87,18 @@ def best_rate(image_shape: tuple[int, ...], device: torch.device, repeats: int =
             rate = work / min(seconds)
             if rate > best["flops_per_s"]:
                 best = {"flops_per_s": rate, "batch": batch, "pass": kind}
-    return best
+            if rate > kinds.get(kind, {}).get("flops_per_s", 0.0):
+                kinds[kind] = {"flops_per_s": rate, "batch": batch, "backward_share": backward / work}
+    return {**best, **kinds}
+
+
+def work_bound_seconds(total: float, backward: float, rate: dict[str, Any]) -> float:
+    """The seconds of ``total`` FLOPs, of which ``backward`` are convolution backward passes, each pass at its
+    kind's best rate (:func:`best_rate`): the training passes' FLOPs (``backward`` over the backbone's training
+    pass's ``backward_share``) at the training pass's rate, the rest at the forward pass's."""
+    train = rate["forward+backward"]
+    training = min(total, backward / train["backward_share"]) if backward else 0.0
+    return (total - training) / rate["forward"]["flops_per_s"] + training / train["flops_per_s"]
 
 
 def untrained(name: str, data: BenchData, ways: int, overrides: dict[str, str] | None = None) -> Any:
@@ -92,14 +117,18 @@ def method_evaluate(data: BenchData, name: str, rate: dict[str, Any], spec: Epis
     method = untrained(name, data, spec.ways)
     episodes = EpisodeSet(data.test, spec)
     sample = EpisodeSet(data.test, EpisodeSpec(spec.ways, spec.shots, spec.queries, 2, seed=spec.seed))
-    per_episode = flops(lambda: evaluate(method, sample, progress=False, last_only=last_only)) / 2
-    work_bound = per_episode * spec.episodes / rate["flops_per_s"] if rate["flops_per_s"] else 0.0
+    total, backward = flops_and_backward(lambda: evaluate(method, sample, progress=False, last_only=last_only))
+    per_episode, backward_per_episode = total / 2, backward / 2
+    work_bound = work_bound_seconds(per_episode, backward_per_episode, rate) * spec.episodes
+    one_rate = per_episode * spec.episodes / rate["flops_per_s"]
     measurement = "evaluate (last step)" if last_only else "evaluate"
     return _warm(Workload(name, measurement,
                           lambda: evaluate(method, episodes, progress=False, last_only=last_only), spec.episodes,
                           spec.episodes * spec.ways * spec.per_class, data.test.device,
                           config={"episodes": spec.episodes, "flops_per_episode": per_episode,
-                                  "work_bound_ms": work_bound * 1000.0, "best_rate": rate,
+                                  "backward_flops_per_episode": backward_per_episode,
+                                  "work_bound_ms": work_bound * 1000.0, "one_rate_bound_ms": one_rate * 1000.0,
+                                  "best_rate": rate,
                                   "hparams": dataclasses.asdict(method.hparams)}))
 
 
@@ -144,6 +173,10 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if bound:
         out["evaluation_over_work_bound"] = bound
         out["work_bound_target"] = WORK_BOUND_TARGET
+    one_rate = {r["method"]: r["ms_per_step"] / r["config"]["one_rate_bound_ms"] for r in rows
+                if r["measurement"] == "evaluate" and r.get("config", {}).get("one_rate_bound_ms")}
+    if one_rate:  # the definition of the files before 2026-12-03: every FLOP at the faster pass's rate
+        out["evaluation_over_one_rate_bound"] = one_rate
     by = {(r["method"], r["measurement"], r["meta_batch"]): r for r in rows}
     ours, theirs = by.get(("maml", "evaluate (last step)", None)), by.get(("maml-peer", "evaluate (last step)", None))
     if ours and theirs and theirs["ms_per_step"] > 0:
