@@ -119,7 +119,7 @@ def test_a_head_on_frozen_features_takes_many_episodes_a_chunk_and_scores_them_a
 
 
 def test_in_passes_splits_a_batch_and_gives_the_whole_batchs_output() -> None:
-    from mtbench.core.runtime import PASS_VALUES, in_passes
+    from mtbench.core.runtime import PASS_IMAGES, PASS_VALUES, in_passes
 
     calls = []
     layer = torch.nn.Linear(28 * 28, 3).double()
@@ -130,9 +130,12 @@ def test_in_passes_splits_a_batch_and_gives_the_whole_batchs_output() -> None:
 
     x = torch.randn(300, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     whole = layer(x.flatten(1))
-    assert PASS_VALUES["cpu"] == 128 * 28 * 28
+    assert PASS_VALUES["cpu"] == 128 * 28 * 28 and PASS_IMAGES["cpu"] == 64
     torch.testing.assert_close(in_passes(module, x), whole, rtol=0, atol=1e-12)
-    assert calls == [128, 128, 44]
+    assert calls == [64, 64, 64, 64, 44]  # at most 64 images a pass
     calls.clear()
-    in_passes(module, x[:100])
-    assert calls == [100]  # what fits in one pass is one call
+    in_passes(module, x[:64])
+    assert calls == [64]  # what fits in one pass is one call
+    calls.clear()
+    in_passes(lambda t: calls.append(len(t)) or t[:, :3].flatten(1), torch.zeros(10, 3, 84, 84))
+    assert calls == [4, 4, 2]  # 84x84 images: 4 a pass by the values bound

@@ -29,13 +29,22 @@ PRECISIONS = ("fp32", "bf16")
 #: On the CPU Conv4 ran twice as slow per image from ~160 Omniglot images a batch as from 80 (its activations
 #: outgrow the cache), so a pass there is 128.
 PASS_VALUES = {"cpu": 128 * 28 * 28, "cuda": 16384 * 28 * 28}
+#: and on the CPU at most this many images a pass: on an AMD EPYC (one thread, 2026-12-03) the step came between
+#: 64 and 96 Omniglot images (768 in passes of 16 to 64: 207-234 ms, of 96 to 256: 368-445 ms; the same features
+#: bit for bit at every pass size but 1), and fine-tune's evaluation of 32 Omniglot episodes took 0.8-0.95 s in
+#: passes of 64 against 1.6-1.9 s of 128 (5w5s: 1.1-1.3 against 2.2-2.5 s), the same accuracies; 84x84 images
+#: (4 a pass by the values) ran alike 2, 4 or 8 to a pass
+PASS_IMAGES = {"cpu": 64}
 
 
 def in_passes(module: Any, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` computed over ``x``'s first axis in passes of at most :data:`PASS_VALUES` input values (at
-    least one image each), concatenated: one call where ``x`` fits in one pass."""
+    """``module(x)`` computed over ``x``'s first axis in passes of at most :data:`PASS_VALUES` input values and
+    :data:`PASS_IMAGES` images (at least one image each), concatenated: one call where ``x`` fits in one pass. (The
+    passes are full but the last, as before the image bound, so the leaderboard's fine-tune rows keep their
+    numbers: Conv4's features are the same bit for bit at every batch size but 1.)"""
     per_image = max(1, x[0].numel()) if len(x) else 1
     size = max(1, PASS_VALUES.get(x.device.type, PASS_VALUES["cpu"]) // per_image)
+    size = min(size, PASS_IMAGES.get(x.device.type, size))
     if len(x) <= size:
         return module(x)
     return torch.cat([module(part) for part in x.split(size)])
