@@ -88,7 +88,9 @@ def best_rate(image_shape: tuple[int, ...], device: torch.device, repeats: int =
             if rate > best["flops_per_s"]:
                 best = {"flops_per_s": rate, "batch": batch, "pass": kind}
             if rate > kinds.get(kind, {}).get("flops_per_s", 0.0):
-                kinds[kind] = {"flops_per_s": rate, "batch": batch, "backward_share": backward / work}
+                kinds[kind] = {"flops_per_s": rate, "batch": batch}
+                if kind == "forward+backward":
+                    kinds[kind]["backward_share"] = backward / work
     return {**best, **kinds}
 
 

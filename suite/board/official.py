@@ -21,7 +21,7 @@ import functools
 import shlex
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -202,26 +202,22 @@ def load_plan(path: str | Path | None = None) -> Plan:
 
 
 # -- present and missing rows ----------------------------------------------------------------------
-def present(where: Path, budget: str, fit_seed: int | None = None) -> dict[str, Path]:
-    """The labels of the valid results (as the boards screen them: :func:`mtbench.results.integrity.file_problems`)
-    at ``budget`` in the folder ``where`` that start from no checkpoint, each with its newest file; only those of
-    ``fit_seed`` when given."""
-    from mtbench.board.labels import label
+def _plan_results(where: Path, budget: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The valid results (as the boards screen them: :func:`mtbench.results.integrity.file_problems`) at
+    ``budget`` in the folder ``where`` that start from no checkpoint, with their documents, in file-name order."""
     from mtbench.results.integrity import file_problems
 
-    found: dict[str, Path] = {}
     for path in sorted(where.glob("*.json")):
         doc, problems = file_problems(path)  # what the boards leave out does not count
-        if doc is None or problems:
-            continue
-        if doc["budget"]["name"] == budget and doc["init"] is None and fit_seed in (None, doc["fit"]["seed"]):
-            found[label(doc)] = path
-    return found
+        if doc is not None and not problems and doc["budget"]["name"] == budget and doc["init"] is None:
+            yield path, doc
 
 
-def without_version(method: dict[str, Any]) -> dict[str, Any]:
-    """A result's ``method`` record without its version, which :func:`~mtbench.board.labels.label` then leaves out."""
-    return {k: v for k, v in method.items() if k != "version"}
+def present(where: Path, budget: str, fit_seed: int | None = None) -> dict[str, Path]:
+    """The labels of :func:`_plan_results`, each with its newest file; only those of ``fit_seed`` when given."""
+    from mtbench.board.labels import label
+
+    return {label(doc): path for path, doc in _plan_results(where, budget) if fit_seed in (None, doc["fit"]["seed"])}
 
 
 def first_results(where: Path, budget: str) -> dict[str, Path]:
@@ -229,14 +225,11 @@ def first_results(where: Path, budget: str) -> dict[str, Path]:
     method (a result of older code, labelled ``maml v1``, counts as ``maml``'s): what the row cost when it was first
     run (the cost of the plan before and after a change, on the report's index)."""
     from mtbench.board.labels import label
-    from mtbench.results.integrity import file_problems
 
     found: dict[str, tuple[str, Path]] = {}
-    for path in sorted(where.glob("*.json")):
-        doc, problems = file_problems(path)
-        if doc is None or problems or doc["budget"]["name"] != budget or doc["init"] is not None:
-            continue
-        stamp, name = doc["provenance"]["timestamp"], label({**doc, "method": without_version(doc["method"])})
+    for path, doc in _plan_results(where, budget):
+        unversioned = {k: v for k, v in doc["method"].items() if k != "version"}  # label() then names no version
+        stamp, name = doc["provenance"]["timestamp"], label({**doc, "method": unversioned})
         if name not in found or stamp < found[name][0]:
             found[name] = (stamp, path)
     return {name: path for name, (_, path) in found.items()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import contextlib
-import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -170,7 +169,7 @@ def evaluate(method: Method, episodes: EpisodeSet, progress: bool = True, batche
         return before.progress(per_step_acc, ms_sums(), step_numbers, timer(device) - start)
 
     with torch.no_grad(), _deferred(saver):
-        for ep in tqdm(itertools.islice(episodes, before.episodes, None), desc=f"evaluating {method.name}",
+        for ep in tqdm((episodes[i] for i in range(before.episodes, len(episodes))), desc=f"evaluating {method.name}",
                        unit="episode", disable=not progress, mininterval=1.0, dynamic_ncols=True,
                        initial=before.episodes, total=len(episodes)):
             accs, ms = [], []

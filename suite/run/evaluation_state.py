@@ -14,20 +14,17 @@ adaptation times add the saved part's, and ``fit.notes`` says that the evaluatio
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from mtbench.core.atomic import atomic_write
 from mtbench.core.errors import UserError
-from mtbench.run.resume import UNREADABLE, Plan, differences, evaluation_path
+from mtbench.run.resume import UNREADABLE, Plan, Signals, differences, evaluation_path
 
 FORMAT, VERSION = "mtbench evaluation state", 1
 
@@ -57,7 +54,7 @@ class EvaluationState:
         self.identity = {**plan.identity, "episodes_sha": episodes_sha, "episodes": episodes}
         self.saves, self.saving_seconds = 0, 0.0
         self.last_save = time.monotonic()
-        self.pending: tuple[int, Any, Any] | None = None
+        self.signals = Signals()
         self.resumed = self._read() if plan.resume and self.path.exists() else None
 
     def _read(self) -> Progress:
@@ -79,12 +76,9 @@ class EvaluationState:
         """After an episode or a chunk: save ``progress()`` when ``--checkpoint-every``'s period has passed or a
         signal is waiting, then let a waiting signal's own handler run."""
         due = self.every_s is not None and time.monotonic() - self.last_save >= self.every_s
-        if due or self.pending is not None:
+        if due or self.signals.pending is not None:
             self.save(progress())
-        if self.pending is not None:
-            signum, frame, handler = self.pending
-            self.pending = None
-            handler(signum, frame)
+        self.signals.fire()
 
     def save(self, p: Progress) -> None:
         began = time.monotonic()
@@ -106,34 +100,10 @@ class EvaluationState:
             out.append(f"evaluation state saved {self.saves} times ({self.saving_seconds:.1f} s)")
         return out
 
-    @contextlib.contextmanager
-    def deferred_signals(self) -> Iterator[None]:
+    def deferred_signals(self) -> contextlib.AbstractContextManager[None]:
         """Ctrl-C or SIGTERM during the evaluation waits for the episode or chunk in progress to end, where the
         state is saved and the signal's own handler runs; a second signal runs it at once. Main thread only."""
-        if self.every_s is None or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def defer(signum: int, frame: Any) -> None:
-            if self.pending is None:
-                self.pending = (signum, frame, before[signum])
-                return
-            self.pending = None
-            before[signum](signum, frame)
-
-        installed = [s for s, h in before.items() if callable(h)]
-        for s in installed:
-            signal.signal(s, defer)
-        try:
-            yield
-        finally:
-            for s in installed:
-                signal.signal(s, before[s])
-        if self.pending is not None:  # arrived after the last chunk: the evaluation is whole, honour it now
-            signum, frame, handler = self.pending
-            self.pending = None
-            handler(signum, frame)
+        return self.signals.deferring(self.every_s is not None, lambda: True)
 
 
 __all__ = ["EvaluationState", "Progress"]

@@ -51,6 +51,8 @@ UNREADABLE = (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, 
               pickle.UnpicklingError, zipfile.BadZipFile)
 #: the folder under ``--out`` that holds the saved fits
 FOLDER = ".resume"
+#: a saved evaluation's file: the fit state's name with this in place of ``.pt``
+EVALUATION_SUFFIX = ".evaluation.pt"
 
 
 def identity(spec: Any, method_cls: type[Method], hparams: Any, dataset_cls: type, source_cls: type,
@@ -149,7 +151,7 @@ def plan(spec: Any, ident: dict[str, Any]) -> Plan | None:
     if (state_dir or spec.out) is None:
         raise UserError("--checkpoint-every, --resume and --until keep the fit's state under --out; give --out a folder")
     path = state_path(state_dir or spec.out, ident)
-    evaluated = path.with_name(f"{path.stem}.evaluation.pt")
+    evaluated = _evaluation_file(path)
     # a state folder of its own (a trial of mtbench official's) is continued from whenever it holds this run's state
     resume = resume or (state_dir is not None and (path.exists() or evaluated.exists()))
     saved = None
@@ -174,7 +176,7 @@ def _missing(path: Path, ident: dict[str, Any]) -> str:
     """The error of ``--resume`` without a saved fit of this run, naming how the nearest one in the folder differs."""
     nearest: tuple[int, Path, list[str]] | None = None
     for other in sorted(path.parent.glob("*.pt")) if path.parent.is_dir() else []:
-        if other.name.endswith(".evaluation.pt"):  # a saved evaluation, not a fit
+        if other.name.endswith(EVALUATION_SUFFIX):  # a saved evaluation, not a fit
             continue
         try:
             diff = differences(read_state(other)["identity"], ident)
@@ -221,7 +223,7 @@ class FitState:
         self.last_save = time.monotonic()
         self.totals: dict[int, int] = {}
         self.restored = p.saved is None
-        self.pending: tuple[int, Any, Any] | None = None  # a signal waiting for the iteration's end
+        self.signals = Signals()  # a signal waiting for the iteration's end
         ctx.hook = self
 
     def start(self, ctx: FitContext, stage: int, total: int) -> int:
@@ -244,12 +246,9 @@ class FitState:
         due = ((self.plan.every_s is not None
                 and (iteration == self.totals[stage] or time.monotonic() - self.last_save >= self.plan.every_s))
                or iteration == ctx.until)  # a fit stopped by --until keeps its state, for --resume to continue
-        if due or self.pending is not None:
+        if due or self.signals.pending is not None:
             self.save(stage, iteration)
-        if self.pending is not None:
-            signum, frame, handler = self.pending
-            self.pending = None
-            handler(signum, frame)
+        self.signals.fire()
 
     def fit_seconds(self) -> float:
         """The fit's seconds: before the resume, plus this process's, less the time spent saving."""
@@ -308,22 +307,43 @@ class FitState:
         if self.saves:
             self.ctx.note(f"fit state saved {self.saves} times ({self.saving_seconds:.1f} s, not in fit.seconds)")
 
-    @contextlib.contextmanager
-    def deferred_signals(self) -> Iterator[None]:
+    def deferred_signals(self) -> contextlib.AbstractContextManager[None]:
         """Ctrl-C or SIGTERM inside an iteration of the fit waits for the iteration's end, where the state is saved
         and the signal's own handler runs; outside one, or a second signal, runs it at once. Main thread only."""
-        if self.plan.every_s is None or threading.current_thread() is not threading.main_thread():
+        return self.signals.deferring(self.plan.every_s is not None, lambda: self.ctx.in_loop)
+
+
+class Signals:
+    """Ctrl-C and SIGTERM held back while a unit of work (a fit's iteration, an evaluation's episode or chunk)
+    runs, so that a saved state can be written at its end: :meth:`deferring` installs the handler,
+    :attr:`pending` says a signal waits, :meth:`fire` then runs that signal's own handler."""
+
+    def __init__(self) -> None:
+        self.pending: tuple[int, Any, Any] | None = None
+
+    def fire(self) -> None:
+        """Run the waiting signal's own handler, if one waits."""
+        if self.pending is not None:
+            signum, frame, handler = self.pending
+            self.pending = None
+            handler(signum, frame)
+
+    @contextlib.contextmanager
+    def deferring(self, enabled: bool, inside: Callable[[], bool]) -> Iterator[None]:
+        """While ``enabled`` and in the main thread: a first signal that comes while ``inside()`` waits (for
+        :meth:`fire` at the unit's end); outside a unit, or a second signal, runs its handler at once. One still
+        waiting when the block ends (it came in the last unit) runs then."""
+        if not enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
         before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
         def defer(signum: int, frame: Any) -> None:
-            handler = before[signum]
-            if self.ctx.in_loop and self.pending is None:
-                self.pending = (signum, frame, handler)
+            if inside() and self.pending is None:
+                self.pending = (signum, frame, before[signum])
                 return
             self.pending = None
-            handler(signum, frame)
+            before[signum](signum, frame)
 
         installed = [s for s, h in before.items() if callable(h)]
         for s in installed:
@@ -333,15 +353,16 @@ class FitState:
         finally:
             for s in installed:
                 signal.signal(s, before[s])
-        if self.pending is not None:  # arrived in the last iteration of a loop the fit then left: honour it now
-            signum, frame, handler = self.pending
-            self.pending = None
-            handler(signum, frame)
+        self.fire()
 
 
 def evaluation_path(p: Plan) -> Path:
     """``<out>/.resume/<run>.evaluation.pt``: where the run's evaluation is saved (:mod:`mtbench.run.evaluation_state`)."""
-    return p.path.with_name(f"{p.path.stem}.evaluation.pt")  # (named so in plan() too)
+    return _evaluation_file(p.path)
+
+
+def _evaluation_file(fit_state: Path) -> Path:
+    return fit_state.with_name(fit_state.stem + EVALUATION_SUFFIX)
 
 
 def discard(p: Plan | None) -> None:
