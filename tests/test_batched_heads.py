@@ -100,14 +100,16 @@ def test_the_evaluator_scores_chunks_as_it_scores_episodes(case, one_thread, mon
     assert len(alone["accuracy"]["by_step"]) == (4 if case.startswith("finetune") else 1)
 
 
-@pytest.mark.parametrize("head", ["linear", "cosine"])
-def test_a_head_on_frozen_features_takes_many_episodes_a_chunk_and_scores_them_alike(head, one_thread) -> None:
-    """On the CPU one forward pass holds one episode of these images; a fine-tuned head (``chunk_episodes``) takes
-    32 a chunk, embeds them in passes, and still gives every episode its per-episode accuracy at every step (float32)."""
+@pytest.mark.parametrize("case", ["finetune linear", "finetune cosine", "feature-extract logreg",
+                                  "feature-extract centroid"])
+def test_a_head_on_frozen_features_takes_many_episodes_a_chunk_and_scores_them_alike(case, one_thread) -> None:
+    """On the CPU one forward pass holds one episode of these images; a head fitted on frozen features
+    (``chunk_episodes``: fine-tune's heads, feature-extract's and so DANN's probe) takes 32 a chunk, embeds them
+    in passes, and still gives every episode its per-episode accuracy at every step (float32)."""
     from mtbench.run.evaluate import evaluate
 
     test = DATASETS.get("synthetic")(progress=False).load("test")
-    method = build("finetune", {**FINETUNE, "head": head}, test.image_shape)
+    method = build(*CASES[case], test.image_shape)
     episodes = EpisodeSet(test, EpisodeSpec(5, 1, 15, 40, seed=2))
     assert method.chunk_episodes == 32
     assert build("finetune", {**FINETUNE, "finetune_backbone": "true"}, test.image_shape).chunk_episodes is None
