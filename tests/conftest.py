@@ -1,4 +1,5 @@
-"""Shared fixtures: one torch thread for tiny runs, a local HTTP server for download tests.
+"""Shared fixtures: one torch thread for tiny runs, a local HTTP server for download tests, the official
+dataset counts scaled down to the generated copies of tests/data_copies.py.
 
 Also the xdist set-up (pyproject's addopts run ``-n auto --dist loadfile``): one torch thread per worker,
 the slow files scheduled first, and no workers for ``--benchmark-only`` (pytest-benchmark turns itself off
@@ -102,3 +103,16 @@ def server(tmp_path):
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def fake_official(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The official counts scaled down to the generated copies (so that those pass as complete)."""
+    # imported here, not at the top: every session loads this file, and data_copies imports the whole CLI
+    from data_copies import FAKE_OMNIGLOT_COUNTS, FAKE_SUBTYPES, FAKE_XRAY_COUNTS
+    from mtbench.data import omniglot as om
+    from mtbench.data import xray as xr
+
+    monkeypatch.setattr(om, "OFFICIAL_COUNTS", FAKE_OMNIGLOT_COUNTS)
+    monkeypatch.setattr(xr, "OFFICIAL_COUNTS", FAKE_XRAY_COUNTS)
+    monkeypatch.setattr(xr, "OFFICIAL_SUBTYPES", FAKE_SUBTYPES)
