@@ -235,3 +235,19 @@ def test_reads_what_mtbench_bench_writes(tmp_path, one_thread):
     md = (out / "throughput.md").read_text()
     assert md_text(doc["machine"]["device_name"]) in md and "maml-vmap" in md and "evaluator / forward" in md
     assert (out / "figures" / f"throughput-maml-{slugs([doc['machine']['device_name']])[doc['machine']['device_name']]}.svg").is_file()
+
+
+def test_each_evaluation_ratio_comes_from_the_newest_file_that_measured_it(tmp_path):
+    """A bench run of some methods' evaluation leaves the others' ratios to the older file that measured them."""
+    lb = tmp_path / "lb"
+    older, newer = bench_doc(CPU, "2026-01-01T00:00:00+00:00"), bench_doc(CPU, "2026-01-02T00:00:00+00:00")
+    older["ratios"]["evaluation_over_work_bound"] = {"maml": 1.25, "dann": 1.61}
+    newer["ratios"]["evaluation_over_work_bound"] = {"dann": 1.36}
+    put(lb, "cpu-a_20260101T000000Z.json", older)
+    put(lb, "cpu-b_20260102T000000Z.json", newer)
+    report(lb, tmp_path / "reports")
+    md = (tmp_path / "reports" / "throughput.md").read_text()
+    assert re.search(r"\| maml evaluation / its work-bound time \| 1\.25x \|.*\| cpu-a\\_20260101T000000Z\.json \|", md)
+    assert re.search(r"\| dann evaluation / its work-bound time \| 1\.36x \|.*\| cpu-b\\_20260102T000000Z\.json \|", md)
+    assert "1.61x" not in md
+    assert re.search(r"\| cpu-a\\_20260101T000000Z\.json \| .* \| its evaluation ratios of maml \|", md)

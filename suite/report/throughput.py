@@ -30,10 +30,14 @@ def _bench_runs(leaderboards: Path) -> list[Run]:
     return [(p, benchcmd.read(p)) for p in sorted(throughput_folder(leaderboards).glob("*.json"))]
 
 
+def _by_time(runs: list[Run]) -> list[Run]:
+    return sorted(runs, key=lambda r: (r[1]["provenance"]["timestamp"], r[0].name))
+
+
 def _latest(runs: list[Run]) -> dict[str, Run]:
     """The latest run (by provenance timestamp, then file name) on each device, by device name, sorted."""
     latest: dict[str, Run] = {}
-    for path, doc in sorted(runs, key=lambda r: (r[1]["provenance"]["timestamp"], r[0].name)):
+    for path, doc in _by_time(runs):
         latest[doc["machine"]["device_name"]] = (path, doc)
     return dict(sorted(latest.items()))
 
@@ -101,35 +105,51 @@ def _protonet(latest: dict[str, Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _evaluation(latest: dict[str, Run]) -> pd.DataFrame:
-    """Each evaluated method's time over its work-bound time, and MAML against the learn2learn-style loop."""
-    rows = []
-    for device, (_, doc) in latest.items():
-        ratio = doc["ratios"]
+def _evaluation_rows(runs: list[Run]) -> dict[tuple[str, str], tuple[Path, dict[str, str]]]:
+    """Each evaluation ratio on each device from the newest file that measured it, by (device, what): a run of
+    ``mtbench bench --evaluation`` for some methods leaves the others' ratios to the files that measured them."""
+    newest: dict[tuple[str, str], tuple[Path, dict[str, str]]] = {}
+    for path, doc in _by_time(runs):
+        device, ratio = doc["machine"]["device_name"], doc["ratios"]
         one_rate = ratio.get("evaluation_over_one_rate_bound", {})
+        rows = []
         for name, x in ratio.get("evaluation_over_work_bound", {}).items():
             # files before 2026-12-03 timed every FLOP at the faster pass's rate: their ratio is that one's
-            rows.append({"device": device, "what": f"{name} evaluation / its work-bound time", "ratio": f"{x:.2f}x",
+            rows.append({"what": f"{name} evaluation / its work-bound time", "ratio": f"{x:.2f}x",
                          "every FLOP at the forward pass's rate": (f"{one_rate[name]:.2f}x" if name in one_rate
                                                                    else "(the ratio beside)"),
                          "target": f"≤ {ratio.get('work_bound_target', '-')}x"})
         if "maml_eval_last_over_peer" in ratio:
-            rows.append({"device": device, "what": "MAML evaluation, last step scored / learn2learn-style loop (time)",
+            rows.append({"what": "MAML evaluation, last step scored / learn2learn-style loop (time)",
                          "ratio": f"{ratio['maml_eval_last_over_peer']:.2f}x", "target": "≤ 1x"})
         for batch, x in ratio.get("maml_train_over_peer", {}).items():
-            rows.append({"device": device, "what": f"MAML training as run does it / learn2learn-style loop (tasks/s, "
-                                                   f"meta-batch {batch})", "ratio": f"{x:.2f}x", "target": "≥ 1x"})
-    return pd.DataFrame(rows)
+            rows.append({"what": f"MAML training as run does it / learn2learn-style loop (tasks/s, meta-batch {batch})",
+                         "ratio": f"{x:.2f}x", "target": "≥ 1x"})
+        for row in rows:
+            newest[(device, row["what"])] = (path, {"device": device, **row, "episodes": str(doc["config"]["episodes"]),
+                                                    "file": path.name})
+    return dict(sorted(newest.items()))
+
+
+def _evaluation(runs: list[Run]) -> pd.DataFrame:
+    """Each evaluated method's time over its work-bound time, and MAML against the learn2learn-style loop."""
+    columns = ["device", "what", "ratio", "every FLOP at the forward pass's rate", "target", "episodes", "file"]
+    rows = [row for _, row in _evaluation_rows(runs).values()]
+    return pd.DataFrame(rows, columns=columns).fillna("-") if rows else pd.DataFrame()
 
 
 def _runs(runs: list[Run], latest: dict[str, Run]) -> pd.DataFrame:
     shown = {path for path, _ in latest.values()}
+    ratios: dict[Path, list[str]] = {}
+    for (_, what), (path, _) in _evaluation_rows(runs).items():
+        ratios.setdefault(path, []).append(what.split(" ")[0])
     rows = []
     for path, doc in sorted(runs, key=lambda r: (r[1]["machine"]["device_name"], r[1]["provenance"]["timestamp"],
                                                  r[0].name)):
         m, cfg = doc["machine"], doc["config"]
+        partly = f"its evaluation ratios of {', '.join(sorted(set(ratios[path])))}" if path in ratios else None
         rows.append({"file": path.name, "device": m["device_name"], "measured": doc["provenance"]["timestamp"],
-                     "shown": "yes" if path in shown else "no (a later run on this device is)",
+                     "shown": "yes" if path in shown else partly or "no (a later run on this device is)",
                      "torch": m["torch"], "git commit": benchcmd.commit_text(m), "threads": str(m["threads"]),
                      "malloc": _malloc_text(m["malloc"]), "data": cfg["data"],
                      "tasks": f"{benchcmd.tasks_text(cfg)}; {cfg['episodes']} evaluation episodes"})
@@ -248,8 +268,10 @@ def throughput_page(leaderboards: Path) -> Built | None:
         Heading("Evaluation against the work it must do"),
         Para(("From ", Code("mtbench bench --evaluation"), ": each method's evaluation time over its work-bound time "
               "(its FLOPs, counted by ", Code("torch.utils.flop_counter"), ", over the Conv4's best FLOP rate on that "
-              "device), and MAML against a learn2learn-style per-episode loop in plain PyTorch.",)),
-        _table(_evaluation(latest), "No evaluation measurements."),
+              "device), and MAML against a learn2learn-style per-episode loop in plain PyTorch. Each ratio is the newest "
+              "measurement of it on its device, from the file named beside it (a run may time some methods only); "
+              "ratios are comparable within one file, whose methods ran side by side.",)),
+        _table(_evaluation(runs), "No evaluation measurements."),
         Heading("Runs"),
         Table(_runs(runs, latest)),
     ]
