@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import socket
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,20 +12,14 @@ import pytest
 from mtbench.data.download import download_and_extract, extract_zip, fetch, md5sum
 from mtbench.core.errors import DownloadError
 
+from data_copies import zip_of
+
 
 MEMBER = "images_background/Alpha/character01/0001_01.png"
 PAYLOAD = b"\x89PNG fake image bytes" * 50
 
 
-def make_zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
-GOOD_ZIP = make_zip({MEMBER: PAYLOAD})
+GOOD_ZIP = zip_of({MEMBER: PAYLOAD})
 GOOD_MD5 = hashlib.md5(GOOD_ZIP).hexdigest()
 
 
@@ -127,7 +119,7 @@ def test_zip_slip_rejected(tmp_path, evil):
     root = outer / "omniglot"
     root.mkdir(parents=True)
     archive = root / "images_background.zip"
-    archive.write_bytes(make_zip({MEMBER: PAYLOAD, evil: b"pwned"}))
+    archive.write_bytes(zip_of({MEMBER: PAYLOAD, evil: b"pwned"}))
     with pytest.raises(DownloadError) as info:
         extract_zip(archive, root, "images_background")
     assert str(archive) in str(info.value)
@@ -138,7 +130,7 @@ def test_zip_slip_rejected(tmp_path, evil):
 
 def test_zip_without_expected_folder(tmp_path):
     archive = tmp_path / "other.zip"
-    archive.write_bytes(make_zip({"something_else/a.txt": b"a"}))
+    archive.write_bytes(zip_of({"something_else/a.txt": b"a"}))
     with pytest.raises(DownloadError, match="images_background") as info:
         extract_zip(archive, tmp_path, "images_background")
     assert str(archive) in str(info.value)
