@@ -51,6 +51,24 @@ def test_batch_stat_norm_matches_functional_batch_norm() -> None:
     torch.testing.assert_close(norm(x), expected)
 
 
+def test_batch_stat_norm_under_vmap_gives_the_same_bits_with_and_without_gradients() -> None:
+    """Under vmap the no-gradient path (in place) computes what the differentiable one does, bit for bit (float32),
+    each slice with its own statistics, and leaves the input alone."""
+    x = torch.randn(4, 6, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    norm = BatchStatNorm2d(3)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    before = x.clone()
+    with torch.enable_grad():
+        kept = torch.func.vmap(norm)(x)
+    with torch.no_grad():
+        fast = torch.func.vmap(norm)(x)
+    assert kept.requires_grad and not fast.requires_grad
+    assert torch.equal(fast, kept.detach()) and torch.equal(x, before)
+    torch.testing.assert_close(fast[1], norm(x[1]))
+
+
 def test_conv4_rejects_images_too_small() -> None:
     with pytest.raises(ValueError, match="16x16"):
         build_backbone("conv4", (1, 8, 8), torch.Generator())
