@@ -30,6 +30,9 @@ class FinetuneHparams:
         lr: pre-training Adam learning rate.
         ft_lr, ft_momentum, ft_dampening, ft_weight_decay, ft_batch, ft_epochs: fine-tuning SGD.
         finetune_backbone: also update the backbone on the support set (a copy: nothing persists).
+        augment: pre-train on augmented images as the paper did (random resized crops, brightness, contrast and
+            colour jitter, horizontal flips: :mod:`mtbench.methods.augment`). Off by default, as every committed
+            row was fitted without it; its rows are labelled ``augmented``.
         report_steps: fine-tuning steps whose predictor is scored (the last step always is).
     """
 
@@ -44,6 +47,7 @@ class FinetuneHparams:
     ft_batch: int = 4
     ft_epochs: int = 100
     finetune_backbone: bool = False
+    augment: bool = False
     report_steps: str = "0,5,10,25,50,100"
 
     def __post_init__(self) -> None:
@@ -83,10 +87,16 @@ class Finetune(Method):
     transductive = False
     compilable = True
 
+    # added after rows were committed: a result without it ran as its default does
+    later_hparams = {"augment": False}
+
     @classmethod
     def variant(cls, record):
-        """Fine-tuning the backbone too is a row of its own: ``whole network``."""
-        return "whole network" if record["method"]["hparams"].get("finetune_backbone") else ""
+        """Rows of their own: fine-tuning the backbone too (``whole network``), pre-training on augmented
+        images (``augmented``)."""
+        hp = record["method"]["hparams"]
+        parts = (["whole network"] if hp.get("finetune_backbone") else []) + (["augmented"] if hp.get("augment") else [])
+        return ", ".join(parts)
 
     def __init__(self, hparams: FinetuneHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)
@@ -101,7 +111,7 @@ class Finetune(Method):
         hp = self.hparams
         head = make_head(hp.head, self.backbone.out_features, ctx.source.num_classes, ctx.generator)
         pretrain_classifier(self.backbone, head, ctx, hp.batch_size, hp.lr,
-                            f"{self.name} pre-training on {ctx.source.num_classes} classes")
+                            f"{self.name} pre-training on {ctx.source.num_classes} classes", augment=hp.augment)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
         hp = self.hparams

@@ -26,6 +26,7 @@ import pandas as pd
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci95
+from mtbench.methods import METHODS
 from mtbench.results import partial_fit, setting_name
 from mtbench.results.layout import leaderboard_files
 from mtbench.results.screen import LeftOut, left_out_note, screen
@@ -54,6 +55,18 @@ def _recipe(init: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**kept, "init": _recipe(init["init"])}
 
 
+def _with_later_hparams(method: dict[str, Any]) -> dict[str, Any]:
+    """``method`` with the hparams its installed method added later (``Method.later_hparams``) filled in where a
+    result of the same version lacks them: what it ran as."""
+    try:
+        installed = METHODS.get(method["name"])
+    except UserError:  # a submitted method, not installed here
+        return method
+    if str(installed.version) != str(method.get("version")) or not installed.later_hparams:
+        return method
+    return {**method, "hparams": {**installed.later_hparams, **method["hparams"]}}
+
+
 def configuration(doc: dict[str, Any]) -> str:
     """What the results of one leaderboard row share, everything that ran but the training seed: the method
     (name, version, variant, hparams), dataset and source, the protocol with its draws, the budget's name and
@@ -61,7 +74,7 @@ def configuration(doc: dict[str, Any]) -> str:
     threads) the timings come from."""
     prov, sub = doc["provenance"], doc["submission"]
     return json.dumps({
-        "method": doc["method"], "dataset": doc["dataset"], "source": doc["source"], "protocol": doc["protocol"],
+        "method": _with_later_hparams(doc["method"]), "dataset": doc["dataset"], "source": doc["source"], "protocol": doc["protocol"],
         "budget": {**doc["budget"], **({"reached": doc["fit"]["iterations"]} if partial_fit(doc) else {})},
         "init": _recipe(doc["init"]), "submission": sub and sub["source_sha256"],
         "precision": prov["precision"], "compile": prov["compile"], "device": device(doc),

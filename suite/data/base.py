@@ -140,8 +140,12 @@ class Split:
 
     def normalize(self, images: Tensor) -> Tensor:
         """``uint8[..., C, H, W]`` on the split's device -> normalised ``float32`` (no host transfer)."""
+        return self.standardize(images.float().div_(255.0))
+
+    def standardize(self, images: Tensor) -> Tensor:
+        """``float32[..., C, H, W]`` on the 0..1 scale (augmented copies, say) -> normalised as :meth:`normalize`."""
         mean, std = self._scale
-        return (images.float().div_(255.0) - mean) / std
+        return (images - mean) / std
 
     def gather(self, indices: Tensor) -> Tensor:
         """Normalised float images at ``indices`` (any shape ``S``) -> ``float32[*S, C, H, W]``."""

@@ -209,6 +209,10 @@ class Method:
     #: fine-tuned on frozen features), or whose steps on few images are overhead-bound (scratch on the CPU),
     #: so that more episodes share each step
     chunk_episodes: int | None = None
+    #: hparams added after results were written, with the value a result without them ran as (their default,
+    #: which reproduces the older code): a leaderboard reads such a result as having it, so that a new fit seed
+    #: joins the row of the older ones
+    later_hparams: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
                  device: torch.device) -> None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtbench.methods.augment import chen2019
 from mtbench.methods.backbones import init_parameters
 from mtbench.methods import FitContext
 from mtbench.core.seeding import generator
@@ -42,18 +43,22 @@ def make_head(kind: str, in_features: int, classes: int, generator: torch.Genera
 
 
 def pretrain_classifier(backbone: nn.Module, head: nn.Module, ctx: FitContext, batch_size: int, lr: float,
-                        desc: str, steps: int | None = None) -> None:
+                        desc: str, steps: int | None = None, augment: bool = False) -> None:
     """Standard supervised training of ``head(backbone(x))`` on every class of ``ctx.source``, for
     ``steps`` minibatches (default: the budget's ``ctx.iterations``).
 
-    Adam, cross-entropy, minibatches drawn uniformly (with a CPU generator) from all images.
+    Adam, cross-entropy, minibatches drawn uniformly (with a CPU generator) from all images; with ``augment``,
+    each minibatch is augmented as Chen et al. (2019) did (:func:`mtbench.methods.augment.chen2019`, its
+    draws from the same generator) before it is normalised.
     """
     model = ctx.track(nn.Sequential(backbone, head).to(ctx.device).train())  # the head is the fit's, not the method's
     opt = ctx.track(torch.optim.Adam(model.parameters(), lr=lr))
     n = ctx.source.images.shape[0]
     for _ in ctx.loop(desc, steps):
         idx = torch.randint(n, (batch_size,), generator=ctx.generator).to(ctx.device, non_blocking=True)
-        loss = F.cross_entropy(model(ctx.source.gather(idx)), ctx.source.labels[idx])
+        x = ctx.source.gather(idx) if not augment else \
+            ctx.source.standardize(chen2019(ctx.source.images[idx].float().div_(255.0), ctx.generator))
+        loss = F.cross_entropy(model(x), ctx.source.labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
