@@ -33,6 +33,8 @@ class ProtoNetHparams:
             0 = the paper's ProtoNet, trained on episodes only.
         pretrain_batch: images per pre-training minibatch.
         pretrain_lr: Adam learning rate of the pre-training (``lr`` is the episodes').
+        pretrain_augment: pre-train on augmented images (Chen et al. 2019's crops, jitter and flips:
+            :mod:`mtbench.methods.augment`); its rows are labelled ``augmented pre-training``.
         cuda_graph: on a CUDA device, replay the training step as a CUDA graph after 3 eager steps
             (the same computation, without the launch cost of its small kernels; see
             :mod:`mtbench.methods.graphs`). No effect on the CPU.
@@ -47,6 +49,7 @@ class ProtoNetHparams:
     pretrain_steps: int = 0
     pretrain_batch: int = 64
     pretrain_lr: float = 1e-3
+    pretrain_augment: bool = False
     cuda_graph: bool = True
 
     def __post_init__(self) -> None:
@@ -96,6 +99,14 @@ class ProtoNet(Method):
     quick_presets = {"miniimagenet": {"pretrain_steps": 600, "train_ways": 5, "lr": 1e-4}}
     transductive = False
     compilable = True
+    # added after rows were committed: a result without it ran as its default does
+    later_hparams = {"pretrain_augment": False}
+
+    @classmethod
+    def variant(cls, record):
+        """Pre-training on augmented images is a row of its own: ``augmented pre-training``."""
+        hp = record["method"]["hparams"]
+        return "augmented pre-training" if hp.get("pretrain_steps") and hp.get("pretrain_augment") else ""
 
     def __init__(self, hparams: ProtoNetHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)
@@ -108,7 +119,8 @@ class ProtoNet(Method):
         if hp.pretrain_steps:
             head = make_head("linear", self.backbone.out_features, ctx.source.num_classes, ctx.generator)
             pretrain_classifier(self.backbone, head, ctx, hp.pretrain_batch, hp.pretrain_lr,
-                                f"protonet pre-training on {ctx.source.num_classes} classes", steps=hp.pretrain_steps)
+                                f"protonet pre-training on {ctx.source.num_classes} classes", steps=hp.pretrain_steps,
+                                augment=hp.pretrain_augment)
         opt = ctx.track(capturable_adam(self.backbone.parameters(), hp.lr, ctx.device))
         n_support = ways * shots
         self.backbone.train()

@@ -73,8 +73,8 @@ def test_chen2019_is_drawn_from_its_generator_alone_and_stays_in_range(channels)
     assert not torch.allclose(a, x, atol=0.05)
 
 
-def _fit(tmp_path, **hp):
-    spec = RunSpec(method="finetune", dataset="synthetic", episodes=EpisodeSpec(3, 1, 2, 4, seed=0), budget="3",
+def _fit(tmp_path, method="finetune", **hp):
+    spec = RunSpec(method=method, dataset="synthetic", episodes=EpisodeSpec(3, 1, 2, 4, seed=0), budget="3",
                    device="cpu", data_root=str(tmp_path / "data"), out=None, progress=False,
                    hparams=tuple((k, str(v).lower()) for k, v in hp.items()))
     r = stages.resolve(spec)
@@ -107,3 +107,14 @@ def test_an_older_finetune_result_without_the_augment_hparam_joins_the_row_of_a_
     assert configuration(stale) != configuration(new)  # another version's results never join today's rows
     joined = rows([Entry(Path("old.json"), old), Entry(Path("new.json"), new)])
     assert [r.seeds for r in joined] == [[0, 1]]
+
+
+def test_protonet_augments_its_pretraining_only_when_asked_and_labels_that_row(tmp_path, one_thread):
+    plain, plain_doc = _fit(tmp_path, "protonet", pretrain_steps=2)
+    augmented, doc = _fit(tmp_path, "protonet", pretrain_steps=2, pretrain_augment=True)
+    w, wa = dict(plain.backbone.state_dict()), dict(augmented.backbone.state_dict())
+    assert any(not torch.equal(w[k], wa[k]) for k in w)
+    assert label(doc) == "protonet (augmented pre-training)" and label(plain_doc) == "protonet"
+    # without pre-training there is nothing to augment: the same fit, the same row
+    _, none_doc = _fit(tmp_path, "protonet", pretrain_augment=True)
+    assert label(none_doc) == "protonet"
