@@ -74,7 +74,8 @@ def configuration(doc: dict[str, Any]) -> str:
     threads) the timings come from."""
     prov, sub = doc["provenance"], doc["submission"]
     return json.dumps({
-        "method": _with_later_hparams(doc["method"]), "dataset": doc["dataset"], "source": doc["source"], "protocol": doc["protocol"],
+        "method": _with_later_hparams(doc["method"]), "dataset": doc["dataset"], "source": doc["source"],
+        "protocol": doc["protocol"],
         "budget": {**doc["budget"], **({"reached": doc["fit"]["iterations"]} if partial_fit(doc) else {})},
         "init": _recipe(doc["init"]), "submission": sub and sub["source_sha256"],
         "precision": prov["precision"], "compile": prov["compile"], "device": device(doc),

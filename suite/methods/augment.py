@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtbench.data.transforms import LUMINANCE  # Pillow's RGB -> L, as the target transforms use it
+
 SCALE = (0.08, 1.0)  # the crop's share of the image's area (torchvision's RandomResizedCrop default)
 RATIO = (3 / 4, 4 / 3)  # the crop's width / height
 JITTER = 0.4  # brightness, contrast and colour factors are drawn from [1 - JITTER, 1 + JITTER]
 TRIES = 10  # crops drawn per image before the whole image is taken (as torchvision does)
-LUMINANCE = (0.299, 0.587, 0.114)  # Pillow's RGB -> L
 
 
 def crop_boxes(n: int, height: int, width: int, generator: torch.Generator) -> Tensor:
