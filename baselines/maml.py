@@ -113,6 +113,8 @@ class MAML(ZeroHeadForOtherWays, Method):
     # scored one query apart after a 60-iteration fit, the mean 7e-5 apart), evaluation 2.4x as fast; and
     # first-order meta-training channels-last there, 1.6x as fast
     version = "4"
+    # CUDA graphs are a CUDA matter: on the CPU a result with or without the hparam ran the same code
+    device_hparams = {"cuda_graph": "cuda"}
     #: what ``task_batching=auto`` picks per device type (read by ``mtbench bench`` too)
     AUTO_BATCHING = AUTO_BATCHING
 

@@ -101,6 +101,8 @@ class ProtoNet(Method):
     compilable = True
     # added after rows were committed: a result without it ran as its default does
     later_hparams = {"pretrain_augment": False}
+    # CUDA graphs are a CUDA matter: on the CPU a result with or without the hparam ran the same code
+    device_hparams = {"cuda_graph": "cuda"}
 
     @classmethod
     def variant(cls, record):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mtbench.cli import main
 from mtbench.results.integrity import consistency
-from mtbench.board.leaderboard import adaptation_speed, frame, group, load, paired
+from mtbench.board.leaderboard import Entry, adaptation_speed, configuration, frame, group, load, paired, rows
 from support import put_result, requires_real_data, result_doc, shared_root
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,3 +149,18 @@ def test_committed_leaderboards_validate_and_an_edited_copy_fails(tmp_path):
     path.write_text(json.dumps(doc, indent=1))
     result = invoke("validate", str(copy), "--data-root", str(shared_root()))
     assert result.exit_code == 1 and result.output.count("FAIL") == 1 and f"FAIL {path}" in result.output
+
+
+def test_cuda_graph_splits_no_cpu_row_but_a_cuda_one(one_thread):
+    # cuda_graph acts on CUDA only: a CPU result that predates it (or sets it off) ran what one with it ran
+    new = result_doc("protonet", [1.0, 0.5], fit_seed=1)
+    old = result_doc("protonet", [0.5, 0.5], fit_seed=0)
+    new["method"]["hparams"] = {"lr": 0.001, "cuda_graph": True}
+    old["method"]["hparams"] = {"lr": 0.001}
+    assert configuration(old) == configuration(new)
+    assert [r.seeds for r in rows([Entry(Path("old.json"), old), Entry(Path("new.json"), new)])] == [[0, 1]]
+    on_gpu = {**old["provenance"], "device_type": "cuda", "device": "NVIDIA H200"}
+    old_gpu, new_gpu = ({**d, "provenance": on_gpu} for d in (old, new))
+    assert configuration(old_gpu) != configuration(new_gpu)  # on CUDA the older result ran eagerly
+    other_lr = {**new, "method": {**new["method"], "hparams": {"lr": 0.01, "cuda_graph": True}}}
+    assert configuration(other_lr) != configuration(old)

@@ -55,16 +55,19 @@ def _recipe(init: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**kept, "init": _recipe(init["init"])}
 
 
-def _with_later_hparams(method: dict[str, Any]) -> dict[str, Any]:
-    """``method`` with the hparams its installed method added later (``Method.later_hparams``) filled in where a
-    result of the same version lacks them: what it ran as."""
+def _with_later_hparams(method: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """``method`` as it ran: with the hparams its installed method added later (``Method.later_hparams``) filled in
+    where a result of the same version lacks them, and without those that act only on another device type than
+    the result's (``Method.device_hparams``: ``cuda_graph`` on a CPU)."""
     try:
         installed = METHODS.get(method["name"])
     except UserError:  # a submitted method, not installed here
         return method
-    if str(installed.version) != str(method.get("version")) or not installed.later_hparams:
+    if str(installed.version) != str(method.get("version")):
         return method
-    return {**method, "hparams": {**installed.later_hparams, **method["hparams"]}}
+    hparams = {**installed.later_hparams, **method["hparams"]}
+    hparams = {k: v for k, v in hparams.items() if installed.device_hparams.get(k, device_type) == device_type}
+    return {**method, "hparams": hparams}
 
 
 def configuration(doc: dict[str, Any]) -> str:
@@ -74,7 +77,7 @@ def configuration(doc: dict[str, Any]) -> str:
     threads) the timings come from."""
     prov, sub = doc["provenance"], doc["submission"]
     return json.dumps({
-        "method": _with_later_hparams(doc["method"]), "dataset": doc["dataset"], "source": doc["source"],
+        "method": _with_later_hparams(doc["method"], prov["device_type"]), "dataset": doc["dataset"], "source": doc["source"],
         "protocol": doc["protocol"],
         "budget": {**doc["budget"], **({"reached": doc["fit"]["iterations"]} if partial_fit(doc) else {})},
         "init": _recipe(doc["init"]), "submission": sub and sub["source_sha256"],

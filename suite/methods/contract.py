@@ -213,6 +213,9 @@ class Method:
     #: which reproduces the older code): a leaderboard reads such a result as having it, so that a new fit seed
     #: joins the row of the older ones
     later_hparams: ClassVar[dict[str, Any]] = {}
+    #: hparams that act on one device type only (name -> device type, e.g. ``{"cuda_graph": "cuda"}``): a result
+    #: that ran on another device type is read without them, so that results differing in one join a row
+    device_hparams: ClassVar[dict[str, str]] = {}
 
     def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
                  device: torch.device) -> None:
