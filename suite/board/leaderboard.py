@@ -55,7 +55,7 @@ def _recipe(init: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**kept, "init": _recipe(init["init"])}
 
 
-def _with_later_hparams(method: dict[str, Any], device_type: str) -> dict[str, Any]:
+def _hparams_as_ran(method: dict[str, Any], device_type: str) -> dict[str, Any]:
     """``method`` as it ran: with the hparams its installed method added later (``Method.later_hparams``) filled in
     where a result of the same version lacks them, and without those that act only on another device type than
     the result's (``Method.device_hparams``: ``cuda_graph`` on a CPU)."""
@@ -77,8 +77,8 @@ def configuration(doc: dict[str, Any]) -> str:
     threads) the timings come from."""
     prov, sub = doc["provenance"], doc["submission"]
     return json.dumps({
-        "method": _with_later_hparams(doc["method"], prov["device_type"]), "dataset": doc["dataset"], "source": doc["source"],
-        "protocol": doc["protocol"],
+        "method": _hparams_as_ran(doc["method"], prov["device_type"]), "dataset": doc["dataset"],
+        "source": doc["source"], "protocol": doc["protocol"],
         "budget": {**doc["budget"], **({"reached": doc["fit"]["iterations"]} if partial_fit(doc) else {})},
         "init": _recipe(doc["init"]), "submission": sub and sub["source_sha256"],
         "precision": prov["precision"], "compile": prov["compile"], "device": device(doc),
