@@ -281,3 +281,24 @@ def test_evidence_of_the_same_episodes_is_paired_with_the_last_result(tmp_path):
     assert diff == pytest.approx(-15.0) and ci > 0
     assert got[1].endswith("; +10.00 ± 0.00 points paired with row.json on the same 6 episodes)")
     assert "paired" not in got[2] and got[3] == "lb/bench.json" and "paired" not in got[4]
+
+
+def test_fit_seeds_run_on_different_cpus_make_one_row_here_and_a_seed_run_twice_does_not(tmp_path):
+    # the leaderboard keeps CPUs apart for its timings; accuracy does not depend on the CPU that fitted it
+    from mtbench.report.reproduction import rows
+    here = tmp_path / "lb" / "synthetic" / "5w1s"
+    amd, intel = "CPU AMD Test (1 threads)", "CPU Intel Test (1 threads)"
+    put_result(here, result_doc("protonet", PROTONET, device=amd, stamp="2026-01-01T00:00:00+00:00"), "s0")
+    put_result(here, result_doc("protonet", PAPER, device=intel, fit_seed=1, stamp="2026-01-02T00:00:00+00:00"), "s1")
+    (ours,) = rows(tmp_path / "lb")[("synthetic", "5w1s")]
+    assert ours.seeds == 2 and ours.device == f"{amd}; {intel}"
+    assert ours.mean == pytest.approx((mean_ci95(PROTONET)[0] + mean_ci95(PAPER)[0]) / 2)
+    # the same fit seed again on the AMD: a rerun, its own row; the newest rows join first
+    put_result(here, result_doc("protonet", MATCHINGNET, device=amd, fit_seed=1, stamp="2026-01-03T00:00:00+00:00"),
+               "s1-again")
+    found = sorted((o.seeds, o.files) for o in rows(tmp_path / "lb")[("synthetic", "5w1s")])
+    assert [seeds for seeds, _ in found] == [1, 2]
+    gpu = result_doc("protonet", PAPER, device="NVIDIA Test GPU", fit_seed=2, stamp="2026-01-04T00:00:00+00:00")
+    gpu["provenance"]["device_type"] = "cuda"
+    put_result(here, gpu, "gpu")
+    assert sorted(o.seeds for o in rows(tmp_path / "lb")[("synthetic", "5w1s")]) == [1, 1, 2]  # a GPU stays apart
