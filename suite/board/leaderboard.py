@@ -147,6 +147,35 @@ def rows(entries: list[Entry]) -> list[Row]:
     return [Row(sorted(r, key=lambda e: (fit_seed(e.doc), e.path.name))) for rs in by_config.values() for r in rs]
 
 
+def _any_cpu(entry: Entry) -> Entry:
+    """``entry`` with the CPU it ran on (and its threads) left out of its configuration: accuracy does not depend on
+    which CPU fitted it (a leaderboard keeps CPUs apart for the timings its rows show), so fit seeds run on
+    different CPUs join in :func:`joined_across_cpus` (the reproduction page's rows). A GPU's results stay apart."""
+    prov = entry.doc["provenance"]
+    if prov["device_type"] != "cpu":
+        return entry
+    return Entry(entry.path, {**entry.doc, "provenance": {**prov, "device": "CPU (threads)", "threads": 0}})
+
+
+def joined_across_cpus(board_rows: list[Row]) -> list[Row]:
+    """Rows of one group (:func:`rows`) with those that differ only by the CPU they ran on joined where their
+    training seeds differ (a seed run on two CPUs keeps its rows apart, as a leaderboard keeps a rerun apart): the
+    rows over the most seeds, then the newest, join first."""
+    merged: list[tuple[str, list[Entry]]] = []
+
+    def order(r: Row) -> tuple[int, str]:
+        return len(r.entries), max(e.doc["provenance"]["timestamp"] for e in r.entries)
+
+    for r in sorted(board_rows, key=order, reverse=True):
+        key, seeds = configuration(_any_cpu(r.entries[0]).doc), {fit_seed(e.doc) for e in r.entries}
+        into = next((es for k, es in merged if k == key and not seeds & {fit_seed(e.doc) for e in es}), None)
+        if into is None:
+            merged.append((key, list(r.entries)))
+        else:
+            into.extend(r.entries)
+    return [rows([_any_cpu(e) for e in es])[0] for _, es in merged]
+
+
 @dataclass
 class Group:
     """Results that share their draws: ``rows`` ranked best first."""

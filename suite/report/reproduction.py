@@ -213,41 +213,12 @@ def _budget(doc: dict[str, Any]) -> str:
     return doc["budget"]["name"]
 
 
-def _any_cpu(entry: lb.Entry) -> lb.Entry:
-    """``entry`` with the CPU it ran on (and its threads) left out of its configuration: accuracy does not depend on
-    which CPU fitted it (the leaderboard keeps CPUs apart for the timings its rows show), so fit seeds run on
-    different CPUs make one row here. A GPU's results stay apart."""
-    prov = entry.doc["provenance"]
-    if prov["device_type"] != "cpu":
-        return entry
-    return lb.Entry(entry.path, {**entry.doc, "provenance": {**prov, "device": "CPU (threads)", "threads": 0}})
-
-
-def _joined(board_rows: list[lb.Row]) -> list[lb.Row]:
-    """The leaderboard's rows of one group with those that differ only by the CPU they ran on joined where their
-    training seeds differ (a seed run on two CPUs keeps its rows apart, as a leaderboard keeps a rerun apart): the
-    rows over the most seeds, then the newest, join first."""
-    merged: list[tuple[str, list[lb.Entry]]] = []
-    def order(r: lb.Row) -> tuple[int, str]:
-        return len(r.entries), max(e.doc["provenance"]["timestamp"] for e in r.entries)
-
-    for r in sorted(board_rows, key=order, reverse=True):
-        key, seeds = lb.configuration(_any_cpu(r.entries[0]).doc), {lb.fit_seed(e.doc) for e in r.entries}
-        into = next((es for k, es in merged if k == key and not seeds & {lb.fit_seed(e.doc) for e in es}), None)
-        if into is None:
-            merged.append((key, list(r.entries)))
-        else:
-            into.extend(r.entries)
-    return [lb.rows([_any_cpu(e) for e in es])[0] for _, es in merged]
-
-
 def rows(leaderboards: Path) -> dict[tuple[str, str], list[Ours]]:
-    """Our rows per (dataset, setting): the leaderboard's groups (:func:`mtbench.board.leaderboard.board`) with the
-    rows that differ only by their CPU joined over their training seeds (:func:`_joined`)."""
+    """Our rows per (dataset, setting): the leaderboard's groups, rows joined across CPUs (``joined_across_cpus``)."""
     found: dict[tuple[str, str], list[Ours]] = {}
     for g in lb.board(leaderboards).groups:
         ran_on = {e.path: lb.device(e.doc) for r in g.rows for e in r.entries}
-        for r in _joined(g.rows):
+        for r in lb.joined_across_cpus(g.rows):
             doc = r.doc  # over its training seeds: the mean and seed-aware CI, as a leaderboard row's
             found.setdefault((g.dataset, g.setting), []).append(Ours(
                 label(doc), doc["method"]["hparams"], _budget(doc), r.accuracy.mean, r.accuracy.ci95, len(r.entries),
