@@ -293,11 +293,11 @@ def test_fit_seeds_run_on_different_cpus_make_one_row_here_and_a_seed_run_twice_
     (ours,) = rows(tmp_path / "lb")[("synthetic", "5w1s")]
     assert ours.seeds == 2 and ours.device == f"{amd}; {intel}"
     assert ours.mean == pytest.approx((mean_ci95(PROTONET)[0] + mean_ci95(PAPER)[0]) / 2)
-    # the same fit seed again on the AMD: a rerun, its own row; the newest rows join first
+    # fit seed 1 again, now on the AMD too: the AMD's 2-seed row joins first and the Intel's seed 1 stays apart
     put_result(here, result_doc("protonet", MATCHINGNET, device=amd, fit_seed=1, stamp="2026-01-03T00:00:00+00:00"),
                "s1-again")
     found = sorted((o.seeds, o.files) for o in rows(tmp_path / "lb")[("synthetic", "5w1s")])
-    assert [seeds for seeds, _ in found] == [1, 2]
+    assert found == [(1, ("s1.json",)), (2, ("s0.json", "s1-again.json"))]
     gpu = result_doc("protonet", PAPER, device="NVIDIA Test GPU", fit_seed=2, stamp="2026-01-04T00:00:00+00:00")
     gpu["provenance"]["device_type"] = "cuda"
     put_result(here, gpu, "gpu")

@@ -70,18 +70,20 @@ def _hparams_as_ran(method: dict[str, Any], device_type: str) -> dict[str, Any]:
     return {**method, "hparams": hparams}
 
 
-def configuration(doc: dict[str, Any]) -> str:
+def configuration(doc: dict[str, Any], any_cpu: bool = False) -> str:
     """What the results of one leaderboard row share, everything that ran but the training seed: the method
     (name, version, variant, hparams), dataset and source, the protocol with its draws, the budget's name and
     iterations, the checkpoint's recipe, the submitted file, precision, compilation, and the device (with its
-    threads) the timings come from."""
+    threads) the timings come from; with ``any_cpu``, a CPU result's device is any CPU (see
+    :func:`joined_across_cpus`)."""
     prov, sub = doc["provenance"], doc["submission"]
     return json.dumps({
         "method": _hparams_as_ran(doc["method"], prov["device_type"]), "dataset": doc["dataset"],
         "source": doc["source"], "protocol": doc["protocol"],
         "budget": {**doc["budget"], **({"reached": doc["fit"]["iterations"]} if partial_fit(doc) else {})},
         "init": _recipe(doc["init"]), "submission": sub and sub["source_sha256"],
-        "precision": prov["precision"], "compile": prov["compile"], "device": device(doc),
+        "precision": prov["precision"], "compile": prov["compile"],
+        "device": "cpu" if any_cpu and prov["device_type"] == "cpu" else device(doc),
     }, sort_keys=True)
 
 
@@ -132,14 +134,15 @@ class Row:
         return steps, acc, ms
 
 
-def rows(entries: list[Entry]) -> list[Row]:
-    """``entries`` as leaderboard rows: one row per :func:`configuration`, holding one result per training seed.
+def rows(entries: list[Entry], any_cpu: bool = False) -> list[Row]:
+    """``entries`` as leaderboard rows: one row per :func:`configuration` (``any_cpu`` passed on), holding one
+    result per training seed.
     A seed that repeats (a re-run of the same configuration and seed that scored differently, e.g. at another
     commit) opens a further row of that configuration: each result, oldest first, joins the first row
     without its seed. Rows come in no particular order."""
     by_config: dict[str, list[list[Entry]]] = {}
     for e in sorted(entries, key=lambda e: (e.doc["provenance"]["timestamp"], e.path.name)):
-        found = by_config.setdefault(configuration(e.doc), [])
+        found = by_config.setdefault(configuration(e.doc, any_cpu), [])
         row = next((r for r in found if fit_seed(e.doc) not in {fit_seed(x.doc) for x in r}), None)
         if row is None:
             found.append(row := [])
@@ -147,33 +150,25 @@ def rows(entries: list[Entry]) -> list[Row]:
     return [Row(sorted(r, key=lambda e: (fit_seed(e.doc), e.path.name))) for rs in by_config.values() for r in rs]
 
 
-def _any_cpu(entry: Entry) -> Entry:
-    """``entry`` with the CPU it ran on (and its threads) left out of its configuration: accuracy does not depend on
-    which CPU fitted it (a leaderboard keeps CPUs apart for the timings its rows show), so fit seeds run on
-    different CPUs join in :func:`joined_across_cpus` (the reproduction page's rows). A GPU's results stay apart."""
-    prov = entry.doc["provenance"]
-    if prov["device_type"] != "cpu":
-        return entry
-    return Entry(entry.path, {**entry.doc, "provenance": {**prov, "device": "CPU (threads)", "threads": 0}})
-
-
 def joined_across_cpus(board_rows: list[Row]) -> list[Row]:
     """Rows of one group (:func:`rows`) with those that differ only by the CPU they ran on joined where their
-    training seeds differ (a seed run on two CPUs keeps its rows apart, as a leaderboard keeps a rerun apart): the
-    rows over the most seeds, then the newest, join first."""
+    training seeds differ: accuracy does not depend on the CPU that fitted it (a leaderboard keeps CPUs apart for
+    the timings its rows show; the reproduction page joins them). A seed run on two CPUs keeps its rows apart, as
+    a leaderboard keeps a rerun apart; the rows over the most seeds, then the newest, join first; a GPU's results
+    stay apart."""
     merged: list[tuple[str, list[Entry]]] = []
 
     def order(r: Row) -> tuple[int, str]:
         return len(r.entries), max(e.doc["provenance"]["timestamp"] for e in r.entries)
 
     for r in sorted(board_rows, key=order, reverse=True):
-        key, seeds = configuration(_any_cpu(r.entries[0]).doc), {fit_seed(e.doc) for e in r.entries}
+        key, seeds = configuration(r.entries[0].doc, any_cpu=True), {fit_seed(e.doc) for e in r.entries}
         into = next((es for k, es in merged if k == key and not seeds & {fit_seed(e.doc) for e in es}), None)
         if into is None:
             merged.append((key, list(r.entries)))
         else:
             into.extend(r.entries)
-    return [rows([_any_cpu(e) for e in es])[0] for _, es in merged]
+    return [rows(es, any_cpu=True)[0] for _, es in merged]
 
 
 @dataclass

@@ -369,8 +369,8 @@ def reproduction_page(leaderboards: Path) -> Built | None:
         Para(("Each published accuracy (", Code(f"leaderboards/{PUBLISHED}"), ": the figure, its source and the "
               "leaderboard row of ours it is compared with) beside our row of the same setting at the quick and at "
               "the paper budget, never mixed: mean ± 95 % CI in %, over the training seeds the leaderboard row "
-              "averages (its CI includes their spread when there are several; here the fit seeds of one configuration "
-              "join whatever CPU ran them, which a leaderboard keeps apart for its timings). Δ: ours minus published, in points. "
+              "averages (its CI includes their spread when there are several; here seeds join whatever CPU ran "
+              "them, which a leaderboard keeps apart for its timings). Δ: ours minus published, in points. "
               "inside: whether the published value lies in our interval. gap: the measured reason recorded for a "
               "published value outside it, with the files that measured it, or \"" + UNEXPLAINED + "\". A budget "
               "without a row says \"not run\"; ", Code("mtbench official"), " and ",
