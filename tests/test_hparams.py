@@ -209,3 +209,26 @@ def test_every_count_hparam_rejects_negative_values(cls, key):
     """Every int hparam is a count or a size (0 meaning "the default" for some): -1 is a one-line error."""
     with pytest.raises(UserError, match=rf"--hp {key}=-1\b"):
         make_hparams(cls, "synthetic", {key: "-1"})
+
+
+def test_a_numeric_budget_says_which_quick_presets_it_leaves_out(capsys) -> None:
+    """--budget N fits the full recipe; the quick budget's deviations are named, with the --hp that keep them."""
+    from mtbench.methods import quick_presets_left_out
+    from mtbench.run.runner import RunSpec
+    from mtbench.run.stages import resolve
+
+    quick = MAML.quick_presets["miniimagenet"]
+    assert quick_presets_left_out(MAML, "miniimagenet", {}, "2000") == quick
+    assert quick_presets_left_out(MAML, "miniimagenet", {"meta_batch": "2"}, "2000") == {
+        k: v for k, v in quick.items() if k != "meta_batch"}  # what --hp sets is not left out
+    for budget in ("quick", "paper"):
+        assert quick_presets_left_out(MAML, "miniimagenet", {}, budget) == {}
+    assert quick_presets_left_out(MAML, "omniglot", {}, "2000") == {}  # no quick presets there
+
+    resolve(RunSpec(method="maml", dataset="miniimagenet", budget="2000", out=None))
+    note = capsys.readouterr().err.strip()
+    assert note.count("\n") == 0 and "--budget 2000" in note
+    assert note.endswith("add --hp inner_steps=1 --hp meta_batch=2 --hp task_batching=loop")
+    resolve(RunSpec(method="maml", dataset="miniimagenet", budget="2000", out=None,
+                    hparams=tuple((k, str(v)) for k, v in quick.items())))
+    assert capsys.readouterr().err == ""  # the quick recipe, asked for: nothing to say

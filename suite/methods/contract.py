@@ -347,6 +347,18 @@ def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str], bud
         raise UserError(f"bad hparams for {cls.name}: {exc}") from None
 
 
+def quick_presets_left_out(cls: type[Method], dataset: str, overrides: Mapping[str, str], budget: str,
+                           source: str | None = None) -> dict[str, Any]:
+    """The quick budget's deviations from the full recipe that a budget of a number of iterations leaves out
+    (it fits the full recipe, as ``paper`` does), less those ``--hp`` sets: what to add as ``--hp`` to fit the
+    quick recipe longer or shorter. Empty for a named budget."""
+    if not str(budget).isdigit():
+        return {}
+    quick = dataclasses.asdict(make_hparams(cls, dataset, {}, "quick", source))
+    full = dataclasses.asdict(make_hparams(cls, dataset, {}, str(budget), source))
+    return {k: v for k, v in quick.items() if v != full[k] and k not in overrides}
+
+
 def report_steps(text: str, last: int) -> set[int]:
     """``"0,10,50"`` -> the adaptation steps to score (those ≤ ``last``), always including ``last``.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from mtbench.data import DATASETS, Dataset, Split, resolve_cache_dir, resolve_da
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.data.protocols import TransferSpec
 from mtbench.data.transforms import to_input
-from mtbench.methods import METHODS, FitContext, Method, make_hparams
+from mtbench.methods import METHODS, FitContext, Method, make_hparams, quick_presets_left_out
 from mtbench.results import SCHEMA_VERSION, provenance
 from mtbench.run.checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
 from mtbench.run import resume
@@ -74,6 +75,12 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
         raise UserError(f"--compile: {method_cls.name} is not compilable (it does not call its networks directly; it "
                         f"runs them through torch.func); drop --compile")
     hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source=source_cls.name)
+    if left := quick_presets_left_out(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source_cls.name):
+        # a user lengthening a quick fit with --budget N easily expects the quick recipe: say, before the fit
+        add = " ".join(f"--hp {k}={v}" for k, v in left.items())
+        print(f"mtbench: note: --budget {spec.budget} fits {method_cls.name}'s full recipe on {spec.dataset}, as "
+              f"--budget paper does, without the quick budget's changes; to fit the quick recipe for "
+              f"{spec.budget} iterations add {add}", file=sys.stderr)
     iterations = method_cls.iterations_for(spec.budget, source_cls.name)
     device = select_device(spec.device)
     checkpoint = read_checkpoint(spec.init) if spec.init else None
