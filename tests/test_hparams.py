@@ -227,8 +227,10 @@ def test_a_numeric_budget_says_which_quick_presets_it_leaves_out(capsys) -> None
 
     resolve(RunSpec(method="maml", dataset="miniimagenet", budget="2000", out=None))
     note = capsys.readouterr().err.strip()
-    assert note.count("\n") == 0 and "--budget 2000" in note
+    assert note.count("\n") == 0 and "--budget 2000 fits maml's full recipe" in note
     assert note.endswith("add --hp inner_steps=1 --hp meta_batch=2 --hp task_batching=loop")
+    resolve(RunSpec(method="maml", dataset="miniimagenet", budget="0", out=None))  # e.g. adapting an --init
+    assert "--budget 0 adapts with maml's full recipe" in capsys.readouterr().err
     resolve(RunSpec(method="maml", dataset="miniimagenet", budget="2000", out=None,
                     hparams=tuple((k, str(v)) for k, v in quick.items())))
     assert capsys.readouterr().err == ""  # the quick recipe, asked for: nothing to say

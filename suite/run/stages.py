@@ -76,11 +76,12 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
                         f"runs them through torch.func); drop --compile")
     hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source=source_cls.name)
     if left := quick_presets_left_out(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source_cls.name):
-        # a user lengthening a quick fit with --budget N easily expects the quick recipe: say, before the fit
+        # a user lengthening a quick fit with --budget N, or adapting a quick fit's checkpoint with --budget 0,
+        # easily expects the quick recipe: say so before the fit
         add = " ".join(f"--hp {k}={v}" for k, v in left.items())
-        print(f"mtbench: note: --budget {spec.budget} fits {method_cls.name}'s full recipe on {spec.dataset}, as "
-              f"--budget paper does, without the quick budget's changes; to fit the quick recipe for "
-              f"{spec.budget} iterations add {add}", file=sys.stderr)
+        does = "fits" if int(spec.budget) else "adapts with"
+        print(f"mtbench: note: --budget {spec.budget} {does} {method_cls.name}'s full recipe on {spec.dataset}, as "
+              f"--budget paper does, without the quick budget's changes; to keep them add {add}", file=sys.stderr)
     iterations = method_cls.iterations_for(spec.budget, source_cls.name)
     device = select_device(spec.device)
     checkpoint = read_checkpoint(spec.init) if spec.init else None
