@@ -49,14 +49,14 @@ def forward(model: nn.Module, params: Params, x: Tensor) -> Tensor:
     named as ``model.named_parameters()`` names them."""
     backbone, head = model
     names = {module: name for name, module in model.named_modules()}
-    layers = list(backbone.features)  # Conv4: (conv, norm, pool, relu) per block
+    layers = list(backbone.features)  # Conv4: (conv, norm, relu, pool) per block
     h = x.permute(0, 2, 1, 3, 4)  # [T, C, N, H, W]
     for i in range(0, len(layers), 4):
         conv, norm = names[layers[i]], names[layers[i + 1]]
         h = _conv3x3(h, params[f"{conv}.weight"], params[f"{conv}.bias"])
-        h = _batch_norm(h, params[f"{norm}.weight"], params[f"{norm}.bias"], layers[i + 1].eps)
+        h = F.relu(_batch_norm(h, params[f"{norm}.weight"], params[f"{norm}.bias"], layers[i + 1].eps))
         t, c, n, hh, ww = h.shape
-        h = F.relu(F.max_pool2d(h.reshape(t * c, n, hh, ww), 2).view(t, c, n, hh // 2, ww // 2))
+        h = F.max_pool2d(h.reshape(t * c, n, hh, ww), 2).view(t, c, n, hh // 2, ww // 2)
     features = h.permute(0, 2, 1, 3, 4).flatten(2)  # [T, N, C*h*w], Conv4's flatten order
     out = names[head]
     return torch.baddbmm(params[f"{out}.bias"].unsqueeze(1), features, params[f"{out}.weight"].transpose(1, 2))
