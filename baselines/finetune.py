@@ -14,6 +14,7 @@ from torch.func import functional_call, vmap
 
 from mtbench.core.runtime import in_passes
 from mtbench.methods.backbones import build_backbone
+from mtbench.methods.functional import stacked_copies
 from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive, report_steps
 from mtbench.methods.training import episode_generator, make_head, minibatches, pretrain_classifier
 
@@ -172,7 +173,7 @@ class Finetune(Method):
         head = {k: torch.stack([dict(h.named_parameters())[k].detach() for h in heads]).requires_grad_()
                 for k, _ in heads[0].named_parameters()}
         scale = getattr(heads[0], "scale", 1.0)  # the cosine head's temperature
-        net = {k: v.detach().expand(e, *v.shape).clone().requires_grad_() for k, v in self.backbone.named_parameters()}
+        net = {k: v.requires_grad_() for k, v in stacked_copies(dict(self.backbone.named_parameters()), e).items()}
         buffers = dict(self.backbone.named_buffers())
         per_episode = vmap(lambda p, x: functional_call(self.backbone, (p, buffers), (x,)))
 

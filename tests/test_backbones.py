@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch.func import functional_call
 
 from mtbench.methods.backbones import BACKBONES, BatchStatNorm2d, build_backbone
+from mtbench.methods.functional import stacked_copies
 from mtbench.core.errors import UserError
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
@@ -102,3 +106,35 @@ def test_timm_unknown_model_and_bad_weights_are_user_errors(tmp_path) -> None:
         build_backbone("timm:resnet18", (3, 32, 32), torch.Generator(), weights=str(bad))
     with pytest.raises(UserError, match="not found"):
         build_backbone(f"timm:resnet18@{tmp_path / 'absent.pth'}", (3, 32, 32), torch.Generator())
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("norm", ["running", "batch"])
+def test_vmapped_copies_give_each_episode_its_own_gradients_from_one_image(name: str, norm: str, one_thread) -> None:
+    """A backbone called under vmap with a parameter set per episode (:func:`stacked_copies`), one image per
+    episode (a fine-tuning minibatch's remainder), gives each episode the gradients its own module gives, float64.
+    The per-episode modules keep their channels-last weights; stacked copies of those layouts made the vmapped
+    convolution gradients wrong wherever a BatchNorm did not feed a ReLU (torch 2.14.1, CPU)."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        shape, episodes = (3, 32, 32), 3
+        net = build_backbone(name, shape, torch.Generator().manual_seed(0), norm=norm).eval()
+        g = torch.Generator().manual_seed(1)
+        params = stacked_copies(dict(net.named_parameters()), episodes)
+        for v in params.values():
+            v.add_(0.1 * torch.randn(v.shape, generator=g)).requires_grad_()
+        buffers = dict(net.named_buffers())
+        x = torch.randn(episodes, 1, *shape, generator=g)
+        w = torch.randn(episodes, 1, net.out_features, generator=g)
+        out = torch.func.vmap(lambda p, x: functional_call(net, (p, buffers), (x,)))(params, x)
+        (out * w).sum().backward()
+        for e in range(episodes):
+            alone = copy.deepcopy(net)
+            with torch.no_grad():
+                for k, v in alone.named_parameters():
+                    v.copy_(params[k][e])
+            (alone(x[e]) * w[e]).sum().backward()
+            for k, v in alone.named_parameters():
+                torch.testing.assert_close(params[k].grad[e], v.grad, rtol=1e-9, atol=1e-9, msg=f"episode {e}, {k}")
+    finally:
+        torch.set_default_dtype(torch.float32)

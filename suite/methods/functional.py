@@ -45,6 +45,16 @@ def channels_last(params: Params) -> Params:
     return {k: v.to(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in params.items()}
 
 
+def stacked_copies(params: Params, n: int) -> Params:
+    """``n`` copies of every tensor of ``params`` on a new leading axis, detached, in the default (contiguous)
+    layout: one parameter set per episode for a computation vmapped over episodes. Never channels-last: under
+    ``vmap`` on the CPU (torch 2.14.1), channels-last convolution weights with one image per episode gave wrong
+    convolution gradients wherever a BatchNorm's output did not go straight into a ReLU (ResNet12's residual
+    sum, a max-pool after the BatchNorm), while the default layout gave each episode's own
+    (tests/test_backbones.py)."""
+    return {k: v.detach().expand(n, *v.shape).contiguous() for k, v in params.items()}
+
+
 def _channels_last_names(params: Params) -> set[str]:
     """Names of the CPU tensors of ``params`` held channels-last (4-D, channel stride 1): those an inner loop
     keeps channels-last after each step, as an update of an ambiguous-layout weight would not."""
