@@ -115,6 +115,7 @@ def test_vmapped_copies_give_each_episode_its_own_gradients_from_one_image(name:
     episode (a fine-tuning minibatch's remainder), gives each episode the gradients its own module gives, float64.
     The per-episode modules keep their channels-last weights; stacked copies of those layouts made the vmapped
     convolution gradients wrong wherever a BatchNorm did not feed a ReLU (torch 2.14.1, CPU)."""
+    before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         shape, episodes = (3, 32, 32), 3
@@ -137,4 +138,4 @@ def test_vmapped_copies_give_each_episode_its_own_gradients_from_one_image(name:
             for k, v in alone.named_parameters():
                 torch.testing.assert_close(params[k].grad[e], v.grad, rtol=1e-9, atol=1e-9, msg=f"episode {e}, {k}")
     finally:
-        torch.set_default_dtype(torch.float32)
+        torch.set_default_dtype(before)
