@@ -9,8 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 HERE = Path(__file__).resolve().parent
+
+#: a ``device`` parametrization: the CPU always, CUDA where a GPU is (marked ``gpu``, skipped without one), for
+#: the tests whose paths differ by device (batched adaptation vmaps backbone copies on CUDA, loops on the CPU)
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
 
 
 def shared_root() -> Path:

@@ -11,6 +11,7 @@ from torch.func import functional_call
 from mtbench.methods.backbones import BACKBONES, BatchStatNorm2d, build_backbone
 from mtbench.methods.functional import stacked_copies
 from mtbench.core.errors import UserError
+from support import DEVICES
 
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 
@@ -108,9 +109,11 @@ def test_timm_unknown_model_and_bad_weights_are_user_errors(tmp_path) -> None:
         build_backbone(f"timm:resnet18@{tmp_path / 'absent.pth'}", (3, 32, 32), torch.Generator())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", BACKBONES.names())
 @pytest.mark.parametrize("norm", ["running", "batch"])
-def test_vmapped_copies_give_each_episode_its_own_gradients_from_one_image(name: str, norm: str, one_thread) -> None:
+def test_vmapped_copies_give_each_episode_its_own_gradients_from_one_image(name: str, norm: str, device: str,
+                                                                          one_thread) -> None:
     """A backbone called under vmap with a parameter set per episode (:func:`stacked_copies`), one image per
     episode (a fine-tuning minibatch's remainder), gives each episode the gradients its own module gives, float64.
     The per-episode modules keep their channels-last weights; stacked copies of those layouts made the vmapped
@@ -119,14 +122,14 @@ def test_vmapped_copies_give_each_episode_its_own_gradients_from_one_image(name:
     torch.set_default_dtype(torch.float64)
     try:
         shape, episodes = (3, 32, 32), 3
-        net = build_backbone(name, shape, torch.Generator().manual_seed(0), norm=norm).eval()
+        net = build_backbone(name, shape, torch.Generator().manual_seed(0), norm=norm).eval().to(device)
         g = torch.Generator().manual_seed(1)
         params = stacked_copies(dict(net.named_parameters()), episodes)
         for v in params.values():
-            v.add_(0.1 * torch.randn(v.shape, generator=g)).requires_grad_()
+            v.add_(0.1 * torch.randn(v.shape, generator=g).to(device)).requires_grad_()
         buffers = dict(net.named_buffers())
-        x = torch.randn(episodes, 1, *shape, generator=g)
-        w = torch.randn(episodes, 1, net.out_features, generator=g)
+        x = torch.randn(episodes, 1, *shape, generator=g).to(device)
+        w = torch.randn(episodes, 1, net.out_features, generator=g).to(device)
         out = torch.func.vmap(lambda p, x: functional_call(net, (p, buffers), (x,)))(params, x)
         (out * w).sum().backward()
         for e in range(episodes):

@@ -12,6 +12,7 @@ import torch
 from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, make_hparams
+from support import DEVICES
 
 EPISODES = 4
 CASES = {
@@ -28,15 +29,16 @@ def chunk():
     return test.image_shape, sx.double(), sy, qx.double()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, chunk, one_thread) -> None:
-    shape, sx, sy, qx = chunk
+def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, device, chunk, one_thread) -> None:
+    shape, sx, sy, qx = (t.to(device) if isinstance(t, torch.Tensor) else t for t in chunk)
     cls = METHODS.get("maml")
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         method = cls(make_hparams(cls, "synthetic", CASES[case], "2"), shape, torch.Generator().manual_seed(0),
-                     torch.device("cpu"))
+                     torch.device(device))
         method.prepare(5)
         with torch.no_grad():
             alone = [[p(qx[e]) for p in method.adapt(sx[e], sy[e], 5)] for e in range(EPISODES)]

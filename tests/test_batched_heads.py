@@ -14,6 +14,7 @@ from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, make_hparams
 from mtbench.baselines.finetune import BACKBONE_BATCHING
+from support import DEVICES
 
 EPISODES = 3
 # few fine-tuning steps: 5 support images in minibatches of 4, 2 passes -> 4 steps, scored at 0, 1, 3 and 4
@@ -37,25 +38,26 @@ def chunk():
     return test.image_shape, sx.double(), sy, qx.double()
 
 
-def build(name: str, overrides: dict[str, str], shape: tuple[int, int, int]):
+def build(name: str, overrides: dict[str, str], shape: tuple[int, int, int], device: str = "cpu"):
     cls = METHODS.get(name)
     method = cls(make_hparams(cls, "synthetic", overrides, "2"), shape, torch.Generator().manual_seed(0),
-                 torch.device("cpu"))
+                 torch.device(device))
     method.prepare(5)
     return method
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", [*CASES, "finetune linear whole network, in lockstep"])
-def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, chunk, one_thread, monkeypatch) -> None:
-    shape, sx, sy, qx = chunk
+def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, device, chunk, one_thread, monkeypatch) -> None:
+    shape, sx, sy, qx = (t.to(device) if isinstance(t, torch.Tensor) else t for t in chunk)
     lockstep = case.endswith(", in lockstep")
     name, overrides = CASES[case.removesuffix(", in lockstep")]
-    # the backbone copies batched under vmap (what a GPU gets) here too, unless the case is the lockstep
-    monkeypatch.setitem(BACKBONE_BATCHING, "cpu", "loop" if lockstep else "vmap")
+    # the backbone copies batched under vmap (what a GPU gets) on the CPU too, unless the case is the lockstep
+    monkeypatch.setitem(BACKBONE_BATCHING, device, "loop" if lockstep else "vmap")
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        method = build(name, overrides, shape)
+        method = build(name, overrides, shape, device)
         state = {k: v.clone() for k, v in method.backbone.state_dict().items()}
         with torch.no_grad():
             alone = [[(getattr(p, "step", None), p(qx[e])) for p in method.adapt(sx[e], sy[e], 5)]

@@ -14,6 +14,7 @@ from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, make_hparams
 from mtbench.methods.functional import detached, params_of
+from support import DEVICES
 
 EPISODES = 3
 CASES = {
@@ -35,28 +36,29 @@ def chunk():
     return test.image_shape, sx.double(), sy, qx.double()
 
 
-def _method(name: str, overrides: dict[str, str], shape) -> object:
+def _method(name: str, overrides: dict[str, str], shape, device: str = "cpu") -> object:
     cls = METHODS.get(name)
     method = cls(make_hparams(cls, "synthetic", overrides, "2"), shape, torch.Generator().manual_seed(0),
-                 torch.device("cpu"))
+                 torch.device(device))
     method.prepare(5)
     if name.startswith("reptile"):
         # moments as meta-training leaves them (an unfitted model has none): random, v > 0, after 7 steps
         g = torch.Generator().manual_seed(1)
         _, m, v = method.moments.state()
-        method.moments.update(7, {k: torch.randn(t.shape, generator=g) * 1e-2 for k, t in m.items()},
-                              {k: torch.rand(t.shape, generator=g) * 1e-4 for k, t in v.items()})
+        method.moments.update(7, {k: (torch.randn(t.shape, generator=g) * 1e-2).to(device) for k, t in m.items()},
+                              {k: (torch.rand(t.shape, generator=g) * 1e-4).to(device) for k, t in v.items()})
     return method
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, chunk, one_thread) -> None:
-    shape, sx, sy, qx = chunk
+def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, device, chunk, one_thread) -> None:
+    shape, sx, sy, qx = (t.to(device) if isinstance(t, torch.Tensor) else t for t in chunk)
     name, overrides = CASES[case]
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        method = _method(name, overrides, shape)
+        method = _method(name, overrides, shape, device)
         assert method.adapt_batch is not None
         with torch.no_grad():
             alone = [list(method.adapt(sx[e], sy[e], 5)) for e in range(EPISODES)]
