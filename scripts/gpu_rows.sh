@@ -22,9 +22,9 @@ scratch|--method scratch --dataset miniimagenet --ways 5 --shots 5 --budget quic
 deadline=$((SECONDS + seconds))
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
-# the `mtbench` command: the installed entry point, else the package run as a module
-mtbench=(mtbench)
-command -v mtbench >/dev/null || mtbench=(python -m mtbench)
+# the package run as a module by the python that holds torch (a lent machine's `mtbench` script, if any, may
+# belong to another python)
+mtbench=(python -m mtbench)
 
 python -c "import torch; print('torch', torch.__version__, '|', torch.cuda.is_available() and torch.cuda.get_device_name(0))" \
     | tee "$out/device.txt"
