@@ -18,7 +18,9 @@ from mtbench.methods import METHODS, FitContext, Method, Predictor, as_chunk_of_
 
 #: the input values one vmapped pass of non-transductive predictions holds (queries x their support set plus
 #: themselves): 2048 Omniglot images, so a 5-way 1-shot or 5-shot episode's queries are one pass (450 and 1950
-#: images), while a 20-way 1-shot one's 6300 images, in one pass, took over 15 GB and were killed on a 24 GB machine
+#: images), while a 20-way 1-shot one's 6300 images, in one pass, took over 15 GB and were killed on a 24 GB machine.
+#: A chunk of episodes shares the bound: vmapped over 600 Omniglot episodes, a pass of 2048 images each overflowed
+#: the 32-bit indexing of CUDA's convolution (an H200, 2026-12-04)
 PREDICT_VALUES = 2048 * 28 * 28
 #: on the CPU, at most this many queries a pass. On a machine shared with other jobs (the leaderboard's runs are),
 #: small passes keep their activations in the shared caches: per scored step, one thread beside two other jobs
@@ -200,15 +202,16 @@ class Reptile(ZeroHeadForOtherWays, Method):
                     p.add_(epsilon * (adapted[k].mean(0) - p))
             ctx.count(hp.meta_batch, hp.meta_batch * hp.inner_steps * hp.inner_batch)
 
-    def predict(self, model: nn.Module, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
+    def predict(self, model: nn.Module, params: Params, support_x: Tensor, query_x: Tensor, episodes: int = 1) -> Tensor:
         """``model`` with ``params`` on the queries, each in a batch with the support set alone (non-transductive
         BatchNorm statistics), vmapped over the queries in passes of at most :data:`PREDICT_VALUES` input values
-        (and on the CPU of at most :data:`CPU_PASS_QUERIES` queries)."""
+        shared by the ``episodes`` this is vmapped over (and on the CPU of at most :data:`CPU_PASS_QUERIES`
+        queries)."""
 
         def one(q: Tensor) -> Tensor:
             return forward(model, params, torch.cat([support_x, q.unsqueeze(0)]))[-1]
 
-        per_pass = max(1, PREDICT_VALUES // (support_x[0].numel() * (len(support_x) + 1)))
+        per_pass = max(1, PREDICT_VALUES // (support_x[0].numel() * (len(support_x) + 1) * episodes))
         if support_x.device.type == "cpu":
             per_pass = min(per_pass, CPU_PASS_QUERIES)
         return torch.cat([vmap(one)(part) for part in query_x.split(per_pass)])
@@ -254,7 +257,7 @@ class Reptile(ZeroHeadForOtherWays, Method):
                                                  with_state=True))
             return adapted, m, v
 
-        predict = vmap(functools.partial(self.predict, model))
+        predict = vmap(functools.partial(self.predict, model, episodes=episodes))
         for step in range(hp.eval_steps + 1):
             if step:
                 # the step count is Adam's bias correction, shared by every episode: a constant of the vmapped step
@@ -272,5 +275,5 @@ class ReptileTransductive(Reptile):
     description = "Reptile with transductive evaluation (queries batched together), as the paper's headline numbers"
     transductive = True
 
-    def predict(self, model: nn.Module, params: Params, support_x: Tensor, query_x: Tensor) -> Tensor:
+    def predict(self, model: nn.Module, params: Params, support_x: Tensor, query_x: Tensor, episodes: int = 1) -> Tensor:
         return forward(model, params, query_x)

@@ -147,6 +147,29 @@ def test_non_transductive_reptile_predicts_in_passes_as_in_one(bound, chunk, one
     assert torch.equal(one_pass, passes)
 
 
+def test_a_chunks_non_transductive_passes_share_the_bound(chunk, one_thread, monkeypatch) -> None:
+    """Vmapped over a chunk of episodes, a pass holds PREDICT_VALUES input values over all of them, not per episode
+    (600 Omniglot episodes of 2048 images a pass overflowed CUDA's 32-bit convolution indexing), with the logits
+    of one unbounded pass."""
+    from mtbench.baselines import reptile
+
+    shape, sx, sy, qx = chunk
+    method = _method("reptile", {"eval_steps": "1"}, shape)
+    sx, qx = sx.float(), qx.float()
+    with torch.no_grad():
+        predictor = list(method.adapt_batch(sx, sy, 5))[-1]
+        whole = predictor(qx)
+        # 3 queries a pass for one episode's support set and query, so 1 a pass for the chunk's 3 episodes
+        monkeypatch.setattr(reptile, "PREDICT_VALUES", 3 * (len(sx[0]) + 1) * sx[0, 0].numel())
+        calls = []
+        monkeypatch.setattr(reptile, "vmap", lambda fn, *a, **k: calls.append(1) or torch.func.vmap(fn, *a, **k))
+        predictor = list(method.adapt_batch(sx, sy, 5))[-1]
+        calls.clear()
+        passes = predictor(qx)
+    assert EPISODES == 3 and len(calls) == qx.shape[1]  # one query a pass (the episodes' vmap was made before)
+    torch.testing.assert_close(passes, whole, rtol=0, atol=1e-6)
+
+
 def test_scratch_with_another_backbone_evaluates_episode_by_episode() -> None:
     cls = METHODS.get("scratch")
     method = cls(make_hparams(cls, "synthetic", {"backbone": "resnet12"}, "2"), (1, 28, 28),
