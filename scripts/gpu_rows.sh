@@ -11,13 +11,14 @@
 # Each stage has its own log; a failing stage does not stop the others.
 #
 # usage: scripts/gpu_rows.sh OUT SECONDS       ($MTBENCH_DATA must hold the rows' datasets and omniglot/)
+#   ROWS="" runs no rows (unset: the two miniImageNet 5w5s rows below)
 set -u
 out=${1:?usage: scripts/gpu_rows.sh OUT SECONDS}
 seconds=${2:?usage: scripts/gpu_rows.sh OUT SECONDS}
 bench_seconds=${BENCH_SECONDS:-150}
 device=${DEVICE:-cuda}                  # DEVICE=cpu, with small ROWS and BENCH_EPISODES: a rehearsal on the CPU
 bench_episodes=${BENCH_EPISODES:-600}
-rows=${ROWS:-"reptile|--method reptile --dataset miniimagenet --ways 5 --shots 5 --budget quick
+rows=${ROWS-"reptile|--method reptile --dataset miniimagenet --ways 5 --shots 5 --budget quick
 scratch|--method scratch --dataset miniimagenet --ways 5 --shots 5 --budget quick"}
 deadline=$((SECONDS + seconds))
 export PYTHONUNBUFFERED=1

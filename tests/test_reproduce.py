@@ -55,6 +55,19 @@ def test_other_hardware_is_held_to_the_tolerance() -> None:
     assert outcome.verdict == "DIFFERS" and not outcome.same_hardware and "tolerance 0.01" in outcome.line()
 
 
+def test_the_same_gpu_is_held_to_the_tolerance_not_to_identity() -> None:
+    """CUDA's kernels do not round alike twice: a re-run on the same GPU may flip a prediction, within the
+    tolerance; beyond it, it differs."""
+    gpu = {"device": "NVIDIA H200", "device_type": "cuda", "threads": None}
+    recorded = rerun(RECORDED, **gpu)
+    near = [0.2, 0.6, 1.0, 0.8 + 4 * TOLERANCE * 0.9]
+    outcome = compare(recorded, rerun(near, **gpu), Path("r"))
+    assert outcome.verdict == "REPRODUCED" and outcome.same_hardware and not outcome.exact
+    assert "same GPU, not deterministic: tolerance 0.01" in outcome.line()
+    far = [0.2, 0.6, 1.0, 0.8 + 4 * TOLERANCE * 1.5]
+    assert compare(recorded, rerun(far, **gpu), Path("r")).verdict == "DIFFERS"
+
+
 def test_other_episodes_cannot_be_paired() -> None:
     again = rerun(RECORDED)
     again["protocol"]["episodes_sha"] = "b" * 64
