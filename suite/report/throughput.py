@@ -87,7 +87,7 @@ def _maml(latest: dict[str, Run]) -> pd.DataFrame:
                     x = over.get(method.removeprefix("maml-"), {}).get(batch)
                     row[f"{name} tasks/s"] = f"{rate[(method, batch)]:,.1f}" + (f" ({x:.2f}x)" if x else "")
             rows.append(row)
-    return pd.DataFrame(rows).fillna("-") if rows else pd.DataFrame()
+    return pd.DataFrame(rows).astype(object).fillna("-") if rows else pd.DataFrame()
 
 
 def _protonet(latest: dict[str, Run]) -> pd.DataFrame:
@@ -135,7 +135,7 @@ def _evaluation(runs: list[Run]) -> pd.DataFrame:
     """Each evaluated method's time over its work-bound time, and MAML against the learn2learn-style loop."""
     columns = ["device", "what", "ratio", "every FLOP at the forward pass's rate", "target", "episodes", "file"]
     rows = [row for _, row in _evaluation_rows(runs).values()]
-    return pd.DataFrame(rows, columns=columns).fillna("-") if rows else pd.DataFrame()
+    return pd.DataFrame(rows, columns=columns).astype(object).fillna("-") if rows else pd.DataFrame()
 
 
 def _runs(runs: list[Run], latest: dict[str, Run]) -> pd.DataFrame:
