@@ -19,8 +19,8 @@ from mtbench.methods import METHODS, FitContext, Method, Predictor, as_chunk_of_
 #: the input values one vmapped pass of non-transductive predictions holds (queries x their support set plus
 #: themselves): 2048 Omniglot images, so a 5-way 1-shot or 5-shot episode's queries are one pass (450 and 1950
 #: images), while a 20-way 1-shot one's 6300 images, in one pass, took over 15 GB and were killed on a 24 GB machine.
-#: A chunk of episodes shares the bound: vmapped over 600 Omniglot episodes, a pass of 2048 images each overflowed
-#: the 32-bit indexing of CUDA's convolution (an H200, 2026-12-04)
+#: A chunk of episodes shares the bound: vmapped over a CUDA chunk of 200 Omniglot episodes, 2048 images a pass each
+#: (90,000 in all) overflowed the 32-bit indexing of CUDA's convolution
 PREDICT_VALUES = 2048 * 28 * 28
 #: on the CPU, at most this many queries a pass. On a machine shared with other jobs (the leaderboard's runs are),
 #: small passes keep their activations in the shared caches: per scored step, one thread beside two other jobs

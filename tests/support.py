@@ -19,6 +19,11 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipi
     not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
 
 
+def on_device(items: tuple, device: str) -> tuple:
+    """``items`` with each tensor among them moved to ``device`` (a fixture's tuple of shapes and tensors)."""
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in items)
+
+
 def shared_root() -> Path:
     """The real datasets: ``$MTBENCH_DATA``, else ``../shared/datasets`` beside the checkout."""
     return Path(os.environ.get("MTBENCH_DATA") or HERE.parent.parent / "shared" / "datasets").resolve()

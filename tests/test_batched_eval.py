@@ -12,7 +12,7 @@ import torch
 from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, make_hparams
-from support import DEVICES
+from support import DEVICES, on_device
 
 EPISODES = 4
 CASES = {
@@ -32,7 +32,7 @@ def chunk():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, device, chunk, one_thread) -> None:
-    shape, sx, sy, qx = (t.to(device) if isinstance(t, torch.Tensor) else t for t in chunk)
+    shape, sx, sy, qx = on_device(chunk, device)
     cls = METHODS.get("maml")
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)

@@ -14,7 +14,7 @@ from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, make_hparams
 from mtbench.baselines.finetune import BACKBONE_BATCHING
-from support import DEVICES
+from support import DEVICES, on_device
 
 EPISODES = 3
 # few fine-tuning steps: 5 support images in minibatches of 4, 2 passes -> 4 steps, scored at 0, 1, 3 and 4
@@ -49,7 +49,7 @@ def build(name: str, overrides: dict[str, str], shape: tuple[int, int, int], dev
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", [*CASES, "finetune linear whole network, in lockstep"])
 def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, device, chunk, one_thread, monkeypatch) -> None:
-    shape, sx, sy, qx = (t.to(device) if isinstance(t, torch.Tensor) else t for t in chunk)
+    shape, sx, sy, qx = on_device(chunk, device)
     lockstep = case.endswith(", in lockstep")
     name, overrides = CASES[case.removesuffix(", in lockstep")]
     # the backbone copies batched under vmap (what a GPU gets) on the CPU too, unless the case is the lockstep

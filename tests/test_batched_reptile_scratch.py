@@ -14,7 +14,7 @@ from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, make_hparams
 from mtbench.methods.functional import detached, params_of
-from support import DEVICES
+from support import DEVICES, on_device
 
 EPISODES = 3
 CASES = {
@@ -53,7 +53,7 @@ def _method(name: str, overrides: dict[str, str], shape, device: str = "cpu") ->
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_chunk_adapts_as_its_episodes_do_one_by_one(case, device, chunk, one_thread) -> None:
-    shape, sx, sy, qx = (t.to(device) if isinstance(t, torch.Tensor) else t for t in chunk)
+    shape, sx, sy, qx = on_device(chunk, device)
     name, overrides = CASES[case]
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -149,8 +149,8 @@ def test_non_transductive_reptile_predicts_in_passes_as_in_one(bound, chunk, one
 
 def test_a_chunks_non_transductive_passes_share_the_bound(chunk, one_thread, monkeypatch) -> None:
     """Vmapped over a chunk of episodes, a pass holds PREDICT_VALUES input values over all of them, not per episode
-    (600 Omniglot episodes of 2048 images a pass overflowed CUDA's 32-bit convolution indexing), with the logits
-    of one unbounded pass."""
+    (a CUDA chunk of 200 Omniglot episodes, up to 2048 images a pass each, overflowed CUDA's 32-bit convolution
+    indexing), with the logits of one unbounded pass, bit for bit (each query's batch is computed alone)."""
     from mtbench.baselines import reptile
 
     shape, sx, sy, qx = chunk
@@ -167,7 +167,7 @@ def test_a_chunks_non_transductive_passes_share_the_bound(chunk, one_thread, mon
         calls.clear()
         passes = predictor(qx)
     assert EPISODES == 3 and len(calls) == qx.shape[1]  # one query a pass (the episodes' vmap was made before)
-    torch.testing.assert_close(passes, whole, rtol=0, atol=1e-6)
+    assert torch.equal(passes, whole)
 
 
 def test_scratch_with_another_backbone_evaluates_episode_by_episode() -> None:

@@ -11,8 +11,8 @@ on the same episodes (``episodes_sha``):
   episode: a run is deterministic there;
 * elsewhere floating-point differences may flip a few predictions, so the verdict allows a paired mean
   difference of at most :data:`TOLERANCE` (one accuracy point). That includes the same GPU: its convolution
-  kernels do not promise the same rounding twice (scratch's miniImageNet 5w5s row, which fits nothing, scored
-  0.42269 and 0.42273 in two runs on one H200, 2026-12-04).
+  kernels do not promise the same rounding twice (two runs of a method that fits nothing, on one GPU, can differ
+  by a prediction).
 
 Anything else is ``DIFFERS``. A submitted method is re-run as ``mtbench submit`` ran it, in the sandbox (its
 file must be where the result says, with the recorded sha256). With ``record``, the re-run is appended to the file's ``reproduced`` list (who,
