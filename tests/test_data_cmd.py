@@ -35,6 +35,7 @@ def test_list_on_a_generated_root(tmp_path: Path) -> None:
         "miniimagenet": ("missing", "mini-imagenet/"),
         "omniglot": ("found", "omniglot/"),
         "omniglot-lake": ("found", "omniglot/"),
+        "omniglot-nichol": ("found", "omniglot/"),
         "omniglot-shift": ("missing", "omniglot/, mini-imagenet/"),
         "pneumoniamnist": ("missing", "pneumoniamnist.npz"),
         "synthetic": ("found", "(generated)"),
@@ -237,6 +238,6 @@ def test_verify_missing_and_unknown(tmp_path: Path) -> None:
     # without names, missing datasets are reported but do not fail
     result = invoke("verify", "--data-root", str(tmp_path), "--no-progress")
     assert result.exit_code == 0, result.output
-    assert "nothing failed: 1 generated, 7 missing" in result.output
+    assert "nothing failed: 1 generated, 8 missing" in result.output
     one_line_error(invoke("verify", "omniglot", "xrya", "--data-root", str(tmp_path)), "unknown dataset 'xrya'",
                    "did you mean 'xray'")

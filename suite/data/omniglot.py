@@ -298,13 +298,18 @@ class Omniglot(Dataset):
 
     def load_split(self, split: str) -> Split:
         names, images = self._decoded()
-        index = {n: i for i, n in enumerate(names)}
         classes = vinyals_classes(names, split)
         if not classes:
             raise UserError(f"Omniglot under {self.folder} has no {split} classes (the {split} alphabets of the "
                             f"Vinyals split are missing): the copy is incomplete; download it again "
                             f"(`mtbench data download omniglot` into an empty data root) and check it with "
                             f"`mtbench data verify omniglot`")
+        return self._split_of(split, classes, names, images)
+
+    def _split_of(self, split: str, classes: list[str], names: list[str], images: torch.Tensor) -> Split:
+        """The split whose classes are ``classes`` (``Alphabet/characterNN/rotDDD``): each character's decoded drawings
+        (``names``, ``images`` of :meth:`_decoded`) turned by its rotation, counter-clockwise as PIL's rotate."""
+        index = {n: i for i, n in enumerate(names)}
         chars = torch.tensor([index[c.rsplit("/", 1)[0]] for c in classes])
         rots = torch.tensor([int(c.rsplit("rot", 1)[1]) // 90 for c in classes])
         picked = images[chars]  # [n_classes, 20, H, W]
