@@ -15,6 +15,25 @@ from mtbench.data import miniimagenet as mi
 from mtbench.data import omniglot as om
 
 
+# archive -> alphabet -> characters: alphabets of unequal sizes, so that 4-way episodes fit only some
+FAKE_ALPHABETS = {"images_background": {"Alpha": 4, "Beta": 3, "Gamma": 5},
+                  "images_evaluation": {"Delta": 4, "Epsilon": 6, "Zeta": 2}}
+
+
+def write_alphabets(root: Path) -> None:
+    """``root/omniglot/<archive>/<alphabet>/characterNN/*.png`` of :data:`FAKE_ALPHABETS`: 20 tiny drawings per
+    character, each different (omniglot-lake's and omniglot-nichol's splits on a few characters)."""
+    for archive, alphabets in FAKE_ALPHABETS.items():
+        for k, (alphabet, chars) in enumerate(alphabets.items()):
+            for c in range(1, chars + 1):
+                folder = root / "omniglot" / archive / alphabet / f"character{c:02d}"
+                folder.mkdir(parents=True)
+                for j in range(20):
+                    img = Image.new("L", (8, 8), 255)
+                    img.putpixel((j % 8, (k + c) % 8), 0)
+                    img.save(folder / f"{k:02d}{c:02d}_{j:02d}.png")
+
+
 def invoke(*args: str):
     return CliRunner().invoke(main, ["data", *args])
 

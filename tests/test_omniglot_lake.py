@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from mtbench.core.errors import UserError
 from mtbench.data import DATASETS, Split
@@ -16,25 +15,8 @@ from mtbench.data.episodes import EpisodeSet, EpisodeSpec, GroupedSplit, sample_
 from mtbench.data.omniglot_lake import OmniglotLake
 from mtbench.methods import METHODS, make_hparams
 
+from data_copies import FAKE_ALPHABETS as FAKE, write_alphabets as write_fake_omniglot
 from support import requires_real_data, shared_root
-
-# archive -> alphabet -> characters: alphabets of unequal sizes, so that 4-way episodes fit only some
-FAKE = {"images_background": {"Alpha": 4, "Beta": 3, "Gamma": 5},
-        "images_evaluation": {"Delta": 4, "Epsilon": 6, "Zeta": 2}}
-
-
-def write_fake_omniglot(root: Path) -> None:
-    """``root/omniglot/<archive>/<alphabet>/characterNN/*.png``: 20 tiny drawings per character, each different."""
-    for archive, alphabets in FAKE.items():
-        for k, (alphabet, chars) in enumerate(alphabets.items()):
-            for c in range(1, chars + 1):
-                folder = root / "omniglot" / archive / alphabet / f"character{c:02d}"
-                folder.mkdir(parents=True)
-                for j in range(20):
-                    img = Image.new("L", (8, 8), 255)
-                    img.putpixel((j % 8, (k + c) % 8), 0)
-                    img.save(folder / f"{k:02d}{c:02d}_{j:02d}.png")
-
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> OmniglotLake:
