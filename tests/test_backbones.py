@@ -46,6 +46,20 @@ def test_batch_norm_option_has_no_running_statistics(name: str) -> None:
     assert not list(net.buffers())
 
 
+@pytest.mark.parametrize(("shape", "features"), [((1, 28, 28), 64 * 2 * 2), ((3, 84, 84), 64 * 6 * 6)])
+def test_strided_conv4_downsamples_by_its_convolutions(shape, features: int) -> None:
+    """conv4-strided: the same four 64-filter 3x3 convolutions as conv4 with stride 2 and no pooling, so on 28x28
+    Omniglot its feature is 256-d (MAML's and Reptile's Omniglot network) where conv4's is 64-d."""
+    strided = build_backbone("conv4-strided", shape, torch.Generator().manual_seed(0))
+    pooled = build_backbone("conv4", shape, torch.Generator().manual_seed(0))
+    assert strided.out_features == features and strided(torch.zeros(2, *shape)).shape == (2, features)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in strided.modules())
+    convs = [m for m in strided.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * 4
+    assert sum(p.numel() for p in strided.parameters()) == sum(p.numel() for p in pooled.parameters())
+    assert build_backbone("conv4", (1, 28, 28), torch.Generator().manual_seed(0)).out_features == 64
+
+
 def test_batch_stat_norm_matches_functional_batch_norm() -> None:
     x = torch.randn(6, 3, 5, 5, dtype=torch.float64)
     norm = BatchStatNorm2d(3).double()

@@ -116,6 +116,35 @@ conv4_32.name = "conv4-32"  # type: ignore[attr-defined]
 BACKBONES.register(conv4_32)
 
 
+class Conv4Strided(nn.Module):
+    """4 x [conv3x3-``width`` with stride 2, BatchNorm, ReLU]: Conv4 with strided convolutions instead of
+    max-pooling, the Omniglot network of MAML's and Reptile's code (Finn et al. 2017; Nichol et al. 2018). On 28x28
+    images the feature is 64 x 2 x 2 = 256-d (padding 1 takes 28, 14, 7, 4 to 14, 7, 4, 2), where Conv4's
+    max-pooling floors 7 to 3 and ends at 64-d."""
+
+    def __init__(self, in_shape: tuple[int, int, int], width: int = 64, norm: str = "running") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, h, w = in_shape
+        for _ in range(4):
+            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), _norm(width, norm), nn.ReLU()]
+            channels, h, w = width, (h + 1) // 2, (w + 1) // 2
+        self.features = nn.Sequential(*layers)
+        self.out_features = width * h * w
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x).flatten(1)
+
+
+def conv4_strided(in_shape: tuple[int, int, int], norm: str = "running") -> nn.Module:
+    """4 x [conv3x3-64 stride 2, BatchNorm, ReLU]: MAML's and Reptile's Omniglot network (256-d on 28x28)."""
+    return Conv4Strided(in_shape, norm=norm)
+
+
+conv4_strided.name = "conv4-strided"  # type: ignore[attr-defined]
+BACKBONES.register(conv4_strided)
+
+
 def _norm(channels: int, norm: str) -> nn.Module:
     if norm not in ("running", "batch"):
         raise ValueError(f"norm must be 'running' or 'batch', got {norm!r}")
