@@ -100,6 +100,13 @@ class Omniglot(Dataset):
     fit_split = "trainval"  # the papers train on the 1,200 train+val characters
     eval_split = "test"
     size = 28
+    #: a variant's protocol (another split of the same copy), said in every result's dataset notes
+    protocol_note = ""
+
+    def __init__(self, root=None, cache_dir=None, progress: bool = True) -> None:
+        super().__init__(root, cache_dir, progress)
+        if self.protocol_note:
+            self.notes.append(self.protocol_note)
 
     @property
     def folder(self) -> Path:

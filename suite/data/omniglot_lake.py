@@ -58,10 +58,7 @@ class OmniglotLake(Omniglot):
     eval_split = "evaluation"
     #: methods' presets and budgets are those they keep for ``omniglot`` (same images, same size)
     presets_of = "omniglot"
-
-    def __init__(self, root=None, cache_dir=None, progress: bool = True) -> None:
-        super().__init__(root, cache_dir, progress)
-        self.notes.append(NOTE)
+    protocol_note = NOTE
 
     def configure(self, protocol: str, source_shape: tuple[int, int, int] | None = None,
                   skip_bad_images: bool = False) -> None:

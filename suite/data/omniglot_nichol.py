@@ -61,10 +61,7 @@ class OmniglotNichol(Omniglot):
     eval_split = "test"
     #: methods' presets and budgets are those they keep for ``omniglot`` (same images, same size)
     presets_of = "omniglot"
-
-    def __init__(self, root=None, cache_dir=None, progress: bool = True) -> None:
-        super().__init__(root, cache_dir, progress)
-        self.notes.append(NOTE)
+    protocol_note = NOTE
 
     def load_split(self, split: str) -> Split:
         names, images = self._decoded()
