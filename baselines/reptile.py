@@ -14,6 +14,7 @@ from mtbench.methods.backbones import ZeroHeadForOtherWays, build_backbone, line
 from mtbench.data.episodes import sample_indices
 from mtbench.core.errors import UserError
 from mtbench.methods.functional import Adam, Params, detached, forward, inner_loop, last, params_of
+from mtbench.methods.training import cycled_batches, episode_generator
 from mtbench.methods import METHODS, FitContext, Method, Predictor, as_chunk_of_one, at_step, positive, report_steps
 
 #: the input values one vmapped pass of non-transductive predictions holds (queries x their support set plus
@@ -69,7 +70,13 @@ class ReptileHparams:
         meta_batch: tasks per outer update.
         meta_step: outer step size epsilon at the start, annealed linearly to ``meta_step_final``.
         meta_step_final: outer step size at the end of training.
-        eval_steps: inner Adam steps at evaluation, on the whole support set.
+        eval_steps: inner Adam steps at evaluation.
+        eval_batch: support images per evaluation step, drawn as Nichol et al.'s code draws them: batches taken
+            one after the other from shuffled passes over the support set (a batch may run on into the next
+            pass), each episode shuffled by its own generator (:func:`~mtbench.methods.training.episode_generator`,
+            the same draws for both Reptile variants); 0, or the support set's size or more: the whole
+            support set at every step. Their published Omniglot figures adapt 20-way tasks on batches of 10
+            (97 steps) and 5-way 5-shot ones on batches of 6 (100 steps) (openai/supervised-reptile's README).
         report_steps: adaptation steps whose predictor is scored (0 = before adapting); the last
             is always ``eval_steps``.
         carry_moments: carry the inner Adam's moments (and step count) from task to task, as the
@@ -89,10 +96,14 @@ class ReptileHparams:
     eval_steps: int = 50
     report_steps: str = "0,1,2,5,10,20"
     carry_moments: bool = True
+    eval_batch: int = 0
 
     def __post_init__(self) -> None:
         for name in ("inner_lr", "inner_steps", "inner_batch", "train_shots", "meta_batch", "meta_step", "eval_steps"):
             positive(name, getattr(self, name))
+        if self.eval_batch < 0:
+            raise UserError(f"--hp eval_batch={self.eval_batch}: give a number of images ≥ 1, or 0 for the whole "
+                            f"support set at every step")
         report_steps(self.report_steps, self.eval_steps)
 
 
@@ -134,6 +145,8 @@ class Reptile(ZeroHeadForOtherWays, Method):
     # it): float rounding again; the Omniglot 5w1s quick row's fit took 140 s instead of 878 s, its
     # evaluation 557 s instead of 1891 s (CPU, one thread, beside another fit)
     version = "4"
+    #: results written before ``eval_batch`` existed adapted on the whole support set at every step
+    later_hparams = {"eval_batch": 0}
 
     def __init__(self, hparams: ReptileHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)
@@ -184,7 +197,8 @@ class Reptile(ZeroHeadForOtherWays, Method):
         labels = torch.arange(ways).repeat_interleave(hp.train_shots)
         for it in ctx.loop("reptile meta-training"):
             idx = sample_indices(ctx.source, ways, hp.train_shots, ctx.generator, n=hp.meta_batch).flatten(1)
-            # each inner step takes the next `inner_batch` images of a shuffled pass over the task
+            # each inner step draws its own `inner_batch` images of the task (without replacement within the step;
+            # Nichol et al.'s code takes consecutive batches of shuffled passes instead, as eval_batch does)
             order = torch.rand(hp.meta_batch, hp.inner_steps, per_task, generator=ctx.generator).argsort(-1)
             pick = order[..., : hp.inner_batch]  # [T, steps, B]
             rows = torch.arange(hp.meta_batch).view(-1, 1, 1)
@@ -216,11 +230,23 @@ class Reptile(ZeroHeadForOtherWays, Method):
             per_pass = min(per_pass, CPU_PASS_QUERIES)
         return torch.cat([vmap(one)(part) for part in query_x.split(per_pass)])
 
+    def _eval_picks(self, support_x: Tensor) -> Tensor | None:
+        """The support images of every evaluation step, ``int64[eval_steps, eval_batch]`` on the support set's
+        device, from the episode's own generator; ``None`` when every step takes the whole support set."""
+        hp, n = self.hparams, len(support_x)
+        if not 0 < hp.eval_batch < n:
+            return None
+        # one salt for both variants: the same fit adapts alike whether its queries are then scored transductively
+        picks = cycled_batches(n, hp.eval_batch, hp.eval_steps, episode_generator(support_x, "reptile"))
+        return picks.to(support_x.device)
+
     def adapt(self, support_x: Tensor, support_y: Tensor, ways: int) -> Iterator[Predictor]:
         model = self._target_model(ways)
         model.train()
         wanted = report_steps(self.hparams.report_steps, self.hparams.eval_steps)
-        batches = [(support_x, support_y)] * self.hparams.eval_steps
+        picks = self._eval_picks(support_x)
+        batches = ([(support_x, support_y)] * self.hparams.eval_steps if picks is None
+                   else [(support_x[p], support_y[p]) for p in picks])
         loop = inner_loop(model, detached(params_of(model)), batches, self.optimizer, True,
                           state=self._start_state(ways))
         for step, params in enumerate(loop):
@@ -258,10 +284,16 @@ class Reptile(ZeroHeadForOtherWays, Method):
             return adapted, m, v
 
         predict = vmap(functools.partial(self.predict, model, episodes=episodes))
+        picks = [self._eval_picks(x) for x in support_x]
+        rows = torch.arange(episodes, device=support_x.device).unsqueeze(1)
         for step in range(hp.eval_steps + 1):
             if step:
+                x, y = support_x, support_y
+                if picks[0] is not None:  # each episode's own images of this step: [E, eval_batch]
+                    pick = torch.stack([p[step - 1] for p in picks])
+                    x, y = support_x[rows, pick], support_y[rows, pick]
                 # the step count is Adam's bias correction, shared by every episode: a constant of the vmapped step
-                params, m, v = vmap(functools.partial(one_step, t))(params, m, v, support_x, support_y)
+                params, m, v = vmap(functools.partial(one_step, t))(params, m, v, x, y)
                 params, t = detached(params), t + 1
             if step in wanted:
                 yield at_step(step, lambda query_x, p=params: predict(p, support_x, query_x))

@@ -21,11 +21,14 @@ CASES = {
     "reptile": ("reptile", {"eval_steps": "3", "report_steps": "0,2"}),
     "reptile-fresh-moments": ("reptile", {"eval_steps": "2", "report_steps": "1", "carry_moments": "false"}),
     "reptile-transductive": ("reptile-transductive", {"eval_steps": "3", "report_steps": "0,2"}),
+    # steps on 3 of the 5 support images, consecutive batches of shuffled passes (a batch spans two passes)
+    "reptile-eval-batch": ("reptile", {"eval_steps": "3", "report_steps": "0,2", "eval_batch": "3"}),
     "scratch": ("scratch", {"steps": "3", "report_steps": "0,1"}),
     "scratch-minibatches": ("scratch", {"steps": "4", "report_steps": "0,2", "batch_size": "2"}),
 }
 # the labelled steps each case yields (report_steps and the last step)
 STEPS = {"reptile": [0, 2, 3], "reptile-fresh-moments": [1, 2], "reptile-transductive": [0, 2, 3],
+         "reptile-eval-batch": [0, 2, 3],
          "scratch": [0, 1, 3], "scratch-minibatches": [0, 2, 4]}
 
 
@@ -238,3 +241,48 @@ def test_reptile_tasks_one_after_the_other_adapt_as_vmapped(chunk, one_thread) -
             torch.testing.assert_close(ours[k], theirs[k], rtol=1e-9, atol=1e-12)
     weights = next(iter(looped[0].values()))
     assert not torch.allclose(weights[0], weights[1])  # the tasks adapted apart
+
+
+def test_cycled_batches_run_through_shuffled_passes() -> None:
+    """Nichol et al.'s minibatches: consecutive batches of shuffled passes, a batch running on into the next pass."""
+    from mtbench.methods.training import cycled_batches
+
+    picks = cycled_batches(5, 3, 4, torch.Generator().manual_seed(0))  # 12 draws: two passes and 2 of a third
+    assert picks.shape == (4, 3) and picks.dtype == torch.int64
+    flat = picks.flatten().tolist()
+    assert sorted(flat[:5]) == sorted(flat[5:10]) == [0, 1, 2, 3, 4]  # each pass covers every item once
+    assert len(set(flat[10:])) == 2
+    assert flat[:5] != flat[5:10]  # each pass has its own order
+    assert torch.equal(picks, cycled_batches(5, 3, 4, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("name", ["reptile", "reptile-transductive"])
+def test_reptile_eval_batch_adapts_each_episode_on_its_own_draws(name, chunk, one_thread) -> None:
+    """``eval_batch`` steps on part of the support set, drawn from the episode's own generator: the same episode
+    adapts the same way twice and whichever variant scores it; other episodes draw other batches; a batch as
+    large as the support set is the whole set, as ``eval_batch=0``."""
+    shape, sx, sy, qx = chunk
+    sx, qx = sx.float(), qx.float()
+
+    def logits(method_name: str, episode: int, **hp: str) -> torch.Tensor:
+        method = _method(method_name, {"eval_steps": "3", "report_steps": "3", **hp}, shape)
+        with torch.no_grad():
+            return list(method.adapt(sx[episode], sy[episode], 5))[-1](qx[episode])
+
+    method = _method(name, {"eval_steps": "4", "eval_batch": "2"}, shape)
+    picks = [method._eval_picks(sx[e]) for e in range(EPISODES)]
+    assert picks[0].shape == (4, 2) and torch.equal(picks[0], method._eval_picks(sx[0]))
+    assert not torch.equal(picks[0], picks[1])
+    other = _method("reptile-transductive" if name == "reptile" else "reptile", {"eval_steps": "4", "eval_batch": "2"},
+                    shape)
+    assert torch.equal(other._eval_picks(sx[0]), picks[0])
+    assert torch.equal(logits(name, 0, eval_batch="3"), logits(name, 0, eval_batch="3"))
+    assert not torch.allclose(logits(name, 0, eval_batch="3"), logits(name, 0))
+    assert torch.equal(logits(name, 0, eval_batch=str(len(sx[0]))), logits(name, 0))
+
+
+def test_reptile_eval_batch_must_not_be_negative() -> None:
+    from mtbench.core.errors import UserError
+
+    with pytest.raises(UserError, match=r"--hp eval_batch=-1: .* or 0 for the whole support set"):
+        make_hparams(METHODS.get("reptile"), "synthetic", {"eval_batch": "-1"}, "2")

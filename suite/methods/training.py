@@ -78,3 +78,12 @@ def minibatches(n: int, batch_size: int, epochs: int, generator: torch.Generator
         order = torch.randperm(n, generator=generator)
         out.extend(order[i:i + batch_size] for i in range(0, n, batch_size))
     return out
+
+
+def cycled_batches(n: int, batch_size: int, count: int, generator: torch.Generator) -> Tensor:
+    """``count`` index batches of ``batch_size`` taken one after the other from shuffled passes over ``n`` items, a
+    batch running on into the next pass where one ends (so every batch is full; how Nichol et al.'s Reptile code
+    draws its minibatches): ``int64[count, batch_size]``."""
+    passes = -(-count * batch_size // n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)])
+    return order[: count * batch_size].view(count, batch_size)
