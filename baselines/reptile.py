@@ -285,13 +285,13 @@ class Reptile(ZeroHeadForOtherWays, Method):
 
         predict = vmap(functools.partial(self.predict, model, episodes=episodes))
         picks = [self._eval_picks(x) for x in support_x]
+        picks = None if picks[0] is None else torch.stack(picks)  # [E, eval_steps, eval_batch]: each episode's own
         rows = torch.arange(episodes, device=support_x.device).unsqueeze(1)
         for step in range(hp.eval_steps + 1):
             if step:
                 x, y = support_x, support_y
-                if picks[0] is not None:  # each episode's own images of this step: [E, eval_batch]
-                    pick = torch.stack([p[step - 1] for p in picks])
-                    x, y = support_x[rows, pick], support_y[rows, pick]
+                if picks is not None:
+                    x, y = support_x[rows, picks[:, step - 1]], support_y[rows, picks[:, step - 1]]
                 # the step count is Adam's bias correction, shared by every episode: a constant of the vmapped step
                 params, m, v = vmap(functools.partial(one_step, t))(params, m, v, x, y)
                 params, t = detached(params), t + 1
