@@ -83,3 +83,48 @@ def test_default_layout_weights_stay_in_the_default_layout() -> None:
     sx, sy, _ = _task()
     for params in inner_loop(model, params_of(model), [(sx, sy)] * 2, SGD(0.4)):
         assert all(v.is_contiguous() for v in params.values())
+
+
+@pytest.mark.parametrize("optimizer", [SGD(0.4), Adam(3e-3, beta1=0.0), Adam(1e-3)], ids=["sgd", "adam-reptile", "adam"])
+@pytest.mark.parametrize("layout,dtype", [("channels-last", torch.float32), ("default", torch.float32),
+                                          ("default", torch.float64)])
+def test_steps_on_one_flat_buffer_give_the_numbers_of_steps_on_the_dict(optimizer, layout, dtype,
+                                                                        monkeypatch) -> None:
+    # on the CPU outside transforms, constant-gradient steps update one flat buffer (FlatParams); the dict path
+    # (taken inside a transform, here forced) is the reference: every step's parameters and optimizer state,
+    # bit for bit, in the same layouts, the carried state included
+    model = _model(False).to(dtype)
+    sx, sy, _ = _task()
+    start = detached(params_of(model))
+    if layout == "channels-last":
+        start = channels_last(start)
+    state = optimizer.init(start)
+    if isinstance(optimizer, Adam):  # moments carried from earlier tasks, as Reptile starts from
+        g = torch.Generator().manual_seed(3)
+        state = (5, *({k: torch.rand(v.shape, generator=g, dtype=dtype) * 1e-3 for k, v in start.items()}
+                      for _ in range(2)))
+    batches = [(sx.to(dtype), sy), (sx[:3].to(dtype), sy[:3]), (sx.to(dtype), sy)]
+    flat = list(inner_loop(model, start, batches, optimizer, True, state=state, with_state=True))
+    assert functional.FlatParams.fits(start, functional._channels_last_names(start))
+    monkeypatch.setattr(functional, "under_transform", lambda: True)
+    reference = list(inner_loop(model, start, batches, optimizer, True, state=state, with_state=True))
+    assert len(flat) == len(reference) == 4
+    for (p, s), (rp, rs) in zip(flat, reference):
+        assert list(p) == list(rp)
+        assert all(torch.equal(p[k], rp[k]) and p[k].stride() == rp[k].stride() for k in p)
+        if isinstance(optimizer, Adam):
+            assert s[0] == rs[0]
+            assert all(torch.equal(s[i][k], rs[i][k]) for i in (1, 2) for k in p)
+    assert not torch.equal(flat[-1][0]["1.weight"], start["1.weight"])
+
+
+def test_flat_sections_are_aligned_and_keep_each_layout() -> None:
+    params = channels_last(detached(params_of(_model(False))))
+    flat = functional.FlatParams(params, functional._channels_last_names(params))
+    buffer = flat.pack(params)
+    views = flat.views(buffer)
+    assert all(torch.equal(views[k], params[k]) and views[k].stride() == params[k].stride() for k in params)
+    assert all(v.data_ptr() % 64 == 0 for v in views.values())
+    assert flat.size >= sum(v.numel() for v in params.values())
+    # a tensor in neither layout it was told of is not packed
+    assert not functional.FlatParams.fits({"w": torch.zeros(4, 3).t()}, set())
