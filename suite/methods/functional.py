@@ -160,9 +160,9 @@ class FlatParams:
         """The dict whose tensors are the sections of ``flat``, each in its own layout."""
         return {k: flat[o: o + math.prod(s)].view(s).permute(inv) for k, o, s, inv in self.sections}
 
-    def pack(self, tensors: Params, into: Tensor | None = None) -> Tensor:
-        """``tensors`` (any layout) copied into a flat buffer (``into``, else a new zeroed one)."""
-        flat = torch.zeros(self.size, dtype=self.dtype, device=self.device) if into is None else into
+    def pack(self, tensors: Params) -> Tensor:
+        """``tensors`` (any layout) copied into a new flat buffer, its padding zero."""
+        flat = torch.zeros(self.size, dtype=self.dtype, device=self.device)
         for k, view in self.views(flat).items():
             view.copy_(tensors[k])
         return flat
@@ -228,12 +228,14 @@ def _flat_steps(model: nn.Module, frozen: Params, fast: Params, batches: Iterabl
     """:func:`inner_loop`'s steps when the gradients are constants on the CPU: the optimizer updates one flat
     buffer of the adapted parameters (:class:`FlatParams`), with the same numbers as on their dict."""
     flat = FlatParams(fast, layout)
-    grads = torch.zeros(flat.size, dtype=flat.dtype, device=flat.device)  # refilled at every step
+    grads = torch.zeros(flat.size, dtype=flat.dtype, device=flat.device)
+    sections = flat.views(grads)  # made once: each step's gradients are copied in through them
     current = flat.pack(fast)
     # the optimizer's state, its parameter dicts packed alike (Adam's moments; SGD has none)
     state = tuple(flat.pack(s) if isinstance(s, dict) else s for s in state) if isinstance(state, tuple) else state
     for x, y in batches:
-        flat.pack(_autograd_grads(model, frozen, fast, x, y, True), into=grads)
+        for k, g in _autograd_grads(model, frozen, fast, x, y, True).items():
+            sections[k].copy_(g)
         current, state = _flat_update(optimizer, current, grads, state)
         fast = flat.views(current)
         out = {k: fast[k] if k in fast else frozen[k] for k in order}
