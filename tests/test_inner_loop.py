@@ -109,6 +109,9 @@ def test_steps_on_one_flat_buffer_give_the_numbers_of_steps_on_the_dict(optimize
     monkeypatch.setattr(functional, "under_transform", lambda: True)
     reference = list(inner_loop(model, start, batches, optimizer, True, state=state, with_state=True))
     assert len(flat) == len(reference) == 4
+    # the steps did run on one buffer: every updated tensor is a view of the same storage
+    assert len({v.untyped_storage().data_ptr() for v in flat[1][0].values()}) == 1
+    assert len({v.untyped_storage().data_ptr() for v in reference[1][0].values()}) == len(start)
     for (p, s), (rp, rs) in zip(flat, reference):
         assert list(p) == list(rp)
         assert all(torch.equal(p[k], rp[k]) and p[k].stride() == rp[k].stride() for k in p)

@@ -231,28 +231,22 @@ def _flat_steps(model: nn.Module, frozen: Params, fast: Params, batches: Iterabl
     grads = torch.zeros(flat.size, dtype=flat.dtype, device=flat.device)
     sections = flat.views(grads)  # made once: each step's gradients are copied in through them
     current = flat.pack(fast)
-    # the optimizer's state, its parameter dicts packed alike (Adam's moments; SGD has none)
-    state = tuple(flat.pack(s) if isinstance(s, dict) else s for s in state) if isinstance(state, tuple) else state
+    state = _map_state(state, dict, flat.pack)  # the optimizer's state packed alike (Adam's moments; SGD has none)
     for x, y in batches:
         for k, g in _autograd_grads(model, frozen, fast, x, y, True).items():
             sections[k].copy_(g)
-        current, state = _flat_update(optimizer, current, grads, state)
+        # the optimizer's own step, on one-entry dicts of the flat tensors
+        new, state = optimizer.step({"": current}, {"": grads}, _map_state(state, Tensor, lambda s: {"": s}))
+        current, state = new[""], _map_state(state, dict, lambda s: s[""])
         fast = flat.views(current)
         out = {k: fast[k] if k in fast else frozen[k] for k in order}
-        if with_state:
-            yield out, (tuple(flat.views(s) if isinstance(s, Tensor) else s for s in state)
-                        if isinstance(state, tuple) else state)
-        else:
-            yield out
+        yield (out, _map_state(state, Tensor, flat.views)) if with_state else out
 
 
-def _flat_update(optimizer: SGD | Adam, current: Tensor, grads: Tensor, state: Any) -> tuple[Tensor, Any]:
-    """``optimizer.step`` on one flat tensor: its own arithmetic, on a one-entry dict."""
-    wrap = (lambda s: {"": s} if isinstance(s, Tensor) else s)
-    state = tuple(wrap(s) for s in state) if isinstance(state, tuple) else state
-    new, state = optimizer.step({"": current}, {"": grads}, state)
-    state = tuple(s[""] if isinstance(s, dict) else s for s in state) if isinstance(state, tuple) else state
-    return new[""], state
+def _map_state(state: Any, kind: type, fn: Any) -> Any:
+    """``fn`` on each ``kind`` item of a tuple optimizer state (Adam's ``(t, m, v)``); any other state (SGD's
+    ``None``) as it is."""
+    return tuple(fn(s) if isinstance(s, kind) else s for s in state) if isinstance(state, tuple) else state
 
 
 def sgd_inner_loop(model: nn.Module, params: Params, x: Tensor, y: Tensor, steps: int, lr: float,
