@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mtbench.bench import peer
-from mtbench.bench.curves import LEARNERS, maml_curves
+from mtbench.bench.curves import LEARNERS, RECIPES, Recipe, maml_curves
+from mtbench.bench.record import BenchSpec, check
 from mtbench.bench.workloads import synthetic_split
+from mtbench.core.errors import UserError
+from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, make_hparams
 
 
@@ -33,3 +37,37 @@ def test_curves_score_every_learner_on_the_same_episodes(one_thread) -> None:
     # initialisation, other ones
     start = {name: [s["mean"] for s in doc["curves"][name][0]["by_step"]] for name in LEARNERS}
     assert start["mtbench maml"] == start["learn2learn-style"] != start["mtbench maml, PyTorch default init"]
+
+
+def test_peer_scores_every_step_of_one_adaptation_as_adapting_anew_for_each() -> None:
+    episodes = EpisodeSet(synthetic_split("test", 10), EpisodeSpec(5, 1, 3, 2, seed=0))
+    model = peer.conv4((1, 28, 28), 5, torch.Generator().manual_seed(0))
+    by_step = peer.accuracy_by_step(model, episodes, 3, 0.4)
+    assert by_step.shape == (3, 2)
+    for s in range(3):
+        assert torch.equal(by_step[s], peer.evaluate_episodes(model, episodes, s + 1, 0.4))
+
+
+def test_a_recipe_sets_the_tasks_the_network_and_the_learners() -> None:
+    """A 32-channel, 2-shot recipe with 3 training queries per class and 2 test steps: both learners start from the
+    same weights (the same scores before any meta-update), each test step is scored, the file records the recipe."""
+    r = Recipe("omniglot", 5, 2, inner_lr=0.1, meta_batch=2, meta_lr=1e-3, train_steps=1, test_steps=2,
+               train_queries=3, width=32, learners=("mtbench maml", "learn2learn-style"))
+    doc = maml_curves(synthetic_split("fit", 20), synthetic_split("test", 10), iterations=1, every=1, episodes=2,
+                      r=r, name="tiny")
+    assert list(doc["curves"]) == ["mtbench maml", "learn2learn-style"]
+    assert doc["recipe"] == "tiny" and doc["settings"]["width"] == 32 and doc["settings"]["shots"] == 2
+    for points in doc["curves"].values():
+        assert [p["iteration"] for p in points] == [0, 1]
+        assert all([s["step"] for s in p["by_step"]] == [1, 2] for p in points)
+    start = [[s["mean"] for s in doc["curves"][name][0]["by_step"]] for name in doc["curves"]]
+    assert start[0] == start[1]
+
+
+def test_an_unknown_recipe_or_a_missing_dataset_is_named_before_measuring(tmp_path) -> None:
+    with pytest.raises(UserError, match="--curves-recipe nope: not a recipe; choose one of omniglot-finn"):
+        check(BenchSpec(maml_curves=10, curves_recipe="nope"))
+    with pytest.raises(UserError, match=f"needs miniimagenet under {tmp_path}"):
+        check(BenchSpec(maml_curves=10, curves_recipe="miniimagenet-quick-5w1s", data_root=str(tmp_path)))
+    check(BenchSpec(maml_curves=0, curves_recipe="miniimagenet-quick-5w1s", data_root=str(tmp_path)))  # no curves
+    assert {"omniglot-finn", "miniimagenet-quick-5w1s", "miniimagenet-quick-5w5s"} <= set(RECIPES)

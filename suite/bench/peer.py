@@ -52,10 +52,16 @@ def adapt(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float, create_
     ``autograd.grad``; with ``create_graph`` the result stays differentiable in the parameters (2nd order)."""
     params = dict(model.named_parameters())
     for _ in range(steps):
-        loss = F.cross_entropy(functional_call(model, params, (x,)), y)
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-        params = {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
+        params = adapt_from(model, params, x, y, lr, create_graph)
     return params
+
+
+def adapt_from(model: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor, lr: float,
+               create_graph: bool = False) -> dict[str, Tensor]:
+    """One step of :func:`adapt` from ``params``."""
+    loss = F.cross_entropy(functional_call(model, params, (x,)), y)
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+    return {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
 
 
 def meta_step(model: nn.Module, optimizer: torch.optim.Optimizer, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor,
@@ -82,3 +88,18 @@ def evaluate_episodes(model: nn.Module, episodes: EpisodeSet, steps: int, lr: fl
             logits = functional_call(model, fast, (ep.query_x,))
         out.append((logits.argmax(-1) == ep.query_y).float().mean())
     return torch.stack(out)
+
+
+def accuracy_by_step(model: nn.Module, episodes: EpisodeSet, steps: int, lr: float) -> Tensor:
+    """Accuracy after each of ``steps`` adaptation steps on each episode's support set, the steps of one
+    adaptation per episode (what :func:`evaluate_episodes` gives for 1, 2, ... steps): ``float[steps, episodes]``."""
+    out = []
+    for ep in episodes:
+        params, scored = dict(model.named_parameters()), []
+        for _ in range(steps):
+            params = adapt_from(model, params, ep.support_x, ep.support_y, lr)
+            with torch.no_grad():
+                logits = functional_call(model, {k: v.detach() for k, v in params.items()}, (ep.query_x,))
+            scored.append((logits.argmax(-1) == ep.query_y).float().mean())
+        out.append(torch.stack(scored))
+    return torch.stack(out, 1)

@@ -58,6 +58,8 @@ class BenchSpec:
     #: meta-iterations of the MAML learning curves against the peer loop (0: none), scored every ``curve_every``
     maml_curves: int = 0
     curve_every: int = 50
+    #: what the curves train and score on (:data:`mtbench.bench.curves.RECIPES`)
+    curves_recipe: str = "omniglot-finn"
 
 
 def check(spec: BenchSpec) -> None:
@@ -69,7 +71,13 @@ def check(spec: BenchSpec) -> None:
     if spec.maml_curves < 0 or spec.curve_every < 1:
         raise UserError(f"--maml-curves {spec.maml_curves} --curve-every {spec.curve_every}: give meta-iterations "
                         f"≥ 0 and a scoring interval ≥ 1")
+    from mtbench.bench.curves import recipe, recipe_dataset
     from mtbench.methods import METHODS
+
+    if spec.maml_curves and recipe(spec.curves_recipe).dataset != "omniglot":
+        recipe_dataset(recipe(spec.curves_recipe), spec.data_root)
+    else:
+        recipe(spec.curves_recipe)
 
     for name in spec.evaluation:
         METHODS.get(name)  # an unknown name is a UserError listing the registered ones
@@ -133,12 +141,14 @@ def run(spec: BenchSpec, log: Callable[[str], None] = lambda _: None) -> dict[st
             rows.append(row)
     doc = document(spec, data.description, data.real, rows, device, origin)
     if spec.maml_curves:
-        from mtbench.bench.curves import maml_curves
+        from mtbench.bench.curves import maml_curves, recipe, recipe_splits
 
-        log(f"MAML learning curves, {spec.maml_curves} meta-iterations, scored every {spec.curve_every} on "
-            f"{spec.episodes} episodes:")
-        doc["maml_curves"] = maml_curves(data.fit, data.test, spec.maml_curves, spec.curve_every, spec.episodes,
-                                         log=log)
+        r = recipe(spec.curves_recipe)
+        fit, test = (data.fit, data.test) if r.dataset == "omniglot" else recipe_splits(r, device, spec.data_root)
+        log(f"MAML learning curves ({spec.curves_recipe}), {spec.maml_curves} meta-iterations, scored every "
+            f"{spec.curve_every} on {spec.episodes} episodes:")
+        doc["maml_curves"] = maml_curves(fit, test, spec.maml_curves, spec.curve_every, spec.episodes, log=log, r=r,
+                                         name=spec.curves_recipe)
     return doc
 
 

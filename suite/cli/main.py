@@ -178,13 +178,17 @@ main.add_command(folderscmd.predict_cmd)
 @click.option("--measurements/--no-measurements", default=True, show_default=True,
               help="The throughput measurements; --no-measurements runs only --evaluation and --maml-curves.")
 @click.option("--maml-curves", type=int, default=0, show_default=True, metavar="N",
-              help="Also train MAML and a learn2learn-style loop N meta-iterations from the same seed (Finn's "
-                   "Omniglot 5w1s settings) and score both on --episodes episodes every --curve-every iterations.")
+              help="Also train MAML and a learn2learn-style loop N meta-iterations from the same seed (in the "
+                   "settings of --curves-recipe) and score both on --episodes episodes every --curve-every "
+                   "iterations.")
 @click.option("--curve-every", type=int, default=50, show_default=True, help="Scoring interval of --maml-curves.")
+@click.option("--curves-recipe", default="omniglot-finn", show_default=True, metavar="NAME",
+              help="The tasks and settings of --maml-curves: omniglot-finn (Finn et al.'s Omniglot 5w1s), "
+                   "miniimagenet-quick-5w1s or miniimagenet-quick-5w5s (MAML's --budget quick recipe there).")
 @user_errors
 def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: int, data_root: str | None,
               out: str | None, malloc_tuning: bool, evaluation: str, measurements: bool, maml_curves: int,
-              curve_every: int) -> None:
+              curve_every: int, curves_recipe: str) -> None:
     """Measure throughput on Omniglot-shaped tasks (5-way 1-shot, 15 queries, 28x28, Conv4): episode
     sampling, ProtoNet training and evaluation, second-order MAML meta-steps (bmm, vmap, and the per-task
     reference loop); print a table and the ratios."""
@@ -198,7 +202,7 @@ def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: 
     spec = BenchSpec(device=device, meta_batches=parse_meta_batches(meta_batch), repeats=repeats, episodes=episodes,
                      data_root=data_root, out=out, command=shlex.join(["mtbench", *sys.argv[1:]]),
                      evaluation=tuple(names), measurements=measurements, maml_curves=maml_curves,
-                     curve_every=curve_every)
+                     curve_every=curve_every, curves_recipe=curves_recipe)
     if malloc_tuning and select_device(device).type == "cpu":
         tune_malloc()
     doc = run(spec, log=lambda text: click.echo(text, err=True))
