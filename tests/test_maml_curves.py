@@ -71,3 +71,11 @@ def test_an_unknown_recipe_or_a_missing_dataset_is_named_before_measuring(tmp_pa
         check(BenchSpec(maml_curves=10, curves_recipe="miniimagenet-quick-5w1s", data_root=str(tmp_path)))
     check(BenchSpec(maml_curves=0, curves_recipe="miniimagenet-quick-5w1s", data_root=str(tmp_path)))  # no curves
     assert {"omniglot-finn", "miniimagenet-quick-5w1s", "miniimagenet-quick-5w5s"} <= set(RECIPES)
+
+
+def test_the_bench_file_says_what_the_curves_ran_on(tmp_path, one_thread) -> None:
+    from mtbench.bench.record import run
+
+    doc = run(BenchSpec(device="cpu", episodes=1, measurements=False, maml_curves=1, data_root=str(tmp_path)))
+    assert doc["maml_curves"]["recipe"] == "omniglot-finn"
+    assert doc["maml_curves"]["data"].startswith("bench-synthetic fit (256 classes) / test")

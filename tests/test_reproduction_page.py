@@ -302,3 +302,34 @@ def test_fit_seeds_run_on_different_cpus_make_one_row_here_and_a_seed_run_twice_
     gpu["provenance"]["device_type"] = "cuda"
     put_result(here, gpu, "gpu")
     assert sorted(o.seeds for o in rows(tmp_path / "lb")[("synthetic", "5w1s")]) == [1, 1, 2]  # a GPU stays apart
+
+
+def test_maml_curves_of_a_recipe_are_described_by_it_and_drawn(tmp_path):
+    """A file of another recipe (``--curves-recipe``) is described by its own dataset, network and settings; a file
+    before recipes existed reads as Finn's Omniglot 5w1s; each file gets its figure."""
+    import json
+
+    from mtbench.report.blocks import Image, Para
+    from mtbench.report.maml_curves import maml_curves_section
+
+    point = lambda it: {"iteration": it, "seconds": 1.0,  # noqa: E731
+                        "by_step": [{"step": s, "mean": 0.3, "ci95": 0.01} for s in range(1, 11)]}
+    settings = {"inner_lr": 0.01, "train_steps": 1, "test_steps": 10, "meta_batch": 2, "meta_lr": 0.001,
+                "train_queries": 15}
+    mini = {"dataset": "miniimagenet", "ways": 5, "shots": 1, "width": 32}
+    machine = {"device_name": "CPU Test (1 threads)", "torch": "2.x", "git_commit": None}
+    (tmp_path / "reproduction").mkdir()
+    for name, extra in (("a-old.json", {}), ("b-mini.json", mini)):
+        doc = {"machine": machine, "maml_curves": {"seed": 0, "episodes": 200, "settings": {**settings, **extra},
+                                                   "curves": {"mtbench maml": [point(0), point(500)],
+                                                              "learn2learn-style": [point(0), point(500)]}}}
+        (tmp_path / "reproduction" / name).write_text(json.dumps(doc))
+    blocks, figures = maml_curves_section(tmp_path)
+    texts = [b.parts[0] for b in blocks if isinstance(b, Para) and isinstance(b.parts[0], str)]
+    assert any(t.startswith("a-old.json: omniglot 5w1s, 64-channel Conv4") for t in texts)
+    assert any(t.startswith("b-mini.json: miniimagenet 5w1s, 32-channel Conv4, inner lr 0.01, 1 inner step in "
+                            "training and 10 at test") and "15 queries per class" in t for t in texts)
+    assert sorted(figures) == ["maml-curves-a-old.svg", "maml-curves-b-mini.svg"]
+    assert all(f.startswith(b"<?xml") for f in figures.values())
+    assert [b.src for b in blocks if isinstance(b, Image)] == [f"figures/{n}" for n in sorted(figures)]
+    assert maml_curves_section(tmp_path / "none") == ([], {})

@@ -149,6 +149,9 @@ def run(spec: BenchSpec, log: Callable[[str], None] = lambda _: None) -> dict[st
             f"{spec.curve_every} on {spec.episodes} episodes:")
         doc["maml_curves"] = maml_curves(fit, test, spec.maml_curves, spec.curve_every, spec.episodes, log=log, r=r,
                                          name=spec.curves_recipe)
+        # the config's "data" is the throughput measurements' (Omniglot's); the curves say what they ran on
+        doc["maml_curves"]["data"] = (f"{fit.dataset} {fit.name} ({fit.num_classes} classes) / {test.name} "
+                                      f"({test.num_classes} classes)")
     return doc
 
 

@@ -34,6 +34,7 @@ from mtbench.core.errors import UserError
 from mtbench.results import partial_fit
 from mtbench.report.blocks import Block, Built, Bullets, Code, Heading, Link, Para, Table
 from mtbench.report.evidence import describe
+from mtbench.report.maml_curves import maml_curves_section
 
 PUBLISHED = "published.toml"  # in the leaderboard folder
 BUDGETS = ("quick", "paper")  # the columns; a row of any other budget is not compared
@@ -316,46 +317,6 @@ def _others(dataset: str, compared: list[Compared], ours: dict[tuple[str, str], 
                   + "; ".join(f"{s} {o.label} ({o.budget}) {o.shown(' %')}" for s, o in rest) + ".",))]
 
 
-CURVES = "reproduction"  # folder of the leaderboard folder holding `mtbench bench --maml-curves` files
-
-
-def _maml_curves(leaderboards: Path) -> list[Block]:
-    """MAML's learning curve beside the learn2learn-style loop's, from each ``mtbench bench --maml-curves`` file in
-    ``<leaderboards>/reproduction/`` (file name order): accuracy after the last test step, by meta-iteration."""
-    import json
-
-    blocks: list[Block] = []
-    for path in sorted((leaderboards / CURVES).glob("*.json")):
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            curves, machine = doc["maml_curves"], doc["machine"]
-            learners = curves["curves"]
-            iterations = [p["iteration"] for p in next(iter(learners.values()))]
-        except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
-            raise UserError(f"{path} is not an `mtbench bench --maml-curves` file ({exc}); remove it or write "
-                            f"it again") from None
-        settings = curves["settings"]
-        table = pd.DataFrame({"learner": list(learners)} | {
-            f"it {i}": [f"{100 * pts[k]['by_step'][-1]['mean']:.1f} ± {100 * pts[k]['by_step'][-1]['ci95']:.1f}"
-                        for pts in learners.values()] for k, i in enumerate(iterations)} | {
-            "by step at the end": [" / ".join(f"{100 * s['mean']:.1f}" for s in pts[-1]["by_step"])
-                                   for pts in learners.values()]})  # speed: the bench's side-by-side ratios, not these
-        blocks += [Para((f"{path.name}: Omniglot 5w1s, inner lr {settings['inner_lr']}, {settings['train_steps']} "
-                         f"inner step in training and {settings['test_steps']} at test, meta-batch "
-                         f"{settings['meta_batch']}, Adam {settings['meta_lr']}, {settings['train_queries']} query per "
-                         f"class in training; seed {curves['seed']}, the same tasks and the same {curves['episodes']} "
-                         f"test episodes for every learner; accuracy (%) after {settings['test_steps']} test steps ± "
-                         f"95 % CI over the episodes; on {machine['device_name']}, torch {machine['torch']}, commit "
-                         f"{(machine['git_commit'] or 'unknown')[:12]}.",)), Table(table)]
-    if not blocks:
-        return []
-    return [Heading("MAML against a learn2learn-style loop"),
-            Para(("mtbench's MAML, the same MAML started from the peer's initialisation (Xavier weights, zero biases, "
-                  "BatchNorm scales uniform in [0, 1]), and a learn2learn-style clone/adapt loop in plain PyTorch (",
-                  Code("suite/bench/peer.py"), "), written by ", Code("mtbench bench --maml-curves N"), ".",)),
-            *blocks]
-
-
 def reproduction_page(leaderboards: Path) -> Built | None:
     """The page, or ``None`` when the leaderboard folder has no published-figures file."""
     figures = load(leaderboards)
@@ -385,7 +346,8 @@ def reproduction_page(leaderboards: Path) -> Built | None:
         blocks += [Heading(dataset), Table(_table(here)), *_others(dataset, here, ours)]
         notes = dict.fromkeys(f"{c.figure.setting} {c.figure.name}: {c.figure.note}" for c in here if c.figure.note)
         blocks += [Para(("Notes:",)), Bullets(tuple((n,) for n in notes))] if notes else []
-    blocks += _maml_curves(leaderboards)
+    curves, curve_figures = maml_curves_section(leaderboards)
+    blocks += curves
     which = _which(compared)
     blocks += [Heading("Our rows"),
                Para(("The result file(s) of each row compared above (on the setting's ",
@@ -397,4 +359,4 @@ def reproduction_page(leaderboards: Path) -> Built | None:
                              dict.fromkeys(c.figure.source for c in compared)))]
     summary = (f"{len(compared)} published figures; {outside} outside our 95% CI at a budget; {missing} not run at "
                "either budget")
-    return Built(summary, blocks)
+    return Built(summary, blocks, curve_figures)
