@@ -79,3 +79,11 @@ def test_the_bench_file_says_what_the_curves_ran_on(tmp_path, one_thread) -> Non
     doc = run(BenchSpec(device="cpu", episodes=1, measurements=False, maml_curves=1, data_root=str(tmp_path)))
     assert doc["maml_curves"]["recipe"] == "omniglot-finn"
     assert doc["maml_curves"]["data"].startswith("bench-synthetic fit (256 classes) / test")
+
+
+def test_each_point_keeps_every_episodes_last_step_accuracy(one_thread) -> None:
+    doc = maml_curves(synthetic_split("fit", 20), synthetic_split("test", 10), iterations=1, every=1, episodes=3)
+    for points in doc["curves"].values():
+        for p in points:
+            assert len(p["per_episode"]) == 3
+            assert abs(sum(p["per_episode"]) / 3 - p["by_step"][-1]["mean"]) < 1e-9

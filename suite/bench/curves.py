@@ -92,9 +92,13 @@ def recipe_splits(r: Recipe, device: torch.device, data_root: str | None) -> tup
     return data.load(data.fit_split).to(device), data.load(data.eval_split).to(device)
 
 
-def _point(iteration: int, started: float, by_step: list[tuple[float, float]]) -> dict[str, Any]:
+def _point(iteration: int, started: float, by_step: list[tuple[float, float]],
+           last: list[float]) -> dict[str, Any]:
+    """One scored iteration: mean ± CI after each test step, and each episode's accuracy after the last one (so that
+    two learners compare paired, episode by episode)."""
     return {"iteration": iteration, "seconds": time.perf_counter() - started,
-            "by_step": [{"step": s + 1, "mean": m, "ci95": c} for s, (m, c) in enumerate(by_step)]}
+            "by_step": [{"step": s + 1, "mean": m, "ci95": c} for s, (m, c) in enumerate(by_step)],
+            "per_episode": last}
 
 
 def _ours(source: Split, episodes: EpisodeSet, r: Recipe, iterations: int, eval_at: set[int], seed: int,
@@ -111,8 +115,9 @@ def _ours(source: Split, episodes: EpisodeSet, r: Recipe, iterations: int, eval_
     started = time.perf_counter()
 
     def score(i: int) -> None:
-        steps = evaluate(method, episodes, progress=False)["accuracy"]["by_step"][1:]  # after each test step
-        points.append(_point(i, started, [(s["mean"], s["ci95"]) for s in steps]))
+        accuracy = evaluate(method, episodes, progress=False)["accuracy"]
+        steps = accuracy["by_step"][1:]  # after each test step
+        points.append(_point(i, started, [(s["mean"], s["ci95"]) for s in steps], accuracy["per_episode"]))
 
     class Scored(FitContext):
         def loop(self, desc: str, steps: int | None = None) -> Iterator[int]:
@@ -140,9 +145,8 @@ def _peer(source: Split, episodes: EpisodeSet, r: Recipe, iterations: int, eval_
     started = time.perf_counter()
 
     def score(i: int) -> None:
-        by_step = [mean_ci95(acc.double().tolist()) for acc in peer.accuracy_by_step(model, episodes, r.test_steps,
-                                                                                     r.inner_lr)]
-        points.append(_point(i, started, by_step))
+        table = peer.accuracy_by_step(model, episodes, r.test_steps, r.inner_lr).double()
+        points.append(_point(i, started, [mean_ci95(acc.tolist()) for acc in table], table[-1].tolist()))
 
     for i in range(iterations):
         if i in eval_at:
