@@ -333,3 +333,22 @@ def test_maml_curves_of_a_recipe_are_described_by_it_and_drawn(tmp_path):
     assert all(f.startswith(b"<?xml") for f in figures.values())
     assert [b.src for b in blocks if isinstance(b, Image)] == [f"figures/{n}" for n in sorted(figures)]
     assert maml_curves_section(tmp_path / "none") == ([], {})
+
+
+def test_a_curves_file_as_evidence_says_what_it_measured_paired(tmp_path):
+    """Named as a reason's evidence, a curves file shows each learner's last accuracy and the first learner minus
+    the others, paired on the same episodes."""
+    import json
+
+    point = lambda per: {"iteration": 500, "seconds": 1.0, "per_episode": per,  # noqa: E731
+                         "by_step": [{"step": 1, "mean": sum(per) / len(per), "ci95": 0.05}]}
+    doc = {"machine": {"device_name": "CPU", "torch": "2.x", "git_commit": None},
+           "maml_curves": {"seed": 0, "episodes": 4, "settings": {},
+                           "curves": {"mtbench maml": [point([0.2, 0.4, 0.6, 0.4])],
+                                      "learn2learn-style": [point([0.2, 0.2, 0.4, 0.4])]}}}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    mean, ci = ci_pct([0.0, 0.2, 0.2, 0.0])
+    assert describe(["c.json"], tmp_path) == (
+        "c.json (after 500 meta-iterations on the same tasks and 4 test episodes: mtbench maml 40.00 ± 5.00 %, "
+        f"learn2learn-style 30.00 ± 5.00 %; mtbench maml minus learn2learn-style +{mean:.2f} ± {ci:.2f} points "
+        "paired)",)

@@ -19,6 +19,7 @@ from typing import Any
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
 from mtbench.results import read_result
+from mtbench.report.maml_curves import describe_curves
 
 _SAME = ("kind", "ways", "shots", "queries", "seed", "support_from", "queries_from")
 
@@ -30,8 +31,9 @@ def describe(paths: Sequence[str], repo: Path) -> tuple[str, ...]:
     docs = [_result(repo / p) for p in paths]
     out = []
     for i, (path, doc) in enumerate(zip(paths, docs)):
-        if doc is None:
-            out.append(path)
+        if doc is None:  # a bench file of MAML's curves says what it measured; any other file is its path alone
+            curves = describe_curves(repo / path) if path.endswith(".json") else None
+            out.append(f"{path} ({curves})" if curves else path)
             continue
         what = [_accuracy(doc)]
         later = [(p, d) for p, d in zip(paths[i + 1:], docs[i + 1:]) if d is not None and same_episodes(doc, d)]

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from mtbench.core.errors import UserError
+from mtbench.core.metrics import mean_ci95
 from mtbench.report.blocks import FIGURES, Block, Code, Heading, Image, Para, Table, svg
 
 CURVES = "reproduction"  # folder of the leaderboard folder holding `mtbench bench --maml-curves` files
@@ -91,3 +92,25 @@ def maml_curves_section(leaderboards: Path) -> tuple[list[Block], dict[str, byte
                   Code("suite/bench/peer.py"), "), written by ", Code("mtbench bench --maml-curves N"), " (",
                   Code("--curves-recipe"), " picks the tasks and settings).",)),
             *blocks], figures
+
+
+def describe_curves(path: Path) -> str | None:
+    """What a curves file measured, for a reason's evidence on the reproduction page: each learner's accuracy at
+    the last scored iteration, and the first learner minus each other one, paired on the same episodes (files
+    that keep each episode's accuracy); ``None`` for a file that is not one."""
+    try:
+        curves, _, learners = _read(path)
+    except UserError:
+        return None
+    last = {name: points[-1] for name, points in learners.items()}
+    first, *others = list(last)
+    text = (f"after {last[first]['iteration']} meta-iterations on the same tasks and {curves['episodes']} test "
+            "episodes: " + ", ".join(f"{name} {100 * p['by_step'][-1]['mean']:.2f} ± {100 * p['by_step'][-1]['ci95']:.2f}"
+                                     " %" for name, p in last.items()))
+    a = last[first].get("per_episode")
+    for name in others:
+        b = last[name].get("per_episode")
+        if a and b and len(a) == len(b):
+            mean, ci = mean_ci95([x - y for x, y in zip(a, b)])
+            text += f"; {first} minus {name} {100 * mean:+.2f} ± {100 * ci:.2f} points paired"
+    return text
