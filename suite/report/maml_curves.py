@@ -49,9 +49,10 @@ def _describe(name: str, curves: dict[str, Any], machine: dict[str, Any]) -> str
             f"{machine['torch']}, commit {(machine['git_commit'] or 'unknown')[:12]}.")
 
 
-def _figure(title: str, learners: dict[str, list[dict[str, Any]]], test_steps: int) -> Any:
+def _figure(title: str, learners: dict[str, list[dict[str, Any]]], test_steps: int, ways: int) -> Any:
     def draw(fig: Any) -> None:
         ax = fig.subplots()
+        ax.axhline(100 / ways, linestyle="--", color="grey", linewidth=1, label=f"chance ({ways}-way)")
         for k, (learner, points) in enumerate(learners.items()):
             last = [p["by_step"][-1] for p in points]
             ax.errorbar([p["iteration"] + 0.004 * k * points[-1]["iteration"] for p in points],
@@ -79,9 +80,9 @@ def maml_curves_section(leaderboards: Path) -> tuple[list[Block], dict[str, byte
             "by step at the end": [" / ".join(f"{100 * s['mean']:.1f}" for s in pts[-1]["by_step"])
                                    for pts in learners.values()]})  # speed: the bench's side-by-side ratios, not these
         s = {**OMNIGLOT_FINN, **curves["settings"]}
-        figure = f"maml-curves-{path.stem}.svg"
+        figure = f"{path.stem}.svg" if path.stem.startswith("maml-curves") else f"maml-curves-{path.stem}.svg"
         figures[figure] = svg(_figure(f"MAML against the learn2learn-style loop, {s['dataset']} {s['ways']}w"
-                                      f"{s['shots']}s", learners, s["test_steps"]), (7.0, 3.8))
+                                      f"{s['shots']}s", learners, s["test_steps"], s["ways"]), (7.0, 3.8))
         blocks += [Para((_describe(path.name, curves, machine),)), Table(table),
                    Image(f"{FIGURES}/{figure}", f"accuracy against meta-iterations of each learner, {path.name}")]
     if not blocks:
