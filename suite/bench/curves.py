@@ -81,8 +81,8 @@ def recipe_dataset(r: Recipe, data_root: str | None) -> Any:
     recipe runs on the bench's own data instead: see :func:`mtbench.bench.workloads.load_data`)."""
     data = DATASETS.get(r.dataset)(root=resolve_data_root(data_root), progress=False)
     if not data.is_available():
-        raise UserError(f"--curves-recipe needs {r.dataset} under {data.root}: run `mtbench data download {r.dataset}` or "
-                        f"give --data-root")
+        raise UserError(f"--curves-recipe needs {r.dataset} under {data.root}: run `mtbench data download "
+                        f"{r.dataset}` or give --data-root")
     return data
 
 

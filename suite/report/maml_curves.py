@@ -106,8 +106,8 @@ def describe_curves(path: Path) -> str | None:
     last = {name: points[-1] for name, points in learners.items()}
     first, *others = list(last)
     text = (f"after {last[first]['iteration']} meta-iterations on the same tasks and {curves['episodes']} test "
-            "episodes: " + ", ".join(f"{name} {100 * p['by_step'][-1]['mean']:.2f} ± {100 * p['by_step'][-1]['ci95']:.2f}"
-                                     " %" for name, p in last.items()))
+            "episodes: " + ", ".join(f"{name} {100 * p['by_step'][-1]['mean']:.2f} ± "
+                                     f"{100 * p['by_step'][-1]['ci95']:.2f} %" for name, p in last.items()))
     a = last[first].get("per_episode")
     for name in others:
         b = last[name].get("per_episode")
