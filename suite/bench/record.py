@@ -74,10 +74,9 @@ def check(spec: BenchSpec) -> None:
     from mtbench.bench.curves import recipe, recipe_dataset
     from mtbench.methods import METHODS
 
-    if spec.maml_curves and recipe(spec.curves_recipe).dataset != "omniglot":
-        recipe_dataset(recipe(spec.curves_recipe), spec.data_root)
-    else:
-        recipe(spec.curves_recipe)
+    r = recipe(spec.curves_recipe)
+    if spec.maml_curves and r.dataset != "omniglot":  # Omniglot's curves run on the bench's data, real or generated
+        recipe_dataset(r, spec.data_root)
 
     for name in spec.evaluation:
         METHODS.get(name)  # an unknown name is a UserError listing the registered ones
