@@ -102,10 +102,14 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
 
 def init_doc(method: str = "protonet", **fields) -> dict:
     """A complete ``init`` section (the checkpoint a run started from) for :func:`result_doc`; ``fields``
-    replace its defaults."""
-    return {"path": f"{method}.pt", "sha256": "c" * 64, "recalibrated_batchnorm": False, "method": method,
-            "hparams": {}, "dataset": "synthetic", "fit_split": "train", "budget": "quick", "iterations": 10,
-            "fit_seconds": 1.0, "init": None, "git_commit": None, **fields}
+    replace its defaults: by default a whole fit of the built-in ``method``'s quick budget on the synthetic data."""
+    from mtbench.methods import METHODS
+
+    doc = {"path": f"{method}.pt", "sha256": "c" * 64, "recalibrated_batchnorm": False, "method": method,
+           "hparams": {}, "dataset": "synthetic", "fit_split": "train", "budget": "quick", "fit_seconds": 1.0,
+           "init": None, "git_commit": None, **fields}
+    return {**doc, "iterations": fields.get("iterations", METHODS.get(method).iterations_for(doc["budget"],
+                                                                                             doc["dataset"]))}
 
 
 def put_result(folder: Path, doc: dict, name: str | None = None) -> Path:

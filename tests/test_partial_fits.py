@@ -11,14 +11,17 @@ import pytest
 import torch
 
 from mtbench.board import leaderboard as lb
+from mtbench.board.labels import partial_first_stage
 from mtbench.board.reproduce import spec_of
 from mtbench.core.errors import UserError
 from mtbench.data.episodes import EpisodeSpec
+from mtbench.methods import METHODS
 from mtbench.results import partial_fit
+from mtbench.run.checkpoints import read_checkpoint
 from mtbench.run.runner import RunSpec, run
 from mtbench.report.blocks import Table
 from mtbench.report.reproduction import reproduction_page
-from tests.support import put_result, result_doc
+from tests.support import init_doc, put_result, result_doc
 
 BUDGET = 12  # protonet's episodes on the synthetic data; --until stops at 5, then 9
 
@@ -98,6 +101,38 @@ def test_a_partial_row_is_its_own_and_says_how_far_it_got(tmp_path) -> None:
     assert lb.budget(by_seeds[(0, 1)].doc) == "paper"
     # mtbench reproduce re-runs a partial fit as far as it went
     assert spec_of(part, None, "cpu").until == 40 and spec_of(result_doc("protonet", [0.5]), None, "cpu").until is None
+
+
+def test_a_partial_fit_saved_with_save_says_how_far_it_ran(tmp_path) -> None:
+    ckpt = tmp_path / "part.pt"
+    doc, _ = run(_spec(tmp_path / "out", until=3, save=str(ckpt)))
+    blob, _ = read_checkpoint(ckpt)
+    # the iterations it ran, not its budget's: a run from it must not pass for one from the whole fit
+    assert (blob["budget"], blob["iterations"], doc["fit"]["iterations"]) == (str(BUDGET), 3, 3)
+
+
+def _from_saved_fit(budget: str, iterations: int, per_episode: list[float]) -> dict:
+    """A ``reptile-transductive`` result that adapted a saved Reptile fit (``--budget 0 --init FILE``)."""
+    doc = result_doc("reptile-transductive", per_episode,
+                     init=init_doc("reptile", budget=budget, iterations=iterations))
+    doc["budget"], doc["fit"]["iterations"] = {"name": "0", "iterations": 0}, 0
+    return doc
+
+
+def test_a_run_from_a_partial_fit_is_labelled_partial_as_that_fit(tmp_path) -> None:
+    whole = METHODS.get("reptile").iterations_for("paper", "synthetic")
+    part = _from_saved_fit("paper", 3000, [0.5, 0.7] * 5)
+    assert partial_first_stage(part) == (3000, whole)
+    assert lb.budget(part) == f"0 iterations, from a paper fit stopped at 3000 of {whole} iterations (partial)"
+    for doc in (_from_saved_fit("paper", whole, [0.5]), _from_saved_fit("7", 3, [0.5]), result_doc("reptile", [0.5])):
+        assert partial_first_stage(doc) is None
+    assert lb.budget(_from_saved_fit("paper", whole, [0.5])) == "0 iterations"
+    # on the reproduction page, as the paper column's partial fit
+    root = tmp_path / "leaderboards"
+    root.mkdir()
+    (root / "published.toml").write_text(PUBLISHED.replace('ours = "protonet"', 'ours = "reptile → reptile-transductive"'))
+    put_result(root / "synthetic" / "5w1s", part, "part")
+    assert f"partial fit, 3000 of {whole} iterations" in _paper_cell(tmp_path)
 
 
 PUBLISHED = """

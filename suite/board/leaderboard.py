@@ -26,6 +26,7 @@ import pandas as pd
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci95
+from mtbench.board.labels import label, partial_first_stage
 from mtbench.methods import METHODS
 from mtbench.results import partial_fit, setting_name
 from mtbench.results.layout import leaderboard_files
@@ -290,6 +291,8 @@ def budget(doc: dict[str, Any]) -> str:
     name = b["name"] if not b["name"].isdigit() else f"{b['name']} iterations"
     if partial_fit(doc):
         return f"{b['name']}, {doc['fit']['iterations']} of {b['iterations']} iterations (partial)"
+    if first := partial_first_stage(doc):
+        return f"{name}, from a {doc['init']['budget']} fit stopped at {first[0]} of {first[1]} iterations (partial)"
     cpu = doc["provenance"]["device_type"] == "cpu"
     return f"{name}{' (CPU)' if cpu and b['name'] == 'quick' else ''}"
 
@@ -317,8 +320,6 @@ def reproduced(item: Row | dict[str, Any]) -> str:
 
 def frame(g: Group, fraction: float = FRACTION) -> pd.DataFrame:
     """The group's ranked table as display strings, one row per :class:`Row` (its files listed by seed)."""
-    from mtbench.board.labels import label
-
     best = g.rows[0]
     out = []
     for rank, row in enumerate(g.rows, 1):

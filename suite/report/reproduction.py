@@ -29,7 +29,7 @@ else:  # pragma: no cover - Python 3.10
 import pandas as pd
 
 from mtbench.board import leaderboard as lb
-from mtbench.board.labels import label
+from mtbench.board.labels import label, partial_first_stage
 from mtbench.core.errors import UserError
 from mtbench.results import partial_fit
 from mtbench.report.blocks import Block, Built, Bullets, Code, Heading, Link, Para, Table
@@ -225,7 +225,7 @@ def rows(leaderboards: Path) -> dict[tuple[str, str], list[Ours]]:
                 label(doc), doc["method"]["hparams"], _budget(doc), r.accuracy.mean, r.accuracy.ci95, len(r.entries),
                 tuple(e.path.name for e in r.entries), "; ".join(dict.fromkeys(ran_on[e.path] for e in r.entries)),
                 max(e.doc["provenance"]["timestamp"] for e in r.entries),
-                (doc["fit"]["iterations"], doc["budget"]["iterations"]) if partial_fit(doc) else None))
+                (doc["fit"]["iterations"], doc["budget"]["iterations"]) if partial_fit(doc) else partial_first_stage(doc)))
     return found
 
 

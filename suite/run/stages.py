@@ -267,7 +267,10 @@ def save(r: Resolved, d: Loaded, f: Fitted, path: Path) -> Path:
         "hparams": dataclasses.asdict(f.method.hparams), "in_shape": list(d.test.image_shape),
         "mean": list(d.test.mean), "std": list(d.test.std), "decoded_shape": list(d.decoded_shape or d.test.image_shape),
         "dataset": r.source_cls.name, "fit_split": d.source_data.fit_split, "ways": d.fit_spec.ways,
-        "shots": d.fit_spec.shots, "budget": str(r.spec.budget), "iterations": r.iterations,
+        # a partial fit (--until) is saved with the iterations it ran, not its budget's: a run from it (--init) must
+        # not pass for one from the whole fit
+        "shots": d.fit_spec.shots, "budget": str(r.spec.budget),
+        "iterations": f.ctx.reached if partial(r, f.ctx) else r.iterations,
         "fit_seconds": f.seconds, "provenance": f.origin, "init": f.init,
     }, path)
 
