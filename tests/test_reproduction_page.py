@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
-from mtbench.report.blocks import Table
+from mtbench.report.blocks import Image, Table
 from mtbench.report.build import PAGES, build, write
 from mtbench.report.evidence import describe
 from mtbench.report.reproduction import PUBLISHED, UNEXPLAINED, reproduction_page
+from mtbench.report.reproduction_figure import Line, Point, gap_figure
 from tests.support import init_doc, put_result, result_doc
 
 HOSTILE = "<script>alert(1)</script> | *bold*"
@@ -178,10 +180,12 @@ def test_the_page_is_regenerated_byte_identically_and_linked_from_the_index(repo
     lb = repo / "leaderboards"
     out = tmp_path / "reports"
     write(page_only(lb), out)
-    before = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    files = lambda: {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}  # noqa: E731
+    before = files()
     write(page_only(lb), out)
-    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == before
-    assert set(before) == {"reproduction.md", "reproduction.html", "index.md", "index.html"}
+    assert files() == before
+    assert set(before) == {"reproduction.md", "reproduction.html", "index.md", "index.html",
+                           "figures/reproduction-synthetic.svg"}
     moved = shutil.copytree(lb, tmp_path / "elsewhere" / "leaderboards")
     assert page_only(moved) == {name: data for name, data in before.items()}
     assert "[Reproduction: published figures beside ours](reproduction.md): 8 published figures; 5 outside our " \
@@ -352,3 +356,26 @@ def test_a_curves_file_as_evidence_says_what_it_measured_paired(tmp_path):
         "c.json (after 500 meta-iterations on the same tasks and 4 test episodes: mtbench maml 40.00 ± 5.00 %, "
         f"learn2learn-style 30.00 ± 5.00 %; mtbench maml minus learn2learn-style +{mean:.2f} ± {ci:.2f} points "
         "paired)",)
+
+
+def test_each_dataset_gets_a_figure_of_the_published_values_beside_ours(repo):
+    built = reproduction_page(repo / "leaderboards")
+    images = [b for b in built.blocks if isinstance(b, Image)]
+    assert "figures/reproduction-synthetic.svg" in [i.src for i in images]
+    assert built.figures["reproduction-synthetic.svg"].startswith(b"<?xml")
+
+
+def test_the_figure_draws_the_published_value_and_ours_with_a_partial_fit_hollow():
+    lines = [Line("5w1s A", 90.0, {"quick": Point(80.0, 1.0), "paper": Point(85.0, 2.0, partial=True)}),
+             Line("5w5s B", 99.0, {"quick": Point(97.0, 0.5)})]
+    fig = Figure()
+    gap_figure("d", lines)(fig)
+    (ax,) = fig.axes
+    # the first line at the top; published crosses on the lines, our rows just above (quick) or below (paper)
+    assert ax.collections[0].get_offsets().tolist() == [[90.0, 1.0], [99.0, 0.0]]
+    bars = {c.get_label(): c.lines[0] for c in ax.containers}
+    quick, partial = bars["ours, quick budget, 95% CI"], bars["ours, paper budget (partial fit), 95% CI"]
+    assert list(quick.get_xdata()) == [80.0, 97.0] and list(quick.get_ydata()) == pytest.approx([1.15, 0.15])
+    assert list(partial.get_xdata()) == [85.0] and partial.get_markerfacecolor() == "none"
+    assert "ours, paper budget, 95% CI" not in bars  # no whole paper fit: nothing drawn as one
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["5w1s A", "5w5s B"]

@@ -32,9 +32,10 @@ from mtbench.board import leaderboard as lb
 from mtbench.board.labels import label, partial_first_stage
 from mtbench.core.errors import UserError
 from mtbench.results import partial_fit
-from mtbench.report.blocks import Block, Built, Bullets, Code, Heading, Link, Para, Table
+from mtbench.report.blocks import FIGURES, Block, Built, Bullets, Code, Heading, Image, Link, Para, Table, slugs, svg
 from mtbench.report.evidence import describe
 from mtbench.report.maml_curves import maml_curves_section
+from mtbench.report.reproduction_figure import Line, Point, figure_size, gap_figure
 
 PUBLISHED = "published.toml"  # in the leaderboard folder
 BUDGETS = ("quick", "paper")  # the columns; a row of any other budget is not compared
@@ -269,6 +270,12 @@ def _cells(c: Compared, budget: str) -> dict[str, str]:
             f"{budget}: inside": "yes" if o.inside(c.figure.accuracy) else "no"}
 
 
+def _line(c: Compared) -> Line:
+    """``c`` for the dataset's figure: its setting and method, the published value and our rows, in %."""
+    ours = {b: Point(100 * o.mean, 100 * o.ci95, o.partial is not None) for b in BUDGETS if (o := c.ours[b][0])}
+    return Line(f"{c.figure.setting} {c.figure.name}", c.figure.accuracy, ours)
+
+
 def _table(compared: list[Compared]) -> pd.DataFrame:
     return pd.DataFrame([{"setting": c.figure.setting, "method": c.figure.name, "ours": c.figure.matches,
                           "published %": c.figure.published, "source": c.figure.cited,
@@ -341,9 +348,13 @@ def reproduction_page(leaderboards: Path) -> Built | None:
         Heading("Outside our interval"),
         *_summary(compared),
     ]
+    drawn: dict[str, bytes] = {}
     for dataset in dict.fromkeys(c.figure.dataset for c in compared):
         here = [c for c in compared if c.figure.dataset == dataset]
-        blocks += [Heading(dataset), Table(_table(here)), *_others(dataset, here, ours)]
+        name = f"reproduction-{slugs([dataset])[dataset]}.svg"
+        drawn[name] = svg(gap_figure(dataset, [_line(c) for c in here]), figure_size(len(here)))
+        blocks += [Heading(dataset), Image(f"{FIGURES}/{name}", f"{dataset}: each published accuracy and our rows"),
+                   Table(_table(here)), *_others(dataset, here, ours)]
         notes = dict.fromkeys(f"{c.figure.setting} {c.figure.name}: {c.figure.note}" for c in here if c.figure.note)
         blocks += [Para(("Notes:",)), Bullets(tuple((n,) for n in notes))] if notes else []
     curves, curve_figures = maml_curves_section(leaderboards)
@@ -359,4 +370,4 @@ def reproduction_page(leaderboards: Path) -> Built | None:
                              dict.fromkeys(c.figure.source for c in compared)))]
     summary = (f"{len(compared)} published figures; {outside} outside our 95% CI at a budget; {missing} not run at "
                "either budget")
-    return Built(summary, blocks, curve_figures)
+    return Built(summary, blocks, {**drawn, **curve_figures})
