@@ -270,10 +270,13 @@ def _cells(c: Compared, budget: str) -> dict[str, str]:
             f"{budget}: inside": "yes" if o.inside(c.figure.accuracy) else "no"}
 
 
-def _line(c: Compared) -> Line:
-    """``c`` for the dataset's figure: its setting and method, the published value and our rows, in %."""
-    ours = {b: Point(100 * o.mean, 100 * o.ci95, o.partial is not None) for b in BUDGETS if (o := c.ours[b][0])}
-    return Line(f"{c.figure.setting} {c.figure.name}", c.figure.accuracy, ours)
+def _lines(compared: list[Compared]) -> list[Line]:
+    """``compared`` for the dataset's figure: each one's setting and method (and our row's label where several
+    share them: the X-ray claim's "meta-learning + transfer"), the published value and our rows, in %."""
+    names = [f"{c.figure.setting} {c.figure.name}" for c in compared]
+    return [Line(name + (f" ({c.figure.matches})" if names.count(name) > 1 else ""), c.figure.accuracy,
+                 {b: Point(100 * o.mean, 100 * o.ci95, o.partial is not None) for b in BUDGETS if (o := c.ours[b][0])})
+            for name, c in zip(names, compared)]
 
 
 def _table(compared: list[Compared]) -> pd.DataFrame:
@@ -352,7 +355,7 @@ def reproduction_page(leaderboards: Path) -> Built | None:
     for dataset in dict.fromkeys(c.figure.dataset for c in compared):
         here = [c for c in compared if c.figure.dataset == dataset]
         name = f"reproduction-{slugs([dataset])[dataset]}.svg"
-        drawn[name] = svg(gap_figure(dataset, [_line(c) for c in here]), figure_size(len(here)))
+        drawn[name] = svg(gap_figure(dataset, _lines(here)), figure_size(len(here)))
         blocks += [Heading(dataset), Image(f"{FIGURES}/{name}", f"{dataset}: each published accuracy and our rows"),
                    Table(_table(here)), *_others(dataset, here, ours)]
         notes = dict.fromkeys(f"{c.figure.setting} {c.figure.name}: {c.figure.note}" for c in here if c.figure.note)
