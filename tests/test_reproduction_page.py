@@ -287,6 +287,14 @@ def test_evidence_of_the_same_episodes_is_paired_with_the_last_result(tmp_path):
     assert "paired" not in got[2] and got[3] == "lb/bench.json" and "paired" not in got[4]
 
 
+def test_evidence_from_a_saved_fit_says_how_far_that_fit_went(tmp_path):
+    doc = result_doc("reptile-transductive", [0.5, 1.0], init=init_doc("reptile", budget="paper", iterations=3000))
+    doc["budget"], doc["fit"]["iterations"] = {"name": "0", "iterations": 0}, 0
+    put_result(tmp_path, doc, "from-fit")
+    (got,) = describe(["from-fit.json"], tmp_path)
+    assert got == "from-fit.json (75.00 ± 49.00 %, from a saved reptile fit of 3000 iterations)"
+
+
 def test_fit_seeds_run_on_different_cpus_make_one_row_here_and_a_seed_run_twice_does_not(tmp_path):
     # the leaderboard keeps CPUs apart for its timings; accuracy does not depend on the CPU that fitted it
     from mtbench.report.reproduction import rows

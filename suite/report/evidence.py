@@ -53,9 +53,12 @@ def _result(path: Path) -> dict[str, Any] | None:
 
 
 def _accuracy(doc: dict[str, Any]) -> str:
-    acc, protocol, iterations = doc["accuracy"], doc["protocol"], doc["fit"]["iterations"]
-    text = f"{100 * acc['mean']:.2f} ± {100 * acc['ci95']:.2f} %" + (f" after {iterations} iterations"
-                                                                     if iterations else "")
+    acc, protocol, iterations, init = doc["accuracy"], doc["protocol"], doc["fit"]["iterations"], doc["init"]
+    text = f"{100 * acc['mean']:.2f} ± {100 * acc['ci95']:.2f} %"
+    if iterations:
+        text += f" after {iterations} iterations"
+    elif init and init["iterations"]:  # a run that only adapts a saved fit: how far that fit went
+        text += f", from a saved {init['method']} fit of {init['iterations']} iterations"
     if protocol["kind"] == "transfer":  # a few trials: how far one of them may fall from the mean
         each = acc["per_episode"]
         text += (f"; its {len(each)} trials of {protocol['test_images']} test images from {100 * min(each):.0f} "
