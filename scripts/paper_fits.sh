@@ -3,7 +3,9 @@
 # Each fit saves its state every MINUTES under OUT/<dataset>/<setting>/.resume/ (mtbench run --checkpoint-every);
 # the call stops itself SECONDS after it began (SIGTERM: the running fit saves its state at the end of its
 # iteration and exits), and a later call with the same OUT continues that fit (--resume) and then the next ones.
-# A fit whose result is written is marked done (OUT/<dataset>/<setting>/.done-<label>) and not run again.
+# A fit whose result is written is marked done (OUT/<dataset>/<setting>/.done-<label>) and not run again; its fitted
+# method is saved beside it (OUT/<dataset>/<setting>/<label>.pt, --save: a partial fit records the iterations it ran),
+# so that another evaluation can score that fit (--budget 0 --init FILE, e.g. --method reptile-transductive).
 #
 # usage: scripts/paper_fits.sh OUT SECONDS [extra mtbench run options, e.g. --device cuda]
 #   PAPER_FITS: the fits, one "label|method|dataset|ways|shots|more options" per line (default: Omniglot below)
@@ -37,7 +39,7 @@ while IFS='|' read -r label method dataset ways shots more; do
     mkdir -p "$folder"
     # shellcheck disable=SC2086  # $more holds several options
     cmd=("$mtbench" run --method "$method" --dataset "$dataset" --ways "$ways" --shots "$shots" --budget paper
-         --checkpoint-every "$minutes" --out "$folder" --no-progress $more "$@")
+         --checkpoint-every "$minutes" --out "$folder" --save "$folder/$label.pt" --no-progress $more "$@")
     # a saved state of this fit: continue it; none (mtbench says "no saved fit"): start it
     timeout -s TERM -k 120 "$left" "${cmd[@]}" --resume 2>"$folder/.err-$label"
     rc=$?
