@@ -124,13 +124,15 @@ def test_a_run_from_a_partial_fit_is_labelled_partial_as_that_fit(tmp_path) -> N
     part = _from_saved_fit("paper", 3000, [0.5, 0.7] * 5)
     assert partial_first_stage(part) == (3000, whole)
     assert lb.budget(part) == f"0 iterations, from a paper fit stopped at 3000 of {whole} iterations (partial)"
-    for doc in (_from_saved_fit("paper", whole, [0.5]), _from_saved_fit("7", 3, [0.5]), result_doc("reptile", [0.5])):
+    assert partial_first_stage(_from_saved_fit("7", 3, [0.5])) == (3, 7)  # --budget 7 --until 3
+    for doc in (_from_saved_fit("paper", whole, [0.5]), _from_saved_fit("7", 7, [0.5]), result_doc("reptile", [0.5])):
         assert partial_first_stage(doc) is None
     assert lb.budget(_from_saved_fit("paper", whole, [0.5])) == "0 iterations"
     # on the reproduction page, as the paper column's partial fit
     root = tmp_path / "leaderboards"
     root.mkdir()
-    (root / "published.toml").write_text(PUBLISHED.replace('ours = "protonet"', 'ours = "reptile → reptile-transductive"'))
+    published = PUBLISHED.replace('ours = "protonet"', 'ours = "reptile → reptile-transductive"')
+    (root / "published.toml").write_text(published)
     put_result(root / "synthetic" / "5w1s", part, "part")
     assert f"partial fit, 3000 of {whole} iterations" in _paper_cell(tmp_path)
 

@@ -180,7 +180,9 @@ def test_the_page_is_regenerated_byte_identically_and_linked_from_the_index(repo
     lb = repo / "leaderboards"
     out = tmp_path / "reports"
     write(page_only(lb), out)
-    files = lambda: {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}  # noqa: E731
+    def files() -> dict[str, bytes]:
+        return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
     before = files()
     write(page_only(lb), out)
     assert files() == before

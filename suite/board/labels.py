@@ -39,10 +39,10 @@ def stale_version(method: dict[str, Any]) -> str:
 def partial_first_stage(doc: dict[str, Any]) -> tuple[int, int] | None:
     """For a run that only adapts a saved fit (``--budget 0 --init FILE``, e.g. ``reptile → reptile-transductive``):
     the iterations that fit ran and its budget's, when ``--until`` stopped it part-way (its checkpoint records the
-    iterations it ran); ``None`` for a whole fit, a run that trains itself, a budget given as a number, and a fitted
-    method not installed here (its budgets are not known)."""
+    iterations it ran); ``None`` for a whole fit, a run that trains itself, and a fitted method not installed here
+    (its budgets are not known)."""
     init = doc["init"]
-    if doc["budget"]["iterations"] or not init or str(init["budget"]).isdigit():
+    if doc["budget"]["iterations"] or not init:
         return None
     try:
         whole = METHODS.get(init["method"]).iterations_for(init["budget"], init["dataset"])

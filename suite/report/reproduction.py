@@ -226,7 +226,8 @@ def rows(leaderboards: Path) -> dict[tuple[str, str], list[Ours]]:
                 label(doc), doc["method"]["hparams"], _budget(doc), r.accuracy.mean, r.accuracy.ci95, len(r.entries),
                 tuple(e.path.name for e in r.entries), "; ".join(dict.fromkeys(ran_on[e.path] for e in r.entries)),
                 max(e.doc["provenance"]["timestamp"] for e in r.entries),
-                (doc["fit"]["iterations"], doc["budget"]["iterations"]) if partial_fit(doc) else partial_first_stage(doc)))
+                (doc["fit"]["iterations"], doc["budget"]["iterations"]) if partial_fit(doc)
+                else partial_first_stage(doc)))
     return found
 
 
