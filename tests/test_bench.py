@@ -82,6 +82,13 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, one_thread):
     assert rows[("scratch", "evaluate")]["config"]["flops_per_episode"] > \
         3 * rows[("maml", "evaluate")]["config"]["flops_per_episode"]
     assert "learn2learn-style loop" in table
+    # a chunked evaluator measured on fewer episodes than its chunk holds says so (scratch: 8 Omniglot-sized
+    # episodes a chunk on the CPU); a per-episode one has nothing to say
+    assert rows[("scratch", "evaluate")]["config"]["chunk_episodes"] == 2
+    assert rows[("scratch", "evaluate")]["config"]["chunk_capacity"] == 8
+    assert rows[("maml", "evaluate")]["config"]["chunk_capacity"] == 1
+    assert "chunks of 2 episodes here, of up to 8 in a longer evaluation: measure with --episodes 8 or more" in table
+    assert not any("chunks of" in line for line in table.splitlines() if line.startswith("maml evaluation"))
     assert doc["ratios"]["maml_run_default"] == "loop" and doc["ratios"]["maml_batched_variant"] == "bmm"
     assert set(doc["ratios"]["maml_batched_over_loop"]) == {"1"}
     assert doc["ratios"]["protonet_eval_overhead"] > 0

@@ -32,7 +32,7 @@ from mtbench.data.episodes import EpisodeSet, EpisodeSpec, sample_indices
 from mtbench.methods import METHODS, make_hparams
 from mtbench.methods.backbones import build_backbone
 from mtbench.core.runtime import synchronize, timer
-from mtbench.run.evaluate import evaluate
+from mtbench.run.evaluate import chunk_capacity, episode_chunks, evaluate
 
 #: batch sizes at which the backbone's best rate is looked for, per device type
 RATE_BATCHES = {"cpu": (16, 64, 256), "cuda": (256, 1024, 4096)}
@@ -124,14 +124,27 @@ def method_evaluate(data: BenchData, name: str, rate: dict[str, Any], spec: Epis
     work_bound = work_bound_seconds(per_episode, backward_per_episode, rate) * spec.episodes
     one_rate = per_episode * spec.episodes / rate["flops_per_s"]
     measurement = "evaluate (last step)" if last_only else "evaluate"
+    chunks = chunk_sizes(method, episodes)
     return _warm(Workload(name, measurement,
                           lambda: evaluate(method, episodes, progress=False, last_only=last_only), spec.episodes,
                           spec.episodes * spec.ways * spec.per_class, data.test.device,
                           config={"episodes": spec.episodes, "flops_per_episode": per_episode,
                                   "backward_flops_per_episode": backward_per_episode,
                                   "work_bound_ms": work_bound * 1000.0, "one_rate_bound_ms": one_rate * 1000.0,
-                                  "best_rate": rate,
+                                  "best_rate": rate, **chunks,
                                   "hparams": dataclasses.asdict(method.hparams)}))
+
+
+def chunk_sizes(method: Any, episodes: EpisodeSet) -> dict[str, int]:
+    """How many episodes the evaluator adapts at once for ``method`` on ``episodes``: its largest chunk there
+    (``chunk_episodes``) and the most a chunk may hold (``chunk_capacity``), both 1 on the per-episode path. A
+    measurement of fewer episodes than the capacity spreads a chunk's fixed cost over fewer episodes than a
+    600-episode evaluation does."""
+    if method.adapt_batch is None and method.predict_batch is None:
+        return {"chunk_episodes": 1, "chunk_capacity": 1}
+    at_least = getattr(method, "chunk_episodes", None)
+    return {"chunk_episodes": max(b - a for a, b in episode_chunks(episodes, None, at_least)),
+            "chunk_capacity": chunk_capacity(episodes, None, at_least)}
 
 
 def peer_evaluate(data: BenchData, spec: EpisodeSpec = SPEC) -> Workload:

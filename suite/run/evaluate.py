@@ -32,17 +32,24 @@ if TYPE_CHECKING:
 CHUNK_VALUES = PASS_VALUES
 
 
-def episode_chunks(episodes: EpisodeSet, max_values: int | None = None,
-                   at_least: int | None = None) -> list[tuple[int, int]]:
-    """``(start, stop)`` ranges covering ``episodes`` in order, as few as keep each chunk's images within
-    ``max_values`` input values (default :data:`CHUNK_VALUES` of their device, or ``at_least`` episodes' worth where
-    that is more: a method's ``chunk_episodes``), sizes within one of each other; a chunk holds at least one episode."""
-    spec, n = episodes.spec, len(episodes)
+def chunk_capacity(episodes: EpisodeSet, max_values: int | None = None, at_least: int | None = None) -> int:
+    """The most episodes one chunk of :func:`episode_chunks` may hold: ``max_values`` input values' worth (default
+    :data:`CHUNK_VALUES` of their device, or ``at_least`` episodes' worth where that is more: a method's
+    ``chunk_episodes``), at least one episode."""
+    spec = episodes.spec
     per_episode = spec.ways * spec.per_class * math.prod(episodes.split.image_shape)
     if max_values is None:
         max_values = max(CHUNK_VALUES.get(episodes.split.device.type, CHUNK_VALUES["cpu"]),
                          (at_least or 0) * per_episode)
-    count = -(-n // max(1, max_values // per_episode))  # ceil: the fewest chunks within the bound
+    return max(1, max_values // per_episode)
+
+
+def episode_chunks(episodes: EpisodeSet, max_values: int | None = None,
+                   at_least: int | None = None) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges covering ``episodes`` in order, as few as keep each chunk within
+    :func:`chunk_capacity`, sizes within one of each other; a chunk holds at least one episode."""
+    n = len(episodes)
+    count = -(-n // chunk_capacity(episodes, max_values, at_least))  # ceil: the fewest chunks within the bound
     size, extra = divmod(n, count)
     bounds = [i * size + min(i, extra) for i in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
