@@ -86,8 +86,9 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, one_thread):
     # episodes a chunk on the CPU); a per-episode one has nothing to say
     assert rows[("scratch", "evaluate")]["config"]["chunk_episodes"] == 2
     assert rows[("scratch", "evaluate")]["config"]["chunk_capacity"] == 8
+    assert rows[("scratch", "evaluate")]["config"]["chunk_episodes_600"] == 8
     assert rows[("maml", "evaluate")]["config"]["chunk_capacity"] == 1
-    assert "chunks of 2 episodes here, of up to 8 in a longer evaluation: measure with --episodes 8 or more" in table
+    assert "chunks of 2 episodes here, of 8 in an evaluation of 600: measure with --episodes 8 or more" in table
     assert not any("chunks of" in line for line in table.splitlines() if line.startswith("maml evaluation"))
     assert doc["ratios"]["maml_run_default"] == "loop" and doc["ratios"]["maml_batched_variant"] == "bmm"
     assert set(doc["ratios"]["maml_batched_over_loop"]) == {"1"}
@@ -270,3 +271,24 @@ def test_the_work_bound_times_training_passes_at_their_rate_and_the_rest_at_the_
     assert work_bound_seconds(300.0, 100.0, rate) == pytest.approx(4.5)
     assert work_bound_seconds(300.0, 0.0, rate) == pytest.approx(3.0)  # no training pass: all forward
     assert work_bound_seconds(300.0, 250.0, rate) == pytest.approx(6.0)  # never more training than there is work
+
+
+def test_chunk_sizes_compare_a_measurement_with_a_600_episode_evaluation() -> None:
+    """The chunk a bench measurement ran against the one a 600-episode evaluation runs: a method whose chunk may
+    hold more than 600 episodes (a GPU's) is measured in full by 600, one of 32 by 32, a per-episode one by 1."""
+    from types import SimpleNamespace
+
+    from mtbench.bench.evaluation import chunk_sizes
+    from mtbench.data.episodes import EpisodeSet, EpisodeSpec
+
+    episodes = EpisodeSet(bench.synthetic_split("test", 8), EpisodeSpec(5, 1, 15, 10, seed=0))
+
+    def method(chunk: int | None, batched: bool = True) -> SimpleNamespace:
+        return SimpleNamespace(adapt_batch=(lambda *a: None) if batched else None, predict_batch=None,
+                               chunk_episodes=chunk)
+
+    assert chunk_sizes(method(32), episodes) == {"chunk_episodes": 10, "chunk_capacity": 32, "chunk_episodes_600": 32}
+    assert chunk_sizes(method(5000), episodes)["chunk_episodes_600"] == 600
+    assert chunk_sizes(method(599), episodes)["chunk_episodes_600"] == 300  # two chunks of 300, not 599 and 1
+    assert chunk_sizes(method(None, batched=False), episodes) == {"chunk_episodes": 1, "chunk_capacity": 1,
+                                                                  "chunk_episodes_600": 1}

@@ -135,16 +135,18 @@ def method_evaluate(data: BenchData, name: str, rate: dict[str, Any], spec: Epis
                                   "hparams": dataclasses.asdict(method.hparams)}))
 
 
-def chunk_sizes(method: Any, episodes: EpisodeSet) -> dict[str, int]:
+def chunk_sizes(method: Any, episodes: EpisodeSet, standard: int = 600) -> dict[str, int]:
     """How many episodes the evaluator adapts at once for ``method`` on ``episodes``: its largest chunk there
-    (``chunk_episodes``) and the most a chunk may hold (``chunk_capacity``), both 1 on the per-episode path. A
-    measurement of fewer episodes than the capacity spreads a chunk's fixed cost over fewer episodes than a
-    600-episode evaluation does."""
+    (``chunk_episodes``), the most a chunk may hold (``chunk_capacity``) and the largest chunk of an evaluation of
+    ``standard`` episodes (``chunk_episodes_600``), all 1 on the per-episode path. A measurement whose chunks are
+    smaller than the last spreads a chunk's fixed cost over fewer episodes than a 600-episode evaluation does."""
     if method.adapt_batch is None and method.predict_batch is None:
-        return {"chunk_episodes": 1, "chunk_capacity": 1}
+        return {"chunk_episodes": 1, "chunk_capacity": 1, "chunk_episodes_600": 1}
     at_least = getattr(method, "chunk_episodes", None)
+    capacity = chunk_capacity(episodes, None, at_least)
+    chunks = -(-standard // capacity)  # as episode_chunks splits them: the fewest, sizes within one of each other
     return {"chunk_episodes": max(b - a for a, b in episode_chunks(episodes, None, at_least)),
-            "chunk_capacity": chunk_capacity(episodes, None, at_least)}
+            "chunk_capacity": capacity, "chunk_episodes_600": -(-standard // chunks)}
 
 
 def peer_evaluate(data: BenchData, spec: EpisodeSpec = SPEC) -> Workload:

@@ -206,9 +206,10 @@ def render(doc: dict[str, Any]) -> str:
     for name, x in ratio.get("evaluation_over_work_bound", {}).items():
         also = f"; {one_rate[name]:.2f}x with every FLOP at the forward pass's rate" if name in one_rate else ""
         cfg_of = evaluated.get(name, {})
-        if cfg_of.get("chunk_episodes", 1) < cfg_of.get("chunk_capacity", 1):  # files before 2026-12-05 lack both
-            also += (f"; chunks of {cfg_of['chunk_episodes']} episodes here, of up to {cfg_of['chunk_capacity']} "
-                     f"in a longer evaluation: measure with --episodes {cfg_of['chunk_capacity']} or more")
+        full = cfg_of.get("chunk_episodes_600", cfg_of.get("chunk_capacity", 1))  # files before 2026-12-05: none
+        if cfg_of.get("chunk_episodes", 1) < full:
+            also += (f"; chunks of {cfg_of['chunk_episodes']} episodes here, of {full} in an evaluation of 600: "
+                     f"measure with --episodes {full} or more")
         lines.append(f"{name} evaluation / its work-bound time: {x:.2f}x (target ≤ {ratio['work_bound_target']}x{also})")
     if "maml_eval_last_over_peer" in ratio:
         lines.append(f"MAML evaluation scoring the last step / learn2learn-style loop, time: "
