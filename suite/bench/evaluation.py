@@ -32,7 +32,7 @@ from mtbench.data.episodes import EpisodeSet, EpisodeSpec, sample_indices
 from mtbench.methods import METHODS, make_hparams
 from mtbench.methods.backbones import build_backbone
 from mtbench.core.runtime import synchronize, timer
-from mtbench.run.evaluate import chunk_capacity, episode_chunks, evaluate
+from mtbench.run.evaluate import chunk_bounds, chunk_capacity, evaluate
 
 #: batch sizes at which the backbone's best rate is looked for, per device type
 RATE_BATCHES = {"cpu": (16, 64, 256), "cuda": (256, 1024, 4096)}
@@ -142,11 +142,13 @@ def chunk_sizes(method: Any, episodes: EpisodeSet, standard: int = 600) -> dict[
     smaller than the last spreads a chunk's fixed cost over fewer episodes than a 600-episode evaluation does."""
     if method.adapt_batch is None and method.predict_batch is None:
         return {"chunk_episodes": 1, "chunk_capacity": 1, "chunk_episodes_600": 1}
-    at_least = getattr(method, "chunk_episodes", None)
-    capacity = chunk_capacity(episodes, None, at_least)
-    chunks = -(-standard // capacity)  # as episode_chunks splits them: the fewest, sizes within one of each other
-    return {"chunk_episodes": max(b - a for a, b in episode_chunks(episodes, None, at_least)),
-            "chunk_capacity": capacity, "chunk_episodes_600": -(-standard // chunks)}
+    capacity = chunk_capacity(episodes, None, getattr(method, "chunk_episodes", None))
+
+    def largest(n: int) -> int:
+        return max(b - a for a, b in chunk_bounds(n, capacity))
+
+    return {"chunk_episodes": largest(len(episodes)), "chunk_capacity": capacity,
+            "chunk_episodes_600": largest(standard)}
 
 
 def peer_evaluate(data: BenchData, spec: EpisodeSpec = SPEC) -> Workload:

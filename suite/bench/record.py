@@ -206,7 +206,8 @@ def render(doc: dict[str, Any]) -> str:
     for name, x in ratio.get("evaluation_over_work_bound", {}).items():
         also = f"; {one_rate[name]:.2f}x with every FLOP at the forward pass's rate" if name in one_rate else ""
         cfg_of = evaluated.get(name, {})
-        full = cfg_of.get("chunk_episodes_600", cfg_of.get("chunk_capacity", 1))  # files before 2026-12-05: none
+        # files of 065f06f record the capacity alone (their chunks were full), earlier ones neither
+        full = cfg_of.get("chunk_episodes_600", cfg_of.get("chunk_capacity", 1))
         if cfg_of.get("chunk_episodes", 1) < full:
             also += (f"; chunks of {cfg_of['chunk_episodes']} episodes here, of {full} in an evaluation of 600: "
                      f"measure with --episodes {full} or more")

@@ -44,15 +44,19 @@ def chunk_capacity(episodes: EpisodeSet, max_values: int | None = None, at_least
     return max(1, max_values // per_episode)
 
 
-def episode_chunks(episodes: EpisodeSet, max_values: int | None = None,
-                   at_least: int | None = None) -> list[tuple[int, int]]:
-    """``(start, stop)`` ranges covering ``episodes`` in order, as few as keep each chunk within
-    :func:`chunk_capacity`, sizes within one of each other; a chunk holds at least one episode."""
-    n = len(episodes)
-    count = -(-n // chunk_capacity(episodes, max_values, at_least))  # ceil: the fewest chunks within the bound
+def chunk_bounds(n: int, capacity: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges covering ``n`` episodes in order, as few as hold at most ``capacity`` each, sizes
+    within one of each other."""
+    count = -(-n // capacity)  # ceil: the fewest chunks within the bound
     size, extra = divmod(n, count)
     bounds = [i * size + min(i, extra) for i in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def episode_chunks(episodes: EpisodeSet, max_values: int | None = None,
+                   at_least: int | None = None) -> list[tuple[int, int]]:
+    """:func:`chunk_bounds` of ``episodes`` within their :func:`chunk_capacity`; a chunk holds at least one episode."""
+    return chunk_bounds(len(episodes), chunk_capacity(episodes, max_values, at_least))
 
 
 class OutputError(UserError):
