@@ -63,6 +63,18 @@ def test_help_exits_zero(args, expected):
     assert expected in result.output
 
 
+def test_run_h_still_works_after_official_parsed_its_run_options():
+    """``mtbench official`` parses its ``-- run options`` with ``run``'s own command, outside the group: click caches a
+    command's help option at its first parse, which once made a later ``run -h`` "No such option '-h'"."""
+    from mtbench.cli.board import official_run_options
+    from mtbench.cli.main import run_cmd
+
+    official_run_options(run_cmd, ("--device", "cpu"))
+    result = invoke("run", "-h")
+    assert result.exit_code == 0, result.output
+    assert "--budget" in result.output
+
+
 def test_version():
     from mtbench import __version__
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from mtbench.cli.options import run_options, user_errors
+from mtbench.cli.options import CONTEXT_SETTINGS, run_options, user_errors
 from mtbench.cli.sweep import engine_options, run_sweep
 from mtbench.core.errors import UserError
 
@@ -26,7 +26,7 @@ def official_run_options(run_cmd: click.Command, argv: tuple[str, ...]) -> tuple
     from mtbench.methods import parse_overrides
 
     with run_cmd.make_context("mtbench official ... --", ["--method", _PLACEHOLDER, "--dataset", _PLACEHOLDER,
-                                                          *argv]) as ctx:
+                                                          *argv], **CONTEXT_SETTINGS) as ctx:
         p = ctx.params
         fixed = [param.opts[0] for param in run_cmd.params if param.name in PLAN_SETS and (
             ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE

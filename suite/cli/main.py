@@ -13,10 +13,10 @@ import click
 from mtbench import __version__
 from mtbench.cli import board as boardcmd
 from mtbench.cli import sweep as sweepcmd
-from mtbench.cli.options import resume_options, run_options, run_spec, summary, user_errors
+from mtbench.cli.options import CONTEXT_SETTINGS, resume_options, run_options, run_spec, summary, user_errors
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="mtbench")
 def main() -> None:
     """mtbench: benchmark meta-learning and transfer-learning methods on shared, seeded episodes."""

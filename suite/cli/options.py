@@ -15,6 +15,11 @@ import click
 from mtbench.core.atomic import completed
 from mtbench.core.errors import UserError
 
+#: every command's context: -h as well as --help, and help text up to 100 columns wide. A context made outside the
+#: group (``official``'s parse of its ``-- run options``) needs them too: click caches a command's help option at its
+#: first parse, so one parse with the default names would make a later ``mtbench run -h`` an error in that process
+CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the program is, as Ctrl-C raises KeyboardInterrupt: the same clean-up runs."""
