@@ -106,6 +106,11 @@ class MAML(ZeroHeadForOtherWays, Method):
     # quick on miniImageNet: one inner step in training and 2 tasks per meta-batch, about a third of the
     # paper's cost per iteration, and the per-task loop, the faster meta-gradient on a CPU at 84 px
     quick_presets = {"miniimagenet": {"inner_steps": 1, "meta_batch": 2, "task_batching": "loop"}}
+    # --budget paper at 20 ways: Finn et al.'s 20-way Omniglot recipe (section 5.2 and the command of their code's
+    # README: 5 inner steps of 0.1, meta-batch 16); 10 steps at test, as their code tests Omniglot (every step is
+    # scored, so step 5 is in the result's by-step accuracies too)
+    paper_settings = {"omniglot": {setting: {"inner_lr": 0.1, "inner_steps": 5, "meta_batch": 16, "eval_steps": 10}
+                                   for setting in ("20w1s", "20w5s")}}
     transductive = True
     # 2: Xavier initialisation by default (``init``); BatchNorm by the fused kernel outside vmap (float rounding)
     # 3: on the CPU, convolution weights in the default layout, not channels-last (float rounding)

@@ -234,3 +234,41 @@ def test_a_numeric_budget_says_which_quick_presets_it_leaves_out(capsys) -> None
     resolve(RunSpec(method="maml", dataset="miniimagenet", budget="2000", out=None,
                     hparams=tuple((k, str(v)) for k, v in quick.items())))
     assert capsys.readouterr().err == ""  # the quick recipe, asked for: nothing to say
+
+
+# -- the paper's recipe per setting ---------------------------------------------------------------------------------
+def test_the_paper_budget_fits_the_settings_own_recipe_where_the_paper_changes_it() -> None:
+    """20-way Omniglot: --budget paper takes the method's ``paper_settings`` (hparams and length); 5-way, the quick
+    budget and a number of iterations keep the dataset's presets; --hp still wins."""
+    from mtbench.baselines.reptile import Reptile, ReptileTransductive
+
+    for cls in (MAML, Reptile, ReptileTransductive):
+        recipe = {k: v for k, v in cls.paper_settings["omniglot"]["20w1s"].items() if k != "iterations"}
+        paper = dataclasses.asdict(make_hparams(cls, "omniglot", {}, "paper", setting="20w1s"))
+        assert recipe and {k: paper[k] for k in recipe} == recipe
+        assert {k: paper[k] for k in recipe} != {k: defaults(cls)[k] for k in recipe}  # it changes something
+        for budget, setting in (("paper", "5w1s"), ("paper", None), ("quick", "20w1s"), ("3000", "20w1s")):
+            assert make_hparams(cls, "omniglot", {}, budget, setting=setting) == make_hparams(cls, "omniglot", {}, budget)
+        # the Omniglot variants take Omniglot's recipes, as they take its presets
+        assert make_hparams(cls, "omniglot-nichol", {}, "paper", setting="20w1s") == \
+            make_hparams(cls, "omniglot", {}, "paper", setting="20w1s")
+    assert make_hparams(MAML, "omniglot", {"inner_lr": "0.2"}, "paper", setting="20w5s").inner_lr == 0.2
+    # the length: the recipe's where it has one, else the budget's
+    assert Reptile.iterations_for("paper", "omniglot", "20w1s") == 200000 != Reptile.iterations_for("paper", "omniglot")
+    assert Reptile.iterations_for("paper", "omniglot", "5w1s") == Reptile.iterations_for("paper", "omniglot")
+    assert MAML.iterations_for("paper", "omniglot", "20w1s") == MAML.iterations_for("paper", "omniglot") == 60000
+    assert Reptile.iterations_for("quick", "omniglot", "20w1s") == Reptile.iterations_for("quick", "omniglot")
+
+
+def test_a_paper_run_resolves_its_settings_recipe() -> None:
+    """``mtbench run`` passes the run's setting: a 20-way paper run gets the 20-way recipe and length."""
+    from mtbench.data.episodes import EpisodeSpec
+    from mtbench.run.runner import RunSpec
+    from mtbench.run.stages import resolve
+
+    twenty = resolve(RunSpec(method="reptile", dataset="omniglot", episodes=EpisodeSpec(20, 1, 5, 10, 0),
+                             budget="paper", out=None))
+    five = resolve(RunSpec(method="reptile", dataset="omniglot", episodes=EpisodeSpec(5, 1, 5, 10, 0),
+                           budget="paper", out=None))
+    assert (twenty.hparams.inner_steps, twenty.hparams.eval_batch, twenty.iterations) == (12, 10, 200000)
+    assert (five.hparams.inner_steps, five.hparams.eval_batch, five.iterations) == (5, 0, 100000)

@@ -128,6 +128,12 @@ def test_a_run_from_a_partial_fit_is_labelled_partial_as_that_fit(tmp_path) -> N
     for doc in (_from_saved_fit("paper", whole, [0.5]), _from_saved_fit("7", 7, [0.5]), result_doc("reptile", [0.5])):
         assert partial_first_stage(doc) is None
     assert lb.budget(_from_saved_fit("paper", whole, [0.5])) == "0 iterations"
+    # a 20-way Omniglot paper fit's length is that setting's recipe's (200,000 Reptile iterations), not 5-way's
+    twenty = _from_saved_fit("paper", 100000, [0.5])
+    twenty["init"]["dataset"], twenty["protocol"]["ways"] = "omniglot", 20
+    assert partial_first_stage(twenty) == (100000, 200000)
+    twenty["protocol"]["ways"] = 5
+    assert partial_first_stage(twenty) is None  # 100,000: the whole of the 5-way paper budget
     # on the reproduction page, as the paper column's partial fit
     root = tmp_path / "leaderboards"
     root.mkdir()

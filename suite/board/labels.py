@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mtbench.core.errors import UserError
-from mtbench.methods import METHODS
+from mtbench.methods import METHODS, setting_key
 from mtbench.results import execution_label
 
 
@@ -45,7 +45,11 @@ def partial_first_stage(doc: dict[str, Any]) -> tuple[int, int] | None:
     if doc["budget"]["iterations"] or not init:
         return None
     try:
-        whole = METHODS.get(init["method"]).iterations_for(init["budget"], init["dataset"])
+        # the paper's length where it depends on the setting: the run's own (a saved fit is scored in the setting it
+        # was fitted for; a checkpoint does not record its setting)
+        protocol = doc["protocol"]
+        setting = setting_key(protocol["ways"], protocol["shots"]) if protocol["kind"] == "episodes" else None
+        whole = METHODS.get(init["method"]).iterations_for(init["budget"], init["dataset"], setting)
     except UserError:
         return None
     return (init["iterations"], whole) if init["iterations"] < whole else None

@@ -1,10 +1,12 @@
-"""The Method protocol, its registry, hyper-parameter parsing and the context ``fit`` receives.
+"""The Method protocol, its registry and the context ``fit`` receives (hparams: :mod:`mtbench.methods.hparams`).
 
 A method is a class with:
 
 * ``name`` / ``description`` — registry name and a one-line summary;
 * ``Hparams`` — a frozen dataclass whose defaults are the paper's settings, with per-dataset
-  overrides in ``presets`` (the paper's settings for that dataset) and fit lengths in ``budgets``;
+  overrides in ``presets`` (the paper's settings for that dataset) and fit lengths in ``budgets``,
+  ``paper_settings`` where the paper's recipe also changes with the setting (20-way Omniglot), applied by
+  the ``paper`` budget (built in :mod:`mtbench.methods.hparams`);
   ``quick_presets`` (per dataset) are the deviations the ``quick`` budget makes to get far in a
   few CPU minutes (e.g. a larger step size), recorded like every hparam in the result;
 * ``transductive`` — whether predictions for a query depend on the other queries;
@@ -40,10 +42,6 @@ A method is a class with:
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import math
-import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +55,7 @@ from mtbench.data import DATASETS, Split
 from mtbench.data.episodes import EpisodeSpec
 from mtbench.core.errors import UserError
 from mtbench.core.registry import Registry
+from mtbench.methods.hparams import for_dataset, paper_setting
 
 Predictor = Callable[[Tensor], Tensor]
 _T = TypeVar("_T")
@@ -191,6 +190,9 @@ class Method:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     budgets: ClassVar[dict[str, dict[str, int]]] = {"default": {"quick": 0, "paper": 0}}
     quick_presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: the paper's recipe where it changes with the setting (dataset -> ``"20w1s"`` -> hparams, and ``iterations``
+    #: where its length differs from ``budgets``'): ``--budget paper`` fits it, the quick budget keeps the presets
+    paper_settings: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
     transductive: ClassVar[bool] = False
     compilable: ClassVar[bool] = False
     version: ClassVar[str] = "1"
@@ -253,13 +255,16 @@ class Method:
         return ""
 
     @classmethod
-    def iterations_for(cls, budget: str | int, dataset: str) -> int:
-        """Fit iterations for ``budget`` (``"quick"``, ``"paper"`` or a number) on ``dataset``."""
+    def iterations_for(cls, budget: str | int, dataset: str, setting: str | None = None) -> int:
+        """Fit iterations for ``budget`` (``"quick"``, ``"paper"`` or a number) on ``dataset``, in ``setting``
+        (``"20w1s"``; the paper's own length there, where ``paper_settings`` gives one)."""
         if isinstance(budget, int) or str(budget).isdigit():
             value = int(budget)
             if value < 0:
                 raise UserError(f"--budget must be quick, paper or a whole number ≥ 0, got {budget}")
             return value
+        if budget == "paper" and "iterations" in (recipe := paper_setting(cls, dataset, setting)):
+            return int(recipe["iterations"])
         table = for_dataset(cls.budgets, dataset, cls.budgets.get("default", {}))
         if budget not in table:
             raise UserError(f"--budget must be one of {', '.join(sorted(table))} or a number of iterations, got '{budget}'")
@@ -268,118 +273,3 @@ class Method:
 
 #: the built-in methods are the modules of ``baselines/`` (installed as ``mtbench.baselines``), one file each
 METHODS: Registry[type[Method]] = Registry("methods", builtins=("mtbench.baselines.*",))
-
-
-# -- hyper-parameters ---------------------------------------------------------------------------
-_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
-
-
-def _convert(method: str, key: str, text: str, kind: Any) -> Any:
-    origin = typing.get_origin(kind)
-    if origin is typing.Literal:
-        choices = typing.get_args(kind)
-        if text not in [str(c) for c in choices]:
-            raise UserError(f"--hp {key}={text}: {method} accepts {key} in {{{', '.join(map(str, choices))}}}")
-        return next(c for c in choices if str(c) == text)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        if text.lower() in ("none", "null"):
-            return None
-        return _convert(method, key, text, args[0])
-    if kind is bool:
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise UserError(f"--hp {key}={text}: {key} of {method} is true/false")
-    try:
-        value = kind(text)
-    except (TypeError, ValueError):
-        raise UserError(f"--hp {key}={text}: {key} of {method} must be {getattr(kind, '__name__', kind)}") from None
-    if isinstance(value, float) and not math.isfinite(value):  # inf and nan parse as floats but train nothing
-        raise UserError(f"--hp {key}={text}: {key} of {method} must be a finite number, e.g. --hp {key}=0.001")
-    return value
-
-
-def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``, with a clear error on a malformed item."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--hp '{item}' is not name=value; write e.g. --hp inner_lr=0.4")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def for_dataset(table: Mapping[str, Any], dataset: str, default: Any) -> Any:
-    """A method's ``presets``/``budgets`` entry for ``dataset``: its own, else that of the dataset whose settings
-    a built-in variant takes (its ``presets_of``: ``omniglot-lake`` takes ``omniglot``'s), else ``default``."""
-    if dataset in table:
-        return table[dataset]
-    of = getattr(DATASETS.get(dataset), "presets_of", None) if DATASETS.builtin(dataset) else None
-    return table.get(of, default) if of else default
-
-
-def make_hparams(cls: type[Method], dataset: str, overrides: dict[str, str], budget: str | None = None,
-                 source: str | None = None) -> Any:
-    """The method's hparams: dataclass defaults, the presets of the ``source`` it is fitted on (when
-    not ``dataset`` itself) then of ``dataset``, the quick-budget deviations of both (when ``budget ==
-    "quick"``), then ``--hp`` overrides."""
-    fields = {f.name: f for f in dataclasses.fields(cls.Hparams)}
-    hints = typing.get_type_hints(cls.Hparams)
-    names = [n for n in (source, dataset) if n] if source != dataset else [dataset]
-    values: dict[str, Any] = {}
-    for name in names:
-        values.update(for_dataset(cls.presets, name, {}))
-    if budget == "quick":
-        for name in names:
-            values.update(for_dataset(cls.quick_presets, name, {}))
-    for key, text in overrides.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=2)
-            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-            raise UserError(f"--hp {key}: {cls.name} has no hparam '{key}'{hint}; its hparams are {', '.join(fields)}")
-        values[key] = _convert(cls.name, key, text, hints[key])
-    try:
-        return cls.Hparams(**values)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"bad hparams for {cls.name}: {exc}") from None
-
-
-def quick_presets_left_out(cls: type[Method], dataset: str, overrides: Mapping[str, str], budget: str,
-                           source: str | None = None) -> dict[str, Any]:
-    """The quick budget's deviations from the full recipe that a budget of a number of iterations leaves out
-    (it fits the full recipe, as ``paper`` does), less those ``--hp`` sets: what to add as ``--hp`` to fit the
-    quick recipe longer or shorter. Empty for a named budget."""
-    if not str(budget).isdigit():
-        return {}
-    quick = dataclasses.asdict(make_hparams(cls, dataset, {}, "quick", source))
-    full = dataclasses.asdict(make_hparams(cls, dataset, {}, str(budget), source))
-    return {k: v for k, v in quick.items() if v != full[k] and k not in overrides}
-
-
-def report_steps(text: str, last: int) -> set[int]:
-    """``"0,10,50"`` -> the adaptation steps to score (those ≤ ``last``), always including ``last``.
-
-    For the ``report_steps`` hparam of methods with long adaptations; a clear error on bad text.
-    """
-    try:
-        steps = {int(s) for s in text.split(",") if s.strip()}
-    except ValueError:
-        raise UserError(f"--hp report_steps={text}: give step numbers separated by commas, e.g. 0,10,50") from None
-    if any(s < 0 for s in steps):
-        raise UserError(f"--hp report_steps={text}: steps must be ≥ 0")
-    return {s for s in steps if s <= last} | {last}
-
-
-def positive(name: str, value: float) -> None:
-    """For ``Hparams.__post_init__``: reject a value ≤ 0 with the field's name."""
-    if not value > 0:
-        raise UserError(f"--hp {name}={value}: must be > 0")
-
-
-def non_negative(name: str, value: float) -> None:
-    """For ``Hparams.__post_init__``: reject a value < 0 with the field's name (0 often means "the default")."""
-    if not value >= 0:
-        raise UserError(f"--hp {name}={value}: must be ≥ 0")

@@ -25,7 +25,7 @@ from mtbench.data import DATASETS, Dataset, Split, resolve_cache_dir, resolve_da
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.data.protocols import TransferSpec
 from mtbench.data.transforms import to_input
-from mtbench.methods import METHODS, FitContext, Method, make_hparams, quick_presets_left_out
+from mtbench.methods import METHODS, FitContext, Method, make_hparams, quick_presets_left_out, setting_key
 from mtbench.results import SCHEMA_VERSION, provenance
 from mtbench.run.checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
 from mtbench.run import resume
@@ -61,6 +61,11 @@ class Resolved:
         return self.source_cls is not self.dataset_cls
 
 
+def setting_of(episodes: EpisodeSpec | TransferSpec) -> str | None:
+    """``"20w1s"`` for few-shot episodes (the key of a method's ``paper_settings``), ``None`` for a transfer."""
+    return setting_key(episodes.ways, episodes.shots) if isinstance(episodes, EpisodeSpec) else None
+
+
 def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     """Look up the method and datasets, build the hparams, the budget's iterations and the device, read
     the ``--init`` checkpoint: every mistake in the spec is a :class:`UserError` here. ``method_cls``:
@@ -74,7 +79,9 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     if spec.compile and not method_cls.compilable:
         raise UserError(f"--compile: {method_cls.name} is not compilable (it does not call its networks directly; it "
                         f"runs them through torch.func); drop --compile")
-    hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source=source_cls.name)
+    setting = setting_of(spec.episodes)
+    hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source=source_cls.name,
+                           setting=setting)
     if left := quick_presets_left_out(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source_cls.name):
         # a user lengthening a quick fit with --budget N, or adapting a quick fit's checkpoint with --budget 0,
         # easily expects the quick recipe: say so before the fit
@@ -82,7 +89,7 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
         does = "fits" if int(spec.budget) else "adapts with"
         print(f"mtbench: note: --budget {spec.budget} {does} {method_cls.name}'s full recipe on {spec.dataset}, as "
               f"--budget paper does, without the quick budget's changes; to keep them add {add}", file=sys.stderr)
-    iterations = method_cls.iterations_for(spec.budget, source_cls.name)
+    iterations = method_cls.iterations_for(spec.budget, source_cls.name, setting)
     device = select_device(spec.device)
     checkpoint = read_checkpoint(spec.init) if spec.init else None
     check_memory(spec.episodes)
