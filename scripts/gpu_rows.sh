@@ -11,15 +11,18 @@
 # Each stage has its own log; a failing stage does not stop the others.
 #
 # usage: scripts/gpu_rows.sh OUT SECONDS       ($MTBENCH_DATA must hold the rows' datasets and omniglot/)
-#   ROWS="" runs no rows (unset: the two miniImageNet 5w5s rows below)
+#   ROWS="" runs no rows. Unset: the two Omniglot 20w5s comparisons of the reproduction page that no row fills yet,
+#   MAML's and Reptile's, slow on a 2-core CPU: MAML's quick fit reached 11 of its 700 meta-iterations in 302 s
+#   (2026-12-05, beside other jobs); scoring Reptile's 20w5s episodes transductively took 3,332 s (the committed
+#   row), and the non-transductive scoring runs each query in a batch of its own. Reptile's fit is saved in OUT.
 set -u
 out=${1:?usage: scripts/gpu_rows.sh OUT SECONDS}
 seconds=${2:?usage: scripts/gpu_rows.sh OUT SECONDS}
 bench_seconds=${BENCH_SECONDS:-150}
 device=${DEVICE:-cuda}                  # DEVICE=cpu, with small ROWS and BENCH_EPISODES: a rehearsal on the CPU
 bench_episodes=${BENCH_EPISODES:-600}
-rows=${ROWS-"reptile|--method reptile --dataset miniimagenet --ways 5 --shots 5 --budget quick
-scratch|--method scratch --dataset miniimagenet --ways 5 --shots 5 --budget quick"}
+rows=${ROWS-"maml-20w5s|--method maml --dataset omniglot --ways 20 --shots 5 --budget quick
+reptile-20w5s|--method reptile --dataset omniglot --ways 20 --shots 5 --budget quick --save $out/reptile-20w5s.pt"}
 deadline=$((SECONDS + seconds))
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
