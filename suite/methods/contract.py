@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mtbench.data import DATASETS, Split
+from mtbench.data import Split
 from mtbench.data.episodes import EpisodeSpec
 from mtbench.core.errors import UserError
 from mtbench.core.registry import Registry
