@@ -272,3 +272,24 @@ def test_a_paper_run_resolves_its_settings_recipe() -> None:
                            budget="paper", out=None))
     assert (twenty.hparams.inner_steps, twenty.hparams.eval_batch, twenty.iterations) == (12, 10, 200000)
     assert (five.hparams.inner_steps, five.hparams.eval_batch, five.iterations) == (5, 0, 100000)
+
+
+def test_a_numeric_budget_in_a_setting_with_its_own_paper_recipe_says_it_fits_the_datasets(capsys) -> None:
+    """--budget N at 20 ways fits the dataset's recipe (the evidence commands' meaning); the run says so at its start
+    and names the paper recipe's shortened fit, unless --hp already sets that recipe's every hparam."""
+    from mtbench.data.episodes import EpisodeSpec
+    from mtbench.run.runner import RunSpec
+    from mtbench.run.stages import resolve
+
+    twenty = EpisodeSpec(20, 1, 5, 10, 0)
+    r = resolve(RunSpec(method="maml", dataset="omniglot", episodes=twenty, budget="300", out=None))
+    assert r.hparams.inner_steps == 1  # the dataset's recipe
+    note = capsys.readouterr().err.strip()
+    assert note == ("mtbench: note: --budget 300 fits maml's omniglot recipe, not the paper's 20w1s one; for that "
+                    "recipe, part of the way: --budget paper --until 300")
+    recipe = {k: str(v) for k, v in MAML.paper_settings["omniglot"]["20w1s"].items()}
+    resolve(RunSpec(method="maml", dataset="omniglot", episodes=twenty, budget="300", out=None,
+                    hparams=tuple(recipe.items())))
+    resolve(RunSpec(method="maml", dataset="omniglot", budget="300", out=None))  # 5-way: no recipe of its own
+    resolve(RunSpec(method="maml", dataset="omniglot", episodes=twenty, budget="0", out=None))  # adapting only
+    assert capsys.readouterr().err == ""

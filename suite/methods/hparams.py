@@ -108,7 +108,7 @@ def make_hparams(cls: Any, dataset: str, overrides: dict[str, str], budget: str 
 def quick_presets_left_out(cls: Any, dataset: str, overrides: Mapping[str, str], budget: str,
                            source: str | None = None) -> dict[str, Any]:
     """The quick budget's deviations from the full recipe that a budget of a number of iterations leaves out
-    (it fits the full recipe, as ``paper`` does), less those ``--hp`` sets: what to add as ``--hp`` to fit the
+    (it fits the dataset's full recipe, as ``paper`` does outside ``paper_settings``), less those ``--hp`` sets: what to add as ``--hp`` to fit the
     quick recipe longer or shorter. Empty for a named budget."""
     if not str(budget).isdigit():
         return {}
