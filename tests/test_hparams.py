@@ -293,3 +293,15 @@ def test_a_numeric_budget_in_a_setting_with_its_own_paper_recipe_says_it_fits_th
     resolve(RunSpec(method="maml", dataset="omniglot", budget="300", out=None))  # 5-way: no recipe of its own
     resolve(RunSpec(method="maml", dataset="omniglot", episodes=twenty, budget="0", out=None))  # adapting only
     assert capsys.readouterr().err == ""
+
+
+def test_paper_setting_left_out_names_the_recipe_a_numeric_budget_does_not_fit() -> None:
+    from mtbench.methods import paper_setting_left_out
+
+    recipe = {k: v for k, v in MAML.paper_settings["omniglot"]["20w1s"].items() if k != "iterations"}
+    assert paper_setting_left_out(MAML, "omniglot", "20w1s", {}, "300") == recipe
+    assert paper_setting_left_out(MAML, "omniglot", "20w1s", {"inner_lr": "0.1"}, "300") == \
+        {k: v for k, v in recipe.items() if k != "inner_lr"}
+    assert paper_setting_left_out(MAML, "omniglot-lake", "20w1s", {}, "300") == recipe  # the variant takes omniglot's
+    for budget, setting in (("paper", "20w1s"), ("quick", "20w1s"), ("0", "20w1s"), ("300", "5w1s"), ("300", None)):
+        assert paper_setting_left_out(MAML, "omniglot", setting, {}, budget) == {}

@@ -108,14 +108,23 @@ def make_hparams(cls: Any, dataset: str, overrides: dict[str, str], budget: str 
 def quick_presets_left_out(cls: Any, dataset: str, overrides: Mapping[str, str], budget: str,
                            source: str | None = None) -> dict[str, Any]:
     """The quick budget's deviations from the full recipe that a budget of a number of iterations leaves out
-    (it fits the dataset's full recipe, as ``paper`` does outside ``paper_settings``), less those ``--hp`` sets: what to add as ``--hp`` to fit the
-    quick recipe longer or shorter. Empty for a named budget."""
+    (it fits the dataset's full recipe, as ``paper`` does outside ``paper_settings``), less those ``--hp`` sets:
+    what to add as ``--hp`` to fit the quick recipe longer or shorter. Empty for a named budget."""
     if not str(budget).isdigit():
         return {}
     quick = dataclasses.asdict(make_hparams(cls, dataset, {}, "quick", source))
     full = dataclasses.asdict(make_hparams(cls, dataset, {}, str(budget), source))
     return {k: v for k, v in quick.items() if v != full[k] and k not in overrides}
 
+
+def paper_setting_left_out(cls: Any, dataset: str, setting: str | None, overrides: Mapping[str, str],
+                           budget: str) -> dict[str, Any]:
+    """The paper's recipe of ``setting`` (``paper_settings``, less its ``iterations``) that a budget of a number of
+    iterations ≥ 1 does not fit (that recipe is the paper budget's alone; ``--budget paper --until N`` fits it part of
+    the way), less the hparams ``--hp`` sets. Empty for a named budget, ``0`` (adapting only) and other settings."""
+    if not str(budget).isdigit() or not int(budget):
+        return {}
+    return {k: v for k, v in paper_setting(cls, dataset, setting).items() if k != "iterations" and k not in overrides}
 
 def report_steps(text: str, last: int) -> set[int]:
     """``"0,10,50"`` -> the adaptation steps to score (those ≤ ``last``), always including ``last``.

@@ -25,8 +25,8 @@ from mtbench.data import DATASETS, Dataset, Split, resolve_cache_dir, resolve_da
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.data.protocols import TransferSpec
 from mtbench.data.transforms import to_input
-from mtbench.methods import METHODS, FitContext, Method, make_hparams, quick_presets_left_out, setting_key
-from mtbench.methods.hparams import paper_setting
+from mtbench.methods import (METHODS, FitContext, Method, make_hparams, paper_setting_left_out, quick_presets_left_out,
+                             setting_key)
 from mtbench.results import SCHEMA_VERSION, provenance
 from mtbench.run.checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
 from mtbench.run import resume
@@ -90,9 +90,7 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
         does = "fits" if int(spec.budget) else "adapts with"
         print(f"mtbench: note: --budget {spec.budget} {does} {method_cls.name}'s full recipe on {spec.dataset}, as "
               f"--budget paper does, without the quick budget's changes; to keep them add {add}", file=sys.stderr)
-    recipe = {k: v for k, v in paper_setting(method_cls, source_cls.name, setting).items() if k != "iterations"}
-    if str(spec.budget).isdigit() and int(spec.budget) and set(recipe) - {k for k, _ in spec.hparams}:
-        # the paper's recipe of this setting is the paper budget's alone: a shortened paper fit is --until
+    if paper_setting_left_out(method_cls, source_cls.name, setting, dict(spec.hparams), str(spec.budget)):
         print(f"mtbench: note: --budget {spec.budget} fits {method_cls.name}'s {source_cls.name} recipe, not the "
               f"paper's {setting} one; for that recipe, part of the way: --budget paper --until {spec.budget}",
               file=sys.stderr)
