@@ -90,6 +90,7 @@ class Finetune(Method):
 
     # added after rows were committed: a result without it ran as its default does
     later_hparams = {"augment": False}
+    not_recipe = frozenset({"report_steps"})
 
     @classmethod
     def variant(cls, record):

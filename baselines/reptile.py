@@ -157,6 +157,7 @@ class Reptile(ZeroHeadForOtherWays, Method):
     version = "4"
     #: results written before ``eval_batch`` existed adapted on the whole support set at every step
     later_hparams = {"eval_batch": 0}
+    not_recipe = frozenset({"report_steps"})
 
     def __init__(self, hparams: ReptileHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)

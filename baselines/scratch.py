@@ -63,6 +63,7 @@ class Scratch(Method):
     budgets = {"default": {"quick": 0, "paper": 0}}
     transductive = False
     compilable = True
+    not_recipe = frozenset({"report_steps"})
 
     def __init__(self, hparams: ScratchHparams, in_shape, generator, device) -> None:
         super().__init__(hparams, in_shape, generator, device)

@@ -126,6 +126,7 @@ def paper_setting_left_out(cls: Any, dataset: str, setting: str | None, override
         return {}
     return {k: v for k, v in paper_setting(cls, dataset, setting).items() if k != "iterations" and k not in overrides}
 
+
 def report_steps(text: str, last: int) -> set[int]:
     """``"0,10,50"`` -> the adaptation steps to score (those ≤ ``last``), always including ``last``.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ else:  # pragma: no cover - Python 3.10
 import pandas as pd
 
 from mtbench.board import leaderboard as lb
-from mtbench.board.labels import label, partial_first_stage
+from mtbench.board.labels import label, off_paper_recipe, partial_first_stage
 from mtbench.core.errors import UserError
 from mtbench.results import partial_fit
 from mtbench.report.blocks import FIGURES, Block, Built, Bullets, Code, Heading, Image, Link, Para, Table, slugs, svg
@@ -196,6 +197,7 @@ class Ours:
     device: str
     when: str
     partial: tuple[int, int] | None = None  # a fit stopped by --until: (iterations reached, the budget's)
+    off_recipe: tuple[tuple[str, Any, Any], ...] = ()  # at the paper budget: (hparam, ran, --budget paper's)
 
     def inside(self, published: float) -> bool:
         return self.mean - self.ci95 <= published / 100 <= self.mean + self.ci95
@@ -203,6 +205,8 @@ class Ours:
     def shown(self, unit: str = "") -> str:
         """``mean ± CI`` in %, and the number of training seeds of the row (and how far a partial fit got)."""
         part = f"; partial fit, {self.partial[0]} of {self.partial[1]} iterations" if self.partial else ""
+        if self.off_recipe:
+            part += "; not --budget paper's hparams: " + ", ".join(f"{k}={a} (paper: {b})" for k, a, b in self.off_recipe)
         seeds = f"{self.seeds} seed{'s' * (self.seeds != 1)}"
         return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}{unit} ({seeds}{part})"
 
@@ -227,7 +231,7 @@ def rows(leaderboards: Path) -> dict[tuple[str, str], list[Ours]]:
                 tuple(e.path.name for e in r.entries), "; ".join(dict.fromkeys(ran_on[e.path] for e in r.entries)),
                 max(e.doc["provenance"]["timestamp"] for e in r.entries),
                 (doc["fit"]["iterations"], doc["budget"]["iterations"]) if partial_fit(doc)
-                else partial_first_stage(doc)))
+                else partial_first_stage(doc), tuple((k, *d) for k, d in off_paper_recipe(doc).items())))
     return found
 
 
@@ -237,13 +241,16 @@ def is_row_of(figure: Figure, o: Ours) -> bool:
 
 
 def pick(figure: Figure, candidates: list[Ours], budget: str) -> tuple[Ours | None, int]:
-    """Our row for ``figure`` at ``budget``: of the rows with its label and hparams, a whole fit before a partial one
-    (then the furthest partial one), then the one over the most seeds, then the newest; and how many rows matched."""
-    matching = [o for o in candidates if o.budget == budget and is_row_of(figure, o)]
+    """Our row for ``figure`` at ``budget``: of the rows with its label and hparams, one with the paper budget's
+    hparams (less those the figure sets) before one without, a whole fit before a partial one (then the furthest
+    partial one), then the one over the most seeds, then the newest; and how many rows matched."""
+    given = dict(figure.hp)
+    matching = [dataclasses.replace(o, off_recipe=tuple(d for d in o.off_recipe if d[0] not in given))
+                for o in candidates if o.budget == budget and is_row_of(figure, o)]
     if not matching:
         return None, 0
-    return max(matching, key=lambda o: (o.partial is None, o.partial and o.partial[0], o.seeds, o.when, o.files)), \
-        len(matching)
+    return max(matching, key=lambda o: (not o.off_recipe, o.partial is None, o.partial and o.partial[0], o.seeds,
+                                        o.when, o.files)), len(matching)
 
 
 # -- the page --------------------------------------------------------------------------------------
@@ -348,7 +355,8 @@ def reproduction_page(leaderboards: Path) -> Built | None:
               "without a row says \"not run\"; ", Code("mtbench official"), " and ",
               Code("mtbench run --budget paper"), " fill them. A paper-budget fit stopped part-way (",
               Code("--until"), ", to be continued with ", Code("--resume"), ") is shown as a partial fit with the "
-              "iterations it reached, only while no whole fit of the row exists.",)),
+              "iterations it reached, only while no whole fit of the row exists; a paper-budget row whose hparams "
+              "are not those ", Code("--budget paper"), " gives today (a ", Code("--hp"), " beside it) names them.",)),
         Heading("Outside our interval"),
         *_summary(compared),
     ]
@@ -367,7 +375,8 @@ def reproduction_page(leaderboards: Path) -> Built | None:
     blocks += [Heading("Our rows"),
                Para(("The result file(s) of each row compared above (on the setting's ",
                      Link("leaderboard pages", "index"),
-                     "); of several matching rows, the one over the most seeds, then the newest, is compared.")),
+                     "); of several matching rows, one with the paper budget's hparams, then a whole fit, then the one over "
+                     "the most seeds, then the newest, is compared.")),
                Table(which) if len(which) else Para(("None: no row of ours matches a published figure yet.",)),
                Heading("Sources"),
                Bullets(tuple((f"{s.short}: {s.title}. {s.venue}.",) for s in
