@@ -1,186 +1,34 @@
 """The report's reproduction page: published accuracies beside our leaderboard rows of the same setting.
 
-The published figures are data, in ``<leaderboards>/published.toml`` (:data:`PUBLISHED`): each with its
-source (authors, year, venue, table), the leaderboard label (and hparams) of the row of ours it is
-compared with, and optionally the *measured* reasons why our interval misses it, each naming the
-result files or report pages that measured it. The file lives in the leaderboard folder because a
-report is made from that folder alone; without it the page is not written.
+The published figures are data, in ``<leaderboards>/published.toml`` (read by :mod:`mtbench.report.published`):
+each with its source, the leaderboard row of ours it is compared with, and the *measured* reasons why our
+interval misses it. The file lives in the leaderboard folder because a report is made from that folder
+alone; without it the page is not written.
 
 For each figure the page shows our row at the quick and at the paper budget (never mixed): mean ±
 95 % CI, in %, and the number of training seeds the leaderboard row averages; the difference to the
 published value; and whether the published value lies inside our interval. A figure outside it shows
 its recorded reason, or "gap not yet explained": a reason is never assumed. The figures outside our
-interval are listed first.
+interval are listed first, one line each with the kinds of cause measured.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Mapping
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 import pandas as pd
 
 from mtbench.board import leaderboard as lb
 from mtbench.board.labels import label, off_paper_recipe, partial_first_stage
-from mtbench.core.errors import UserError
 from mtbench.results import partial_fit
 from mtbench.report.blocks import FIGURES, Block, Built, Bullets, Code, Heading, Image, Link, Para, Table, slugs, svg
-from mtbench.report.evidence import describe
 from mtbench.report.maml_curves import maml_curves_section
+from mtbench.report.published import BUDGETS, PUBLISHED, UNEXPLAINED, Figure, Reason, load, why
 from mtbench.report.reproduction_figure import Line, Point, figure_size, gap_figure
-
-PUBLISHED = "published.toml"  # in the leaderboard folder
-BUDGETS = ("quick", "paper")  # the columns; a row of any other budget is not compared
-UNEXPLAINED = "gap not yet explained"
-
-
-# -- the published figures -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Source:
-    key: str
-    authors: str
-    title: str
-    venue: str
-    year: int | None
-
-    @property
-    def short(self) -> str:
-        return f"{self.authors} {self.year}" if self.year else self.authors
-
-
-@dataclass(frozen=True)
-class Reason:
-    """Why our interval misses a published value, as measured: ``evidence`` are repository paths."""
-
-    text: str
-    evidence: tuple[str, ...]
-    budget: str | None  # the column it explains; None: both
-    explains: bool = True  # False: measured, and found not to be the cause (the gap stays unexplained)
-
-
-@dataclass(frozen=True)
-class Figure:
-    dataset: str
-    setting: str
-    name: str
-    ours: str  # the leaderboard label of our row
-    hp: tuple[tuple[str, Any], ...]
-    accuracy: float  # %
-    approximate: bool
-    source: Source
-    table: str
-    note: str
-    reasons: tuple[Reason, ...]
-
-    @property
-    def published(self) -> str:
-        return f"{'≈ ' * self.approximate}{self.accuracy:g}"
-
-    @property
-    def cited(self) -> str:
-        return self.source.short + (f", {self.table}" if self.table else "")
-
-    @property
-    def matches(self) -> str:
-        """Our row as a reader finds it on the leaderboard: its label and the hparams it must have."""
-        return self.ours + "".join(f" --hp {k}={_text(v)}" for k, v in self.hp)
-
-
-def _text(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _fields(where: str, table: Any, required: Mapping[str, type | tuple[type, ...]],
-            optional: Mapping[str, type | tuple[type, ...]]) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise UserError(f"{where}: expected a table of keys, got {table!r}")
-    unknown = sorted(set(table) - set(required) - set(optional))
-    missing = [k for k in required if k not in table]
-    if unknown or missing:
-        raise UserError(f"{where}: " + "; ".join(
-            ([f"unknown key(s) {', '.join(unknown)} (it takes {', '.join([*required, *optional])})"] if unknown else [])
-            + ([f"missing {', '.join(missing)}"] if missing else [])))
-    for key, kind in {**required, **optional}.items():
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        value = table.get(key)
-        if key in table and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
-            raise UserError(f"{where}.{key}: {value!r} is not {' or '.join(k.__name__ for k in kinds)}")
-    return table
-
-
-def _reason(where: str, table: Any, repo: Path) -> Reason:
-    r = _fields(where, table, {"text": str, "evidence": list}, {"budget": str, "explains": bool})
-    if not r["text"].strip():
-        raise UserError(f"{where}.text is empty; say what was measured")
-    if not r["evidence"] or not all(isinstance(p, str) and p for p in r["evidence"]):
-        raise UserError(f"{where}.evidence: give the path(s) of the result files or report pages that measured it")
-    for path in r["evidence"]:
-        if not (repo / path).exists():
-            raise UserError(f"{where}.evidence: {path} does not exist under {repo}; a reason names what measured it")
-    if r.get("budget", "quick") not in BUDGETS:
-        raise UserError(f"{where}.budget: {r['budget']!r} is not one of {', '.join(BUDGETS)} (or leave it out)")
-    return Reason(r["text"], describe(r["evidence"], repo), r.get("budget"), r.get("explains", True))
-
-
-def _why(reasons: list[Reason] | tuple[Reason, ...], with_budget: bool = False) -> str:
-    """The reasons that explain a gap, each with its evidence, else :data:`UNEXPLAINED`; then what was measured
-    and found not to be the cause."""
-    def said(r: Reason) -> str:
-        return f"{f'{r.budget}: ' if with_budget and r.budget else ''}{r.text} (measured in {', '.join(r.evidence)})"
-
-    given = "; ".join(said(r) for r in reasons if r.explains) or UNEXPLAINED
-    ruled_out = "; ".join(said(r) for r in reasons if not r.explains)
-    return given + (f"; measured, not the cause: {ruled_out}" if ruled_out else "")
-
-
-def parse(doc: dict[str, Any], where: str, repo: Path) -> list[Figure]:
-    """The figures of a published-figures document (read from ``where``); evidence paths resolve under ``repo``."""
-    _fields(where, doc, {"sources": dict, "figures": list}, {})
-    sources = {}
-    for key, s in doc["sources"].items():
-        s = _fields(f"{where}: sources.{key}", s, {"authors": str, "title": str, "venue": str}, {"year": int})
-        sources[key] = Source(key, s["authors"], s["title"], s["venue"], s.get("year"))
-    figures = []
-    for i, f in enumerate(doc["figures"]):
-        at = f"{where}: figures[{i}]"
-        f = _fields(at, f, {"dataset": str, "setting": str, "name": str, "ours": str, "accuracy": (int, float),
-                            "source": str},
-                    {"hp": dict, "approximate": bool, "table": str, "note": str, "reasons": list})
-        if f["source"] not in sources:
-            raise UserError(f"{at}.source: no source {f['source']!r} in [sources] (it has {', '.join(sources)})")
-        if not 0 <= f["accuracy"] <= 100:
-            raise UserError(f"{at}.accuracy: {f['accuracy']} is not a percentage (0 to 100)")
-        figures.append(Figure(f["dataset"], f["setting"], f["name"], f["ours"], tuple(sorted(f.get("hp", {}).items())),
-                              float(f["accuracy"]), f.get("approximate", False), sources[f["source"]],
-                              f.get("table", ""), f.get("note", ""),
-                              tuple(_reason(f"{at}.reasons[{j}]", r, repo)
-                                    for j, r in enumerate(f.get("reasons", [])))))
-    return figures
-
-
-def load(leaderboards: Path) -> list[Figure] | None:
-    """The figures of ``<leaderboards>/published.toml``, or ``None`` when there is no such file; evidence paths
-    resolve from the folder above the leaderboard folder (the repository root)."""
-    path = Path(leaderboards) / PUBLISHED
-    if not path.is_file():
-        return None
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read {path} ({exc.strerror or exc})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid TOML: {exc}") from None
-    return parse(doc, str(path), Path(leaderboards).resolve().parent)
-
 
 # -- our rows --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -266,7 +114,7 @@ class Compared:
     def gap(self) -> str:
         """The recorded reasons (each with its evidence), else, when outside, that the gap is not explained."""
         if self.figure.reasons:
-            return _why(self.figure.reasons, with_budget=True)
+            return why(self.figure.reasons, with_budget=True)
         return UNEXPLAINED if self.outside() else "-"
 
 
@@ -305,6 +153,20 @@ def _which(compared: list[Compared]) -> pd.DataFrame:
     return pd.DataFrame(out).drop_duplicates(ignore_index=True)
 
 
+def _status(reasons: list[Reason]) -> str:
+    """A gap's reasons in a few words (the dataset's table gives them in full): the kinds of cause measured to
+    explain it, else that it is not explained, then those measured and ruled out."""
+    def kinds(explains: bool) -> str:
+        chosen = [r for r in reasons if r.explains == explains]
+        named = ", ".join(dict.fromkeys(c for r in chosen for c in r.cause))
+        untagged = sum(not r.cause for r in chosen)
+        return named + (f"{', ' * bool(named)}{untagged} reason{'s' * (untagged != 1)} naming no cause" if untagged
+                        else "")
+
+    status = f"explained: {kinds(True)}" if any(r.explains for r in reasons) else UNEXPLAINED
+    return status + (f"; ruled out: {kinds(False)}" if not all(r.explains for r in reasons) else "")
+
+
 def _summary(compared: list[Compared]) -> list[Block]:
     outside = [(c, b) for c in compared for b in c.outside()]
     run = {b: sum(c.ours[b][0] is not None for c in compared) for b in BUDGETS}
@@ -312,16 +174,15 @@ def _summary(compared: list[Compared]) -> list[Block]:
     partly = f" ({partial} of them partial fits, stopped part-way through the paper's schedule)" if partial else ""
     head = Para((f"{len(compared)} published figures; a row of ours at the quick budget for {run['quick']}, at the "
                  f"paper budget for {run['paper']}{partly}. The published value lies outside our 95 % CI in "
-                 f"{len(outside)} of these {run['quick'] + run['paper']} comparisons" + (":" if outside else "."),))
-    items = []
-    for c, b in outside:
-        o, f = c.ours[b][0], c.figure
-        reasons = [r for r in f.reasons if r.budget in (None, b)]
-        why = _why(reasons)
-        line = (f"{f.dataset} {f.setting}, {f.name} ({f.cited}; ours: {f.matches}): published {f.published} %, "
-                f"ours at the {b} budget {o.shown(' %')}, {100 * o.mean - f.accuracy:+.2f} points: {why}")
-        items.append((line,))
-    return [head, *([Bullets(tuple(items))] if items else [])]
+                 f"{len(outside)} of these {run['quick'] + run['paper']} comparisons"
+                 + (" (the reasons, with the files that measured them, are in each dataset's table below):"
+                    if outside else "."),))
+    table = pd.DataFrame([{"dataset": c.figure.dataset, "setting": c.figure.setting, "method": c.figure.name,
+                           "ours": c.figure.matches, "budget": b, "published %": c.figure.published,
+                           "ours %": o.shown(), "Δ": f"{100 * o.mean - c.figure.accuracy:+.2f}",
+                           "gap": _status([r for r in c.figure.reasons if r.budget in (None, b)])}
+                          for c, b in outside if (o := c.ours[b][0]) is not None])
+    return [head, *([Table(table)] if outside else [])]
 
 
 def _others(dataset: str, compared: list[Compared], ours: dict[tuple[str, str], list[Ours]]) -> list[Block]:
