@@ -78,3 +78,12 @@ def test_the_reproduction_page_prefers_the_recipe_and_labels_a_row_off_it(tmp_pa
     assert _paper_cell(lb).endswith(f"; not --budget paper's hparams: inner_lr=0.003 (paper: {paper['inner_lr']}))")
     put_result(here, _omniglot("reptile", paper, budget=PAPER), "on")
     assert _paper_cell(lb).endswith("(1 seed)")
+
+
+def test_the_leaderboard_says_when_a_paper_budget_row_is_off_the_recipe():
+    from mtbench.board.leaderboard import budget
+
+    paper = _paper("reptile")
+    assert budget(_omniglot("reptile", paper, budget=PAPER)) == "paper"
+    assert budget(_omniglot("reptile", {**paper, "inner_lr": 0.003}, budget=PAPER)) == \
+        "paper (not --budget paper's hparams: inner_lr=0.003)"

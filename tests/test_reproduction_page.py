@@ -219,7 +219,8 @@ def test_no_published_file_no_page(repo):
     (('evidence = ["leaderboards/synthetic/5w1s/finetune.json"]', "evidence = []"), ["reasons[0].evidence: give"]),
     (('budget = "quick"', 'budget = "fast"'), ["reasons[0].budget", "'fast'"]),
     (("explains = false", 'explains = "no"'), ["figures[2].reasons[0].explains: 'no' is not bool"]),
-    (('cause = ["recipe"]', 'cause = ["recipe", "luck"]'), ["figures[5].reasons[0].cause", "'luck' is not one of budget"]),
+    (('cause = ["recipe"]', 'cause = ["recipe", "luck"]'),
+     ["figures[5].reasons[0].cause", "'luck' is not one of budget"]),
     (("[[figures]]", "[[figures]"), ["is not valid TOML"]),
 ])
 def test_mistakes_in_the_published_file_are_one_line_errors(repo, change, mentions):

@@ -26,7 +26,7 @@ import pandas as pd
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci95
-from mtbench.board.labels import label, partial_first_stage
+from mtbench.board.labels import label, off_paper_recipe, partial_first_stage
 from mtbench.methods import METHODS
 from mtbench.results import partial_fit, setting_name
 from mtbench.results.layout import leaderboard_files
@@ -285,16 +285,20 @@ def device(doc: dict[str, Any]) -> str:
 
 
 def budget(doc: dict[str, Any]) -> str:
-    """The budget, saying a quick budget on the CPU is one (a GPU row with the paper's schedule is not), and how far
-    a partial fit got (``paper, 8000 of 20000 iterations``)."""
+    """The budget, saying a quick budget on the CPU is one (a GPU row with the paper's schedule is not), how far
+    a partial fit got (``paper, 8000 of 20000 iterations``), and the hparams of a paper-budget row that are not the
+    paper's recipe (:func:`~mtbench.board.labels.off_paper_recipe`)."""
     b = doc["budget"]
     name = b["name"] if not b["name"].isdigit() else f"{b['name']} iterations"
+    off = ", ".join(f"{k}={ran}" for k, (ran, _) in off_paper_recipe(doc).items())
+    off = f" (not --budget paper's hparams: {off})" if off else ""
     if partial_fit(doc):
-        return f"{b['name']}, {doc['fit']['iterations']} of {b['iterations']} iterations (partial)"
+        return f"{b['name']}, {doc['fit']['iterations']} of {b['iterations']} iterations (partial){off}"
     if first := partial_first_stage(doc):
-        return f"{name}, from a {doc['init']['budget']} fit stopped at {first[0]} of {first[1]} iterations (partial)"
+        return (f"{name}, from a {doc['init']['budget']} fit stopped at {first[0]} of {first[1]} iterations "
+                f"(partial){off}")
     cpu = doc["provenance"]["device_type"] == "cpu"
-    return f"{name}{' (CPU)' if cpu and b['name'] == 'quick' else ''}"
+    return f"{name}{' (CPU)' if cpu and b['name'] == 'quick' else ''}{off}"
 
 
 def reproduced(item: Row | dict[str, Any]) -> str:

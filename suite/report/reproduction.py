@@ -54,7 +54,8 @@ class Ours:
         """``mean ± CI`` in %, and the number of training seeds of the row (and how far a partial fit got)."""
         part = f"; partial fit, {self.partial[0]} of {self.partial[1]} iterations" if self.partial else ""
         if self.off_recipe:
-            part += "; not --budget paper's hparams: " + ", ".join(f"{k}={a} (paper: {b})" for k, a, b in self.off_recipe)
+            part += "; not --budget paper's hparams: " + ", ".join(f"{k}={a} (paper: {b})"
+                                                                   for k, a, b in self.off_recipe)
         seeds = f"{self.seeds} seed{'s' * (self.seeds != 1)}"
         return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}{unit} ({seeds}{part})"
 
@@ -236,8 +237,8 @@ def reproduction_page(leaderboards: Path) -> Built | None:
     blocks += [Heading("Our rows"),
                Para(("The result file(s) of each row compared above (on the setting's ",
                      Link("leaderboard pages", "index"),
-                     "); of several matching rows, one with the paper budget's hparams, then a whole fit, then the one over "
-                     "the most seeds, then the newest, is compared.")),
+                     "); of several matching rows, one with the paper budget's hparams, then a whole fit, then the one "
+                     "over the most seeds, then the newest, is compared.")),
                Table(which) if len(which) else Para(("None: no row of ours matches a published figure yet.",)),
                Heading("Sources"),
                Bullets(tuple((f"{s.short}: {s.title}. {s.venue}.",) for s in
