@@ -305,3 +305,31 @@ def test_paper_setting_left_out_names_the_recipe_a_numeric_budget_does_not_fit()
     assert paper_setting_left_out(MAML, "omniglot-lake", "20w1s", {}, "300") == recipe  # the variant takes omniglot's
     for budget, setting in (("paper", "20w1s"), ("quick", "20w1s"), ("0", "20w1s"), ("300", "5w1s"), ("300", None)):
         assert paper_setting_left_out(MAML, "omniglot", setting, {}, budget) == {}
+
+
+def test_scoring_a_paper_fit_with_budget_0_names_the_papers_test_recipe_it_leaves_out(tmp_path, capsys) -> None:
+    """--budget 0 --init FILE adapts with the dataset's recipe; when FILE is a paper-budget fit of a setting with a
+    recipe of its own (Reptile's 20-way one: its test-time steps and batches too), the run says what to add."""
+    import torch
+
+    from mtbench.baselines.reptile import Reptile
+    from mtbench.data.episodes import EpisodeSpec
+    from mtbench.run.checkpoints import FORMAT
+    from mtbench.run.runner import RunSpec
+    from mtbench.run.stages import resolve
+
+    def scored(budget: str, ways: int, hparams: tuple = ()) -> str:
+        ckpt = tmp_path / f"{budget}.pt"
+        torch.save({"format": FORMAT, "method": "reptile", "budget": budget}, ckpt)
+        resolve(RunSpec(method="reptile-transductive", dataset="omniglot", episodes=EpisodeSpec(ways, 1, 5, 10, 0),
+                        budget="0", init=str(ckpt), out=None, hparams=hparams))
+        return capsys.readouterr().err.strip()
+
+    recipe = {k: v for k, v in Reptile.paper_settings["omniglot"]["20w1s"].items() if k != "iterations"}
+    assert scored("paper", 20) == (
+        "mtbench: note: --budget 0 scores the paper-budget fit at --init with reptile-transductive's omniglot recipe, "
+        "not the paper's 20w1s one; to score it the paper's way add " + " ".join(f"--hp {k}={v}" for k, v in
+                                                                                 recipe.items()))
+    assert scored("paper", 20, tuple((k, str(v)) for k, v in recipe.items())) == ""  # given: nothing to add
+    assert scored("paper", 5) == ""  # 5-way: the dataset's recipe is the paper's
+    assert "paper's 20w1s" not in scored("quick", 20)  # a quick fit: not the paper's to keep

@@ -118,11 +118,13 @@ def quick_presets_left_out(cls: Any, dataset: str, overrides: Mapping[str, str],
 
 
 def paper_setting_left_out(cls: Any, dataset: str, setting: str | None, overrides: Mapping[str, str],
-                           budget: str) -> dict[str, Any]:
+                           budget: str, init_budget: str | None = None) -> dict[str, Any]:
     """The paper's recipe of ``setting`` (``paper_settings``, less its ``iterations``) that a budget of a number of
     iterations ≥ 1 does not fit (that recipe is the paper budget's alone; ``--budget paper --until N`` fits it part of
-    the way), less the hparams ``--hp`` sets. Empty for a named budget, ``0`` (adapting only) and other settings."""
-    if not str(budget).isdigit() or not int(budget):
+    the way), or that ``--budget 0`` does not score a fit of the paper budget with (``init_budget``: the budget of the
+    fit at ``--init``; e.g. the paper's test-time steps), less the hparams ``--hp`` sets. Empty for a named budget,
+    ``0`` from a fit of another budget, and settings without a paper recipe of their own."""
+    if not str(budget).isdigit() or not int(budget) and init_budget != "paper":
         return {}
     return {k: v for k, v in paper_setting(cls, dataset, setting).items() if k != "iterations" and k not in overrides}
 

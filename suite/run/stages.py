@@ -83,20 +83,29 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     setting = setting_of(spec.episodes)
     hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source=source_cls.name,
                            setting=setting)
-    if left := quick_presets_left_out(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source_cls.name):
+    checkpoint = read_checkpoint(spec.init) if spec.init else None
+    init_budget = checkpoint[0].get("budget") if checkpoint else None
+    if init_budget != "paper" and (left := quick_presets_left_out(method_cls, spec.dataset, dict(spec.hparams),
+                                                                    str(spec.budget), source_cls.name)):
         # a user lengthening a quick fit with --budget N, or adapting a quick fit's checkpoint with --budget 0,
         # easily expects the quick recipe: say so before the fit
         add = " ".join(f"--hp {k}={v}" for k, v in left.items())
         does = "fits" if int(spec.budget) else "adapts with"
         print(f"mtbench: note: --budget {spec.budget} {does} {method_cls.name}'s full recipe on {spec.dataset}, as "
               f"--budget paper does, without the quick budget's changes; to keep them add {add}", file=sys.stderr)
-    if paper_setting_left_out(method_cls, source_cls.name, setting, dict(spec.hparams), str(spec.budget)):
-        print(f"mtbench: note: --budget {spec.budget} fits {method_cls.name}'s {source_cls.name} recipe, not the "
-              f"paper's {setting} one; for that recipe, part of the way: --budget paper --until {spec.budget}",
-              file=sys.stderr)
+    if left := paper_setting_left_out(method_cls, source_cls.name, setting, dict(spec.hparams), str(spec.budget),
+                                      init_budget):
+        if int(spec.budget):
+            print(f"mtbench: note: --budget {spec.budget} fits {method_cls.name}'s {source_cls.name} recipe, not the "
+                  f"paper's {setting} one; for that recipe, part of the way: --budget paper --until {spec.budget}",
+                  file=sys.stderr)
+        else:  # scoring a paper fit: its row is checked against the paper's recipe (board.labels.off_paper_recipe)
+            add = " ".join(f"--hp {k}={v}" for k, v in left.items())
+            print(f"mtbench: note: --budget 0 scores the paper-budget fit at --init with {method_cls.name}'s "
+                  f"{source_cls.name} recipe, not the paper's {setting} one; to score it the paper's way add {add}",
+                  file=sys.stderr)
     iterations = method_cls.iterations_for(spec.budget, source_cls.name, setting)
     device = select_device(spec.device)
-    checkpoint = read_checkpoint(spec.init) if spec.init else None
     check_memory(spec.episodes)
     if spec.out is not None:
         writable(spec.out, "--out", folder=True, fix="choose another folder with --out")
