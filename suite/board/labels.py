@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 from mtbench.core.errors import UserError
@@ -57,12 +56,11 @@ def partial_first_stage(doc: dict[str, Any]) -> tuple[int, int] | None:
     return (init["iterations"], whole) if init["iterations"] < whole else None
 
 
-def off_paper_recipe(doc: dict[str, Any], given: Mapping[str, Any] = {}) -> dict[str, tuple[Any, Any]]:
+def off_paper_recipe(doc: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """For a result at the paper budget (its own, or that of the fit it adapts with ``--budget 0 --init``): the
     hparams of either stage that differ from what ``--budget paper`` resolves to today for its method, dataset and
-    setting, with the last stage's ``given`` (what the row is meant to set, e.g. a figure's ``head``), as
-    ``{name: (ran, paper's)}``: a ``--hp`` given with ``--budget paper``, or a scoring stage that did not take the
-    paper's test-time recipe. Hparams the method added later (``later_hparams``) count at the value the result ran
+    setting, as ``{name: (ran, paper's)}``: a ``--hp`` given with ``--budget paper``, or a scoring stage that did
+    not take the paper's test-time recipe. Hparams the method added later (``later_hparams``) count at the value the result ran
     with, those outside a recipe (``not_recipe``) not at all; ``{}`` at other budgets, for a transfer and for a
     method not installed here."""
     protocol, init = doc["protocol"], doc["init"]
@@ -84,8 +82,6 @@ def off_paper_recipe(doc: dict[str, Any], given: Mapping[str, Any] = {}) -> dict
             return {}
         paper = dataclasses.asdict(make_hparams(cls, dataset, {}, "paper", source=fitted_on or dataset,
                                                 setting=setting))
-        if i == len(stages) - 1:
-            paper.update(given)
         ran = {**cls.later_hparams, **ran}
         differ = {k: (ran[k], v) for k, v in paper.items() if k in ran and ran[k] != v and k not in cls.not_recipe}
         if i == len(stages) - 1:  # what makes the result's variant (FOMAML's first_order) is its row's own recipe
