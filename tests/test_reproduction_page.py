@@ -143,7 +143,7 @@ def test_a_reason_is_shown_only_where_one_is_recorded(repo):
     assert rows["Baseline"]["quick: inside"] == "no"
     # a result file given as evidence shows what it measured, read from the file
     mean, ci = ci_pct(FINETUNE)
-    assert rows["Baseline"]["gap"] == ("quick: measured: the linear head underfits (measured in "
+    assert rows["Baseline"]["gap"] == ("quick: [recipe] measured: the linear head underfits (measured in "
                                        f"leaderboards/synthetic/5w1s/finetune.json ({mean:.2f} ± {ci:.2f} % after "
                                        f"{result_doc('finetune', FINETUNE)['fit']['iterations']} iterations))")
     assert rows["ProtoNet outside"]["gap"] == UNEXPLAINED

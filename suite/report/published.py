@@ -123,10 +123,12 @@ def _reason(where: str, table: Any, repo: Path) -> Reason:
 
 
 def why(reasons: list[Reason] | tuple[Reason, ...], with_budget: bool = False) -> str:
-    """The reasons that explain a gap, each with its evidence, else :data:`UNEXPLAINED`; then what was measured
-    and found not to be the cause."""
+    """The reasons that explain a gap, each with the kind of cause it measured and its evidence, else
+    :data:`UNEXPLAINED`; then what was measured and found not to be the cause."""
     def said(r: Reason) -> str:
-        return f"{f'{r.budget}: ' if with_budget and r.budget else ''}{r.text} (measured in {', '.join(r.evidence)})"
+        where = f"{r.budget}: " if with_budget and r.budget else ""
+        kind = f"[{', '.join(r.cause)}] " if r.cause else ""
+        return f"{where}{kind}{r.text} (measured in {', '.join(r.evidence)})"
 
     given = "; ".join(said(r) for r in reasons if r.explains) or UNEXPLAINED
     ruled_out = "; ".join(said(r) for r in reasons if not r.explains)
