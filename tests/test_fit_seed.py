@@ -203,3 +203,19 @@ def test_the_index_sums_what_the_official_rows_cost_at_first_and_now(tmp_path):
     assert table.to_dict("records") == [
         {"results": "each row's first result", "fit (h)": "1.20", "evaluation (h)": "0.60", "total (h)": "1.80"},
         {"results": "the results shown above", "fit (h)": "0.30", "evaluation (h)": "0.15", "total (h)": "0.45"}]
+
+
+def test_the_index_matrix_joins_a_rows_fit_seeds_across_the_cpus_that_ran_them(tmp_path):
+    """The newest result of a label is shown as its row over all its fit seeds, those of another CPU too: the
+    matrix shows accuracy, which does not depend on the CPU (a leaderboard page keeps CPUs apart for timings)."""
+    from mtbench.report.boards import overview
+
+    where = folder(tmp_path, "omniglot", "20w1s")
+    for seed, cpu, stamp in ((0, "CPU AMD EPYC (1 threads)", "01"), (1, "CPU AMD EPYC (1 threads)", "02"),
+                             (2, "CPU Intel(R) Xeon(R) Processor (1 threads)", "03")):
+        put_result(where, result_doc("protonet", [0.5, 0.75], dataset="omniglot", ways=20, queries=1, fit_seed=seed,
+                                     device=cpu, stamp=f"2026-01-{stamp}T00:00:00+00:00"), f"protonet{seed}")
+    matrix = next(b.frame for b in overview(tmp_path) if getattr(b, "frame", None) is not None
+                  and "method" in b.frame)
+    cell = matrix.set_index("method").loc["protonet", "omniglot 20w1s"]
+    assert cell.endswith("(3 seeds)"), cell  # the newest, Intel, result alone would be a single fit

@@ -231,8 +231,9 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
 def overview(leaderboards: Path) -> list[Block]:
     """The index's matrix of the official plan: each method's accuracy in each official setting (the result
     ``mtbench official`` counts, the newest with that label, as the leaderboard row it belongs to: over its
-    training seeds when there are several), or that it has not run yet; nothing when the folder holds no
-    official row at all."""
+    training seeds when there are several, joined across the CPUs that ran them as on the reproduction page, since
+    the matrix shows accuracy, not timings), or that it has not run yet; nothing when the folder holds no official
+    row at all."""
     from mtbench.board.official import load_plan, present
     from mtbench.results import read_result
 
@@ -242,8 +243,8 @@ def overview(leaderboards: Path) -> list[Block]:
     if not any(found.values()):
         return []
     board_rows = {path: r for s in plan.settings if found[(s.dataset, s.name)]
-                  for g in lb.board(leaderboards, s.dataset, s.name).groups for r in g.rows for path in
-                  (e.path for e in r.entries)}
+                  for g in lb.board(leaderboards, s.dataset, s.name).groups for r in lb.joined_across_cpus(g.rows)
+                  for path in (e.path for e in r.entries)}
     rows, have, total = [], 0, 0
     for name in labels:
         row = {"method": name}
@@ -268,7 +269,7 @@ def overview(leaderboards: Path) -> list[Block]:
         Heading("Official leaderboard"),
         Para((f"Accuracy ± 95% CI of every method in every official setting at the {plan.budget} budget ({have} of "
               f"{total} rows run; a GPU row names its GPU, the others ran on the CPU; a row over several training seeds "
-              "says how many, the others are single fits: 1 seed). Each setting's page ranks them with paired differences, adaptation speed and cost. ", Code("mtbench official"),
+              "says how many, joined across the CPUs that ran them, the others are single fits: 1 seed). Each setting's page ranks them with paired differences, adaptation speed and cost. ", Code("mtbench official"),
               " runs the missing rows.")),
         Table(pd.DataFrame(rows)),
         *_plan_cost(leaderboards, plan, found),
