@@ -120,7 +120,7 @@ class MAML(ZeroHeadForOtherWays, Method):
     version = "4"
     # CUDA graphs are a CUDA matter: on the CPU a result with or without the hparam ran the same code
     device_hparams = {"cuda_graph": "cuda"}
-    not_recipe = frozenset({"task_batching", "cuda_graph"})
+    not_recipe = frozenset({"task_batching"})
     #: what ``task_batching=auto`` picks per device type (read by ``mtbench bench`` too)
     AUTO_BATCHING = AUTO_BATCHING
 

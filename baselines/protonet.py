@@ -103,7 +103,6 @@ class ProtoNet(Method):
     later_hparams = {"pretrain_augment": False}
     # CUDA graphs are a CUDA matter: on the CPU a result with or without the hparam ran the same code
     device_hparams = {"cuda_graph": "cuda"}
-    not_recipe = frozenset({"cuda_graph"})
 
     @classmethod
     def variant(cls, record):

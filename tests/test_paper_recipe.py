@@ -42,6 +42,9 @@ def test_a_variant_and_how_tasks_are_computed_are_not_off_the_recipe():
     doc = _omniglot("maml", fomaml, budget=PAPER)
     doc["method"]["variant"] = "1st order"
     assert off_paper_recipe(doc) == {}
+    on_gpu = _omniglot("maml", {**maml, "cuda_graph": not maml["cuda_graph"]}, budget=PAPER)
+    on_gpu["provenance"]["device_type"] = "cuda"  # a device's own hparam (device_hparams) is not the recipe's
+    assert off_paper_recipe(on_gpu) == {}
     assert off_paper_recipe(_omniglot("maml", {**fomaml, "inner_lr": 0.4}, budget=PAPER)) == {
         "inner_lr": (0.4, maml["inner_lr"])}
 

@@ -56,24 +56,41 @@ def partial_first_stage(doc: dict[str, Any]) -> tuple[int, int] | None:
     return (init["iterations"], whole) if init["iterations"] < whole else None
 
 
+def hparams_as_ran(method: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """``method`` as it ran: with the hparams its installed method added later (``Method.later_hparams``) filled in
+    where a result of the same version lacks them, and without those that act only on another device type than
+    the result's (``Method.device_hparams``: ``cuda_graph`` on a CPU)."""
+    try:
+        installed = METHODS.get(method["name"])
+    except UserError:  # a submitted method, not installed here
+        return method
+    if str(installed.version) != str(method.get("version")):
+        return method
+    hparams = {**installed.later_hparams, **method["hparams"]}
+    hparams = {k: v for k, v in hparams.items() if installed.device_hparams.get(k, device_type) == device_type}
+    return {**method, "hparams": hparams}
+
+
 def off_paper_recipe(doc: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """For a result at the paper budget (its own, or that of the fit it adapts with ``--budget 0 --init``): the
     hparams of either stage that differ from what ``--budget paper`` resolves to today for its method, dataset and
     setting, as ``{name: (ran, paper's)}``: a ``--hp`` given with ``--budget paper``, or a scoring stage that did
-    not take the paper's test-time recipe. Hparams the method added later (``later_hparams``) count at the value the result ran
-    with, those outside a recipe (``not_recipe``) not at all; ``{}`` at other budgets, for a transfer and for a
-    method not installed here."""
+    not take the paper's test-time recipe. The result's hparams are read as they ran (:func:`hparams_as_ran`); those
+    outside a recipe (``not_recipe``, ``device_hparams``) do not count; ``{}`` at other budgets, for a transfer and
+    for a method not installed here."""
     protocol, init = doc["protocol"], doc["init"]
     if protocol.get("kind", "episodes") != "episodes":
         return {}
     setting = setting_key(protocol["ways"], protocol["shots"])
     source = (doc.get("source") or {}).get("name")
+    device_type = doc["provenance"]["device_type"]
+    own = (doc["method"]["name"], hparams_as_ran(doc["method"], device_type)["hparams"], doc["dataset"]["name"], source)
     stages = []
     if doc["budget"]["name"] == "paper":
-        stages.append((doc["method"]["name"], doc["method"]["hparams"], doc["dataset"]["name"], source))
+        stages.append(own)
     elif not doc["budget"]["iterations"] and init and init["budget"] == "paper":
-        stages += [(init["method"], init["hparams"], init["dataset"], None),
-                   (doc["method"]["name"], doc["method"]["hparams"], doc["dataset"]["name"], source)]
+        # a checkpoint records no method version: its hparams are read as recorded
+        stages += [(init["method"], init["hparams"], init["dataset"], None), own]
     off: dict[str, tuple[Any, Any]] = {}
     for i, (name, ran, dataset, fitted_on) in enumerate(stages):
         try:
@@ -82,8 +99,8 @@ def off_paper_recipe(doc: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
             return {}
         paper = dataclasses.asdict(make_hparams(cls, dataset, {}, "paper", source=fitted_on or dataset,
                                                 setting=setting))
-        ran = {**cls.later_hparams, **ran}
-        differ = {k: (ran[k], v) for k, v in paper.items() if k in ran and ran[k] != v and k not in cls.not_recipe}
+        differ = {k: (ran[k], v) for k, v in paper.items()
+                  if k in ran and ran[k] != v and k not in cls.not_recipe and k not in cls.device_hparams}
         if i == len(stages) - 1:  # what makes the result's variant (FOMAML's first_order) is its row's own recipe
             def variant(hparams: dict[str, Any]) -> str:
                 return cls.variant({**doc, "method": {**doc["method"], "hparams": hparams}})

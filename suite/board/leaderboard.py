@@ -26,8 +26,7 @@ import pandas as pd
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci95
-from mtbench.board.labels import label, off_paper_recipe, partial_first_stage
-from mtbench.methods import METHODS
+from mtbench.board.labels import hparams_as_ran, label, off_paper_recipe, partial_first_stage
 from mtbench.results import partial_fit, setting_name
 from mtbench.results.layout import leaderboard_files
 from mtbench.results.screen import LeftOut, left_out_note, screen
@@ -56,21 +55,6 @@ def _recipe(init: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**kept, "init": _recipe(init["init"])}
 
 
-def _hparams_as_ran(method: dict[str, Any], device_type: str) -> dict[str, Any]:
-    """``method`` as it ran: with the hparams its installed method added later (``Method.later_hparams``) filled in
-    where a result of the same version lacks them, and without those that act only on another device type than
-    the result's (``Method.device_hparams``: ``cuda_graph`` on a CPU)."""
-    try:
-        installed = METHODS.get(method["name"])
-    except UserError:  # a submitted method, not installed here
-        return method
-    if str(installed.version) != str(method.get("version")):
-        return method
-    hparams = {**installed.later_hparams, **method["hparams"]}
-    hparams = {k: v for k, v in hparams.items() if installed.device_hparams.get(k, device_type) == device_type}
-    return {**method, "hparams": hparams}
-
-
 def configuration(doc: dict[str, Any], any_cpu: bool = False) -> str:
     """What the results of one leaderboard row share, everything that ran but the training seed: the method
     (name, version, variant, hparams), dataset and source, the protocol with its draws, the budget's name and
@@ -79,7 +63,7 @@ def configuration(doc: dict[str, Any], any_cpu: bool = False) -> str:
     :func:`joined_across_cpus`)."""
     prov, sub = doc["provenance"], doc["submission"]
     return json.dumps({
-        "method": _hparams_as_ran(doc["method"], prov["device_type"]), "dataset": doc["dataset"],
+        "method": hparams_as_ran(doc["method"], prov["device_type"]), "dataset": doc["dataset"],
         "source": doc["source"], "protocol": doc["protocol"],
         "budget": {**doc["budget"], **({"reached": doc["fit"]["iterations"]} if partial_fit(doc) else {})},
         "init": _recipe(doc["init"]), "submission": sub and sub["source_sha256"],

@@ -219,7 +219,8 @@ class Method:
     #: that ran on another device type is read without them, so that results differing in one join a row
     device_hparams: ClassVar[dict[str, str]] = {}
     #: hparams that choose how a recipe runs or what it reports, not what it computes (``task_batching``,
-    #: ``report_steps``): a result is checked against a recipe (``--budget paper``'s) without them
+    #: ``report_steps``; ``device_hparams`` are not a recipe's either): a result is checked against a recipe
+    #: (``--budget paper``'s) without them
     not_recipe: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,

@@ -124,7 +124,7 @@ def paper_setting_left_out(cls: Any, dataset: str, setting: str | None, override
     the way), or that ``--budget 0`` does not score a fit of the paper budget with (``init_budget``: the budget of the
     fit at ``--init``; e.g. the paper's test-time steps), less the hparams ``--hp`` sets. Empty for a named budget,
     ``0`` from a fit of another budget, and settings without a paper recipe of their own."""
-    if not str(budget).isdigit() or not int(budget) and init_budget != "paper":
+    if not str(budget).isdigit() or (not int(budget) and init_budget != "paper"):
         return {}
     return {k: v for k, v in paper_setting(cls, dataset, setting).items() if k != "iterations" and k not in overrides}
 
