@@ -28,7 +28,7 @@ def describe(paths: Sequence[str], repo: Path) -> tuple[str, ...]:
     """Each evidence path (relative to ``repo``); a result file's with what it measured:
     ``path (48.29 ± 0.72 % after 100 iterations; -2.44 ± 0.41 points paired with row.json on the same 600
     episodes)``."""
-    docs = [_result(repo / p) for p in paths]
+    docs = [result_or_none(repo / p) for p in paths]
     out = []
     for i, (path, doc) in enumerate(zip(paths, docs)):
         if doc is None:  # a bench file of MAML's curves says what it measured; any other file is its path alone
@@ -43,7 +43,7 @@ def describe(paths: Sequence[str], repo: Path) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _result(path: Path) -> dict[str, Any] | None:
+def result_or_none(path: Path) -> dict[str, Any] | None:
     if path.suffix != ".json":
         return None
     try:

@@ -52,6 +52,7 @@ class Reason:
     budget: str | None  # the column it explains; None: both
     explains: bool = True  # False: measured, and found not to be the cause (the gap stays unexplained)
     cause: tuple[str, ...] = ()  # of CAUSES
+    files: tuple[str, ...] = ()  # the evidence's repository paths, as the published file gives them
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ def _reason(where: str, table: Any, repo: Path) -> Reason:
     cause = [r["cause"]] if isinstance(r.get("cause"), str) else r.get("cause", [])
     if unknown := [c for c in cause if c not in CAUSES]:
         raise UserError(f"{where}.cause: {', '.join(map(repr, unknown))} is not one of {', '.join(CAUSES)}")
-    return Reason(r["text"], describe(r["evidence"], repo), r.get("budget"), r.get("explains", True), tuple(cause))
+    return Reason(r["text"], describe(r["evidence"], repo), r.get("budget"), r.get("explains", True), tuple(cause),
+                  tuple(r["evidence"]))
 
 
 def why(reasons: list[Reason] | tuple[Reason, ...], with_budget: bool = False) -> str:

@@ -26,6 +26,8 @@ from mtbench.board import leaderboard as lb
 from mtbench.board.labels import label, off_paper_recipe, partial_first_stage
 from mtbench.results import partial_fit
 from mtbench.report.blocks import FIGURES, Block, Built, Bullets, Code, Heading, Image, Link, Para, Table, slugs, svg
+from mtbench.report.budget_curves import curves_figure, panels
+from mtbench.report.budget_curves import figure_size as curves_size
 from mtbench.report.maml_curves import maml_curves_section
 from mtbench.report.published import BUDGETS, PUBLISHED, UNEXPLAINED, Figure, Reason, load, why
 from mtbench.report.reproduction_figure import Line, Point, figure_size, gap_figure
@@ -229,6 +231,14 @@ def reproduction_page(leaderboards: Path) -> Built | None:
         drawn[name] = svg(gap_figure(dataset, _lines(here)), figure_size(len(here)))
         blocks += [Heading(dataset), Image(f"{FIGURES}/{name}", f"{dataset}: each published accuracy and our rows"),
                    Table(_table(here)), *_others(dataset, here, ours)]
+        if budget := panels([c.figure for c in here], Path(leaderboards).resolve().parent):
+            name = f"reproduction-budget-{slugs([dataset])[dataset]}.svg"
+            drawn[name] = svg(curves_figure(budget), curves_size(len(budget)))
+            blocks += [Para(("How the accuracy moves with the length of the fit, from the files the budget reasons "
+                             "above name: each at its fit's iterations against its accuracy on the first test "
+                             "episodes all of a panel's files scored, with its 95 % CI; one recipe's files joined, "
+                             "another recipe labelled by the hparams it changes; dashed, the published value.",)),
+                       Image(f"{FIGURES}/{name}", f"{dataset}: accuracy against the length of the fit")]
         notes = dict.fromkeys(f"{c.figure.setting} {c.figure.name}: {c.figure.note}" for c in here if c.figure.note)
         blocks += [Para(("Notes:",)), Bullets(tuple((n,) for n in notes))] if notes else []
     curves, curve_figures = maml_curves_section(leaderboards)

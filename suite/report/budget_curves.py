@@ -1,0 +1,132 @@
+"""Accuracy against the length of the fit, drawn from the files each budget reason of the reproduction page names.
+
+A reason of kind ``budget`` (``published.toml``) names result files of shorter and longer fits, and the page
+prints each one's accuracy. Here they are drawn, one small panel per published figure: each file at the length
+of its fit (its iterations, or those of the saved fit it scored) against its accuracy on the first *n* test
+episodes every file of the panel scored (episode *i* is drawn from its own seed, so these are the same
+episodes; *n* is on the panel), with its 95 % CI, and the published value dashed. The files of one recipe (the
+same method and hparams) are joined, so whether a recipe still rises with its fit, and how far it stays from
+the published value, reads at a glance; another recipe is labelled with the hparams in which it differs from
+the row's (by convention the last file a reason names). A file that scored other episodes is left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from mtbench.board.labels import hparams_as_ran
+from mtbench.core.errors import UserError
+from mtbench.core.metrics import mean_ci95
+from mtbench.methods import METHODS
+from mtbench.report.evidence import result_or_none, same_episodes
+from mtbench.report.published import Figure
+
+COLUMNS = 3  # panels per row of a dataset's figure
+
+
+@dataclass(frozen=True)
+class Series:
+    """One recipe's files: ``(fit length, accuracy %, 95 % CI half-width %)`` by length."""
+
+    label: str
+    points: tuple[tuple[int, float, float], ...]
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    published: float  # %
+    episodes: int  # the first n test episodes every point scored
+    series: tuple[Series, ...]  # the row's recipe first
+
+
+def _length(doc: dict[str, Any]) -> int:
+    return doc["fit"]["iterations"] or (doc.get("init") or {}).get("iterations") or 0
+
+
+def _recipe(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The method's name and the hparams of its fit and scoring as they ran, without those outside a recipe; an
+    hparam a file predates ran as the method's default (or its ``later_hparams`` value) does now."""
+    method = hparams_as_ran(doc["method"], doc["provenance"]["device_type"])
+    hparams = {**((doc.get("init") or {}).get("hparams") or {}), **method["hparams"]}
+    try:
+        cls = METHODS.get(method["name"])
+    except UserError:  # a submitted method, not installed here
+        return method["name"], hparams
+    defaults = {f.name: f.default for f in dataclasses.fields(cls.Hparams) if f.default is not dataclasses.MISSING}
+    hparams = {**defaults, **cls.later_hparams, **hparams}
+    skip = {*cls.not_recipe, *cls.device_hparams}
+    return method["name"], {k: v for k, v in hparams.items() if k not in skip}
+
+
+def panel(figure: Figure, repo: Path) -> Panel | None:
+    """The figure's budget evidence as curves, or ``None`` where it holds fewer than two fit lengths. The row the
+    panel is read against is the last file of the figure's first budget reason; files that fitted on other data
+    (another copy or split) are left out, as they measure the data, not the budget."""
+    budget = [r.files for r in figure.reasons if "budget" in r.cause]
+    if not budget:
+        return None
+    paths = [p for p in dict.fromkeys(p for files in budget for p in files) if p != budget[0][-1]] + [budget[0][-1]]
+    docs = [d for d in map(result_or_none, (repo / p for p in paths))
+            if d is not None and d["protocol"].get("kind", "episodes") == "episodes"]
+    if not docs:
+        return None
+    row = docs[-1]
+    docs = [d for d in docs if same_episodes(d, row) and _length(d)
+            and (d["dataset"], d.get("source")) == (row["dataset"], row.get("source"))]
+    if len({_length(d) for d in docs}) < 2:
+        return None
+    n = min(len(d["accuracy"]["per_episode"]) for d in docs)
+    row_name, row_hp = _recipe(row)
+    groups: dict[str, list[tuple[int, float, float]]] = {}
+    for doc in reversed(docs):  # the row's recipe first
+        name, hp = _recipe(doc)
+        differs = [f"{k}={hp.get(k, '-')}" for k in sorted(set(hp) | set(row_hp)) if hp.get(k) != row_hp.get(k)]
+        label = name + (f": {', '.join(differs)}" if differs else ": the row's recipe")
+        mean, ci = mean_ci95(doc["accuracy"]["per_episode"][:n])
+        groups.setdefault(label, []).append((_length(doc), 100 * mean, 100 * ci))
+    series = tuple(Series(label, tuple(sorted(points))) for label, points in groups.items())
+    return Panel(f"{figure.setting} {figure.name}", figure.accuracy, n, series)
+
+
+def panels(figures: list[Figure], repo: Path) -> list[Panel]:
+    return [p for p in (panel(f, repo) for f in figures) if p is not None]
+
+
+def curves_figure(drawn: list[Panel]) -> Any:
+    """``draw(fig)`` for :func:`mtbench.report.blocks.svg`: the panels in rows of :data:`COLUMNS`."""
+
+    def draw(fig: Any) -> None:
+        rows = -(-len(drawn) // COLUMNS)
+        axes = fig.subplots(rows, COLUMNS, squeeze=False).ravel()
+        for ax, p in zip(axes, drawn):
+            ax.axhline(p.published, linestyle="--", color="black", linewidth=1, label="published")
+            for s in p.series:
+                ax.errorbar([x for x, _, _ in s.points], [m for _, m, _ in s.points],
+                            yerr=[c for _, _, c in s.points], marker="o", markersize=3, capsize=2, label=s.label)
+            ax.set_xscale("log")
+            ax.set_xticks(sorted({x for s in p.series for x, _, _ in s.points}))  # each fit length, as run
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.margins(x=0.15)
+            ax.set_title(f"{p.title} ({p.episodes} episodes)", fontsize=8)
+            ax.set_xlabel("fit iterations", fontsize=7)
+            ax.set_ylabel("accuracy (%)", fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            ax.legend(frameon=False, fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.3))
+        for ax in axes[len(drawn):]:
+            ax.set_visible(False)
+        fig.subplots_adjust(hspace=1.0, wspace=0.35)
+
+    return draw
+
+
+def figure_size(count: int) -> tuple[float, float]:
+    """Inches: three panels a row, each row with room below for its legends."""
+    return 10.0, 3.0 * -(-count // COLUMNS)

@@ -1,0 +1,116 @@
+"""The reproduction page's curves of accuracy against the length of the fit (suite/report/budget_curves.py), drawn
+from the files a budget reason names: generated results in a tiny repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+
+from mtbench.core.metrics import mean_ci95
+from mtbench.report.budget_curves import curves_figure, panel, panels
+from mtbench.report.published import load
+from mtbench.report.reproduction import reproduction_page
+from tests.support import put_result, result_doc
+
+PUBLISHED = """
+[sources.doe]
+authors = "Doe"
+title = "A paper"
+venue = "A venue"
+
+[[figures]]
+dataset = "synthetic"
+setting = "5w1s"
+name = "Reptile"
+ours = "reptile"
+accuracy = 95.0
+source = "doe"
+
+[[figures.reasons]]
+cause = "{cause}"
+text = "a longer fit scores higher"
+evidence = [{evidence}]
+explains = false
+"""
+
+SHORT = [0.6, 0.8] * 10  # 20 episodes
+LONG = [1.0, 0.8] * 10
+ROW = [0.8, 0.8] * 5  # 10 episodes: the panel reads the first 10 of each file
+
+
+def fit(per_episode: list[float], iterations: int, **fields) -> dict:
+    doc = result_doc("reptile", per_episode, budget={"name": str(iterations), "iterations": iterations})
+    doc["method"]["hparams"] = {"inner_lr": 1e-3, "report_steps": "0"}
+    for key, value in fields.items():
+        doc[key] = {**doc[key], **value}
+    return doc
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    here = tmp_path / "leaderboards" / "reproduction" / "budget"
+    files = {
+        "short": fit(SHORT, 5),
+        "long": fit(LONG, 40),
+        "lr": fit(LONG, 40, method={"hparams": {"inner_lr": 1e-2, "report_steps": "0"}}),  # another recipe
+        "data": fit(LONG, 80, dataset={"notes": ["a copy of 50 images per class"]}),  # other training data
+        "episodes": fit(LONG, 160, protocol={"episodes_sha": "b" * 64, "seed": 1}),  # other test episodes
+        "row": fit(ROW, 10, method={"hparams": {"inner_lr": 1e-3, "report_steps": "0,1"}}),  # report_steps: not its recipe (Reptile.not_recipe)
+    }
+    for name, doc in files.items():
+        put_result(here, doc, name)
+    (here / "page.md").write_text("not a result\n")
+    return tmp_path
+
+
+def publish(repo: Path, names: list[str], cause: str = "budget") -> Path:
+    evidence = ", ".join(f'"leaderboards/reproduction/budget/{n}"' for n in names)
+    (repo / "leaderboards" / "published.toml").write_text(PUBLISHED.format(cause=cause, evidence=evidence))
+    return repo / "leaderboards"
+
+
+def pct(values: list[float]) -> tuple[float, float]:
+    mean, ci = mean_ci95(values)
+    return 100 * mean, 100 * ci
+
+
+def test_a_panel_joins_one_recipe_by_fit_length_and_labels_another(repo):
+    names = ["long.json", "lr.json", "data.json", "episodes.json", "page.md", "short.json", "row.json"]
+    figures = load(publish(repo, names))
+    got = panel(figures[0], repo)
+    assert got is not None and got.title == "5w1s Reptile" and got.published == 95.0
+    assert got.episodes == 10  # the row scored 10: every point is read on those
+    by_label = {s.label: s.points for s in got.series}
+    assert list(by_label) == ["reptile: the row's recipe", "reptile: inner_lr=0.01"]  # the row's first
+    assert by_label["reptile: the row's recipe"] == (
+        (5, *pct(SHORT[:10])), (10, *pct(ROW)), (40, *pct(LONG[:10])))
+    assert by_label["reptile: inner_lr=0.01"] == ((40, *pct(LONG[:10])),)
+    # the file of other training data (80 iterations) and the one of other episodes (160) are not drawn
+    assert {x for points in by_label.values() for x, _, _ in points} == {5, 10, 40}
+
+
+def test_no_panel_without_two_fit_lengths_or_a_budget_reason(repo):
+    assert panel(load(publish(repo, ["long.json", "lr.json"]))[0], repo) is None  # one length
+    assert panel(load(publish(repo, ["data.json", "row.json"]))[0], repo) is None  # other data only
+    assert panel(load(publish(repo, ["short.json", "row.json"], cause="data"))[0], repo) is None
+    assert panel(load(publish(repo, ["page.md"]))[0], repo) is None
+
+
+def test_the_figure_draws_a_panel_per_figure_with_the_published_value(repo):
+    drawn = panels(load(publish(repo, ["short.json", "lr.json", "row.json"])), repo)
+    fig = Figure()
+    curves_figure(drawn)(fig)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 1 and shown[0].get_title() == "5w1s Reptile (10 episodes)"
+    labels = [t.get_text() for t in shown[0].get_legend().get_texts()]
+    assert labels == ["published", "reptile: the row's recipe", "reptile: inner_lr=0.01"]
+    assert [t.get_text() for t in shown[0].get_xticklabels()] == ["5", "10", "40"]
+
+
+def test_the_page_shows_the_curves_only_where_there_are_some(repo):
+    built = reproduction_page(publish(repo, ["short.json", "row.json"]))
+    assert "reproduction-budget-synthetic.svg" in built.figures
+    built = reproduction_page(publish(repo, ["short.json", "row.json"], cause="data"))
+    assert not any(name.startswith("reproduction-budget") for name in built.figures)
