@@ -10,8 +10,8 @@ from matplotlib.figure import Figure
 
 from mtbench.core.metrics import mean_ci95
 from mtbench.report.budget_curves import curves_figure, panel, panels
-from mtbench.report.published import load
-from mtbench.report.reproduction import reproduction_page
+from mtbench.report.published import Reason, load
+from mtbench.report.reproduction import _status, reproduction_page
 from tests.support import put_result, result_doc
 
 PUBLISHED = """
@@ -114,3 +114,12 @@ def test_the_page_shows_the_curves_only_where_there_are_some(repo):
     assert "reproduction-budget-synthetic.svg" in built.figures
     built = reproduction_page(publish(repo, ["short.json", "row.json"], cause="data"))
     assert not any(name.startswith("reproduction-budget") for name in built.figures)
+
+
+def test_a_kind_of_cause_that_explains_is_not_also_listed_as_ruled_out():
+    longer = Reason("a longer fit of the quick recipe does not help", (), "quick", False, ("budget",))
+    split = Reason("the paper's split does not help", (), "quick", False, ("protocol",))
+    paper = Reason("the paper's recipe rises with its fit", (), "quick", True, ("budget",))
+    assert _status([longer, split, paper]) == "explained: budget; ruled out: protocol"
+    assert _status([longer, paper]) == "explained: budget"
+    assert _status([longer, split]) == "gap not yet explained; ruled out: budget, protocol"
