@@ -13,6 +13,7 @@ the row's (by convention the last file a reason names). A file that scored other
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,8 @@ def curves_figure(drawn: list[Panel]) -> Any:
             ax.axhline(p.published, linestyle="--", color="black", linewidth=1, label="published")
             for s in p.series:
                 ax.errorbar([x for x, _, _ in s.points], [m for _, m, _ in s.points],
-                            yerr=[c for _, _, c in s.points], marker="o", markersize=3, capsize=2, label=s.label)
+                            yerr=[c for _, _, c in s.points], marker="o", markersize=3, capsize=2,
+                            label=textwrap.fill(s.label, 60))  # a long recipe wraps under its own panel
             ax.set_xscale("log")
             ax.set_xticks(sorted({x for s in p.series for x, _, _ in s.points}))  # each fit length, as run
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"))
@@ -122,11 +124,11 @@ def curves_figure(drawn: list[Panel]) -> Any:
             ax.legend(frameon=False, fontsize=5, loc="upper center", bbox_to_anchor=(0.5, -0.3))
         for ax in axes[len(drawn):]:
             ax.set_visible(False)
-        fig.subplots_adjust(hspace=1.0, wspace=0.35)
+        fig.subplots_adjust(hspace=1.5, wspace=0.35)
 
     return draw
 
 
 def figure_size(count: int) -> tuple[float, float]:
     """Inches: three panels a row, each row with room below for its legends."""
-    return 10.0, 3.0 * -(-count // COLUMNS)
+    return 10.0, 3.5 * -(-count // COLUMNS)
