@@ -7,7 +7,8 @@ episodes every file of the panel scored (episode *i* is drawn from its own seed,
 episodes; *n* is on the panel), with its 95 % CI, and the published value dashed. The files of one recipe (the
 same method and hparams) are joined, so whether a recipe still rises with its fit, and how far it stays from
 the published value, reads at a glance; another recipe is labelled with the hparams in which it differs from
-the row's (by convention the last file a reason names). A file that scored other episodes is left out.
+the row's (by convention the last file a reason names). A file that scored other episodes, or fitted on other
+data, is left out.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def panel(figure: Figure, repo: Path) -> Panel | None:
     if len({_length(d) for d in docs}) < 2:
         return None
     n = min(len(d["accuracy"]["per_episode"]) for d in docs)
-    row_name, row_hp = _recipe(row)
+    _, row_hp = _recipe(row)
     groups: dict[str, list[tuple[int, float, float]]] = {}
     for doc in reversed(docs):  # the row's recipe first
         name, hp = _recipe(doc)
