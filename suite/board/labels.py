@@ -99,8 +99,8 @@ def off_paper_recipe(doc: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
             return {}
         paper = dataclasses.asdict(make_hparams(cls, dataset, {}, "paper", source=fitted_on or dataset,
                                                 setting=setting))
-        differ = {k: (ran[k], v) for k, v in paper.items()
-                  if k in ran and ran[k] != v and k not in cls.not_recipe and k not in cls.device_hparams}
+        ran = cls.recipe_hparams(ran)
+        differ = {k: (ran[k], v) for k, v in paper.items() if k in ran and ran[k] != v}
         if i == len(stages) - 1:  # what makes the result's variant (FOMAML's first_order) is its row's own recipe
             def variant(hparams: dict[str, Any]) -> str:
                 return cls.variant({**doc, "method": {**doc["method"], "hparams": hparams}})

@@ -220,7 +220,7 @@ class Method:
     device_hparams: ClassVar[dict[str, str]] = {}
     #: hparams that choose how a recipe runs or what it reports, not what it computes (``task_batching``,
     #: ``report_steps``; ``device_hparams`` are not a recipe's either): a result is checked against a recipe
-    #: (``--budget paper``'s) without them
+    #: (``--budget paper``'s) without them (:meth:`recipe_hparams`)
     not_recipe: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
@@ -257,6 +257,12 @@ class Method:
         method's name, so two rows of one method with different variants never look alike.
         """
         return ""
+
+    @classmethod
+    def recipe_hparams(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """``hparams`` without those that are not a recipe's (``not_recipe``, ``device_hparams``): what two results
+        are compared on when the question is whether they fitted and scored the same way."""
+        return {k: v for k, v in hparams.items() if k not in cls.not_recipe and k not in cls.device_hparams}
 
     @classmethod
     def iterations_for(cls, budget: str | int, dataset: str, setting: str | None = None) -> int:

@@ -61,9 +61,7 @@ def _recipe(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     except UserError:  # a submitted method, not installed here
         return method["name"], hparams
     defaults = {f.name: f.default for f in dataclasses.fields(cls.Hparams) if f.default is not dataclasses.MISSING}
-    hparams = {**defaults, **cls.later_hparams, **hparams}
-    skip = {*cls.not_recipe, *cls.device_hparams}
-    return method["name"], {k: v for k, v in hparams.items() if k not in skip}
+    return method["name"], cls.recipe_hparams({**defaults, **cls.later_hparams, **hparams})
 
 
 def panel(figure: Figure, repo: Path) -> Panel | None:
