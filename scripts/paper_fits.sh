@@ -6,7 +6,7 @@
 # A fit whose result is written is marked done (OUT/<dataset>/<setting>/.done-<label>) and not run again; its fitted
 # method is saved beside it (OUT/<dataset>/<setting>/<label>.pt, --save: a partial fit records the iterations it ran),
 # so that another evaluation can score that fit (--budget 0 --init FILE, e.g. --method reptile-transductive; at 20
-# ways with the --hp of the paper's test-time recipe that run's note names, e.g. --hp eval_steps=97 --hp eval_batch=10).
+# ways with the --hp of the paper's test-time recipe that run's note names, e.g. --hp eval_batch=10).
 #
 # usage: scripts/paper_fits.sh OUT SECONDS [extra mtbench run options, e.g. --device cuda]
 #   PAPER_FITS: the fits, one "label|method|dataset|ways|shots|more options" per line (default: Omniglot below)

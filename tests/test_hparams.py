@@ -270,8 +270,18 @@ def test_a_paper_run_resolves_its_settings_recipe() -> None:
                              budget="paper", out=None))
     five = resolve(RunSpec(method="reptile", dataset="omniglot", episodes=EpisodeSpec(5, 1, 5, 10, 0),
                            budget="paper", out=None))
-    assert (twenty.hparams.inner_steps, twenty.hparams.eval_batch, twenty.iterations) == (12, 10, 200000)
+    assert (twenty.hparams.inner_steps, twenty.hparams.eval_batch, twenty.iterations) == (10, 10, 200000)
     assert (five.hparams.inner_steps, five.hparams.eval_batch, five.iterations) == (5, 0, 100000)
+    # the paper's Tables 3 and 4: 5-shot tasks test on batches of 5 (Omniglot) or 15 (miniImageNet); miniImageNet
+    # trains 8 steps on tasks of 15 images a class, whatever the test shots; its quick budget keeps the dataset's
+    for dataset, shots, want in (("omniglot", 5, (5, 10, 5)), ("miniimagenet", 1, (8, 15, 0)),
+                                 ("miniimagenet", 5, (8, 15, 15))):
+        r = resolve(RunSpec(method="reptile-transductive", dataset=dataset, episodes=EpisodeSpec(5, shots, 5, 10, 0),
+                            budget="paper", out=None))
+        assert (r.hparams.inner_steps, r.hparams.train_shots, r.hparams.eval_batch) == want
+    quick = resolve(RunSpec(method="reptile", dataset="miniimagenet", episodes=EpisodeSpec(5, 5, 5, 10, 0),
+                            budget="quick", out=None))
+    assert (quick.hparams.inner_steps, quick.hparams.train_shots, quick.hparams.eval_batch) == (5, 10, 0)
 
 
 def test_a_numeric_budget_in_a_setting_with_its_own_paper_recipe_says_it_fits_the_datasets(capsys) -> None:
