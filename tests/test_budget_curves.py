@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from mtbench.core.metrics import mean_ci95
 from mtbench.report.budget_curves import curves_figure, panel, panels
-from mtbench.report.published import Reason, load
+from mtbench.report.published import Reason, load, why
 from mtbench.report.reproduction import _status, reproduction_page
 from tests.support import put_result, result_doc
 
@@ -123,3 +123,14 @@ def test_a_kind_of_cause_that_explains_is_not_also_listed_as_ruled_out():
     assert _status([longer, split, paper]) == "explained: budget; ruled out: protocol"
     assert _status([longer, paper]) == "explained: budget"
     assert _status([longer, split]) == "gap not yet explained; ruled out: budget, protocol"
+
+
+def test_a_cause_measured_to_be_part_of_the_gap_is_said_in_part_not_ruled_out():
+    longer = Reason("a longer fit of the quick recipe barely helps", (), "quick", False, ("budget",))
+    split = Reason("the paper's split does not help", (), "quick", False, ("protocol",))
+    paper = Reason("the paper's recipe rises with its fit, not yet to the published value", (), "quick", False,
+                   ("budget",), part=True)
+    assert _status([longer, split, paper]) == "gap not yet explained; in part: budget; ruled out: protocol"
+    assert _status([paper]) == "gap not yet explained; in part: budget"
+    said = why([longer, paper])
+    assert said.index("part of the cause: [budget] the paper's recipe") < said.index("not the cause: [budget] a longer")

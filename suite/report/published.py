@@ -53,6 +53,7 @@ class Reason:
     explains: bool = True  # False: measured, and found not to be the cause (the gap stays unexplained)
     cause: tuple[str, ...] = ()  # of CAUSES
     files: tuple[str, ...] = ()  # the evidence's repository paths, as the published file gives them
+    part: bool = False  # measured to be part of the cause, not all of it (``explains = "part"``): still unexplained
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,10 @@ def _fields(where: str, table: Any, required: Mapping[str, type | tuple[type, ..
 
 def _reason(where: str, table: Any, repo: Path) -> Reason:
     r = _fields(where, table, {"text": str, "evidence": list},
-                {"budget": str, "explains": bool, "cause": (str, list)})
+                {"budget": str, "explains": (bool, str), "cause": (str, list)})
+    if isinstance(r.get("explains"), str) and r["explains"] != "part":
+        raise UserError(f"{where}.explains: {r['explains']!r} is not true, false or \"part\" (part of the cause, "
+                        f"not all of it)")
     if not r["text"].strip():
         raise UserError(f"{where}.text is empty; say what was measured")
     if not r["evidence"] or not all(isinstance(p, str) and p for p in r["evidence"]):
@@ -120,21 +124,24 @@ def _reason(where: str, table: Any, repo: Path) -> Reason:
     cause = [r["cause"]] if isinstance(r.get("cause"), str) else r.get("cause", [])
     if unknown := [c for c in cause if c not in CAUSES]:
         raise UserError(f"{where}.cause: {', '.join(map(repr, unknown))} is not one of {', '.join(CAUSES)}")
-    return Reason(r["text"], describe(r["evidence"], repo), r.get("budget"), r.get("explains", True), tuple(cause),
-                  tuple(r["evidence"]))
+    explains = r.get("explains", True)
+    return Reason(r["text"], describe(r["evidence"], repo), r.get("budget"), explains is True, tuple(cause),
+                  tuple(r["evidence"]), explains == "part")
 
 
 def why(reasons: list[Reason] | tuple[Reason, ...], with_budget: bool = False) -> str:
     """The reasons that explain a gap, each with the kind of cause it measured and its evidence, else
-    :data:`UNEXPLAINED`; then what was measured and found not to be the cause."""
+    :data:`UNEXPLAINED`; then what was measured to be part of the cause, and what was found not to be it."""
     def said(r: Reason) -> str:
         where = f"{r.budget}: " if with_budget and r.budget else ""
         kind = f"[{', '.join(r.cause)}] " if r.cause else ""
         return f"{where}{kind}{r.text} (measured in {', '.join(r.evidence)})"
 
     given = "; ".join(said(r) for r in reasons if r.explains) or UNEXPLAINED
-    ruled_out = "; ".join(said(r) for r in reasons if not r.explains)
-    return given + (f"; measured, not the cause: {ruled_out}" if ruled_out else "")
+    part = "; ".join(said(r) for r in reasons if r.part)
+    ruled_out = "; ".join(said(r) for r in reasons if not r.explains and not r.part)
+    return given + (f"; measured, part of the cause: {part}" if part else "") + (
+        f"; measured, not the cause: {ruled_out}" if ruled_out else "")
 
 
 def parse(doc: dict[str, Any], where: str, repo: Path) -> list[Figure]:

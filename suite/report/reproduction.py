@@ -158,20 +158,22 @@ def _which(compared: list[Compared]) -> pd.DataFrame:
 
 def _status(reasons: list[Reason]) -> str:
     """A gap's reasons in a few words (the dataset's table gives them in full): the kinds of cause measured to
-    explain it, else that it is not explained, then those measured and ruled out (a kind that explains is not
-    also listed as ruled out: a longer fit of one recipe may not help where that of another does)."""
-    explaining = {c for r in reasons if r.explains for c in r.cause}
+    explain it, else that it is not explained, then those measured to be part of the cause, then those measured and
+    ruled out (a kind that explains, or in part, is not also listed as ruled out: a longer fit of one recipe may not
+    help where that of another does)."""
+    explaining = {c for r in reasons if r.explains or r.part for c in r.cause}
 
-    def kinds(explains: bool) -> str:
-        chosen = [r for r in reasons if r.explains == explains]
-        named = ", ".join(dict.fromkeys(c for r in chosen for c in r.cause if explains or c not in explaining))
+    def kinds(explains: bool, part: bool = False) -> str:
+        chosen = [r for r in reasons if r.explains == explains and r.part == part]
+        named = ", ".join(dict.fromkeys(c for r in chosen for c in r.cause if explains or part or c not in explaining))
         untagged = sum(not r.cause for r in chosen)
         return named + (f"{', ' * bool(named)}{untagged} reason{'s' * (untagged != 1)} naming no cause" if untagged
                         else "")
 
     status = f"explained: {kinds(True)}" if any(r.explains for r in reasons) else UNEXPLAINED
-    ruled_out = kinds(False) if not all(r.explains for r in reasons) else ""
-    return status + (f"; ruled out: {ruled_out}" if ruled_out else "")
+    part = kinds(False, part=True)
+    ruled_out = kinds(False)
+    return status + (f"; in part: {part}" if part else "") + (f"; ruled out: {ruled_out}" if ruled_out else "")
 
 
 def _summary(compared: list[Compared]) -> list[Block]:
