@@ -132,5 +132,7 @@ def test_a_cause_measured_to_be_part_of_the_gap_is_said_in_part_not_ruled_out():
                    ("budget",), part=True)
     assert _status([longer, split, paper]) == "gap not yet explained; in part: budget; ruled out: protocol"
     assert _status([paper]) == "gap not yet explained; in part: budget"
+    explained = Reason("the paper's recipe reaches the published value", (), "quick", True, ("budget",))
+    assert _status([paper, explained, split]) == "explained: budget; ruled out: protocol"  # said once, as explaining
     said = why([longer, paper])
     assert said.index("part of the cause: [budget] the paper's recipe") < said.index("not the cause: [budget] a longer")

@@ -161,11 +161,13 @@ def _status(reasons: list[Reason]) -> str:
     explain it, else that it is not explained, then those measured to be part of the cause, then those measured and
     ruled out (a kind that explains, or in part, is not also listed as ruled out: a longer fit of one recipe may not
     help where that of another does)."""
-    explaining = {c for r in reasons if r.explains or r.part for c in r.cause}
+    explaining = {c for r in reasons if r.explains for c in r.cause}
+    shown = explaining | {c for r in reasons if r.part for c in r.cause}
 
     def kinds(explains: bool, part: bool = False) -> str:
         chosen = [r for r in reasons if r.explains == explains and r.part == part]
-        named = ", ".join(dict.fromkeys(c for r in chosen for c in r.cause if explains or part or c not in explaining))
+        named = ", ".join(dict.fromkeys(c for r in chosen for c in r.cause
+                                        if explains or c not in (explaining if part else shown)))
         untagged = sum(not r.cause for r in chosen)
         return named + (f"{', ' * bool(named)}{untagged} reason{'s' * (untagged != 1)} naming no cause" if untagged
                         else "")
