@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from mtbench.core.metrics import mean_ci95
 from mtbench.report.budget_curves import curves_figure, panel, panels
-from mtbench.report.published import Reason, load, why
+from mtbench.report.published import Reason, load, ordered, verdict
 from mtbench.report.reproduction import _status, reproduction_page
 from tests.support import put_result, result_doc
 
@@ -134,5 +134,6 @@ def test_a_cause_measured_to_be_part_of_the_gap_is_said_in_part_not_ruled_out():
     assert _status([paper]) == "gap not yet explained; in part: budget"
     explained = Reason("the paper's recipe reaches the published value", (), "quick", True, ("budget",))
     assert _status([paper, explained, split]) == "explained: budget; ruled out: protocol"  # said once, as explaining
-    said = why([longer, paper])
-    assert said.index("part of the cause: [budget] the paper's recipe") < said.index("not the cause: [budget] a longer")
+    assert ordered([longer, split, paper, explained]) == [explained, paper, longer, split]  # as the page lists them
+    assert [verdict(r) for r in (explained, paper, longer)] == ["explains the gap", "part of the cause",
+                                                                "measured, not the cause"]

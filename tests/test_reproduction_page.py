@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
-from mtbench.report.blocks import Image, Table
+from mtbench.report.blocks import Bullets, Code, Heading, Image, Para, Table
 from mtbench.report.build import PAGES, build, write
 from mtbench.report.evidence import describe
 from mtbench.report.reproduction import PUBLISHED, UNEXPLAINED, reproduction_page
@@ -87,7 +87,7 @@ def repo(tmp_path) -> Path:
         figure("MAML", "maml", 98.7),  # no row of ours
         figure("Baseline++", "finetune", 48.2, extra='hp = {head = "cosine"}\n'),  # our finetune is linear: not run
         figure("Baseline", "finetune", 90.0, extra='hp = {head = "linear"}\n'
-               '[[figures.reasons]]\ntext = "measured: the linear head underfits"\ncause = ["recipe"]\n'
+               '[[figures.reasons]]\ntext = "measured: the linear head underfits (`--hp head=linear`)"\ncause = ["recipe"]\n'
                'evidence = ["leaderboards/synthetic/5w1s/finetune.json"]\nbudget = "quick"\n'),
         figure("Pipeline", "maml → protonet", 60.0),  # a --budget 0 pipeline counts at its first stage's budget
         figure(HOSTILE, "matchingnet", 50.0, source="evil"),
@@ -141,17 +141,36 @@ def test_a_reason_is_shown_only_where_one_is_recorded(repo):
     lb = repo / "leaderboards"
     rows = by_name(lb)
     assert rows["Baseline"]["quick: inside"] == "no"
-    # a result file given as evidence shows what it measured, read from the file
-    mean, ci = ci_pct(FINETUNE)
-    assert rows["Baseline"]["gap"] == ("quick: [recipe] measured: the linear head underfits (measured in "
-                                       f"leaderboards/synthetic/5w1s/finetune.json ({mean:.2f} ± {ci:.2f} % after "
-                                       f"{result_doc('finetune', FINETUNE)['fit']['iterations']} iterations))")
-    assert rows["ProtoNet outside"]["gap"] == UNEXPLAINED
-    # a measurement that did not explain the gap is shown, and the gap stays unexplained
-    assert rows["MatchingNet"]["gap"].startswith(f"{UNEXPLAINED}; measured, not the cause: a shorter fit scores as "
-                                                 "high (measured in leaderboards/synthetic/5w1s/matchingnet.json (")
-    assert rows["ProtoNet inside"]["gap"] == UNEXPLAINED  # inside at the quick budget, outside at the paper one
+    # the table names the kinds of cause per budget outside; the reasons follow it, with what each file measured
+    assert rows["Baseline"]["gap"] == "quick: explained: recipe"
+    assert rows["ProtoNet outside"]["gap"] == f"quick: {UNEXPLAINED}; paper: {UNEXPLAINED}"
+    # a measurement that did not explain the gap is counted, and the gap stays unexplained
+    assert rows["MatchingNet"]["gap"] == f"quick: {UNEXPLAINED}; ruled out: 1 reason naming no cause"
+    assert rows["ProtoNet inside"]["gap"] == f"paper: {UNEXPLAINED}"  # inside at the quick budget, not the paper one
     assert rows["Pipeline"]["quick: inside"] == "yes" and rows["Pipeline"]["gap"] == "-"
+    built = reproduction_page(lb)
+    assert built is not None
+    start = next(i for i, b in enumerate(built.blocks) if isinstance(b, Heading) and b.text.startswith("Why our rows"))
+    end = next(i for i, b in enumerate(built.blocks) if i > start and isinstance(b, (Heading, Image)))
+    section = built.blocks[start + 1:end]
+    assert [b.parts[0] for b in section if isinstance(b, Para)][:2] == [
+        "5w1s MatchingNet (matchingnet), published 99 %, Doe & Roe 2020, Table 1:",
+        "5w1s Baseline (finetune --hp head=linear), published 90 %, Doe & Roe 2020, Table 1:"]
+    bullets = [b for b in section if isinstance(b, Bullets)]
+    said = ["".join(p.text if isinstance(p, Code) else p for p in item) for b in bullets for item in b.items]
+    mean, ci = ci_pct(FINETUNE)
+    iterations = result_doc("finetune", FINETUNE)["fit"]["iterations"]
+    assert said[0] == ("both budgets, measured, not the cause: a shorter fit scores as high. Measured in "
+                       f"leaderboards/synthetic/5w1s/matchingnet.json ({ci_pct(MATCHINGNET)[0]:.2f} ± "
+                       f"{ci_pct(MATCHINGNET)[1]:.2f} % after {iterations} iterations).")
+    assert said[1] == ("quick, explains the gap [recipe]: measured: the linear head underfits (--hp head=linear). "
+                       "Measured in "
+                       f"leaderboards/synthetic/5w1s/finetune.json ({mean:.2f} ± {ci:.2f} % after {iterations} "
+                       "iterations).")
+    assert len(said) == 2  # only the figures with a recorded reason
+    paths = [p for b in bullets for item in b.items for p in item if isinstance(p, Code)]
+    assert [p.text for p in paths] == ["leaderboards/synthetic/5w1s/matchingnet.json", "--hp head=linear",
+                                       "leaderboards/synthetic/5w1s/finetune.json"]  # as code, as `code` in a text
     md = page_only(lb)["reproduction.md"].decode()
     summary = md[md.index("## Outside our interval"):md.index("## synthetic")]
     # 6 rows at the quick budget, 2 at the paper one; outside: ProtoNet inside (paper), ProtoNet outside (both),

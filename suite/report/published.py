@@ -129,19 +129,17 @@ def _reason(where: str, table: Any, repo: Path) -> Reason:
                   tuple(r["evidence"]), explains == "part")
 
 
-def why(reasons: list[Reason] | tuple[Reason, ...], with_budget: bool = False) -> str:
-    """The reasons that explain a gap, each with the kind of cause it measured and its evidence, else
-    :data:`UNEXPLAINED`; then what was measured to be part of the cause, and what was found not to be it."""
-    def said(r: Reason) -> str:
-        where = f"{r.budget}: " if with_budget and r.budget else ""
-        kind = f"[{', '.join(r.cause)}] " if r.cause else ""
-        return f"{where}{kind}{r.text} (measured in {', '.join(r.evidence)})"
+VERDICTS = ("explains the gap", "part of the cause", "measured, not the cause")
 
-    given = "; ".join(said(r) for r in reasons if r.explains) or UNEXPLAINED
-    part = "; ".join(said(r) for r in reasons if r.part)
-    ruled_out = "; ".join(said(r) for r in reasons if not r.explains and not r.part)
-    return given + (f"; measured, part of the cause: {part}" if part else "") + (
-        f"; measured, not the cause: {ruled_out}" if ruled_out else "")
+
+def verdict(r: Reason) -> str:
+    """What the measurement found, in the page's words (:data:`VERDICTS`)."""
+    return VERDICTS[0] if r.explains else VERDICTS[1] if r.part else VERDICTS[2]
+
+
+def ordered(reasons: list[Reason] | tuple[Reason, ...]) -> list[Reason]:
+    """The reasons that explain a gap, then those measured to be part of its cause, then those ruled out."""
+    return sorted(reasons, key=lambda r: VERDICTS.index(verdict(r)))
 
 
 def parse(doc: dict[str, Any], where: str, repo: Path) -> list[Figure]:

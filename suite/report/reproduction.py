@@ -8,8 +8,9 @@ alone; without it the page is not written.
 For each figure the page shows our row at the quick and at the paper budget (never mixed): mean ±
 95 % CI, in %, and the number of training seeds the leaderboard row averages; the difference to the
 published value; and whether the published value lies inside our interval. A figure outside it shows
-its recorded reason, or "gap not yet explained": a reason is never assumed. The figures outside our
-interval are listed first, one line each with the kinds of cause measured.
+the kinds of cause measured, or "gap not yet explained": a reason is never assumed; the reasons themselves,
+with the files that measured them, follow each dataset's table. The figures outside our interval are
+listed first, one line each with the kinds of cause measured.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import pandas as pd
 from mtbench.board import leaderboard as lb
 from mtbench.board.labels import label, off_paper_recipe, partial_first_stage
 from mtbench.results import partial_fit
-from mtbench.report.blocks import FIGURES, Block, Built, Bullets, Code, Heading, Image, Link, Para, Table, slugs, svg
+from mtbench.report.blocks import (FIGURES, Block, Built, Bullets, Code, Heading, Image, Inline, Link, Para, Table, slugs,
+                                   svg)
 from mtbench.report.budget_curves import curves_figure, panels
 from mtbench.report.budget_curves import figure_size as curves_size
 from mtbench.report.maml_curves import maml_curves_section
-from mtbench.report.published import BUDGETS, PUBLISHED, UNEXPLAINED, Figure, Reason, load, why
+from mtbench.report.published import BUDGETS, PUBLISHED, UNEXPLAINED, Figure, Reason, load, ordered, verdict
 from mtbench.report.reproduction_figure import Line, Point, figure_size, gap_figure
 
 # -- our rows --------------------------------------------------------------------------------------
@@ -115,10 +117,12 @@ class Compared:
         return [b for b in BUDGETS if (o := self.ours[b][0]) is not None and not o.inside(self.figure.accuracy)]
 
     def gap(self) -> str:
-        """The recorded reasons (each with its evidence), else, when outside, that the gap is not explained."""
-        if self.figure.reasons:
-            return why(self.figure.reasons, with_budget=True)
-        return UNEXPLAINED if self.outside() else "-"
+        """At each budget whose row misses the published value, the kinds of cause measured (:func:`_status`);
+        the reasons themselves follow the dataset's table (:func:`_reasons`)."""
+        return "; ".join(f"{b}: {_status(self.reasons(b))}" for b in self.outside()) or "-"
+
+    def reasons(self, budget: str) -> list[Reason]:
+        return [r for r in self.figure.reasons if r.budget in (None, budget)]
 
 
 def _cells(c: Compared, budget: str) -> dict[str, str]:
@@ -191,9 +195,31 @@ def _summary(compared: list[Compared]) -> list[Block]:
     table = pd.DataFrame([{"dataset": c.figure.dataset, "setting": c.figure.setting, "method": c.figure.name,
                            "ours": c.figure.matches, "budget": b, "published %": c.figure.published,
                            "ours %": o.shown(), "Δ": f"{100 * o.mean - c.figure.accuracy:+.2f}",
-                           "gap": _status([r for r in c.figure.reasons if r.budget in (None, b)])}
+                           "gap": _status(c.reasons(b))}
                           for c, b in outside if (o := c.ours[b][0]) is not None])
     return [head, *([Table(table)] if outside else [])]
+
+
+def _reasons(compared: list[Compared]) -> list[Block]:
+    """Each figure's recorded reasons, one bullet each: the budget it is about, what it found, the kinds of cause,
+    its text, and the files that measured it with what each measured (read from them)."""
+    blocks: list[Block] = []
+    for c in compared:
+        if not c.figure.reasons:
+            continue
+        blocks.append(Para((f"{c.figure.setting} {c.figure.name} ({c.figure.matches}), published "
+                            f"{c.figure.published} %, {c.figure.cited}:",)))
+        items = []
+        for r in ordered(c.figure.reasons):
+            head = f"{r.budget or 'both budgets'}, {verdict(r)}" + (f" [{', '.join(r.cause)}]" if r.cause else "")
+            measured: list[Inline] = []
+            for i, (path, said) in enumerate(zip(r.files, r.evidence)):
+                measured += ["; " if i else "", Code(path), said[len(path):]]
+            # `code` in a reason's text (a command, an hparam) shows as code
+            text = [Code(t) if i % 2 else t for i, t in enumerate(f"{head}: {r.text.rstrip('. ')}".split("`")) if t]
+            items.append((*text, ". Measured in ", *measured, "."))
+        blocks.append(Bullets(tuple(items)))
+    return [Heading("Why our rows miss these figures", 3), *blocks] if blocks else []
 
 
 def _others(dataset: str, compared: list[Compared], ours: dict[tuple[str, str], list[Ours]]) -> list[Block]:
@@ -222,8 +248,10 @@ def reproduction_page(leaderboards: Path) -> Built | None:
               "the paper budget, never mixed: mean ± 95 % CI in %, over the training seeds the leaderboard row "
               "averages (its CI includes their spread when there are several; here seeds join whatever CPU ran "
               "them, which a leaderboard keeps apart for its timings). Δ: ours minus published, in points. "
-              "inside: whether the published value lies in our interval. gap: the measured reason recorded for a "
-              "published value outside it, with the files that measured it, or \"" + UNEXPLAINED + "\". A budget "
+              "inside: whether the published value lies in our interval. gap: at each budget whose row misses the "
+              "published value, the kinds of cause measured to explain the gap, to be part of it (in part) or not to "
+              "be its cause (ruled out), or \"" + UNEXPLAINED + "\" while none explains it; the reasons, each with "
+              "the files that measured it and what each file measured, follow each dataset's table. A budget "
               "without a row says \"not run\"; ", Code("mtbench official"), " and ",
               Code("mtbench run --budget paper"), " fill them. A paper-budget fit stopped part-way (",
               Code("--until"), ", to be continued with ", Code("--resume"), ") is shown as a partial fit with the "
@@ -237,18 +265,19 @@ def reproduction_page(leaderboards: Path) -> Built | None:
         here = [c for c in compared if c.figure.dataset == dataset]
         name = f"reproduction-{slugs([dataset])[dataset]}.svg"
         drawn[name] = svg(gap_figure(dataset, _lines(here)), figure_size(len(here)))
+        notes = dict.fromkeys(f"{c.figure.setting} {c.figure.name}: {c.figure.note}" for c in here if c.figure.note)
         blocks += [Heading(dataset), Image(f"{FIGURES}/{name}", f"{dataset}: each published accuracy and our rows"),
-                   Table(_table(here)), *_others(dataset, here, ours)]
+                   Table(_table(here)), *_others(dataset, here, ours),
+                   *([Para(("Notes:",)), Bullets(tuple((n,) for n in notes))] if notes else [])]
         if budget := panels([c.figure for c in here], Path(leaderboards).resolve().parent):
             name = f"reproduction-budget-{slugs([dataset])[dataset]}.svg"
             drawn[name] = svg(curves_figure(budget), curves_size(len(budget)))
             blocks += [Para(("How the accuracy moves with the length of the fit, from the files the budget reasons "
-                             "above name: each at its fit's iterations against its accuracy on the first test "
+                             "below name: each at its fit's iterations against its accuracy on the first test "
                              "episodes all of a panel's files scored, with its 95 % CI; one recipe's files joined, "
                              "another recipe labelled by the hparams it changes; dashed, the published value.",)),
                        Image(f"{FIGURES}/{name}", f"{dataset}: accuracy against the length of the fit")]
-        notes = dict.fromkeys(f"{c.figure.setting} {c.figure.name}: {c.figure.note}" for c in here if c.figure.note)
-        blocks += [Para(("Notes:",)), Bullets(tuple((n,) for n in notes))] if notes else []
+        blocks += _reasons(here)
     curves, curve_figures = maml_curves_section(leaderboards)
     blocks += curves
     which = _which(compared)
