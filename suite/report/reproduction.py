@@ -26,8 +26,8 @@ import pandas as pd
 from mtbench.board import leaderboard as lb
 from mtbench.board.labels import label, off_paper_recipe, partial_first_stage
 from mtbench.results import partial_fit
-from mtbench.report.blocks import (FIGURES, Block, Built, Bullets, Code, Heading, Image, Inline, Link, Para, Table, slugs,
-                                   svg)
+from mtbench.report.blocks import (FIGURES, Block, Built, Bullets, Code, Heading, Image, Inline, Link, Para, Table,
+                                   slugs, svg)
 from mtbench.report.budget_curves import curves_figure, panels
 from mtbench.report.budget_curves import figure_size as curves_size
 from mtbench.report.maml_curves import maml_curves_section
