@@ -282,6 +282,14 @@ def test_a_paper_run_resolves_its_settings_recipe() -> None:
     quick = resolve(RunSpec(method="reptile", dataset="miniimagenet", episodes=EpisodeSpec(5, 5, 5, 10, 0),
                             budget="quick", out=None))
     assert (quick.hparams.inner_steps, quick.hparams.train_shots, quick.hparams.eval_batch) == (5, 10, 0)
+    # ProtoNet (Snell et al. 2017, section 3.2): 30-way training episodes for 1-shot miniImageNet, 20-way for 5-shot
+    for shots, ways in ((1, 30), (5, 20)):
+        r = resolve(RunSpec(method="protonet", dataset="miniimagenet", episodes=EpisodeSpec(5, shots, 5, 10, 0),
+                            budget="paper", out=None))
+        assert (r.hparams.train_ways, r.hparams.train_queries, r.iterations) == (ways, 15, 20000)
+    quick = resolve(RunSpec(method="protonet", dataset="miniimagenet", episodes=EpisodeSpec(5, 1, 5, 10, 0),
+                            budget="quick", out=None))
+    assert quick.hparams.train_ways == 5
 
 
 def test_a_numeric_budget_in_a_setting_with_its_own_paper_recipe_says_it_fits_the_datasets(capsys) -> None:
