@@ -87,7 +87,8 @@ def repo(tmp_path) -> Path:
         figure("MAML", "maml", 98.7),  # no row of ours
         figure("Baseline++", "finetune", 48.2, extra='hp = {head = "cosine"}\n'),  # our finetune is linear: not run
         figure("Baseline", "finetune", 90.0, extra='hp = {head = "linear"}\n'
-               '[[figures.reasons]]\ntext = "measured: the linear head underfits (`--hp head=linear`)"\ncause = ["recipe"]\n'
+               '[[figures.reasons]]\ntext = "measured: the linear head underfits (`--hp head=linear`)"\n'
+               'cause = ["recipe"]\n'
                'evidence = ["leaderboards/synthetic/5w1s/finetune.json"]\nbudget = "quick"\n'),
         figure("Pipeline", "maml → protonet", 60.0),  # a --budget 0 pipeline counts at its first stage's budget
         figure(HOSTILE, "matchingnet", 50.0, source="evil"),

@@ -213,10 +213,10 @@ def _reasons(compared: list[Compared]) -> list[Block]:
         for r in ordered(c.figure.reasons):
             head = f"{r.budget or 'both budgets'}, {verdict(r)}" + (f" [{', '.join(r.cause)}]" if r.cause else "")
             measured: list[Inline] = []
-            for i, (path, said) in enumerate(zip(r.files, r.evidence)):
-                measured += ["; " if i else "", Code(path), said[len(path):]]
+            for i, (path, said) in enumerate(zip(r.files, r.evidence)):  # said: the path and what it measured
+                measured += ["; " if i else "", Code(path), said.removeprefix(path)]
             # `code` in a reason's text (a command, an hparam) shows as code
-            text = [Code(t) if i % 2 else t for i, t in enumerate(f"{head}: {r.text.rstrip('. ')}".split("`")) if t]
+            text = [Code(t) if k % 2 else t for k, t in enumerate(f"{head}: {r.text.rstrip('. ')}".split("`")) if t]
             items.append((*text, ". Measured in ", *measured, "."))
         blocks.append(Bullets(tuple(items)))
     return [Heading("Why our rows miss these figures", 3), *blocks] if blocks else []
