@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from mtbench.core.metrics import mean_ci95
-from mtbench.report.budget_curves import curves_figure, panel, panels
+from mtbench.report.budget_curves import curves_figure, panel, panels, spaced_ticks
 from mtbench.report.published import Reason, load, ordered, verdict
 from mtbench.report.reproduction import _status, reproduction_page
 from tests.support import put_result, result_doc
@@ -137,3 +137,12 @@ def test_a_cause_measured_to_be_part_of_the_gap_is_said_in_part_not_ruled_out():
     assert ordered([longer, split, paper, explained]) == [explained, paper, longer, split]  # as the page lists them
     assert [verdict(r) for r in (explained, paper, longer)] == ["explains the gap", "part of the cause",
                                                                 "measured, not the cause"]
+
+
+def test_spaced_ticks_drop_lengths_too_close_to_read_but_keep_both_ends() -> None:
+    # miniImageNet 5w1s MAML's lengths: 400/500 and 1,600/2,000 printed over each other at 7 pt
+    assert spaced_ticks([250, 400, 500, 800, 1600, 2000]) == [250, 400, 800, 2000]
+    assert spaced_ticks({100, 200, 250, 500, 800}) == [100, 200, 500, 800]
+    assert spaced_ticks([1000, 4000]) == [1000, 4000]
+    assert spaced_ticks([50, 100, 400, 800, 1600]) == [50, 100, 400, 800, 1600]  # all far enough apart
+    assert spaced_ticks([7]) == [7]

@@ -14,6 +14,7 @@ data, is left out.
 from __future__ import annotations
 
 import dataclasses
+import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ from mtbench.report.evidence import result_or_none, same_episodes
 from mtbench.report.published import Figure
 
 COLUMNS = 3  # panels per row of a dataset's figure
+#: the least distance between two labelled fit lengths, as a fraction of the panel's log10 span: at 7 pt, labels
+#: like "1.6k" and "2k" overlap below it on a panel a third of the figure wide
+TICK_GAP = 0.12
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,22 @@ def panels(figures: list[Figure], repo: Path) -> list[Panel]:
     return [p for p in (panel(f, repo) for f in figures) if p is not None]
 
 
+def spaced_ticks(lengths: list[int] | set[int]) -> list[int]:
+    """The fit lengths to label on a log axis: each run length, ascending, less any that would sit closer than
+    :data:`TICK_GAP` of the span to the one labelled before it; the longest fit is always labelled (in place
+    of its too-close neighbour), so both ends of the curve are read off the axis."""
+    xs = sorted(set(lengths))
+    if len(xs) < 3:
+        return xs
+    gap = TICK_GAP * (math.log10(xs[-1]) - math.log10(xs[0]))
+    kept = [xs[0]]
+    for x in xs[1:]:
+        if math.log10(x) - math.log10(kept[-1]) >= gap:
+            kept.append(x)
+    kept[-1] = xs[-1]  # the last one kept was the longest, or sits too close to it (never the shortest: a span apart)
+    return kept
+
+
 def curves_figure(drawn: list[Panel]) -> Any:
     """``draw(fig)`` for :func:`mtbench.report.blocks.svg`: the panels in rows of :data:`COLUMNS`."""
 
@@ -111,7 +131,7 @@ def curves_figure(drawn: list[Panel]) -> Any:
                             yerr=[c for _, _, c in s.points], marker="o", markersize=3, capsize=2,
                             label=textwrap.fill(s.label, 60))  # a long recipe wraps under its own panel
             ax.set_xscale("log")
-            ax.set_xticks(sorted({x for s in p.series for x, _, _ in s.points}))  # each fit length, as run
+            ax.set_xticks(spaced_ticks({x for s in p.series for x, _, _ in s.points}))  # the fit lengths, as run
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.margins(x=0.15)
