@@ -117,22 +117,22 @@ def test_the_page_shows_the_curves_only_where_there_are_some(repo):
 
 
 def test_a_kind_of_cause_that_explains_is_not_also_listed_as_ruled_out():
-    longer = Reason("a longer fit of the quick recipe does not help", (), "quick", False, ("budget",))
-    split = Reason("the paper's split does not help", (), "quick", False, ("protocol",))
-    paper = Reason("the paper's recipe rises with its fit", (), "quick", True, ("budget",))
+    longer = Reason("a longer fit of the quick recipe does not help", (), "quick", "ruled out", ("budget",))
+    split = Reason("the paper's split does not help", (), "quick", "ruled out", ("protocol",))
+    paper = Reason("the paper's recipe rises with its fit", (), "quick", "explains", ("budget",))
     assert _status([longer, split, paper]) == "explained: budget; ruled out: protocol"
     assert _status([longer, paper]) == "explained: budget"
     assert _status([longer, split]) == "gap not yet explained; ruled out: budget, protocol"
 
 
 def test_a_cause_measured_to_be_part_of_the_gap_is_said_in_part_not_ruled_out():
-    longer = Reason("a longer fit of the quick recipe barely helps", (), "quick", False, ("budget",))
-    split = Reason("the paper's split does not help", (), "quick", False, ("protocol",))
-    paper = Reason("the paper's recipe rises with its fit, not yet to the published value", (), "quick", False,
-                   ("budget",), part=True)
+    longer = Reason("a longer fit of the quick recipe barely helps", (), "quick", "ruled out", ("budget",))
+    split = Reason("the paper's split does not help", (), "quick", "ruled out", ("protocol",))
+    paper = Reason("the paper's recipe rises with its fit, not yet to the published value", (), "quick", "part",
+                   ("budget",))
     assert _status([longer, split, paper]) == "gap not yet explained; in part: budget; ruled out: protocol"
     assert _status([paper]) == "gap not yet explained; in part: budget"
-    explained = Reason("the paper's recipe reaches the published value", (), "quick", True, ("budget",))
+    explained = Reason("the paper's recipe reaches the published value", (), "quick", "explains", ("budget",))
     assert _status([paper, explained, split]) == "explained: budget; ruled out: protocol"  # said once, as explaining
     assert ordered([longer, split, paper, explained]) == [explained, paper, longer, split]  # as the page lists them
     assert [verdict(r) for r in (explained, paper, longer)] == ["explains the gap", "part of the cause",

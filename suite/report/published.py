@@ -50,10 +50,15 @@ class Reason:
     text: str
     evidence: tuple[str, ...]
     budget: str | None  # the column it explains; None: both
-    explains: bool = True  # False: measured, and found not to be the cause (the gap stays unexplained)
+    #: what the measurement found, a key of FINDINGS: the gap's cause ("explains", ``explains = true``), part of
+    #: it, not all (``explains = "part"``: still unexplained) or not its cause (``explains = false``: ruled out)
+    finding: str = "explains"
     cause: tuple[str, ...] = ()  # of CAUSES
     files: tuple[str, ...] = ()  # the evidence's repository paths, as the published file gives them
-    part: bool = False  # measured to be part of the cause, not all of it (``explains = "part"``): still unexplained
+
+    def __post_init__(self) -> None:
+        if self.finding not in FINDINGS:
+            raise ValueError(f"finding {self.finding!r} is not one of {', '.join(FINDINGS)}")
 
 
 @dataclass(frozen=True)
@@ -124,22 +129,23 @@ def _reason(where: str, table: Any, repo: Path) -> Reason:
     cause = [r["cause"]] if isinstance(r.get("cause"), str) else r.get("cause", [])
     if unknown := [c for c in cause if c not in CAUSES]:
         raise UserError(f"{where}.cause: {', '.join(map(repr, unknown))} is not one of {', '.join(CAUSES)}")
-    explains = r.get("explains", True)
-    return Reason(r["text"], describe(r["evidence"], repo), r.get("budget"), explains is True, tuple(cause),
-                  tuple(r["evidence"]), explains == "part")
+    finding = {True: "explains", False: "ruled out", "part": "part"}[r.get("explains", True)]
+    return Reason(r["text"], describe(r["evidence"], repo), r.get("budget"), finding, tuple(cause),
+                  tuple(r["evidence"]))
 
 
-VERDICTS = ("explains the gap", "part of the cause", "measured, not the cause")
+#: a reason's finding, in the page's words, in the order the page lists reasons
+FINDINGS = {"explains": "explains the gap", "part": "part of the cause", "ruled out": "measured, not the cause"}
 
 
 def verdict(r: Reason) -> str:
-    """What the measurement found, in the page's words (:data:`VERDICTS`)."""
-    return VERDICTS[0] if r.explains else VERDICTS[1] if r.part else VERDICTS[2]
+    """What the measurement found, in the page's words (:data:`FINDINGS`)."""
+    return FINDINGS[r.finding]
 
 
 def ordered(reasons: list[Reason] | tuple[Reason, ...]) -> list[Reason]:
     """The reasons that explain a gap, then those measured to be part of its cause, then those ruled out."""
-    return sorted(reasons, key=lambda r: VERDICTS.index(verdict(r)))
+    return sorted(reasons, key=lambda r: list(FINDINGS).index(r.finding))
 
 
 def parse(doc: dict[str, Any], where: str, repo: Path) -> list[Figure]:

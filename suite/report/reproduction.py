@@ -165,20 +165,20 @@ def _status(reasons: list[Reason]) -> str:
     explain it, else that it is not explained, then those measured to be part of the cause, then those measured and
     ruled out (a kind that explains, or in part, is not also listed as ruled out: a longer fit of one recipe may not
     help where that of another does)."""
-    explaining = {c for r in reasons if r.explains for c in r.cause}
-    shown = explaining | {c for r in reasons if r.part for c in r.cause}
+    explaining = {c for r in reasons if r.finding == "explains" for c in r.cause}
+    shown = explaining | {c for r in reasons if r.finding == "part" for c in r.cause}
+    said = {"explains": set(), "part": explaining, "ruled out": shown}  # kinds already said before each finding
 
-    def kinds(explains: bool, part: bool = False) -> str:
-        chosen = [r for r in reasons if r.explains == explains and r.part == part]
-        named = ", ".join(dict.fromkeys(c for r in chosen for c in r.cause
-                                        if explains or c not in (explaining if part else shown)))
+    def kinds(finding: str) -> str:
+        chosen = [r for r in reasons if r.finding == finding]
+        named = ", ".join(dict.fromkeys(c for r in chosen for c in r.cause if c not in said[finding]))
         untagged = sum(not r.cause for r in chosen)
         return named + (f"{', ' * bool(named)}{untagged} reason{'s' * (untagged != 1)} naming no cause" if untagged
                         else "")
 
-    status = f"explained: {kinds(True)}" if any(r.explains for r in reasons) else UNEXPLAINED
-    part = kinds(False, part=True)
-    ruled_out = kinds(False)
+    status = f"explained: {kinds('explains')}" if any(r.finding == "explains" for r in reasons) else UNEXPLAINED
+    part = kinds("part")
+    ruled_out = kinds("ruled out")
     return status + (f"; in part: {part}" if part else "") + (f"; ruled out: {ruled_out}" if ruled_out else "")
 
 
