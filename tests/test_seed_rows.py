@@ -182,3 +182,23 @@ def test_leaderboard_compare_and_report_show_seeds_times_episodes(tmp_path):
         ("protonet_seed0.json", "0"), ("protonet_seed1.json", "1"), ("protonet_seed2.json", "2")]
     assert "3 seeds × 5 episodes" in files["synthetic-5w1s.md"].decode()
     assert "on 3 seeds × 5 episodes" in files["index.md"].decode()
+
+
+def test_seeds_run_on_two_cpus_form_one_row_whose_timings_are_one_cpus():
+    """Accuracy does not depend on the CPU that fitted it: the seeds join one row; its timings are the means of
+    the seeds on the CPU that ran most of them (never an average of two CPUs), and it says where the others ran."""
+    intel, amd = "CPU Intel Test (1 threads)", "CPU AMD Test (1 threads)"
+    docs = [seeded("protonet", A[s], s, minute=s, device=d) for s, d in ((0, amd), (1, intel), (2, intel))]
+    for doc, seconds in zip(docs, (100.0, 10.0, 20.0)):
+        doc["fit"]["seconds"] = seconds
+    [g] = group([(Path(f"s{i}.json"), d) for i, d in enumerate(docs)])
+    [row] = g.rows
+    assert row.seeds == [0, 1, 2] and row.accuracy == seed_mean_ci95([A[0], A[1], A[2]])
+    assert [e.path.name for e in row.timed] == ["s1.json", "s2.json"]
+    table = frame(g)
+    assert table["fit s"][0] == "15"  # the Intel's two fits; the AMD's 100 s is not averaged in
+    assert table["device"][0] == f"{intel} (timings of 2 of 3 fits; others: {amd})"
+    # a tie: the first seed's CPU
+    [g] = group([(Path(f"s{i}.json"), d) for i, d in enumerate(docs[:2])])
+    assert g.rows[0].timing_device() == f"{amd} (timings of 1 of 2 fits; others: {intel})"
+    assert frame(g)["fit s"][0] == "100"

@@ -3,14 +3,16 @@
 Results are ranked together only when they were scored on the very same draws under the same
 result schema: the group key is (dataset, setting, ``episodes_sha``, ``schema_version``). Within a
 group, the results of one configuration that differ only by their training seed (``fit.seed``) form
-one :class:`Row` (see :func:`configuration`): its accuracy is the mean over the seeds, with a 95 % CI
-that counts the variance between seeds as well as between episodes
+one :class:`Row` (see :func:`configuration`), whatever CPU ran each seed (:func:`joined_across_cpus`: accuracy
+does not depend on the CPU; a GPU's results form rows of their own): its accuracy is the mean over the seeds,
+with a 95 % CI that counts the variance between seeds as well as between episodes
 (:func:`mtbench.core.metrics.seed_mean_ci95`; one seed: the episode CI of the result). Rows are ranked
 by mean accuracy; each carries its paired difference to the best row over the shared episodes (mean,
 95 % CI with both rows' seed variance, two-sided p-value: :func:`mtbench.core.metrics.paired_seed_difference`),
 its adaptation speed (the first reported adaptation step whose mean accuracy reaches ``fraction`` of
 the row's final accuracy, and the milliseconds ``adapt`` took to get there), fit time and
-throughput, peak memory and the device it ran on (timings: means per fit over the row's seeds).
+throughput, peak memory and the device they were measured on (timings: means per fit over the row's seeds that
+ran on that device, :attr:`Row.timed`; a seed run elsewhere keeps its own timings in the per-seed table).
 """
 
 from __future__ import annotations
@@ -80,8 +82,16 @@ class Row:
 
     @property
     def doc(self) -> dict[str, Any]:
-        """The first seed's result: what the row's results share (method, data, budget, device...)."""
+        """The first seed's result: what the row's results share (method, data, budget...)."""
         return self.entries[0].doc
+
+    @cached_property
+    def timed(self) -> list[Entry]:
+        """The results whose timings the row shows: those of the device that ran most of its seeds (a tie: the
+        first seed's device). Timings of two CPUs are not averaged; accuracy is over every seed."""
+        devices = [device(e.doc) for e in self.entries]
+        shown = max(dict.fromkeys(devices), key=devices.count)
+        return [e for e, d in zip(self.entries, devices) if d == shown]
 
     @property
     def path(self) -> Path:
@@ -107,16 +117,24 @@ class Row:
                 else f"1 seed × {len(self.table()[0])} {what} (single-seed)")
 
     def mean_of(self, value: Callable[[dict[str, Any]], float]) -> float:
-        """The mean of ``value(doc)`` over the row's results (a timing per fit)."""
-        return sum(value(e.doc) for e in self.entries) / len(self.entries)
+        """The mean of ``value(doc)`` (a timing per fit) over the results on the row's timing device (:attr:`timed`)."""
+        return sum(value(e.doc) for e in self.timed) / len(self.timed)
 
     def curve(self) -> tuple[list[int], list[float], list[float]]:
-        """Adaptation steps, mean accuracy and cumulative ms inside ``adapt`` at each, averaged over the seeds."""
-        docs = [e.doc for e in self.entries]
+        """Adaptation steps, mean accuracy (over the seeds) and cumulative ms inside ``adapt`` at each (over the
+        seeds on the row's timing device, :attr:`timed`)."""
+        docs, timed = [e.doc for e in self.entries], [e.doc for e in self.timed]
         steps = [s["step"] for s in docs[0]["accuracy"]["by_step"]]
         acc = [sum(d["accuracy"]["by_step"][i]["mean"] for d in docs) / len(docs) for i in range(len(steps))]
-        ms = [sum(d["adaptation"]["ms_by_step"][i] for d in docs) / len(docs) for i in range(len(steps))]
+        ms = [sum(d["adaptation"]["ms_by_step"][i] for d in timed) / len(timed) for i in range(len(steps))]
         return steps, acc, ms
+
+    def timing_device(self) -> str:
+        """The device the row's timings come from; when some seeds ran on another CPU, how many fits the timings
+        cover and where the others ran."""
+        shown = device(self.timed[0].doc)
+        others = "; ".join(dict.fromkeys(device(e.doc) for e in self.entries if e not in self.timed))
+        return f"{shown} (timings of {len(self.timed)} of {len(self.entries)} fits; others: {others})" if others else shown
 
 
 def rows(entries: list[Entry], any_cpu: bool = False) -> list[Row]:
@@ -137,10 +155,9 @@ def rows(entries: list[Entry], any_cpu: bool = False) -> list[Row]:
 
 def joined_across_cpus(board_rows: list[Row]) -> list[Row]:
     """Rows of one group (:func:`rows`) with those that differ only by the CPU they ran on joined where their
-    training seeds differ: accuracy does not depend on the CPU that fitted it (a leaderboard keeps CPUs apart for
-    the timings its rows show; the reproduction page joins them). A seed run on two CPUs keeps its rows apart, as
-    a leaderboard keeps a rerun apart; the rows over the most seeds, then the newest, join first; a GPU's results
-    stay apart."""
+    training seeds differ: accuracy does not depend on the CPU that fitted it (the joined row shows the timings of
+    one device, :attr:`Row.timed`). A seed run on two CPUs keeps its rows apart, as a rerun is kept apart; the
+    rows over the most seeds, then the newest, join first; a GPU's results stay apart."""
     merged: list[tuple[str, list[Entry]]] = []
 
     def order(r: Row) -> tuple[int, str]:
@@ -188,7 +205,7 @@ def group(results: list[tuple[Path, dict[str, Any]]]) -> list[Group]:
         groups.setdefault(key, []).append(Entry(Path(path), doc))
     out = []
     for key, entries in sorted(groups.items()):
-        ranked = sorted(rows(entries), key=lambda r: (-r.accuracy.mean, r.path.name))
+        ranked = sorted(joined_across_cpus(rows(entries)), key=lambda r: (-r.accuracy.mean, r.path.name))
         out.append(Group(*key, ranked))
     return out
 
@@ -256,7 +273,7 @@ def peak_mib(doc: dict[str, Any]) -> float:
     return max(doc["fit"]["peak_memory_bytes"], doc["evaluation"]["peak_memory_bytes"]) / MIB
 
 
-def _fit_seconds(doc: dict[str, Any]) -> float:
+def fit_seconds(doc: dict[str, Any]) -> float:
     """The fit's wall time, a pipeline's first stage included."""
     return doc["fit"]["seconds"] + (doc["init"]["fit_seconds"] if doc["init"] else 0.0)
 
@@ -322,11 +339,11 @@ def frame(g: Group, fraction: float = FRACTION) -> pd.DataFrame:
             "vs best (paired)": "-" if rank == 1 else f"{d_mean:+.4f} ± {d_ci:.4f} (p={p:.2g}{', *' if p < 0.05 else ''})",
             f"step to {fraction:.0%}": step,
             f"ms to {fraction:.0%}": f"{ms:.1f}",
-            "fit s": f"{row.mean_of(_fit_seconds):.0f}",
+            "fit s": f"{row.mean_of(fit_seconds):.0f}",
             "fit tasks/s": f"{row.mean_of(lambda d: d['fit']['tasks_per_s']):.1f}" if doc["fit"]["iterations"] else "-",
             "eval episodes/s": f"{row.mean_of(lambda d: d['evaluation']['tasks_per_s']):.1f}",
-            "peak MiB": f"{max(peak_mib(e.doc) for e in row.entries):.0f}",
-            "device": device(doc),
+            "peak MiB": f"{max(peak_mib(e.doc) for e in row.timed):.0f}",
+            "device": row.timing_device(),
             "budget": budget(doc),
             "reproduced": reproduced(row),
             "file": ", ".join(e.path.name for e in row.entries),
@@ -349,15 +366,17 @@ def markdown(frame: pd.DataFrame, cell: Callable[[str], str] = _pipes) -> str:
 
 
 LEGEND = ("A row is every result of one configuration (method, hparams, data, protocol and draws, budget and "
-          "iterations, checkpoint recipe, precision, device) that differs only by the training seed (a fit stopped "
+          "iterations, checkpoint recipe, precision; a GPU's results apart from the CPUs', which join whatever CPU "
+          "ran them) that differs only by the training seed (a fit stopped "
           "part-way by mtbench run --until is its own row, its budget marked partial): accuracy is the "
           "mean over its seeds, its 95% CI counts the variance between seeds as well as between episodes; a "
           "single-seed row's CI covers the test episodes only. vs best: paired difference to rank 1 over the same "
           "episodes/trials, mean ± 95% CI with both rows' seed variance (none for a single-seed row), p from the "
           "normal approximation (Student t with several seeds); * = significant at 5%. step/ms to {f:.0%}: the first reported adaptation step whose mean "
           "accuracy reaches {f:.0%} of the final accuracy, and the time inside adapt to get there. fit s includes the "
-          "first stage of a pipeline; timings are means per fit over a row's seeds. peak MiB: the larger of fit and "
-          "evaluation, the largest over the seeds (GPU: allocated; CPU: process RSS). "
+          "first stage of a pipeline; timings are means per fit over a row's seeds on the device it names (seeds run on "
+          "another CPU: their own timings in the per-seed table). peak MiB: the larger of fit and evaluation, the "
+          "largest over those seeds (GPU: allocated; CPU: process RSS). "
           "(CPU) marks a quick-budget row run on the CPU. reproduced: the latest re-run recorded by mtbench reproduce "
           "--record (yes: its per-episode accuracies came back), - when none was.")
 

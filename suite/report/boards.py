@@ -149,9 +149,12 @@ def _fits(g: lb.Group) -> list[Block]:
     frame = pd.DataFrame([{"rank": i, "method": label(e.doc), "fit seed": lb.fit_seed(e.doc),
                            "accuracy ± 95% CI (episodes)": f"{e.doc['accuracy']['mean']:.4f} ± "
                                                            f"{e.doc['accuracy']['ci95']:.4f}",
-                           "file": e.path.name} for i, r, e in fits])
+                           "fit s": f"{lb.fit_seconds(e.doc):.0f}",
+                           "eval episodes/s": f"{e.doc['evaluation']['tasks_per_s']:.1f}",
+                           "device": lb.device(e.doc), "file": e.path.name} for i, r, e in fits])
     return [Heading("Fits of the rows over several seeds", 3),
-            Para(("Each training seed's own result; the row above averages them.",)),
+            Para(("Each training seed's own result, with the timings of the device it ran on; the row above "
+                  "averages their accuracy, and the timings of the seeds on the device it names.",)),
             Table(frame, css="leaderboard", keys=tuple(e.path.name for _, _, e in fits))]
 
 
@@ -231,9 +234,8 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
 def overview(leaderboards: Path) -> list[Block]:
     """The index's matrix of the official plan: each method's accuracy in each official setting (the result
     ``mtbench official`` counts, the newest with that label, as the leaderboard row it belongs to: over its
-    training seeds when there are several, joined across the CPUs that ran them as on the reproduction page, since
-    the matrix shows accuracy, not timings), or that it has not run yet; nothing when the folder holds no official
-    row at all."""
+    training seeds when there are several, joined across the CPUs that ran them), or that it has not run yet;
+    nothing when the folder holds no official row at all."""
     from mtbench.board.official import load_plan, present
     from mtbench.results import read_result
 
@@ -243,7 +245,7 @@ def overview(leaderboards: Path) -> list[Block]:
     if not any(found.values()):
         return []
     board_rows = {path: r for s in plan.settings if found[(s.dataset, s.name)]
-                  for g in lb.board(leaderboards, s.dataset, s.name).groups for r in lb.joined_across_cpus(g.rows)
+                  for g in lb.board(leaderboards, s.dataset, s.name).groups for r in g.rows
                   for path in (e.path for e in r.entries)}
     rows, have, total = [], 0, 0
     for name in labels:

@@ -73,11 +73,11 @@ def _budget(doc: dict[str, Any]) -> str:
 
 
 def rows(leaderboards: Path) -> dict[tuple[str, str], list[Ours]]:
-    """Our rows per (dataset, setting): the leaderboard's groups, rows joined across CPUs (``joined_across_cpus``)."""
+    """Our rows per (dataset, setting): the leaderboard's rows (seeds joined across the CPUs that ran them)."""
     found: dict[tuple[str, str], list[Ours]] = {}
     for g in lb.board(leaderboards).groups:
         ran_on = {e.path: lb.device(e.doc) for r in g.rows for e in r.entries}
-        for r in lb.joined_across_cpus(g.rows):
+        for r in g.rows:
             doc = r.doc  # over its training seeds: the mean and seed-aware CI, as a leaderboard row's
             found.setdefault((g.dataset, g.setting), []).append(Ours(
                 label(doc), doc["method"]["hparams"], _budget(doc), r.accuracy.mean, r.accuracy.ci95, len(r.entries),
@@ -246,8 +246,7 @@ def reproduction_page(leaderboards: Path) -> Built | None:
         Para(("Each published accuracy (", Code(f"leaderboards/{PUBLISHED}"), ": the figure, its source and the "
               "leaderboard row of ours it is compared with) beside our row of the same setting at the quick and at "
               "the paper budget, never mixed: mean ± 95 % CI in %, over the training seeds the leaderboard row "
-              "averages (its CI includes their spread when there are several; here seeds join whatever CPU ran "
-              "them, which a leaderboard keeps apart for its timings). Δ: ours minus published, in points. "
+              "averages (its CI includes their spread when there are several; seeds join whatever CPU ran them). Δ: ours minus published, in points. "
               "inside: whether the published value lies in our interval. gap: at each budget whose row misses the "
               "published value, the kinds of cause measured to explain the gap, to be part of it (in part) or not to "
               "be its cause (ruled out), or \"" + UNEXPLAINED + "\" while none explains it; the reasons, each with "
