@@ -134,7 +134,8 @@ class Row:
         cover and where the others ran."""
         shown = device(self.timed[0].doc)
         others = "; ".join(dict.fromkeys(device(e.doc) for e in self.entries if e not in self.timed))
-        return f"{shown} (timings of {len(self.timed)} of {len(self.entries)} fits; others: {others})" if others else shown
+        n, of = len(self.timed), len(self.entries)
+        return f"{shown} (timings of {n} of {of} fits; others: {others})" if others else shown
 
 
 def rows(entries: list[Entry], any_cpu: bool = False) -> list[Row]:
@@ -374,9 +375,9 @@ LEGEND = ("A row is every result of one configuration (method, hparams, data, pr
           "episodes/trials, mean ± 95% CI with both rows' seed variance (none for a single-seed row), p from the "
           "normal approximation (Student t with several seeds); * = significant at 5%. step/ms to {f:.0%}: the first reported adaptation step whose mean "
           "accuracy reaches {f:.0%} of the final accuracy, and the time inside adapt to get there. fit s includes the "
-          "first stage of a pipeline; timings are means per fit over a row's seeds on the device it names (seeds run on "
-          "another CPU: their own timings in the per-seed table). peak MiB: the larger of fit and evaluation, the "
-          "largest over those seeds (GPU: allocated; CPU: process RSS). "
+          "first stage of a pipeline; timings are means per fit over a row's seeds on the device it names "
+          "(seeds run on another CPU: their own timings in the per-seed table). peak MiB: the larger of fit and "
+          "evaluation, the largest over those seeds (GPU: allocated; CPU: process RSS). "
           "(CPU) marks a quick-budget row run on the CPU. reproduced: the latest re-run recorded by mtbench reproduce "
           "--record (yes: its per-episode accuracies came back), - when none was.")
 
