@@ -202,3 +202,12 @@ def test_seeds_run_on_two_cpus_form_one_row_whose_timings_are_one_cpus():
     [g] = group([(Path(f"s{i}.json"), d) for i, d in enumerate(docs[:2])])
     assert g.rows[0].timing_device() == f"{amd} (timings of 1 of 2 fits; others: {intel})"
     assert frame(g)["fit s"][0] == "100"
+
+
+def test_rows_of_one_method_that_ran_different_hparams_say_which():
+    """Two rows that would read ``finetune`` name the hparams that tell them apart; a row alone keeps its name."""
+    linear, cosine, rival = (seeded("finetune", A[0], 0), seeded("finetune", A[1], 0), seeded("rival", B, 0))
+    linear["method"]["hparams"] = {"head": "linear", "lr": 0.01}
+    cosine["method"]["hparams"] = {"head": "cosine", "lr": 0.01, "augment": False}  # augment: only one has it
+    [g] = group([(Path("linear.json"), linear), (Path("cosine.json"), cosine), (Path("rival.json"), rival)])
+    assert list(frame(g)["method"]) == ["finetune (head=linear)", "finetune (head=cosine)", "rival"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from mtbench.core.errors import UserError
 from mtbench.methods import METHODS, make_hparams, setting_key
-from mtbench.results import execution_label
+from mtbench.results import execution_label, partial_fit
 
 
 def label(doc: dict[str, Any]) -> str:
@@ -23,6 +23,23 @@ def label(doc: dict[str, Any]) -> str:
     if init:
         name = f"{name} (saved fit)" if init["method"] == method["name"] else f"{init['method']} → {name}"
     return name + execution_label(doc)
+
+
+def budget(doc: dict[str, Any]) -> str:
+    """The budget, saying a quick budget on the CPU is one (a GPU row with the paper's schedule is not), how far
+    a partial fit got (``paper, 8000 of 20000 iterations``), and the hparams of a paper-budget row that are not the
+    paper's recipe (:func:`off_paper_recipe`)."""
+    b = doc["budget"]
+    name = b["name"] if not b["name"].isdigit() else f"{b['name']} iterations"
+    off = ", ".join(f"{k}={ran}" for k, (ran, _) in off_paper_recipe(doc).items())
+    off = f" (not --budget paper's hparams: {off})" if off else ""
+    if partial_fit(doc):
+        return f"{b['name']}, {doc['fit']['iterations']} of {b['iterations']} iterations (partial){off}"
+    if first := partial_first_stage(doc):
+        return (f"{name}, from a {doc['init']['budget']} fit stopped at {first[0]} of {first[1]} iterations "
+                f"(partial){off}")
+    cpu = doc["provenance"]["device_type"] == "cpu"
+    return f"{name}{' (CPU)' if cpu and b['name'] == 'quick' else ''}{off}"
 
 
 def stale_version(method: dict[str, Any]) -> str:
@@ -107,3 +124,17 @@ def off_paper_recipe(doc: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
             differ = {k: d for k, d in differ.items() if variant({**paper, k: d[0]}) == variant(paper)}
         off.update(differ)
     return off
+
+
+def distinct_labels(docs: list[dict[str, Any]]) -> list[str]:
+    """:func:`label` of each result, where results of one label and :func:`budget` ran different hparams
+    (``finetune`` with a linear and with a cosine head) followed by the hparams that tell them apart: ``finetune
+    (head=cosine)``. Hparams one result lacks (added to its method later: :func:`hparams_as_ran`) do not count."""
+    labels = [(label(d), budget(d)) for d in docs]
+    ran = [hparams_as_ran(d["method"], d["provenance"]["device_type"])["hparams"] for d in docs]
+    out = []
+    for i, name in enumerate(labels):
+        same = [ran[j] for j, other in enumerate(labels) if other == name]
+        keys = sorted(k for k in ran[i] if all(k in hp for hp in same) and len({repr(hp[k]) for hp in same}) > 1)
+        out.append(f"{name[0]} ({', '.join(f'{k}={ran[i][k]}' for k in keys)})" if keys else name[0])
+    return out

@@ -28,7 +28,7 @@ import pandas as pd
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci95
-from mtbench.board.labels import hparams_as_ran, label, off_paper_recipe, partial_first_stage
+from mtbench.board.labels import budget, distinct_labels, hparams_as_ran
 from mtbench.results import partial_fit, setting_name
 from mtbench.results.layout import leaderboard_files
 from mtbench.results.screen import LeftOut, left_out_note, screen
@@ -286,23 +286,6 @@ def device(doc: dict[str, Any]) -> str:
     return name if prov["device_type"] == "cuda" or "thread" in name else f"{name}, {prov['threads']} threads"
 
 
-def budget(doc: dict[str, Any]) -> str:
-    """The budget, saying a quick budget on the CPU is one (a GPU row with the paper's schedule is not), how far
-    a partial fit got (``paper, 8000 of 20000 iterations``), and the hparams of a paper-budget row that are not the
-    paper's recipe (:func:`~mtbench.board.labels.off_paper_recipe`)."""
-    b = doc["budget"]
-    name = b["name"] if not b["name"].isdigit() else f"{b['name']} iterations"
-    off = ", ".join(f"{k}={ran}" for k, (ran, _) in off_paper_recipe(doc).items())
-    off = f" (not --budget paper's hparams: {off})" if off else ""
-    if partial_fit(doc):
-        return f"{b['name']}, {doc['fit']['iterations']} of {b['iterations']} iterations (partial){off}"
-    if first := partial_first_stage(doc):
-        return (f"{name}, from a {doc['init']['budget']} fit stopped at {first[0]} of {first[1]} iterations "
-                f"(partial){off}")
-    cpu = doc["provenance"]["device_type"] == "cpu"
-    return f"{name}{' (CPU)' if cpu and b['name'] == 'quick' else ''}{off}"
-
-
 def reproduced(item: Row | dict[str, Any]) -> str:
     """Whether ``mtbench reproduce --record`` re-ran the result and got its numbers back: the latest verdict, its
     date and how many re-runs were recorded; ``-`` when none was. For a row of several seeds, how many of its
@@ -326,15 +309,14 @@ def reproduced(item: Row | dict[str, Any]) -> str:
 
 def frame(g: Group, fraction: float = FRACTION) -> pd.DataFrame:
     """The group's ranked table as display strings, one row per :class:`Row` (its files listed by seed)."""
-    best = g.rows[0]
-    out = []
+    best, out, names = g.rows[0], [], distinct_labels([r.doc for r in g.rows])
     for rank, row in enumerate(g.rows, 1):
         doc = row.doc
         d_mean, d_ci, p = paired(row, best)
         step, ms = adaptation_speed(row, fraction)
         out.append({
             "rank": rank,
-            "method": label(doc) + (" [submission]" if doc["submission"] else ""),
+            "method": names[rank - 1] + (" [submission]" if doc["submission"] else ""),
             "accuracy ± 95% CI": f"{row.accuracy.mean:.4f} ± {row.accuracy.ci95:.4f}",
             "seeds × episodes": row.shape(),
             "vs best (paired)": "-" if rank == 1 else f"{d_mean:+.4f} ± {d_ci:.4f} (p={p:.2g}{', *' if p < 0.05 else ''})",

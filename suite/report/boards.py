@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from mtbench.board import leaderboard as lb
-from mtbench.board.labels import label
+from mtbench.board.labels import distinct_labels
 from mtbench.core.errors import UserError
 from mtbench.results.layout import folder, folders
 from mtbench.results.screen import LeftOut
@@ -54,7 +54,8 @@ def _short_device(doc: dict[str, Any]) -> str:
 def _names(g: lb.Group) -> list[str]:
     """A figure label per row: rank, method, device, seeds when several (the rank keeps two runs of one method
     apart)."""
-    return [f"{i}. {label(r.doc)}{' [submission]' if r.doc['submission'] else ''} ({_short_device(r.doc)}"
+    names = distinct_labels([r.doc for r in g.rows])
+    return [f"{i}. {names[i - 1]}{' [submission]' if r.doc['submission'] else ''} ({_short_device(r.doc)}"
             f"{f', {len(r.entries)} seeds' if len(r.entries) > 1 else ''})" for i, r in enumerate(g.rows, 1)]
 
 
@@ -146,7 +147,8 @@ def _fits(g: lb.Group) -> list[Block]:
     if not many:
         return []
     fits = [(i, r, e) for i, r in many for e in r.entries]
-    frame = pd.DataFrame([{"rank": i, "method": label(e.doc), "fit seed": lb.fit_seed(e.doc),
+    names = distinct_labels([r.doc for r in g.rows])
+    frame = pd.DataFrame([{"rank": i, "method": names[i - 1], "fit seed": lb.fit_seed(e.doc),
                            "accuracy ± 95% CI (episodes)": f"{e.doc['accuracy']['mean']:.4f} ± "
                                                            f"{e.doc['accuracy']['ci95']:.4f}",
                            "fit s": f"{lb.fit_seconds(e.doc):.0f}",
@@ -194,8 +196,9 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
     if not groups:
         return Built(f"no valid result{left}", [Para(("No file in ", Code(f"leaderboards/{dataset}/{setting}/"),
                                                       " is a valid result.")), *_left_out(found.left_out)])
-    best = max((g.rows[0] for g in groups), key=lambda r: r.accuracy.mean)
-    summary = (f"{n} result{'s' * (n > 1)}; best {label(best.doc)} {best.accuracy.mean:.4f} ± "
+    top = max(groups, key=lambda g: g.rows[0].accuracy.mean)
+    best, name = top.rows[0], distinct_labels([r.doc for r in top.rows])[0]
+    summary = (f"{n} result{'s' * (n > 1)}; best {name} {best.accuracy.mean:.4f} ± "
                f"{best.accuracy.ci95:.4f} on {best.shape()}, {_short_device(best.doc)}{left}")
     blocks: list[Block] = [
         Para(("Every result file in ", Code(f"leaderboards/{dataset}/{setting}/"), f" ({n}), ranked by accuracy "
