@@ -178,7 +178,7 @@ def test_official_fills_each_row_once_per_fit_seed(tmp_path):
 def test_the_index_sums_what_the_official_rows_cost_at_first_and_now(tmp_path):
     """The plan's cost before and after a change: each row's oldest result (at any version of its method) against
     the one the matrix shows, over the rows whose both results ran on the CPU; a GPU row is left out."""
-    from mtbench.board.official import first_results
+    from mtbench.board.official import first_results, load_plan
     from mtbench.report.boards import overview
 
     where = folder(tmp_path, "omniglot", "20w1s")
@@ -195,7 +195,7 @@ def test_the_index_sums_what_the_official_rows_cost_at_first_and_now(tmp_path):
     put_result(where, doc("protonet", "2026-02-01T00:00:00+00:00", 360.0, 180.0), "b")
     put_result(where, doc("matchingnet", "2026-01-05T00:00:00+00:00", 720.0, 360.0), "c")
     put_result(where, doc("finetune", "2026-01-05T00:00:00+00:00", 7200.0, 7200.0, device_type="cuda"), "d")
-    assert first_results(where, "quick")["protonet"] == old
+    assert first_results(where, load_plan().select("omniglot", "20w1s")[0])["protonet"] == old
     blocks = overview(tmp_path)
     text = " ".join(str(b) for b in blocks)
     assert "The 2 rows of the matrix that ran on the CPU (1 of them rerun since their first result" in text
@@ -207,7 +207,7 @@ def test_the_index_sums_what_the_official_rows_cost_at_first_and_now(tmp_path):
 
 def test_the_index_matrix_joins_a_rows_fit_seeds_across_the_cpus_that_ran_them(tmp_path):
     """The newest result of a label is shown as its row over all its fit seeds, those of another CPU too: the
-    matrix shows accuracy, which does not depend on the CPU (a leaderboard page keeps CPUs apart for timings)."""
+    matrix shows accuracy, which does not depend on the CPU."""
     from mtbench.report.boards import overview
 
     where = folder(tmp_path, "omniglot", "20w1s")

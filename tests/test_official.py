@@ -119,9 +119,17 @@ def test_a_row_counts_once_a_quick_result_with_its_label_exists(tmp_path):
     older = result_doc("scratch", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)
     older["method"]["version"] = "0"  # a result of older code: a row of its own, and not today's
     put_result(where, older)
-    assert label(older) == "scratch v0" and label(fo) == "maml (1st order)"
+    cosine = result_doc("finetune", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)
+    cosine["method"]["hparams"]["head"] = "cosine"  # labelled finetune, but not the plan's linear head
+    put_result(where, cosine)
+    assert label(older) == "scratch v0" and label(fo) == "maml (1st order)" and label(cosine) == "finetune"
     todo = missing(tmp_path, load_plan().select("omniglot", "20w1s"))
     assert [e.label for _, e in todo] == ["matchingnet", "feature-extract", "finetune", "maml", "scratch", "reptile"]
+    linear = result_doc("finetune", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)
+    linear["method"]["hparams"]["head"] = "linear"
+    put_result(where, linear, "linear")
+    assert "finetune" not in [e.label for _, e in missing(tmp_path, load_plan().select("omniglot", "20w1s"))]
+    (where / "linear.json").unlink()
     # what the present rows cost, per device: protonet's and FOMAML's files (10 s fit + 2 s evaluation each); the
     # longer budget's and the older version's are not rows of the plan
     gpu = result_doc("feature-extract", [0.5, 0.75], dataset="omniglot", ways=20, queries=1)

@@ -213,24 +213,57 @@ def _plan_results(where: Path, budget: str) -> Iterator[tuple[Path, dict[str, An
             yield path, doc
 
 
-def present(where: Path, budget: str, fit_seed: int | None = None) -> dict[str, Path]:
-    """The labels of :func:`_plan_results`, each with its newest file; only those of ``fit_seed`` when given."""
-    from mtbench.board.labels import label
+@functools.lru_cache(maxsize=None)
+def _recipe(dataset: str, ways: int | None, shots: int | None, budget: str, entry: Entry) -> dict[str, Any]:
+    """The recipe hparams (``Method.recipe_hparams``) a run of ``entry`` resolves to at ``budget``."""
+    from mtbench.data import DATASETS
+    from mtbench.methods import METHODS, make_hparams, setting_key
 
-    return {label(doc): path for path, doc in _plan_results(where, budget) if fit_seed in (None, doc["fit"]["seed"])}
+    cls, data = METHODS.get(entry.method), DATASETS.get(dataset)
+    setting = setting_key(ways, shots) if ways else None
+    hparams = make_hparams(cls, dataset, dict(entry.hparams), budget, source=data.default_source or data.name,
+                           setting=setting)
+    return cls.recipe_hparams(dataclasses.asdict(hparams))
 
 
-def first_results(where: Path, budget: str) -> dict[str, Path]:
+def runs_entry(doc: dict[str, Any], setting: Setting, entry: Entry, name: str | None = None) -> bool:
+    """Whether the result ``doc`` is a run of the plan's ``entry``: it has the entry's label (or ``name``) and no
+    recipe hparam the two both have differs (a ``--hp head=cosine`` fine-tune is not the plan's linear one; an
+    hparam added to its method after the result ran is not held against it)."""
+    from mtbench.board.labels import hparams_as_ran, label
+    from mtbench.methods import METHODS
+
+    if (name or label(doc)) != entry.label:
+        return False
+    ways = getattr(setting.protocol, "ways", None)
+    want = _recipe(setting.dataset, ways, getattr(setting.protocol, "shots", None), setting.budget, entry)
+    ran = METHODS.get(entry.method).recipe_hparams(
+        hparams_as_ran(doc["method"], doc["provenance"]["device_type"])["hparams"])
+    return all(ran[k] == v for k, v in want.items() if k in ran)
+
+
+def present(where: Path, setting: Setting, fit_seed: int | None = None) -> dict[str, Path]:
+    """The labels of ``setting``'s entries with a result in ``where`` (:func:`_plan_results` at the plan's budget
+    that :func:`runs_entry`), each with its newest file; only those of ``fit_seed`` when given."""
+    found = {}
+    for path, doc in _plan_results(where, setting.budget):
+        if fit_seed in (None, doc["fit"]["seed"]):
+            found.update({e.label: path for e in setting.entries if runs_entry(doc, setting, e)})
+    return found
+
+
+def first_results(where: Path, setting: Setting) -> dict[str, Path]:
     """:func:`present`'s results, but each label's oldest file by its recorded timestamp, at any version of the
     method (a result of older code, labelled ``maml v1``, counts as ``maml``'s): what the row cost when it was first
     run (the cost of the plan before and after a change, on the report's index)."""
     from mtbench.board.labels import label
 
     found: dict[str, tuple[str, Path]] = {}
-    for path, doc in _plan_results(where, budget):
+    for path, doc in _plan_results(where, setting.budget):
         unversioned = {k: v for k, v in doc["method"].items() if k != "version"}  # label() then names no version
         stamp, name = doc["provenance"]["timestamp"], label({**doc, "method": unversioned})
-        if name not in found or stamp < found[name][0]:
+        if any(runs_entry(doc, setting, e, name) for e in setting.entries) and (
+                name not in found or stamp < found[name][0]):
             found[name] = (stamp, path)
     return {name: path for name, (_, path) in found.items()}
 
@@ -244,7 +277,7 @@ def missing_runs(leaderboards: Path, chosen: list[Setting],
     for s, setting in enumerate(chosen):
         where = folder(leaderboards, setting.dataset, setting.name)
         for f, fit_seed in enumerate(dict.fromkeys(fit_seeds)):
-            have = present(where, setting.budget, fit_seed)
+            have = present(where, setting, fit_seed)
             todo += [(f, e, s, setting, entry, fit_seed) for e, entry in enumerate(setting.entries)
                      if entry.label not in have]
     return [(setting, entry, fit_seed) for *_, setting, entry, fit_seed in sorted(todo, key=lambda t: t[:3])]
@@ -263,7 +296,7 @@ def cost_lines(leaderboards: Path, chosen: list[Setting]) -> list[str]:
 
     by_device: dict[str, list[float]] = {}
     for setting in chosen:
-        have = present(folder(leaderboards, setting.dataset, setting.name), setting.budget, 0)
+        have = present(folder(leaderboards, setting.dataset, setting.name), setting, 0)
         for entry in setting.entries:
             if entry.label in have:
                 doc = read_result(have[entry.label])

@@ -244,7 +244,7 @@ def overview(leaderboards: Path) -> list[Block]:
 
     plan = load_plan()
     labels = list(dict.fromkeys(e.label for s in plan.settings for e in s.entries))
-    found = {(s.dataset, s.name): present(folder(leaderboards, s.dataset, s.name), s.budget) for s in plan.settings}
+    found = {(s.dataset, s.name): present(folder(leaderboards, s.dataset, s.name), s) for s in plan.settings}
     if not any(found.values()):
         return []
     board_rows = {path: r for s in plan.settings if found[(s.dataset, s.name)]
@@ -292,7 +292,7 @@ def _plan_cost(leaderboards: Path, plan: Any, found: dict[tuple[str, str], dict[
     sums = {"first": [0.0, 0.0], "now": [0.0, 0.0]}
     rows, changed = 0, 0
     for s in plan.settings:
-        first = first_results(folder(leaderboards, s.dataset, s.name), s.budget)
+        first = first_results(folder(leaderboards, s.dataset, s.name), s)
         for name in dict.fromkeys(e.label for e in s.entries):
             path = found[(s.dataset, s.name)].get(name)
             docs = {"first": read_result(first[name]), "now": read_result(path)} if path and name in first else {}
