@@ -6,7 +6,8 @@ overrides), at one budget. ``mtbench official`` runs every missing (setting, ent
 through :func:`mtbench.run.runner.run`, writing the result straight into
 ``leaderboards/<dataset>/<setting>/`` (:func:`mtbench.results.layout.folder`), once per fit seed asked for
 (``--fit-seeds``, default 0 only). A row counts as present for a fit seed when a valid result there has the
-entry's label (:func:`mtbench.board.labels.label`), the plan's budget and that ``fit.seed``, on any device:
+entry's label (:func:`mtbench.board.labels.label`) and recipe hparams (:func:`runs_entry`), the plan's budget and
+that ``fit.seed``, on any device:
 a GPU row, where one was lent, stands for the setting; otherwise the quick budget's CPU row does, and the
 leaderboard says which device each row ran on. An entry's label is
 derived, never written in the plan: the method's name and the variant its class reports
