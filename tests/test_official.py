@@ -242,3 +242,22 @@ def test_dry_run_and_unknown_setting(tmp_path):
     assert result.exit_code == 2 and "no official setting */7w3s; the plan has omniglot/5w1s" in result.output
     result = CliRunner().invoke(main, ["official", "--dry-run", "--", "--shots", "5"])
     assert result.exit_code == 2 and "--shots after --: the official plan sets" in result.output
+
+
+def test_the_dry_run_expects_a_cpu_rows_cost_from_a_cpu_result_before_a_gpus(tmp_path):
+    """A GPU's minutes do not predict a CPU's hours: the CPU result is the estimate though the GPU's is newer; with
+    only the GPU's, the estimate says where it ran."""
+    where = folder(tmp_path, "omniglot", "5w1s")
+    cpu = result_doc("protonet", [0.6] * 600, dataset="omniglot", queries=15, stamp="2026-01-01T00:00:00+00:00")
+    cpu["method"]["version"], cpu["fit"]["seconds"], cpu["evaluation"]["seconds"] = "0", 3000.0, 600.0
+    gpu = result_doc("protonet", [0.6] * 600, dataset="omniglot", queries=15, stamp="2026-01-02T00:00:00+00:00")
+    gpu["method"]["version"], gpu["fit"]["seconds"], gpu["evaluation"]["seconds"] = "0", 30.0, 6.0
+    gpu["provenance"].update(device_type="cuda", device="NVIDIA Test GPU")
+    put_result(where, gpu, "gpu")
+    args = ["official", "--leaderboards", str(tmp_path), "--dataset", "omniglot", "--setting", "5w1s", "--dry-run",
+            "--", "--device", "cpu"]
+    output = CliRunner().invoke(main, args).output
+    assert "[1/8] protonet on omniglot/5w1s: expected 36.0 s (as gpu.json on CUDA)" in output
+    assert "(1 row(s) estimated from a result on another kind of device)" in output
+    put_result(where, cpu, "cpu")
+    assert "[1/8] protonet on omniglot/5w1s: expected 1.00 h (as cpu.json)" in CliRunner().invoke(main, args).output

@@ -347,11 +347,12 @@ def spec(setting: Setting, entry: Entry, leaderboards: Path, overrides: Mapping[
 def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...] = (),
                 overrides: Mapping[str, Any] | None = None, dry_run: bool = False,
                 echo: Callable[[str], Any] = print, fit_seeds: Sequence[int] = (0,),
-                cost: Callable[[Setting, Entry, int], tuple[float, Path] | None] | None = None) -> int:
+                cost: Callable[[Setting, Entry, int], tuple[float, Path, str] | None] | None = None) -> int:
     """Run every missing row of ``chosen`` (at each of ``fit_seeds``) in this process, one after the other; a
     failed run is reported in one line and skipped. ``overrides``: other :class:`~mtbench.run.runner.RunSpec`
     fields of every run (see :func:`spec`); ``extra``: the options they came from, shown in the commands.
-    ``cost``: with ``dry_run``, a missing row's expected seconds and the file they come from, or ``None``
+    ``cost``: with ``dry_run``, a missing row's expected seconds, the file they come from and the device kind it ran
+    on when not the run's, or ``None``
     (:func:`mtbench.board.sweep.row_cost`). Returns the number of runs that failed."""
     from mtbench.run import runner
 
@@ -360,7 +361,7 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
         for line in cost_lines(leaderboards, chosen):
             echo(line)
     echo(missing_line(todo, chosen, fit_seeds))
-    failed, expected, unknown = 0, 0.0, 0
+    failed, expected, unknown, elsewhere = 0, 0.0, 0, 0
     for i, (setting, entry, fit_seed) in enumerate(todo, 1):
         step = f"[{i}/{len(todo)}]"
         at = f" fit seed {fit_seed}" if fit_seed else ""
@@ -368,7 +369,9 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
             guess = cost(setting, entry, fit_seed) if cost else None
             expected += guess[0] if guess else 0.0
             unknown += guess is None
-            estimate = f"expected {_time(guess[0])} (as {guess[1].name})" if guess else "expected cost unknown"
+            elsewhere += bool(guess and guess[2])
+            estimate = (f"expected {_time(guess[0])} (as {guess[1].name}{guess[2]})" if guess
+                        else "expected cost unknown")
             echo(f"{step} {entry.label} on {setting.dataset}/{setting.name}{at}: {estimate}")
             echo(f"{' ' * len(step)} {shlex.join(command(setting, entry, leaderboards, extra, fit_seed))}")
             continue
@@ -388,5 +391,6 @@ def run_missing(leaderboards: Path, chosen: list[Setting], extra: tuple[str, ...
     if dry_run and todo:
         echo(f"no comparable result: the cost of the {unknown} row(s) is unknown" if unknown == len(todo) else
              f"expected {_time(expected)} one after another" + (f", plus {unknown} row(s) of unknown cost"
-                                                               if unknown else ""))
+                                                               if unknown else "")
+             + (f" ({elsewhere} row(s) estimated from a result on another kind of device)" if elsewhere else ""))
     return failed

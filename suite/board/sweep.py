@@ -123,6 +123,7 @@ class Found:
     key: str
     seconds: float  # fit + evaluation
     timestamp: str
+    device_type: str  # cpu or cuda
 
 
 _SEEN: dict[Path, tuple[tuple[int, int], Found | None]] = {}  # file -> (mtime_ns, size), what it holds
@@ -146,7 +147,7 @@ def results(where: Path) -> list[Found]:
                 identity = doc_identity(doc)
                 item = None if identity is None else Found(
                     path, _canonical(identity), doc["fit"]["seconds"] + doc["evaluation"]["seconds"],
-                    doc["provenance"]["timestamp"])
+                    doc["provenance"]["timestamp"], doc["provenance"]["device_type"])
             except (UserError, KeyError, TypeError):
                 item = None
             _SEEN[path] = (stamp, item)
@@ -160,16 +161,24 @@ def existing(t: Trial) -> Path | None:
     return next((f.path for f in results(t.folder) if matches(t.key, f.key)), None)
 
 
-def expected_seconds(t: Trial) -> tuple[float, Path] | None:
-    """Fit + evaluation seconds of the newest comparable result in the trial's folder (same identity but
-    the seeds), and its file; ``None`` when there is none."""
+def expected_seconds(t: Trial) -> tuple[float, Path, str] | None:
+    """Fit + evaluation seconds of the newest comparable result in the trial's folder (same identity but the
+    seeds), its file, and ``""``; of those run on the kind of device the trial runs on (``--device``; ``auto``:
+    CUDA where present) when there is one, else of another, which the third item names (`` on CUDA``: a GPU's
+    minutes do not predict a CPU's hours); ``None`` when there is none."""
+    import torch
+
+    device = str(t.spec.device)
+    kind = "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
     same = [f for f in results(t.folder) if matches(t.key, f.key, any_seed=True)]
-    newest = max(same, key=lambda f: f.timestamp, default=None)
-    return (newest.seconds, newest.path) if newest else None
+    newest = max(same, key=lambda f: (f.device_type == kind, f.timestamp), default=None)
+    if newest is None:
+        return None
+    return newest.seconds, newest.path, "" if newest.device_type == kind else f" on {newest.device_type.upper()}"
 
 
 def row_cost(setting: Any, entry: Any, leaderboards: Path, overrides: Mapping[str, Any] | None,
-             fit_seed: int) -> tuple[float, Path] | None:
+             fit_seed: int) -> tuple[float, Path, str] | None:
     """:func:`expected_seconds` of a row of a plan (:mod:`mtbench.board.official`): a result in its folder that is
     the row's but for its seeds or code versions (another fit seed; the row as an earlier version ran it), on
     whatever device that ran; ``None`` without one."""

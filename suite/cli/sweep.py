@@ -81,7 +81,7 @@ def dry_run_listing(trials: list[Any], storage: str, retry_failed: bool) -> None
             click.echo(f"{head}: run, expected cost unknown")
         else:
             total += cost[0]
-            click.echo(f"{head}: run, expected {cost[0]:.1f} s (as {cost[1].name})")
+            click.echo(f"{head}: run, expected {cost[0]:.1f} s (as {cost[1].name}{cost[2]})")
         click.echo(f"    {t.spec.command}")
     click.echo(f"{todo} of {len(trials)} trial(s) to run, expected {total:.0f} s one after another"
                + (f" plus {unknown} of unknown cost" if unknown else ""))
