@@ -131,11 +131,9 @@ class Row:
 
     def timing_device(self) -> str:
         """The device the row's timings come from; when some seeds ran on another CPU, how many fits the timings
-        cover and where the others ran."""
-        shown = device(self.timed[0].doc)
-        others = "; ".join(dict.fromkeys(device(e.doc) for e in self.entries if e not in self.timed))
-        n, of = len(self.timed), len(self.entries)
-        return f"{shown} (timings of {n} of {of} fits; others: {others})" if others else shown
+        cover (the table of fits names the others' CPUs)."""
+        shown, n, of = device(self.timed[0].doc), len(self.timed), len(self.entries)
+        return f"{shown}, timings of {n} of {of} fits" if n < of else shown
 
 
 def rows(entries: list[Entry], any_cpu: bool = False) -> list[Row]:

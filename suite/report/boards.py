@@ -204,10 +204,11 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
         Para(("Every result file in ", Code(f"leaderboards/{dataset}/{setting}/"), f" ({n}), ranked by accuracy "
               "on the episodes all of them share: results on other draws, protocols or schema versions form "
               "tables of their own. The results of one configuration that differ only by their training seed "
-              "form one row, its mean over the seeds with a CI that counts the variance between seeds; a "
-              "single-seed row's CI covers the test episodes only. Rows come from ", Code("mtbench official"), " (the baselines) and ",
-              Code("mtbench submit"), " (outside methods, marked [submission]); the device column says where "
-              "each ran, and (CPU) marks a quick-budget run on the CPU. Print the same table with ",
+              "form one row, whatever CPU ran each seed, its mean over the seeds with a CI that counts the "
+              "variance between seeds; a single-seed row's CI covers the test episodes only. Rows come from ",
+              Code("mtbench official"), " (the baselines) and ", Code("mtbench submit"), " (outside methods, marked "
+              "[submission]); the device column says where each ran (a row's timings: the CPU that ran most of its "
+              "seeds), and (CPU) marks a quick-budget run on the CPU. Print the same table with ",
               Code(f"mtbench leaderboard --dataset {dataset} --protocol {setting}"), ".")),
         *_missing(leaderboards, dataset, setting),
     ]
