@@ -23,7 +23,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,8 @@ class Entry:
     method: str
     hparams: tuple[tuple[str, str], ...]
     label: str
+    #: the recipe hparams (``Method.recipe_hparams``) its run resolves to: what a result must have ran to count
+    recipe: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -86,15 +88,22 @@ def expected_label(method: str, dataset: str, hparams: Mapping[str, str], budget
     the method's ``variant`` of the record such a run writes (its hparams, the images it fits on and its
     iterations, as the runner decides them), through :func:`mtbench.board.labels.label`."""
     from mtbench.board.labels import label
+
+    return label(_planned(method, dataset, hparams, budget, None))
+
+
+def _planned(method: str, dataset: str, hparams: Mapping[str, str], budget: str, setting: str | None) -> dict[str, Any]:
+    """The parts of the result of such a run (in ``setting``, e.g. ``5w1s``) that name its row: its method with
+    the hparams it resolves to and the variant they make, data, budget, precision."""
     from mtbench.data import DATASETS
     from mtbench.methods import METHODS, make_hparams
 
     cls, data = METHODS.get(method), DATASETS.get(dataset)
     source = data.default_source or data.name
     iterations = cls.iterations_for(budget, source)
+    resolved = make_hparams(cls, dataset, dict(hparams), budget, source=source, setting=setting)
     record: dict[str, Any] = {
-        "method": {"name": cls.name, "variant": "",
-                   "hparams": dataclasses.asdict(make_hparams(cls, dataset, dict(hparams), budget, source=source))},
+        "method": {"name": cls.name, "variant": "", "hparams": dataclasses.asdict(resolved)},
         "dataset": {"name": data.name,
                     "unlabelled_split": data.unlabelled_split if iterations > 0 and source == data.name else None},
         "budget": {"name": budget, "iterations": iterations},
@@ -102,7 +111,7 @@ def expected_label(method: str, dataset: str, hparams: Mapping[str, str], budget
         "provenance": {"precision": "fp32", "compile": False},
     }
     record["method"]["variant"] = cls.variant(record)
-    return label(record)
+    return record
 
 
 def _keys(where: str, table: Any, allowed: set[str] | None = None,
@@ -125,7 +134,10 @@ def _text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _entries(where: str, given: Any, dataset: str, budget: str) -> tuple[Entry, ...]:
+def _entries(where: str, given: Any, dataset: str, budget: str, setting: str | None) -> tuple[Entry, ...]:
+    from mtbench.board.labels import label
+    from mtbench.methods import METHODS
+
     if not isinstance(given, list) or not given:
         raise UserError(f"{where}: expected a non-empty list of entries ({{method = ..., hp = {{...}}}})")
     out = []
@@ -134,10 +146,11 @@ def _entries(where: str, given: Any, dataset: str, budget: str) -> tuple[Entry, 
         hp = _keys(f"{where}[{i}].hp", e.get("hp", {}))
         hparams = tuple((str(k), _text(v)) for k, v in hp.items())
         try:
-            name = expected_label(e["method"], dataset, dict(hparams), budget)
+            record = _planned(e["method"], dataset, dict(hparams), budget, setting)
         except UserError as exc:
             raise UserError(f"{where}[{i}]: {exc}") from None
-        out.append(Entry(e["method"], hparams, name))
+        recipe = METHODS.get(e["method"]).recipe_hparams(record["method"]["hparams"])
+        out.append(Entry(e["method"], hparams, label(record), recipe))
     return tuple(out)
 
 
@@ -145,6 +158,7 @@ def parse(doc: dict[str, Any], source: str) -> Plan:
     """The plan of a parsed TOML document; a malformed one is an error naming the place."""
     from mtbench.data import DATASETS
     from mtbench.data.protocols import resolve
+    from mtbench.methods import setting_key
     from mtbench.results import setting_name
 
     _keys(source, doc, {"budget", "groups", "settings"}, frozenset({"budget", "settings"}))
@@ -167,8 +181,9 @@ def parse(doc: dict[str, Any], source: str) -> Plan:
                 raise UserError(f"{where}: no group {entries!r} in [groups] (it has {', '.join(groups) or 'none'})")
             entries = groups[entries]
         record = protocol.record() if isinstance(protocol, TransferSpec) else dataclasses.asdict(protocol)
+        key = None if isinstance(protocol, TransferSpec) else setting_key(protocol.ways, protocol.shots)
         settings.append(Setting(s["dataset"], setting_name(record), protocol, options, budget,
-                                _entries(f"{where}.entries", entries, s["dataset"], budget)))
+                                _entries(f"{where}.entries", entries, s["dataset"], budget, key)))
     return Plan(budget, tuple(settings), source)
 
 
@@ -214,20 +229,7 @@ def _plan_results(where: Path, budget: str) -> Iterator[tuple[Path, dict[str, An
             yield path, doc
 
 
-@functools.lru_cache(maxsize=None)
-def _recipe(dataset: str, ways: int | None, shots: int | None, budget: str, entry: Entry) -> dict[str, Any]:
-    """The recipe hparams (``Method.recipe_hparams``) a run of ``entry`` resolves to at ``budget``."""
-    from mtbench.data import DATASETS
-    from mtbench.methods import METHODS, make_hparams, setting_key
-
-    cls, data = METHODS.get(entry.method), DATASETS.get(dataset)
-    setting = setting_key(ways, shots) if ways else None
-    hparams = make_hparams(cls, dataset, dict(entry.hparams), budget, source=data.default_source or data.name,
-                           setting=setting)
-    return cls.recipe_hparams(dataclasses.asdict(hparams))
-
-
-def runs_entry(doc: dict[str, Any], setting: Setting, entry: Entry, name: str | None = None) -> bool:
+def runs_entry(doc: dict[str, Any], entry: Entry, name: str | None = None) -> bool:
     """Whether the result ``doc`` is a run of the plan's ``entry``: it has the entry's label (or ``name``) and no
     recipe hparam the two both have differs (a ``--hp head=cosine`` fine-tune is not the plan's linear one; an
     hparam added to its method after the result ran is not held against it)."""
@@ -236,11 +238,9 @@ def runs_entry(doc: dict[str, Any], setting: Setting, entry: Entry, name: str | 
 
     if (name or label(doc)) != entry.label:
         return False
-    ways = getattr(setting.protocol, "ways", None)
-    want = _recipe(setting.dataset, ways, getattr(setting.protocol, "shots", None), setting.budget, entry)
     ran = METHODS.get(entry.method).recipe_hparams(
         hparams_as_ran(doc["method"], doc["provenance"]["device_type"])["hparams"])
-    return all(ran[k] == v for k, v in want.items() if k in ran)
+    return all(ran[k] == v for k, v in entry.recipe.items() if k in ran)
 
 
 def present(where: Path, setting: Setting, fit_seed: int | None = None) -> dict[str, Path]:
@@ -249,7 +249,7 @@ def present(where: Path, setting: Setting, fit_seed: int | None = None) -> dict[
     found = {}
     for path, doc in _plan_results(where, setting.budget):
         if fit_seed in (None, doc["fit"]["seed"]):
-            found.update({e.label: path for e in setting.entries if runs_entry(doc, setting, e)})
+            found.update({e.label: path for e in setting.entries if runs_entry(doc, e)})
     return found
 
 
@@ -263,7 +263,7 @@ def first_results(where: Path, setting: Setting) -> dict[str, Path]:
     for path, doc in _plan_results(where, setting.budget):
         unversioned = {k: v for k, v in doc["method"].items() if k != "version"}  # label() then names no version
         stamp, name = doc["provenance"]["timestamp"], label({**doc, "method": unversioned})
-        if any(runs_entry(doc, setting, e, name) for e in setting.entries) and (
+        if any(runs_entry(doc, e, name) for e in setting.entries) and (
                 name not in found or stamp < found[name][0]):
             found[name] = (stamp, path)
     return {name: path for name, (_, path) in found.items()}

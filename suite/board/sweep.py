@@ -168,8 +168,10 @@ def expected_seconds(t: Trial) -> tuple[float, Path, str] | None:
     minutes do not predict a CPU's hours); ``None`` when there is none."""
     import torch
 
-    device = str(t.spec.device)
-    kind = "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    from mtbench.core.runtime import select_device
+
+    device = str(t.spec.device)  # a GPU's run is planned on a machine without one too: only "auto" is resolved here
+    kind = (select_device(device) if device == "auto" else torch.device(device)).type
     same = [f for f in results(t.folder) if matches(t.key, f.key, any_seed=True)]
     newest = max(same, key=lambda f: (f.device_type == kind, f.timestamp), default=None)
     if newest is None:
