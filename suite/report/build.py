@@ -25,6 +25,7 @@ from mtbench.report.blocks import (FIGURES, NAV_HTML, NAV_MD, Block, Bullets, Bu
                                    to_html, to_markdown)
 from mtbench.report.boards import overview, pages as board_pages
 from mtbench.report.reproduction import PUBLISHED, reproduction_page
+from mtbench.report.seeds import seeds_page
 from mtbench.report.throughput import THROUGHPUT, throughput_page
 
 #: the pages that follow the leaderboard pages
@@ -33,6 +34,8 @@ PAGES: tuple[Page, ...] = (
                                    f"<leaderboards>/{THROUGHPUT}/<device>_<UTC time>.json`", throughput_page),
     Page("reproduction", "Reproduction: published figures beside ours",
          f"published figures in {PUBLISHED} (see leaderboards/{PUBLISHED})", reproduction_page),
+    Page("seeds", "Training seeds: what a reseed moves", "result files of one configuration over several training "
+                                                          "seeds (mtbench run --fit-seed N)", seeds_page),
 )
 
 
