@@ -61,6 +61,9 @@ def test_the_page_and_its_index_line(leaderboards):
     assert "| 1 | protonet | quick (CPU) | 0, 1, 2 | 0.8000 / 0.6000 / 0.7000 | 20.00 | 10.00 |" in md
     assert "1. protonet, quick (CPU) (3 seeds) | 2. matchingnet, quick (CPU) (2 seeds)" in md
     assert "| 1 of 6 |" in md and "<td>1 of 6</td>" in page
+    # by method, least spread first: B's fits 10 points apart, A's 20
+    by_b, by_a = "| matchingnet | quick | 1 | 10.00 | 10.00 (synthetic 5w1s) |", "| protonet | quick | 1 | 20.00 |"
+    assert by_b in md and by_a in md and md.index(by_b) < md.index(by_a)
     assert "single fits could rank 1 of 3 pairs of rows the other way round" in files["index.md"].decode()
 
 

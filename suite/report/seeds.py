@@ -117,6 +117,22 @@ def _spread_table(rows: list[Spread]) -> pd.DataFrame:
     } for s in rows])
 
 
+def _by_method(rows: list[Spread]) -> pd.DataFrame:
+    """A line per method name (as its tables name it) and budget: how far its fits spread over its rows with several
+    seeds, least first."""
+    named: dict[tuple[str, str], list[Spread]] = {}
+    for s in rows:
+        named.setdefault((s.name, s.row.doc["budget"]["name"]), []).append(s)
+    out = []
+    for (name, kind), mine in sorted(named.items(), key=lambda kv: statistics.median(s.range for s in kv[1])):
+        most = max(mine, key=lambda s: s.range)
+        out.append({"method": name, "budget": kind, "rows": len(mine),
+                    "median spread (points)": _points(statistics.median(s.range for s in mine)),
+                    "largest spread (points)": f"{_points(most.range)} ({most.group.dataset} {most.group.setting})",
+                    "median spread / a fit's CI": f"{statistics.median(s.range / s.fit_ci for s in mine):.1f}"})
+    return pd.DataFrame(out)
+
+
 def _flip_table(found: list[Flip]) -> pd.DataFrame:
     def row(s: Spread) -> str:
         return f"{s.rank}. {s.name}, {budget(s.row.doc)} ({len(s.row.entries)} seed{'s' * (len(s.row.entries) > 1)})"
@@ -206,6 +222,11 @@ def seeds_page(leaderboards: Path) -> Built | None:
               f"choice of seeds. {_settled(significant, len(flipped))}",)),
         Image(f"{FIGURES}/{FIGURE}", "each seed's accuracy against its row's mean, with the fit's episode CI and "
                                      "the row's seed-aware CI"),
+        Heading("By method"),
+        Para(("How far each method's fits spread over its rows with several seeds (each row's highest minus lowest "
+              "fit), by budget, least first: the methods whose single fit says least about the next one are at the "
+              "bottom. A method's name is as its settings' tables give it.",)),
+        Table(_by_method(rows)),
     ]
     for g in groups:
         mine = [s for s in rows if s.group is g]
