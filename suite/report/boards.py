@@ -25,7 +25,7 @@ from mtbench.board.labels import distinct_labels
 from mtbench.core.errors import UserError
 from mtbench.results.layout import folder, folders
 from mtbench.results.screen import LeftOut
-from mtbench.report.blocks import FIGURES, Block, Built, Code, Heading, Image, Page, Para, Table, svg
+from mtbench.report.blocks import FIGURES, Block, Built, Code, Heading, Image, Link, Page, Para, Table, svg
 
 
 def pages(leaderboards: Path) -> list[Page]:
@@ -156,7 +156,8 @@ def _fits(g: lb.Group) -> list[Block]:
                            "device": lb.device(e.doc), "file": e.path.name} for i, r, e in fits])
     return [Heading("Fits of the rows over several seeds", 3),
             Para(("Each training seed's own result, with the timings of the device it ran on; the row above "
-                  "averages their accuracy, and the timings of the seeds on the device it names.",)),
+                  "averages their accuracy, and the timings of the seeds on the device it names. How far the seeds "
+                  "of every such row spread, against a single fit's CI: ", Link("Training seeds", "seeds"), ".")),
             Table(frame, css="leaderboard", keys=tuple(e.path.name for _, _, e in fits))]
 
 
