@@ -61,6 +61,8 @@ class Scratch(Method):
     presets = {"synthetic": {"steps": 30, "report_steps": "0,10"}, "xray": {"batch_size": 32},
                "xray3": {"batch_size": 32}}
     budgets = {"default": {"quick": 0, "paper": 0}}
+    # nothing is fitted and each episode seeds its own network and minibatches: every fit seed scores alike
+    fit_seeded = False
     transductive = False
     compilable = True
     not_recipe = frozenset({"report_steps"})

@@ -118,6 +118,8 @@ def test_a_version_3_record_gets_the_fit_seed_that_drove_its_fit():
      "--fit-seed -1: not a whole number ≥ 0"),
     (["official", "--fit-seeds", "0,x", "--dry-run"], "--fit-seeds x: not a whole number ≥ 0"),
     (["official", "--dry-run", "--", "--fit-seed", "1"], "--fit-seed after --: the official plan sets"),
+    (["run", "--method", "scratch", *TINY, "--fit-seed", "1"],
+     "--fit-seed 1: no fit seed changes scratch's numbers (it fits nothing"),
 ])
 def test_a_bad_fit_seed_is_a_one_line_error(tmp_path, args, says):
     result = CliRunner().invoke(main, [*args[:1], "--out" if args[0] != "official" else "--leaderboards",
@@ -165,7 +167,9 @@ def test_official_fills_each_row_once_per_fit_seed(tmp_path):
     put_result(where, result_doc("matchingnet", [0.5, 0.75], dataset="omniglot", ways=20, queries=1, fit_seed=1))
     rows = [(e.label, f) for _, e, f in missing_runs(tmp_path, chosen, (0, 1))]
     labels = [e.label for e in chosen[0].entries]
-    assert rows == [(n, 0) for n in labels if n != "protonet"] + [(n, 1) for n in labels if n != "matchingnet"]
+    # scratch fits nothing: its fit seed 0 stands for every fit seed
+    assert rows == [(n, 0) for n in labels if n != "protonet"] + [(n, 1) for n in labels
+                                                                   if n not in ("matchingnet", "scratch")]
     assert [e.label for _, e in missing(tmp_path, chosen)] == [n for n in labels if n != "protonet"]
     result = CliRunner().invoke(main, ["official", "--leaderboards", str(tmp_path), "--dataset", "omniglot",
                                        "--setting", "20w1s", "--fit-seeds", "0,1", "--dry-run"])
@@ -173,6 +177,27 @@ def test_official_fills_each_row_once_per_fit_seed(tmp_path):
     assert f"{len(rows)} row(s) missing in omniglot/20w1s at fit seeds 0, 1" in result.output
     assert "] protonet on omniglot/20w1s fit seed 1: " in result.output
     assert "--ways 20 --shots 1 --fit-seed 1 --budget quick" in result.output
+    assert "(scratch: fit seed 0 alone, as no fit seed changes its numbers)" in result.output
+    # asked for fit seeds 1 and 2 alone, scratch is still run once, at fit seed 0, in the first seed's turn
+    assert [(e.label, f) for _, e, f in missing_runs(tmp_path, chosen, (1, 2)) if e.label == "scratch"] == \
+        [("scratch", 0)]
+
+
+def test_a_method_no_fit_seed_changes_is_planned_once_and_truly_ignores_the_fit_generator(tmp_path, one_thread):
+    """scratch (``fit_seeded = False``) draws each episode's network from the episode: two instances built from
+    differently seeded fit generators score an episode alike; a grid over fit seeds runs it at fit seed 0 alone."""
+    cls = METHODS.get("scratch")
+    assert not cls.fit_seeded and all(METHODS.get(n).fit_seeded for n in ("protonet", "maml", "finetune"))
+    x, y = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(5)), torch.arange(3)
+    logits = []
+    for seed in (1, 2):
+        method = cls(cls.Hparams(steps=3), (1, 28, 28), torch.Generator().manual_seed(seed), torch.device("cpu"))
+        logits.append([predict(x) for predict in method.adapt(x, y, 3)])
+    assert all(torch.equal(a, b) for a, b in zip(*logits))
+    trials = grid("protonet,scratch", "synthetic", out=tmp_path, ways="3", queries="2", episodes="4", budgets="2",
+                  fit_seeds="0,2")
+    assert [(t.spec.method, t.spec.fit_seed) for t in trials] == [("protonet", 0), ("protonet", 2), ("scratch", 0)]
+    assert "--fit-seed" not in trials[2].spec.command
 
 
 def test_the_index_sums_what_the_official_rows_cost_at_first_and_now(tmp_path):

@@ -1,18 +1,17 @@
 """The official leaderboard: which runs fill it, and the one command that (re)runs what is missing.
 
-The plan is data, ``official.toml`` beside this module (its comments describe the format): settings (a
-dataset and its protocol) and the entries that fill each one's table (a method and its hparam
-overrides), at one budget. ``mtbench official`` runs every missing (setting, entry) row in this process
-through :func:`mtbench.run.runner.run`, writing the result straight into
-``leaderboards/<dataset>/<setting>/`` (:func:`mtbench.results.layout.folder`), once per fit seed asked for
-(``--fit-seeds``, default 0 only). A row counts as present for a fit seed when a valid result there has the
-entry's label (:func:`mtbench.board.labels.label`) and recipe hparams (:func:`runs_entry`), the plan's budget and
-that ``fit.seed``, on any device:
-a GPU row, where one was lent, stands for the setting; otherwise the quick budget's CPU row does, and the
-leaderboard says which device each row ran on. An entry's label is
-derived, never written in the plan: the method's name and the variant its class reports
-(:meth:`~mtbench.methods.Method.variant`) for the record the run would write. The command is resumable
-and prints the equivalent ``mtbench run`` commands with ``--dry-run``.
+The plan is data, ``official.toml`` beside this module (its comments describe the format): settings (a dataset and
+its protocol) and the entries that fill each one's table (a method and its hparam overrides), at one budget.
+``mtbench official`` runs every missing (setting, entry) row in this process through
+:func:`mtbench.run.runner.run`, writing the result straight into ``leaderboards/<dataset>/<setting>/``
+(:func:`mtbench.results.layout.folder`), once per fit seed asked for (``--fit-seeds``, default 0 only). A row
+counts as present for a fit seed when a valid result there has the entry's label
+(:func:`mtbench.board.labels.label`) and recipe hparams (:func:`runs_entry`), the plan's budget and that
+``fit.seed``, on any device: a GPU row, where one was lent, stands for the setting; otherwise the quick budget's
+CPU row does, and the leaderboard says which device each row ran on. An entry's label is derived, never written in
+the plan: the method's name and the variant its class reports (:meth:`~mtbench.methods.Method.variant`) for the
+record the run would write. The command is resumable and prints the equivalent ``mtbench run`` commands with
+``--dry-run``.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from mtbench.board.plan_lines import checked_table, with_line
 from mtbench.core.errors import UserError
 from mtbench.data.episodes import EpisodeSpec
 from mtbench.data.protocols import TransferSpec
@@ -53,6 +53,8 @@ class Entry:
     label: str
     #: the recipe hparams (``Method.recipe_hparams``) its run resolves to: what a result must have ran to count
     recipe: dict[str, Any] = field(default_factory=dict, compare=False)
+    #: whether its fit seed can change its numbers (``Method.fit_seeded``): if not, fit seed 0 stands for every one
+    fit_seeded: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -114,21 +116,6 @@ def _planned(method: str, dataset: str, hparams: Mapping[str, str], budget: str,
     return record
 
 
-def _keys(where: str, table: Any, allowed: set[str] | None = None,
-          required: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """``table``, checked to be a TOML table with only ``allowed`` keys (any when ``None``) and ``required``."""
-    if not isinstance(table, dict):
-        raise UserError(f"{where}: expected a table, got {table!r}")
-    if allowed is None:
-        return table
-    unknown, lacking = set(table) - allowed, required - set(table)
-    if unknown or lacking:
-        problems = ([f"unknown key(s) {', '.join(sorted(unknown))}"] if unknown else []) + \
-                   ([f"missing {', '.join(sorted(lacking))}"] if lacking else [])
-        raise UserError(f"{where}: {'; '.join(problems)} (allowed: {', '.join(sorted(allowed))})")
-    return table
-
-
 def _text(value: Any) -> str:
     """An hparam value as ``--hp`` would spell it (TOML booleans as true/false)."""
     return str(value).lower() if isinstance(value, bool) else str(value)
@@ -142,15 +129,16 @@ def _entries(where: str, given: Any, dataset: str, budget: str, setting: str | N
         raise UserError(f"{where}: expected a non-empty list of entries ({{method = ..., hp = {{...}}}})")
     out = []
     for i, raw in enumerate(given):
-        e = _keys(f"{where}[{i}]", raw, {"method", "hp"}, frozenset({"method"}))
-        hp = _keys(f"{where}[{i}].hp", e.get("hp", {}))
+        e = checked_table(f"{where}[{i}]", raw, {"method", "hp"}, frozenset({"method"}))
+        hp = checked_table(f"{where}[{i}].hp", e.get("hp", {}))
         hparams = tuple((str(k), _text(v)) for k, v in hp.items())
         try:
             record = _planned(e["method"], dataset, dict(hparams), budget, setting)
         except UserError as exc:
             raise UserError(f"{where}[{i}]: {exc}") from None
-        recipe = METHODS.get(e["method"]).recipe_hparams(record["method"]["hparams"])
-        out.append(Entry(e["method"], hparams, label(record), recipe))
+        cls = METHODS.get(e["method"])
+        out.append(Entry(e["method"], hparams, label(record), cls.recipe_hparams(record["method"]["hparams"]),
+                         cls.fit_seeded))
     return tuple(out)
 
 
@@ -161,15 +149,15 @@ def parse(doc: dict[str, Any], source: str) -> Plan:
     from mtbench.methods import setting_key
     from mtbench.results import setting_name
 
-    _keys(source, doc, {"budget", "groups", "settings"}, frozenset({"budget", "settings"}))
+    checked_table(source, doc, {"budget", "groups", "settings"}, frozenset({"budget", "settings"}))
     budget = _text(doc["budget"])
-    groups = _keys(f"{source}: groups", doc.get("groups", {}))
+    groups = checked_table(f"{source}: groups", doc.get("groups", {}))
     if not isinstance(doc["settings"], list):
         raise UserError(f"{source}: settings must be an array of tables ([[settings]])")
     settings = []
     for i, raw in enumerate(doc["settings"]):
         where = f"{source}: settings[{i}]"
-        s = _keys(where, raw, {"dataset", "entries", *PROTOCOL_FIELDS}, frozenset({"dataset", "entries"}))
+        s = checked_table(where, raw, {"dataset", "entries", *PROTOCOL_FIELDS}, frozenset({"dataset", "entries"}))
         options = tuple((k, s[k]) for k in PROTOCOL_FIELDS if k in s)
         try:
             protocol = resolve(DATASETS.get(s["dataset"]).default_protocol, None, **dict(options))
@@ -196,8 +184,6 @@ def read(text: str, source: str) -> Plan:
     try:
         return parse(doc, source)
     except UserError as exc:  # the line it is about, found in the text (tomllib only gives syntax errors one)
-        from mtbench.board.plan_lines import with_line
-
         raise UserError(with_line(str(exc), source, text)) from None
 
 
@@ -273,20 +259,21 @@ def missing_runs(leaderboards: Path, chosen: list[Setting],
                  fit_seeds: Sequence[int] = (0,)) -> list[tuple[Setting, Entry, int]]:
     """The (setting, entry, fit seed) rows of ``chosen`` with no result yet: each fit seed's in turn, and in it
     each entry across all settings before the next entry, in the plan's order (cheapest fits first), so that an
-    interrupted fill covers every table, at the first fit seed first."""
-    todo = []
+    interrupted fill covers every table, at the first fit seed first. An entry no fit seed changes
+    (:attr:`Entry.fit_seeded`) is a row at fit seed 0 alone, in the first seed's turn."""
+    todo, seeds = [], list(dict.fromkeys(fit_seeds))
     for s, setting in enumerate(chosen):
         where = folder(leaderboards, setting.dataset, setting.name)
-        for f, fit_seed in enumerate(dict.fromkeys(fit_seeds)):
-            have = present(where, setting, fit_seed)
-            todo += [(f, e, s, setting, entry, fit_seed) for e, entry in enumerate(setting.entries)
-                     if entry.label not in have]
+        have = {f: present(where, setting, f) for f in dict.fromkeys([*seeds, 0])}
+        for e, entry in enumerate(setting.entries):
+            mine = dict.fromkeys(f if entry.fit_seeded else 0 for f in seeds)
+            todo += [(seeds.index(f) if f in seeds else 0, e, s, setting, entry, f) for f in mine
+                     if entry.label not in have[f]]
     return [(setting, entry, fit_seed) for *_, setting, entry, fit_seed in sorted(todo, key=lambda t: t[:3])]
 
 
 def missing(leaderboards: Path, chosen: list[Setting]) -> list[tuple[Setting, Entry]]:
-    """The (setting, entry) pairs of ``chosen`` with no result at fit seed 0 (what ``mtbench official`` fills by
-    default), in the order of :func:`missing_runs`."""
+    """The (setting, entry) pairs of ``chosen`` with no result at fit seed 0, in :func:`missing_runs`' order."""
     return [(setting, entry) for setting, entry, _ in missing_runs(leaderboards, chosen)]
 
 
@@ -302,9 +289,7 @@ def cost_lines(leaderboards: Path, chosen: list[Setting]) -> list[str]:
             if entry.label in have:
                 doc = read_result(have[entry.label])
                 row = by_device.setdefault(doc["provenance"]["device"], [0, 0.0, 0.0])
-                row[0] += 1
-                row[1] += doc["fit"]["seconds"]
-                row[2] += doc["evaluation"]["seconds"]
+                row[:] = row[0] + 1, row[1] + doc["fit"]["seconds"], row[2] + doc["evaluation"]["seconds"]
     return [f"present, run on {device}: {int(n)} row(s), fit {_time(fit)} + evaluation {_time(ev)} = {_time(fit + ev)}"
             for device, (n, fit, ev) in sorted(by_device.items())]
 
@@ -314,9 +299,12 @@ def _time(seconds: float) -> str:
 
 
 def missing_line(todo: list[Any], chosen: list[Setting], fit_seeds: Sequence[int] = (0,)) -> str:
-    """``3 row(s) missing in omniglot/5w1s`` (``at fit seeds 0, 1`` added when asked for other than 0 alone)."""
+    """``3 row(s) missing in omniglot/5w1s`` (``at fit seeds 0, 1`` added when asked for other than 0 alone, with
+    the entries no fit seed changes, which run at fit seed 0 alone)."""
     seeds = f" at fit seeds {', '.join(map(str, dict.fromkeys(fit_seeds)))}" if list(fit_seeds) != [0] else ""
-    return f"{len(todo)} row(s) missing in {', '.join(f'{s.dataset}/{s.name}' for s in chosen)}{seeds}"
+    once = sorted({e.label for s in chosen for e in s.entries if not e.fit_seeded}) if seeds else []
+    once = f" ({', '.join(once)}: fit seed 0 alone, as no fit seed changes its numbers)" if once else ""
+    return f"{len(todo)} row(s) missing in {', '.join(f'{s.dataset}/{s.name}' for s in chosen)}{seeds}{once}"
 
 
 # -- running them ----------------------------------------------------------------------------------
@@ -332,10 +320,12 @@ def command(setting: Setting, entry: Entry, leaderboards: Path, extra: tuple[str
 
 def spec(setting: Setting, entry: Entry, leaderboards: Path, overrides: Mapping[str, Any] | None = None,
          extra: tuple[str, ...] = (), fit_seed: int = 0) -> Any:
-    """The :class:`~mtbench.run.runner.RunSpec` of one row at ``fit_seed``. ``overrides`` sets its other fields
-    (device, data_root, precision...); its ``hparams`` add to the entry's own, and win over them."""
+    """The :class:`~mtbench.run.runner.RunSpec` of one row at ``fit_seed`` (0 for an entry no fit seed changes).
+    ``overrides`` sets its other fields (device, data_root, precision...); its ``hparams`` add to the entry's own,
+    and win over them."""
     from mtbench.run.runner import RunSpec
 
+    fit_seed = fit_seed if entry.fit_seeded else 0
     fields = dict(overrides or {})
     hparams = {**dict(entry.hparams), **dict(fields.pop("hparams", ()))}
     return RunSpec(method=entry.method, dataset=setting.dataset, episodes=setting.protocol, budget=setting.budget,

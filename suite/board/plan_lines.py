@@ -2,12 +2,16 @@
 
 :func:`mtbench.board.official.parse` names the place of a problem as a path (``settings[1].entries[0]``,
 ``settings[0]: unknown key(s) wyas``, ``--ways must be ...``); :func:`locate` finds the line of that key in
-the TOML text, or of its table when the key is missing.
+the TOML text, or of its table when the key is missing. :func:`checked_table` is the check of a table's keys
+that names such a place.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from mtbench.core.errors import UserError
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_\-\"' .]+?)\s*\]\]?\s*(#.*)?$")
 _PLACE = re.compile(r"^(?:(?P<table>settings)\[(?P<index>\d+)\](?P<inner>\.entries)?[^:]*|(?P<named>groups))?:?\s*")
@@ -74,3 +78,19 @@ def with_line(message: str, source: str, text: str) -> str:
         return message
     line = locate(text, message[len(prefix):])
     return f"{source} line {line}: {message[len(prefix):]}" if line else message
+
+
+def checked_table(where: str, table: Any, allowed: set[str] | None = None,
+                  required: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """``table``, checked to be a TOML table with only ``allowed`` keys (any when ``None``) and ``required``; else a
+    :class:`UserError` naming ``where``, the place :func:`locate` finds the line of."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: expected a table, got {table!r}")
+    if allowed is None:
+        return table
+    unknown, lacking = set(table) - allowed, required - set(table)
+    if unknown or lacking:
+        problems = ([f"unknown key(s) {', '.join(sorted(unknown))}"] if unknown else []) + \
+                   ([f"missing {', '.join(sorted(lacking))}"] if lacking else [])
+        raise UserError(f"{where}: {'; '.join(problems)} (allowed: {', '.join(sorted(allowed))})")
+    return table

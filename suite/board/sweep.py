@@ -330,7 +330,7 @@ def grid(methods: str, datasets: str, *, out: str | Path, budgets: str = "quick"
             for hp_values in itertools.product(*[vs for _, vs in mine]):
                 hp = {**base_hp, **dict(zip([n for n, _ in mine], hp_values))}
                 spec = RunSpec(method=cls.name, dataset=data_cls.name, episodes=spec_protocol, budget=budget,
-                               hparams=tuple(hp.items()), out=str(where), fit_seed=fit_seed, **fields)
+                               hparams=tuple(hp.items()), out=str(where), fit_seed=cls.fit_seed_of(fit_seed), **fields)
                 spec = dataclasses.replace(spec, command=command(spec, extra))
                 try:
                     trials.append(trial(spec))

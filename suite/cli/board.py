@@ -53,7 +53,8 @@ def official_run_options(run_cmd: click.Command, argv: tuple[str, ...]) -> tuple
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), default=None,
               help="A plan of your own, in the format of the official one (mtbench/board/official.toml).")
 @click.option("--fit-seeds", default="0", show_default=True,
-              help="Fill each row once per fit seed (comma-separated, e.g. 0,1,2); a row is present per fit seed.")
+              help="Fill each row once per fit seed (comma-separated, e.g. 0,1,2); a row is present per fit seed "
+                   "(scratch, which no fit seed changes, at fit seed 0 alone).")
 @engine_options
 @click.argument("run_options", nargs=-1, type=click.UNPROCESSED)
 @user_errors

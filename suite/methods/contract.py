@@ -222,6 +222,17 @@ class Method:
     #: ``report_steps``; ``device_hparams`` are not a recipe's either): a result is checked against a recipe
     #: (``--budget paper``'s) without them (:meth:`recipe_hparams`)
     not_recipe: ClassVar[frozenset[str]] = frozenset()
+    #: whether the fit seed (``--fit-seed``) can change the method's numbers: ``False`` for a method that fits
+    #: nothing and draws whatever it draws from each episode's own generator (scratch), whose every fit seed would
+    #: score what fit seed 0 does; ``mtbench run`` refuses another fit seed for it, and sweeps and ``mtbench
+    #: official`` run its fit seed 0 alone (:meth:`fit_seed_of`)
+    fit_seeded: ClassVar[bool] = True
+
+    @classmethod
+    def fit_seed_of(cls, seed: int) -> int:
+        """The fit seed a planned run of this method takes for ``seed``: ``seed``, or 0 when no fit seed changes
+        its numbers (:attr:`fit_seeded`), so that a plan over several fit seeds runs it once."""
+        return seed if cls.fit_seeded else 0
 
     def __init__(self, hparams: Any, in_shape: tuple[int, int, int], generator: torch.Generator,
                  device: torch.device) -> None:

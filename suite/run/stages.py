@@ -77,6 +77,10 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     source_cls = DATASETS.get(given_source) if given_source and given_source != spec.dataset else dataset_cls
     check_precision(spec.precision)
     check_fit_seed(spec.fit_seed)
+    if spec.fit_seed and not method_cls.fit_seeded:
+        raise UserError(f"--fit-seed {spec.fit_seed}: no fit seed changes {method_cls.name}'s numbers (it fits "
+                        f"nothing; each episode seeds its own draws), so every one scores what fit seed 0 does; "
+                        f"leave it out")
     if spec.compile and not method_cls.compilable:
         raise UserError(f"--compile: {method_cls.name} is not compilable (it does not call its networks directly; it "
                         f"runs them through torch.func); drop --compile")
