@@ -198,6 +198,11 @@ def test_a_method_no_fit_seed_changes_is_planned_once_and_truly_ignores_the_fit_
                   fit_seeds="0,2")
     assert [(t.spec.method, t.spec.fit_seed) for t in trials] == [("protonet", 0), ("protonet", 2), ("scratch", 0)]
     assert "--fit-seed" not in trials[2].spec.command
+    plan = tmp_path / "sweep.toml"  # a sweep file's entries alike
+    plan.write_text('budget = "2"\n[[settings]]\ndataset = "synthetic"\nways = 3\nepisodes = 4\n'
+                    'entries = [{method = "scratch"}, {method = "protonet"}]\n')
+    assert [(t.spec.method, t.spec.fit_seed) for t in from_file(plan, tmp_path, fit_seeds=[1, 2])] == [
+        ("scratch", 0), ("protonet", 1), ("protonet", 2)]
 
 
 def test_the_index_sums_what_the_official_rows_cost_at_first_and_now(tmp_path):
