@@ -109,7 +109,7 @@ def test_official_rows_without_a_result_are_listed_with_their_command(tmp_path):
     assert "`mtbench official --dataset omniglot --setting 20w1s`" in md
     index = files["index.md"].decode()  # the matrix of the official plan
     assert "## Official leaderboard" in index and "(1 of 50 rows run;" in index
-    assert "| protonet | not run yet | not run yet | 0.625 ± 0.245 | not run yet |" in index
+    assert "| protonet | not run yet | not run yet | 0.625 ± 0.245 (1 seed) | not run yet |" in index
 
 
 @pytest.mark.parametrize(("bad", "why"), [("{not json", "cannot read result"), ("[]", "not a valid mtbench result")])

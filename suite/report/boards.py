@@ -242,6 +242,7 @@ def overview(leaderboards: Path) -> list[Block]:
     training seeds when there are several, joined across the CPUs that ran them), or that it has not run yet;
     nothing when the folder holds no official row at all."""
     from mtbench.board.official import load_plan, present
+    from mtbench.methods import METHODS
     from mtbench.results import read_result
 
     plan = load_plan()
@@ -268,16 +269,19 @@ def overview(leaderboards: Path) -> list[Block]:
             doc = shown.doc if shown else read_result(path)
             mean, ci = ((shown.accuracy.mean, shown.accuracy.ci95) if shown
                         else (doc["accuracy"]["mean"], doc["accuracy"]["ci95"]))
-            notes = ([_short_device(doc)] if doc["provenance"]["device_type"] == "cuda" else []) + (
-                [f"{len(shown.entries)} seeds"] if shown and len(shown.entries) > 1 else [])
+            seeds = len(shown.entries) if shown else 1
+            notes = ([_short_device(doc)] if doc["provenance"]["device_type"] == "cuda" else []) + [
+                "nothing fitted" if not METHODS.get(doc["method"]["name"]).fit_seeded
+                else f"{seeds} seed{'s' * (seeds > 1)}"]
             row[column] = f"{mean:.3f} ± {ci:.3f}" + (f" ({', '.join(notes)})" if notes else "")
         rows.append(row)
     return [
         Heading("Official leaderboard"),
         Para((f"Accuracy ± 95% CI of every method in every official setting at the {plan.budget} budget ({have} of "
-              f"{total} rows run; a GPU row names its GPU, the others ran on the CPU; a row over several training seeds "
-              "says how many, joined across the CPUs that ran them, the others are single fits: 1 seed). Each setting's page ranks them with paired differences, adaptation speed and cost. ", Code("mtbench official"),
-              " runs the missing rows.")),
+              f"{total} rows run; a GPU row names its GPU, the others ran on the CPU; each row says over how many "
+              "training seeds, joined across the CPUs that ran them: a single fit's CI covers its test episodes "
+              "only; scratch fits nothing, so no fit seed changes it). Each setting's page ranks them with paired "
+              "differences, adaptation speed and cost. ", Code("mtbench official"), " runs the missing rows.")),
         Table(pd.DataFrame(rows)),
         *_plan_cost(leaderboards, plan, found),
         Heading("Pages"),
