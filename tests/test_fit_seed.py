@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from mtbench.board.leaderboard import Entry, Row
 from mtbench.board.official import load_plan, missing, missing_runs
 from mtbench.board.reproduce import spec_of
 from mtbench.board.sweep import existing, from_file, grid, matches
@@ -198,6 +199,10 @@ def test_a_method_no_fit_seed_changes_is_planned_once_and_truly_ignores_the_fit_
                   fit_seeds="0,2")
     assert [(t.spec.method, t.spec.fit_seed) for t in trials] == [("protonet", 0), ("protonet", 2), ("scratch", 0)]
     assert "--fit-seed" not in trials[2].spec.command
+    # its leaderboard row is one computation, not a seed of many
+    assert Row([Entry(Path("s.json"), result_doc("scratch", [0.5, 1.0]))]).shape() == "2 episodes (nothing fitted)"
+    assert Row([Entry(Path("p.json"), result_doc("protonet", [0.5, 1.0]))]).shape() == \
+        "1 seed × 2 episodes (single-seed)"
     plan = tmp_path / "sweep.toml"  # a sweep file's entries alike
     plan.write_text('budget = "2"\n[[settings]]\ndataset = "synthetic"\nways = 3\nepisodes = 4\n'
                     'entries = [{method = "scratch"}, {method = "protonet"}]\n')

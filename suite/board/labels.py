@@ -42,6 +42,15 @@ def budget(doc: dict[str, Any]) -> str:
     return f"{name}{' (CPU)' if cpu and b['name'] == 'quick' else ''}{off}"
 
 
+def fit_seeded(doc: dict[str, Any]) -> bool:
+    """Whether a fit seed could change the result's numbers (``Method.fit_seeded``: not scratch's, which fits
+    nothing); a method not installed here (a submission) is taken to be seeded."""
+    try:
+        return METHODS.get(doc["method"]["name"]).fit_seeded
+    except UserError:
+        return True
+
+
 def stale_version(method: dict[str, Any]) -> str:
     """`` v<version>`` when the installed method called ``method["name"]`` is at another version than the
     result's, else (and for a method not installed here, e.g. a submitted one) nothing."""

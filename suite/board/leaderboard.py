@@ -28,7 +28,7 @@ import pandas as pd
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci95
-from mtbench.board.labels import budget, distinct_labels, hparams_as_ran
+from mtbench.board.labels import budget, distinct_labels, fit_seeded, hparams_as_ran
 from mtbench.results import partial_fit, setting_name
 from mtbench.results.layout import leaderboard_files
 from mtbench.results.screen import LeftOut, left_out_note, screen
@@ -111,8 +111,11 @@ class Row:
         return seed_mean_ci95(self.table())
 
     def shape(self) -> str:
-        """``3 seeds × 600 episodes``; ``1 seed × 600 episodes (single-seed)`` for one fit (transfer: trials)."""
+        """``3 seeds × 600 episodes``; ``1 seed × 600 episodes (single-seed)`` for one fit, ``600 episodes (nothing
+        fitted)`` for a method no fit seed changes (transfer: trials)."""
         n, what = len(self.entries), "trials" if self.doc["protocol"]["kind"] == "transfer" else "episodes"
+        if n == 1 and not fit_seeded(self.doc):
+            return f"{len(self.table()[0])} {what} (nothing fitted)"
         return (f"{n} seeds × {len(self.table()[0])} {what}" if n > 1
                 else f"1 seed × {len(self.table()[0])} {what} (single-seed)")
 
@@ -351,7 +354,8 @@ LEGEND = ("A row is every result of one configuration (method, hparams, data, pr
           "ran them) that differs only by the training seed (a fit stopped "
           "part-way by mtbench run --until is its own row, its budget marked partial): accuracy is the "
           "mean over its seeds, its 95% CI counts the variance between seeds as well as between episodes; a "
-          "single-seed row's CI covers the test episodes only. vs best: paired difference to rank 1 over the same "
+          "single-seed row's CI covers the test episodes only (nothing fitted: scratch, which no fit seed changes). "
+          "vs best: paired difference to rank 1 over the same "
           "episodes/trials, mean ± 95% CI with both rows' seed variance (none for a single-seed row), p from the "
           "normal approximation (Student t with several seeds); * = significant at 5%. step/ms to {f:.0%}: the first reported adaptation step whose mean "
           "accuracy reaches {f:.0%} of the final accuracy, and the time inside adapt to get there. fit s includes the "

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from mtbench.board import leaderboard as lb
-from mtbench.board.labels import distinct_labels
+from mtbench.board.labels import distinct_labels, fit_seeded
 from mtbench.core.errors import UserError
 from mtbench.results.layout import folder, folders
 from mtbench.results.screen import LeftOut
@@ -242,7 +242,6 @@ def overview(leaderboards: Path) -> list[Block]:
     training seeds when there are several, joined across the CPUs that ran them), or that it has not run yet;
     nothing when the folder holds no official row at all."""
     from mtbench.board.official import load_plan, present
-    from mtbench.methods import METHODS
     from mtbench.results import read_result
 
     plan = load_plan()
@@ -271,7 +270,7 @@ def overview(leaderboards: Path) -> list[Block]:
                         else (doc["accuracy"]["mean"], doc["accuracy"]["ci95"]))
             seeds = len(shown.entries) if shown else 1
             notes = ([_short_device(doc)] if doc["provenance"]["device_type"] == "cuda" else []) + [
-                "nothing fitted" if not METHODS.get(doc["method"]["name"]).fit_seeded
+                "nothing fitted" if not fit_seeded(doc)
                 else f"{seeds} seed{'s' * (seeds > 1)}"]
             row[column] = f"{mean:.3f} ± {ci:.3f}" + (f" ({', '.join(notes)})" if notes else "")
         rows.append(row)
