@@ -26,6 +26,7 @@ from matplotlib.ticker import NullFormatter
 
 from mtbench.board import leaderboard as lb
 from mtbench.board.labels import budget, distinct_labels
+from mtbench.core.metrics import Z95, t_quantile
 from mtbench.report.blocks import FIGURES, Block, Built, Code, Heading, Image, Para, Table, svg
 
 FIGURE = "seeds-spread.svg"
@@ -212,7 +213,10 @@ def seeds_page(leaderboards: Path) -> Built | None:
               "0,1,2"), ") sets its seeds' accuracies, scored on the same test episodes, beside that CI: the spread "
               "(highest minus lowest fit) and standard deviation of the fits, a single fit's CI half-width (the mean "
               "of the fits'), their ratio, and the row's CI once the variance between seeds is counted (the "
-              "leaderboard's; see the README's rows over training seeds). All in accuracy points.",)),
+              "leaderboard's; see the README's rows over training seeds). All in accuracy points. Two seeds estimate "
+              "the variance between seeds with one degree of freedom, so a two-seed row's CI is wide by construction "
+              f"(its seed part takes Student's t at 1 degree of freedom, {t_quantile(0.975, 1):.1f} where the "
+              f"normal's is {Z95:.2f}); a third seed narrows it most ({t_quantile(0.975, 2):.1f}).",)),
         Para((f"{len(rows)} of the {total} leaderboard rows have several seeds. In {wider} of them two fits differ "
               f"by more than a single fit's CI half-width: their single-seed rows would have claimed a precision a "
               f"reseed does not keep. The spread is {statistics.median(ratios):.1f} times a fit's CI half-width at "
