@@ -119,10 +119,12 @@ def test_a_version_3_record_gets_the_fit_seed_that_drove_its_fit():
      "--fit-seed -1: not a whole number ≥ 0"),
     (["official", "--fit-seeds", "0,x", "--dry-run"], "--fit-seeds x: not a whole number ≥ 0"),
     (["official", "--dry-run", "--", "--fit-seed", "1"], "--fit-seed after --: the official plan sets"),
+    (["official", "--dry-run", "--", "--fit-minutes", "5"], "--fit-minutes 5 after --: mtbench official runs whole rows"),
+    (["run", "--method", "protonet", *TINY, "--fit-minutes", "0"], "--fit-minutes 0.0: give a number of minutes > 0"),
     (["run", "--method", "scratch", *TINY, "--fit-seed", "1"],
      "--fit-seed 1: no fit seed changes scratch's numbers (it fits nothing"),
 ])
-def test_a_bad_fit_seed_is_a_one_line_error(tmp_path, args, says):
+def test_a_bad_fit_seed_or_fit_time_limit_is_a_one_line_error(tmp_path, args, says):
     result = CliRunner().invoke(main, [*args[:1], "--out" if args[0] != "official" else "--leaderboards",
                                        str(tmp_path / "out"), *args[1:]])
     assert result.exit_code == 2, result.output

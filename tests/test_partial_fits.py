@@ -182,3 +182,36 @@ def test_the_reproduction_page_shows_a_partial_fit_as_one_until_a_whole_one_exis
     put_result(folder, result_doc("protonet", [0.9, 0.7] * 5, fit_seed=0, budget=budget), "whole")
     line = _paper_cell(tmp_path)
     assert "80.00 ± " in line and "partial" not in line  # a whole fit replaces it
+
+
+def test_fit_minutes_stops_at_an_iteration_boundary_that_until_reproduces(tmp_path) -> None:
+    """``--fit-minutes``: out of time after the first iteration (a limit of a few microseconds), the fit stops at
+    the next boundary as ``--until`` would: a partial result that ``--until`` its iterations scores alike, and a
+    kept state that ``--resume`` (without the limit) takes to the uninterrupted fit's numbers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path / "timed"
+        timed, _ = run(_spec(out, fit_minutes=1e-7))
+        reached = timed["fit"]["iterations"]
+        assert partial_fit(timed) and 1 <= reached < BUDGET
+        assert any(f"stopped by --fit-minutes 1e-07 at iteration {reached} of {BUDGET}" in n
+                   for n in timed["fit"]["notes"])
+        again, _ = run(_spec(tmp_path / "until", until=reached))
+        assert again["accuracy"]["per_episode"] == timed["accuracy"]["per_episode"]
+        assert spec_of(timed, None, "cpu").until == reached  # mtbench reproduce re-runs it as far as it went
+        last, _ = run(_spec(out, resume=True))
+        whole, _ = run(_spec(None))
+    finally:
+        torch.set_num_threads(before)
+    assert not partial_fit(last) and last["accuracy"]["per_episode"] == whole["accuracy"]["per_episode"]
+    assert not list((out / ".resume").glob("*.pt"))  # the whole fit's result written, its state gone
+    # a time limit of hours never cuts a fit short
+    assert not partial_fit(run(_spec(None, fit_minutes=600))[0])
+
+
+@pytest.mark.parametrize("bad", [0, -1.5, float("inf"), float("nan")])
+def test_fit_minutes_must_be_a_positive_number(tmp_path, bad) -> None:
+    with pytest.raises(UserError, match=rf"--fit-minutes {bad}: give a number of minutes > 0"):
+        run(_spec(tmp_path / "out", fit_minutes=bad))
+    assert not (tmp_path / "out").exists()

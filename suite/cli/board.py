@@ -35,8 +35,9 @@ def official_run_options(run_cmd: click.Command, argv: tuple[str, ...]) -> tuple
         raise UserError(f"{', '.join(fixed)} after --: the official plan sets the method, dataset, protocol, "
                         f"budget and folder of every row (fit seeds: --fit-seeds before --); give only how to run "
                         f"them, e.g. -- --device cuda --hp name=value --no-progress")
-    if p["resume"] or p["until"] is not None:
-        given = "--resume" if p["resume"] else f"--until {p['until']}"
+    if p["resume"] or p["until"] is not None or p["fit_minutes"] is not None:
+        given = ("--resume" if p["resume"] else f"--until {p['until']}" if p["until"] is not None
+                 else f"--fit-minutes {p['fit_minutes']:g}")
         raise UserError(f"{given} after --: mtbench official runs whole rows and continues the saved ones by "
                         f"itself; give -- --checkpoint-every MINUTES to save them, and run the same command again")
     fields = {"device": p["device"], "data_root": p["data_root"], "download": p["download"],

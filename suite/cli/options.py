@@ -118,7 +118,11 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def resume_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``mtbench run``'s options for long fits: save the fit's state every N minutes, continue a saved one, stop
-    one part-way (``--until``)."""
+    one part-way (``--until``, ``--fit-minutes``)."""
+    fn = click.option("--fit-minutes", "fit_minutes", type=float, default=None, metavar="MINUTES",
+                      help="Stop the fit at the first iteration boundary after MINUTES of fitting (fractions allowed), "
+                           "as --until would stop it there: a partial row of the iterations it reached, its state "
+                           "kept for --resume.")(fn)
     fn = click.option("--until", "until", type=int, default=None, metavar="ITERATION",
                       help="Stop the fit after ITERATION iterations of its budget (the schedules of the whole budget), "
                            "evaluate it as a partial row and keep its state for --resume to continue.")(fn)

@@ -42,6 +42,7 @@ A method is a class with:
 
 from __future__ import annotations
 
+import time
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ class FitContext:
         until: ``--until``: end the budget's loops (those over ``iterations``) after this many iterations, the
             schedules still those of all ``iterations`` (a partial fit, to be continued); ``None``: run them whole.
         reached: where the last budget loop ended (``iterations``, or ``until`` when it stopped the fit short).
+        deadline: ``--fit-minutes``: the ``time.monotonic()`` after which a budget loop stops at its next iteration
+            boundary (once it has run one), setting ``until`` to that iteration; ``None``: no time limit.
         tracked: the fit's state outside the method's modules, registered with :meth:`track`.
         stage: how many loops the fit has entered so far.
         in_loop: inside an iteration of :meth:`loop` (the run layer defers Ctrl-C to its end).
@@ -135,6 +138,7 @@ class FitContext:
     in_loop: bool = False
     until: int | None = None
     reached: int | None = None
+    deadline: float | None = None
 
     def track(self, obj: _T) -> _T:
         """Register state of the fit that is not a module of the method, so that a saved fit keeps it: an
@@ -160,6 +164,9 @@ class FitContext:
         try:
             for it in tqdm(range(first, stop), desc=desc, unit="it", disable=not self.progress, initial=first,
                            total=total, mininterval=1.0, dynamic_ncols=True):
+                if steps is None and self.deadline is not None and it > first and time.monotonic() >= self.deadline:
+                    stop = self.until = it  # out of time: the fit stops here, as --until would stop it
+                    break
                 if self.hook is not None:
                     self.hook.boundary(self, stage, it)
                 yield it

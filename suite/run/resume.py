@@ -144,6 +144,8 @@ def plan(spec: Any, ident: dict[str, Any]) -> Plan | None:
     resume: the result's ``fit.notes`` name both commits."""
     every, resume = getattr(spec, "checkpoint_every", None), getattr(spec, "resume", False)
     until, state_dir = getattr(spec, "until", None), getattr(spec, "state_dir", None)
+    if until is None:  # --fit-minutes stops a fit part-way as --until does, at an iteration found as it runs
+        until = getattr(spec, "fit_minutes", None)
     if every is None and not resume and (until is None or spec.out is None):
         return None  # (a run that writes nothing, mtbench reproduce's, keeps no state of a partial fit either)
     if every is not None and not (isinstance(every, (int, float)) and 0 < every < float("inf")):

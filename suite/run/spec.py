@@ -52,6 +52,10 @@ class RunSpec:
         until: ``--until``: stop the fit after this many iterations of its budget (schedules unchanged), evaluate
             it as a partial fit (``fit.iterations`` < ``budget.iterations``: a row of its own, never averaged with
             whole fits) and keep its state under ``out`` for ``--resume``; ``None`` runs the whole budget.
+        fit_minutes: ``--fit-minutes``: stop the fit at the first iteration boundary of its budget after this many
+            minutes of this run's fitting (at least one iteration), as ``until`` would stop it there: a partial fit
+            whose result records the iterations it reached (``--until`` that number reproduces it); ``None``: no
+            time limit.
     """
 
     method: str
@@ -76,6 +80,7 @@ class RunSpec:
     checkpoint_every: float | None = None
     resume: bool = False
     until: int | None = None
+    fit_minutes: float | None = None
     state_dir: str | None = None
 
 

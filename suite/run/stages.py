@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,10 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     if spec.save:
         writable(spec.save, "--save", folder=False, fix="choose another path with --save")
     check_until(spec.until, iterations, spec.budget)
+    if spec.fit_minutes is not None and not (isinstance(spec.fit_minutes, (int, float)) and 0 < spec.fit_minutes < float("inf")):
+        raise UserError(f"--fit-minutes {spec.fit_minutes}: give a number of minutes > 0, e.g. --fit-minutes 8")
     fit_state = None
-    if spec.checkpoint_every is not None or spec.resume or spec.until is not None:
+    if spec.checkpoint_every is not None or spec.resume or spec.until is not None or spec.fit_minutes is not None:
         fit_state = resume.plan(spec, resume.identity(spec, method_cls, hparams, dataset_cls, source_cls, iterations,
                                                       device, checkpoint[1] if checkpoint else None))
     return Resolved(spec, method_cls, dataset_cls, source_cls, hparams, iterations, device, checkpoint, fit_state)
@@ -248,7 +251,7 @@ def fit(r: Resolved, d: Loaded) -> Fitted:
     if spec.compile:  # in place, after loading: the state_dict keys stay those of the plain modules
         method.compile_modules()
     ctx = FitContext(d.source, d.fit_spec, r.iterations, generator, r.device, spec.progress, d.unlabelled,
-                     until=spec.until)
+                     until=spec.until, deadline=time.monotonic() + 60 * spec.fit_minutes if spec.fit_minutes else None)
     # --checkpoint-every / --resume: the context's loops save the state and continue a saved one (run/resume.py)
     state = resume.FitState(r.fit_state, method, ctx, lambda: timer(r.device)) if r.fit_state else None
     reset_peak_memory(r.device)
@@ -261,7 +264,8 @@ def fit(r: Resolved, d: Loaded) -> Fitted:
     seconds = state.fit_seconds() if state is not None else timer(r.device) - start
     if partial(r, ctx):
         name = "" if str(r.spec.budget).isdigit() else f"the {r.spec.budget} budget's "
-        ctx.note(f"a partial fit: stopped by --until at iteration {ctx.reached} of {name}{r.iterations} (with the "
+        how = "--until" if ctx.reached == r.spec.until else f"--fit-minutes {r.spec.fit_minutes:g}"
+        ctx.note(f"a partial fit: stopped by {how} at iteration {ctx.reached} of {name}{r.iterations} (with the "
                  f"schedules of all {r.iterations}); its state is kept in "
                  f"{r.fit_state.path if r.fit_state else '--out'} "
                  f"for the same command with --resume (and a later --until, or none) to continue it")
@@ -281,8 +285,10 @@ def check_until(until: int | None, iterations: int, budget: str) -> None:
 
 
 def partial(r: Resolved, ctx: FitContext) -> bool:
-    """Whether ``--until`` stopped the fit before the end of its budget (a partial fit, :attr:`FitContext.reached`)."""
-    return r.spec.until is not None and ctx.reached is not None and ctx.reached < r.iterations
+    """Whether ``--until`` or ``--fit-minutes`` stopped the fit before the end of its budget (a partial fit,
+    :attr:`FitContext.reached`)."""
+    stops = r.spec.until is not None or r.spec.fit_minutes is not None
+    return stops and ctx.reached is not None and ctx.reached < r.iterations
 
 
 def save(r: Resolved, d: Loaded, f: Fitted, path: Path) -> Path:
