@@ -11,7 +11,7 @@
 # Each stage has its own log; a failing stage does not stop the others.
 #
 # usage: scripts/gpu_rows.sh OUT SECONDS       ($MTBENCH_DATA must hold the rows' datasets and omniglot/)
-#   ROWS="" runs no rows. Unset: the two Omniglot 20w5s comparisons of the reproduction page that no row fills yet,
+#   ROWS="" runs no rows; ROWS=paper the Omniglot paper-budget rows without a result (below). Unset: the two Omniglot 20w5s comparisons of the reproduction page that no row fills yet,
 #   MAML's and Reptile's, slow on a 2-core CPU: MAML's quick fit reached 11 of its 700 meta-iterations in 302 s
 #   (2026-12-05, beside other jobs); scoring Reptile's 20w5s episodes transductively took 3,332 s (the committed
 #   row), and the non-transductive scoring runs each query in a batch of its own. Reptile's fit is saved in OUT.
@@ -23,6 +23,18 @@ device=${DEVICE:-cuda}                  # DEVICE=cpu, with small ROWS and BENCH_
 bench_episodes=${BENCH_EPISODES:-600}
 rows=${ROWS-"maml-20w5s|--method maml --dataset omniglot --ways 20 --shots 5 --budget quick
 reptile-20w5s|--method reptile --dataset omniglot --ways 20 --shots 5 --budget quick --save $out/reptile-20w5s.pt"}
+# ROWS=paper: the Omniglot paper-budget rows that have no result at all (MAML and first-order MAML at 5w5s and
+# 20w1s, Reptile at 20w1s), each fitted for FIT_MINUTES (default 4) and then evaluated as the partial fit it is
+# (mtbench run --fit-minutes: the result says how many of the paper's iterations it reached; --resume continues
+# it); PAPER_EPISODES fewer test episodes for a rehearsal (DEVICE=cpu)
+if [ "$rows" = paper ]; then
+    more="--budget paper --fit-minutes ${FIT_MINUTES:-4}${PAPER_EPISODES:+ --episodes $PAPER_EPISODES}"
+    rows="maml-5w5s-paper|--method maml --dataset omniglot --ways 5 --shots 5 $more
+maml-20w1s-paper|--method maml --dataset omniglot --ways 20 --shots 1 $more
+maml-fo-5w5s-paper|--method maml --hp first_order=true --dataset omniglot --ways 5 --shots 5 $more
+maml-fo-20w1s-paper|--method maml --hp first_order=true --dataset omniglot --ways 20 --shots 1 $more
+reptile-20w1s-paper|--method reptile --dataset omniglot --ways 20 --shots 1 $more --save $out/reptile-20w1s-paper.pt"
+fi
 deadline=$((SECONDS + seconds))
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
