@@ -143,10 +143,10 @@ def plan(spec: Any, ident: dict[str, Any]) -> Plan | None:
     A commit of the checkout that left the method's file as it was (an unrelated change) does not stop a
     resume: the result's ``fit.notes`` name both commits."""
     every, resume = getattr(spec, "checkpoint_every", None), getattr(spec, "resume", False)
-    until, state_dir = getattr(spec, "until", None), getattr(spec, "state_dir", None)
-    if until is None:  # --fit-minutes stops a fit part-way as --until does, at an iteration found as it runs
-        until = getattr(spec, "fit_minutes", None)
-    if every is None and not resume and (until is None or spec.out is None):
+    state_dir = getattr(spec, "state_dir", None)
+    # --until, or --fit-minutes at an iteration found as it runs, stops a fit part-way: its state is kept
+    stops = getattr(spec, "until", None) is not None or getattr(spec, "fit_minutes", None) is not None
+    if every is None and not resume and (not stops or spec.out is None):
         return None  # (a run that writes nothing, mtbench reproduce's, keeps no state of a partial fit either)
     if every is not None and not (isinstance(every, (int, float)) and 0 < every < float("inf")):
         raise UserError(f"--checkpoint-every must be a number of minutes > 0, got {every}; e.g. --checkpoint-every 30")

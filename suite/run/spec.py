@@ -99,3 +99,9 @@ def check_fit_seed(seed: Any) -> None:
     """A :class:`UserError` unless ``seed`` is a whole number ≥ 0 (a bool is not one)."""
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UserError(f"--fit-seed must be a whole number ≥ 0, got {seed!r}; e.g. --fit-seed 1")
+
+
+def check_fit_minutes(minutes: Any) -> None:
+    """A :class:`UserError` unless ``minutes`` (``--fit-minutes``) is ``None`` or a number of minutes > 0."""
+    if minutes is not None and not (isinstance(minutes, (int, float)) and 0 < minutes < float("inf")):
+        raise UserError(f"--fit-minutes {minutes}: give a number of minutes > 0, e.g. --fit-minutes 8")

@@ -35,7 +35,7 @@ from mtbench.run.evaluate import evaluate
 from mtbench.run.evaluation_state import EvaluationState
 from mtbench.run.preflight import (check_cache, check_finite, check_memory, check_structure, readable_data,
                                    writable)
-from mtbench.run.spec import SOURCE_EPISODES, RunSpec, check_fit_seed, fit_seed
+from mtbench.run.spec import SOURCE_EPISODES, RunSpec, check_fit_minutes, check_fit_seed, fit_seed
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,7 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     if spec.save:
         writable(spec.save, "--save", folder=False, fix="choose another path with --save")
     check_until(spec.until, iterations, spec.budget)
-    if spec.fit_minutes is not None and not (isinstance(spec.fit_minutes, (int, float)) and 0 < spec.fit_minutes < float("inf")):
-        raise UserError(f"--fit-minutes {spec.fit_minutes}: give a number of minutes > 0, e.g. --fit-minutes 8")
+    check_fit_minutes(spec.fit_minutes)
     fit_state = None
     if spec.checkpoint_every is not None or spec.resume or spec.until is not None or spec.fit_minutes is not None:
         fit_state = resume.plan(spec, resume.identity(spec, method_cls, hparams, dataset_cls, source_cls, iterations,
