@@ -161,6 +161,16 @@ def _fits(g: lb.Group) -> list[Block]:
             Table(frame, css="leaderboard", keys=tuple(e.path.name for _, _, e in fits))]
 
 
+def _about(dataset: str) -> list[Block]:
+    """What the folder's dataset is, as its registered class describes it (nothing for one not registered here)."""
+    from mtbench.data import DATASETS
+
+    try:
+        return [Para((Code(dataset), f": {DATASETS.get(dataset).description}.",))]
+    except UserError:
+        return []
+
+
 def _missing(leaderboards: Path, dataset: str, setting: str) -> list[Block]:
     from mtbench.board.official import load_plan, missing
 
@@ -211,6 +221,7 @@ def board_page(leaderboards: Path, dataset: str, setting: str) -> Built | None:
               "[submission]); the device column says where each ran (a row's timings: the CPU that ran most of its "
               "seeds), and (CPU) marks a quick-budget run on the CPU. Print the same table with ",
               Code(f"mtbench leaderboard --dataset {dataset} --protocol {setting}"), ".")),
+        *_about(dataset),
         *_missing(leaderboards, dataset, setting),
     ]
     figures: dict[str, bytes] = {}
