@@ -47,7 +47,9 @@ def test_rows_over_seeds_beside_a_single_fits_episode_ci():
 
 def test_pairs_of_rows_single_fits_rank_the_other_way():
     [g] = group([(Path(f"{m}_{s}.json"), fit(m, a, s)) for m, a, s in FITS])
-    assert pairs_of_rows(g) == 3  # A-B (6 pairs of fits), A-C (3), B-C (2); no two single-seed rows here
+    # A-B (6 pairs of fits), A-C (3), B-C (2); two single-seed rows (none here) would have one pair: left out
+    assert [(a.name, b.name) for a, b in pairs_of_rows(g)] == [("protonet", "matchingnet"), ("protonet", "maml"),
+                                                                ("matchingnet", "maml")]
     [f] = flips(g)
     assert (f.higher.name, f.lower.name, f.reversed, f.pairs) == ("protonet", "matchingnet", 1, 6)
     assert f.difference[0] == pytest.approx(0.1)

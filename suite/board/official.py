@@ -53,8 +53,13 @@ class Entry:
     label: str
     #: the recipe hparams (``Method.recipe_hparams``) its run resolves to: what a result must have ran to count
     recipe: dict[str, Any] = field(default_factory=dict, compare=False)
-    #: whether its fit seed can change its numbers (``Method.fit_seeded``): if not, fit seed 0 stands for every one
-    fit_seeded: bool = field(default=True, compare=False)
+
+    def fit_seed_of(self, seed: int) -> int:
+        """The fit seed its run takes for ``seed``: its method's :meth:`~mtbench.methods.Method.fit_seed_of` (0 for
+        a method no fit seed changes, which fit seed 0 stands for)."""
+        from mtbench.methods import METHODS
+
+        return METHODS.get(self.method).fit_seed_of(seed)
 
 
 @dataclass(frozen=True)
@@ -137,8 +142,7 @@ def _entries(where: str, given: Any, dataset: str, budget: str, setting: str | N
         except UserError as exc:
             raise UserError(f"{where}[{i}]: {exc}") from None
         cls = METHODS.get(e["method"])
-        out.append(Entry(e["method"], hparams, label(record), cls.recipe_hparams(record["method"]["hparams"]),
-                         cls.fit_seeded))
+        out.append(Entry(e["method"], hparams, label(record), cls.recipe_hparams(record["method"]["hparams"])))
     return tuple(out)
 
 
@@ -260,13 +264,13 @@ def missing_runs(leaderboards: Path, chosen: list[Setting],
     """The (setting, entry, fit seed) rows of ``chosen`` with no result yet: each fit seed's in turn, and in it
     each entry across all settings before the next entry, in the plan's order (cheapest fits first), so that an
     interrupted fill covers every table, at the first fit seed first. An entry no fit seed changes
-    (:attr:`Entry.fit_seeded`) is a row at fit seed 0 alone, in the first seed's turn."""
+    (:meth:`Entry.fit_seed_of`) is a row at fit seed 0 alone, in the first seed's turn."""
     todo, seeds = [], list(dict.fromkeys(fit_seeds))
     for s, setting in enumerate(chosen):
         where = folder(leaderboards, setting.dataset, setting.name)
         have = {f: present(where, setting, f) for f in dict.fromkeys([*seeds, 0])}
         for e, entry in enumerate(setting.entries):
-            mine = dict.fromkeys(f if entry.fit_seeded else 0 for f in seeds)
+            mine = dict.fromkeys(entry.fit_seed_of(f) for f in seeds)
             todo += [(seeds.index(f) if f in seeds else 0, e, s, setting, entry, f) for f in mine
                      if entry.label not in have[f]]
     return [(setting, entry, fit_seed) for *_, setting, entry, fit_seed in sorted(todo, key=lambda t: t[:3])]
@@ -302,7 +306,7 @@ def missing_line(todo: list[Any], chosen: list[Setting], fit_seeds: Sequence[int
     """``3 row(s) missing in omniglot/5w1s`` (``at fit seeds 0, 1`` added when asked for other than 0 alone, with
     the entries no fit seed changes, which run at fit seed 0 alone)."""
     seeds = f" at fit seeds {', '.join(map(str, dict.fromkeys(fit_seeds)))}" if list(fit_seeds) != [0] else ""
-    once = sorted({e.label for s in chosen for e in s.entries if not e.fit_seeded}) if seeds else []
+    once = sorted({e.label for s in chosen for e in s.entries if e.fit_seed_of(1) == 0}) if seeds else []
     once = f" ({', '.join(once)}: fit seed 0 alone, as no fit seed changes its numbers)" if once else ""
     return f"{len(todo)} row(s) missing in {', '.join(f'{s.dataset}/{s.name}' for s in chosen)}{seeds}{once}"
 
@@ -325,7 +329,7 @@ def spec(setting: Setting, entry: Entry, leaderboards: Path, overrides: Mapping[
     and win over them."""
     from mtbench.run.runner import RunSpec
 
-    fit_seed = fit_seed if entry.fit_seeded else 0
+    fit_seed = entry.fit_seed_of(fit_seed)
     fields = dict(overrides or {})
     hparams = {**dict(entry.hparams), **dict(fields.pop("hparams", ()))}
     return RunSpec(method=entry.method, dataset=setting.dataset, episodes=setting.protocol, budget=setting.budget,

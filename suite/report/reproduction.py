@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from mtbench.board import leaderboard as lb
-from mtbench.board.labels import label, off_paper_recipe, partial_first_stage
+from mtbench.board.labels import fit_seeded, label, off_paper_recipe, partial_first_stage
 from mtbench.results import partial_fit
 from mtbench.report.blocks import (FIGURES, Block, Built, Bullets, Code, Heading, Image, Inline, Link, Para, Table,
                                    slugs, svg)
@@ -50,6 +50,7 @@ class Ours:
     when: str
     partial: tuple[int, int] | None = None  # a fit stopped by --until: (iterations reached, the budget's)
     off_recipe: tuple[tuple[str, Any, Any], ...] = ()  # at the paper budget: (hparam, ran, --budget paper's)
+    fitted: bool = True  # whether a fit seed could change it (labels.fit_seeded): scratch's "nothing fitted"
 
     def inside(self, published: float) -> bool:
         return self.mean - self.ci95 <= published / 100 <= self.mean + self.ci95
@@ -60,7 +61,7 @@ class Ours:
         if self.off_recipe:
             part += "; not --budget paper's hparams: " + ", ".join(f"{k}={a} (paper: {b})"
                                                                    for k, a, b in self.off_recipe)
-        seeds = f"{self.seeds} seed{'s' * (self.seeds != 1)}"
+        seeds = f"{self.seeds} seed{'s' * (self.seeds != 1)}" if self.fitted else "nothing fitted"
         return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}{unit} ({seeds}{part})"
 
 
@@ -84,7 +85,8 @@ def rows(leaderboards: Path) -> dict[tuple[str, str], list[Ours]]:
                 tuple(e.path.name for e in r.entries), "; ".join(dict.fromkeys(ran_on[e.path] for e in r.entries)),
                 max(e.doc["provenance"]["timestamp"] for e in r.entries),
                 (doc["fit"]["iterations"], doc["budget"]["iterations"]) if partial_fit(doc)
-                else partial_first_stage(doc), tuple((k, *d) for k, d in off_paper_recipe(doc).items())))
+                else partial_first_stage(doc), tuple((k, *d) for k, d in off_paper_recipe(doc).items()),
+                fit_seeded(doc)))
     return found
 
 

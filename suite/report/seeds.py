@@ -82,25 +82,21 @@ def spreads(groups: list[lb.Group]) -> list[Spread]:
     return [s for g in groups for s in _named(g) if len(s.row.entries) > 1]
 
 
+def pairs_of_rows(g: lb.Group) -> list[tuple[Spread, Spread]]:
+    """Every two rows of ``g``, the higher ranked first, with at least two pairs of fits (one over several seeds)."""
+    named = _named(g)
+    return [(a, b) for i, a in enumerate(named) for b in named[i + 1:]
+            if len(a.row.entries) * len(b.row.entries) > 1]
+
+
 def flips(g: lb.Group) -> list[Flip]:
-    """Every two rows of ``g`` with at least two pairs of fits (one row over several seeds) whose single fits rank
-    them the other way round at least once."""
-    named, out = _named(g), []
-    for i, a in enumerate(named):
-        for b in named[i + 1:]:
-            pairs = len(a.row.entries) * len(b.row.entries)
-            if pairs < 2:
-                continue
-            turned = sum(x < y for x in a.accuracies for y in b.accuracies)
-            if turned:
-                out.append(Flip(a, b, turned, pairs, lb.paired(a.row, b.row)))
+    """The :func:`pairs_of_rows` of ``g`` whose single fits rank them the other way round at least once."""
+    out = []
+    for a, b in pairs_of_rows(g):
+        turned = sum(x < y for x in a.accuracies for y in b.accuracies)
+        if turned:
+            out.append(Flip(a, b, turned, len(a.accuracies) * len(b.accuracies), lb.paired(a.row, b.row)))
     return out
-
-
-def pairs_of_rows(g: lb.Group) -> int:
-    """How many two rows of ``g`` :func:`flips` considers (at least one of the two over several seeds)."""
-    sizes = [len(r.entries) for r in g.rows]
-    return sum(1 for i, a in enumerate(sizes) for b in sizes[i + 1:] if a * b > 1)
 
 
 def _points(x: float) -> str:
@@ -199,7 +195,7 @@ def seeds_page(leaderboards: Path) -> Built | None:
         return None
     wider = sum(s.wider for s in rows)
     total = sum(len(g.rows) for g in groups)
-    considered = sum(pairs_of_rows(g) for g in groups)
+    considered = sum(len(pairs_of_rows(g)) for g in groups)
     turned = {id(g): flips(g) for g in groups}
     flipped = [f for fs in turned.values() for f in fs]
     significant = sum(f.difference[2] < 0.05 for f in flipped)
