@@ -210,6 +210,24 @@ def test_fit_minutes_stops_at_an_iteration_boundary_that_until_reproduces(tmp_pa
     assert not partial_fit(run(_spec(None, fit_minutes=600))[0])
 
 
+def test_a_partial_fit_continued_is_evaluated_afresh(tmp_path) -> None:
+    """The evaluation a partial fit saved (``--checkpoint-every``) is of that fit's model: once its result is written
+    it is gone, so ``--resume`` to a later ``--until`` scores every episode with the continued fit, as a fit run
+    straight to that iteration does (a kept evaluation state would have stood for the shorter fit's scores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path / "parts"
+        run(_spec(out, until=5, checkpoint_every=1e-9))  # a period of ~0: the evaluation is saved at every episode
+        assert [p.name.endswith(".evaluation.pt") for p in (out / ".resume").iterdir()] == [False]  # the fit's alone
+        continued, _ = run(_spec(out, until=9, resume=True, checkpoint_every=1e-9))
+        straight, _ = run(_spec(tmp_path / "straight", until=9))
+    finally:
+        torch.set_num_threads(before)
+    assert not any(n.startswith("evaluation resumed") for n in continued["fit"]["notes"])
+    assert continued["accuracy"]["per_episode"] == straight["accuracy"]["per_episode"]
+
+
 @pytest.mark.parametrize("bad", [0, -1.5, float("inf"), float("nan")])
 def test_fit_minutes_must_be_a_positive_number(tmp_path, bad) -> None:
     with pytest.raises(UserError, match=rf"--fit-minutes {bad}: give a number of minutes > 0"):

@@ -145,6 +145,17 @@ def test_a_saved_evaluation_of_another_run_or_a_damaged_one_is_refused(episodes,
         EvaluationState(plan, episodes.sha, len(episodes))
 
 
+def test_a_saved_evaluation_of_a_fit_of_other_length_is_refused(episodes, tmp_path) -> None:
+    """The iterations the evaluated fit ran are part of a saved evaluation's identity, which the plan's (its
+    budget's) does not hold: a partial fit continued is another model."""
+    plan = Plan(tmp_path / "run-abc.pt", {"run": "maml"}, 1e-9, None, resume=True)
+    EvaluationState(dataclasses.replace(plan, resume=False), episodes.sha, len(episodes), 434).save(
+        Progress(2, torch.ones(2, 1), [1.0], [0], 1.0))
+    with pytest.raises(UserError, match=r"is the evaluation of another run \(fitted 434 there, 600 here\)"):
+        EvaluationState(plan, episodes.sha, len(episodes), 600)
+    assert EvaluationState(plan, episodes.sha, len(episodes), 434).resumed.episodes == 2
+
+
 def test_sigterm_during_the_evaluation_saves_it_and_the_resumed_run_scores_as_an_uninterrupted_one(tmp_path) -> None:
     """Through the CLI: SIGTERM in the evaluation waits for the chunk in progress, saves the scored episodes beside
     the fit, names both files and the command that resumes them; that command scores every episode as a run that

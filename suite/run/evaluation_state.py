@@ -48,10 +48,11 @@ class EvaluationState:
     ``resumed`` is the saved :class:`Progress` a ``--resume`` continues (``None``: start at the first episode);
     the evaluator calls :meth:`boundary` after each episode or chunk, inside :meth:`deferred_signals`."""
 
-    def __init__(self, plan: Plan, episodes_sha: str, episodes: int) -> None:
+    def __init__(self, plan: Plan, episodes_sha: str, episodes: int, fitted: int | None = None) -> None:
         self.path = evaluation_path(plan)
         self.every_s = plan.every_s
-        self.identity = {**plan.identity, "episodes_sha": episodes_sha, "episodes": episodes}
+        # ``fitted``: the iterations the evaluated fit ran, which the plan's identity (its budget's) does not say
+        self.identity = {**plan.identity, "episodes_sha": episodes_sha, "episodes": episodes, "fitted": fitted}
         self.saves, self.saving_seconds = 0, 0.0
         self.last_save = time.monotonic()
         self.signals = Signals()

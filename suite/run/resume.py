@@ -367,8 +367,11 @@ def _evaluation_file(fit_state: Path) -> Path:
     return fit_state.with_name(fit_state.stem + EVALUATION_SUFFIX)
 
 
-def discard(p: Plan | None) -> None:
-    """The run's result is written: its saved fit and evaluation are no longer needed."""
+def discard(p: Plan | None, *, keep_fit: bool = False) -> None:
+    """The run's result is written: its saved evaluation is no longer needed, nor its saved fit unless ``keep_fit``
+    (a partial fit's, which ``--resume`` continues: the fit it continues is another model, which the evaluation
+    saved of this one must never stand for)."""
     if p is not None:
-        p.path.unlink(missing_ok=True)
+        if not keep_fit:
+            p.path.unlink(missing_ok=True)
         evaluation_path(p).unlink(missing_ok=True)

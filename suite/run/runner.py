@@ -25,6 +25,7 @@ def run(spec: RunSpec) -> tuple[dict[str, Any], Path | None]:
     fitted = fit(resolved, loaded)
     doc = record(resolved, loaded, fitted, score(resolved, loaded, fitted))
     path = write_result(doc, Path(spec.out)) if spec.out is not None else None
-    if not partial(resolved, fitted.ctx):  # a fit stopped by --until keeps its state for --resume
-        discard(resolved.fit_state)  # the result is written: a saved fit of this run is no longer needed
+    # the result is written: the saved evaluation is no longer needed, nor the saved fit, unless the fit stopped
+    # part-way (--until, --fit-minutes): --resume continues it
+    discard(resolved.fit_state, keep_fit=partial(resolved, fitted.ctx))
     return doc, path

@@ -309,7 +309,9 @@ def score(r: Resolved, d: Loaded, f: Fitted) -> dict[str, Any]:
     """Adapt to every fixed test episode and score every predictor: the ``accuracy``, ``adaptation``
     and ``evaluation`` sections of the result."""
     # --checkpoint-every / --resume: the evaluation is saved and continued too (run/evaluation_state.py)
-    saver = EvaluationState(r.fit_state, d.episodes.sha, len(d.episodes)) if r.fit_state else None
+    # the iterations fitted are part of its identity: a partial fit continued is another model
+    fitted = f.ctx.reached if partial(r, f.ctx) else r.iterations
+    saver = EvaluationState(r.fit_state, d.episodes.sha, len(d.episodes), fitted) if r.fit_state else None
     with autocast(r.device, r.spec.precision):
         scores = evaluate(f.method, d.episodes, r.spec.progress, saver=saver)
     for note in saver.notes(len(d.episodes)) if saver else []:
