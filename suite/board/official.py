@@ -54,6 +54,13 @@ class Entry:
     #: the recipe hparams (``Method.recipe_hparams``) its run resolves to: what a result must have ran to count
     recipe: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    @property
+    def fit_seeded(self) -> bool:
+        """Whether a fit seed can change its numbers: its method's :attr:`~mtbench.methods.Method.fit_seeded`."""
+        from mtbench.methods import METHODS
+
+        return METHODS.get(self.method).fit_seeded
+
     def fit_seed_of(self, seed: int) -> int:
         """The fit seed its run takes for ``seed``: its method's :meth:`~mtbench.methods.Method.fit_seed_of` (0 for
         a method no fit seed changes, which fit seed 0 stands for)."""
@@ -306,7 +313,7 @@ def missing_line(todo: list[Any], chosen: list[Setting], fit_seeds: Sequence[int
     """``3 row(s) missing in omniglot/5w1s`` (``at fit seeds 0, 1`` added when asked for other than 0 alone, with
     the entries no fit seed changes, which run at fit seed 0 alone)."""
     seeds = f" at fit seeds {', '.join(map(str, dict.fromkeys(fit_seeds)))}" if list(fit_seeds) != [0] else ""
-    once = sorted({e.label for s in chosen for e in s.entries if e.fit_seed_of(1) == 0}) if seeds else []
+    once = sorted({e.label for s in chosen for e in s.entries if not e.fit_seeded}) if seeds else []
     once = f" ({', '.join(once)}: fit seed 0 alone, as no fit seed changes its numbers)" if once else ""
     return f"{len(todo)} row(s) missing in {', '.join(f'{s.dataset}/{s.name}' for s in chosen)}{seeds}{once}"
 

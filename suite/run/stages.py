@@ -290,6 +290,11 @@ def partial(r: Resolved, ctx: FitContext) -> bool:
     return stops and ctx.reached is not None and ctx.reached < r.iterations
 
 
+def fitted_iterations(r: Resolved, ctx: FitContext) -> int:
+    """The iterations the fit ran: where a partial fit stopped, else its budget's."""
+    return ctx.reached if partial(r, ctx) else r.iterations
+
+
 def save(r: Resolved, d: Loaded, f: Fitted, path: Path) -> Path:
     """Write the fitted method and how it was made as a checkpoint (``--save``), atomically."""
     return save_checkpoint(f.method, {
@@ -300,7 +305,7 @@ def save(r: Resolved, d: Loaded, f: Fitted, path: Path) -> Path:
         # a partial fit (--until) is saved with the iterations it ran, not its budget's: a run from it (--init) must
         # not pass for one from the whole fit
         "shots": d.fit_spec.shots, "budget": str(r.spec.budget),
-        "iterations": f.ctx.reached if partial(r, f.ctx) else r.iterations,
+        "iterations": fitted_iterations(r, f.ctx),
         "fit_seconds": f.seconds, "provenance": f.origin, "init": f.init,
     }, path)
 
@@ -310,8 +315,8 @@ def score(r: Resolved, d: Loaded, f: Fitted) -> dict[str, Any]:
     and ``evaluation`` sections of the result."""
     # --checkpoint-every / --resume: the evaluation is saved and continued too (run/evaluation_state.py)
     # the iterations fitted are part of its identity: a partial fit continued is another model
-    fitted = f.ctx.reached if partial(r, f.ctx) else r.iterations
-    saver = EvaluationState(r.fit_state, d.episodes.sha, len(d.episodes), fitted) if r.fit_state else None
+    saver = (EvaluationState(r.fit_state, d.episodes.sha, len(d.episodes), fitted_iterations(r, f.ctx))
+             if r.fit_state else None)
     with autocast(r.device, r.spec.precision):
         scores = evaluate(f.method, d.episodes, r.spec.progress, saver=saver)
     for note in saver.notes(len(d.episodes)) if saver else []:
@@ -341,7 +346,7 @@ def record(r: Resolved, d: Loaded, f: Fitted, scores: dict[str, Any]) -> dict[st
         "accuracy": scores["accuracy"],
         "adaptation": scores["adaptation"],
         "fit": {
-            "seed": spec.fit_seed, "seconds": f.seconds, "iterations": ctx.reached if partial(r, ctx) else r.iterations,
+            "seed": spec.fit_seed, "seconds": f.seconds, "iterations": fitted_iterations(r, ctx),
             "tasks": ctx.tasks,
             "images": ctx.images,
             "tasks_per_s": ctx.tasks / f.seconds if f.seconds > 0 else 0.0,
