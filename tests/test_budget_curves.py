@@ -146,3 +146,19 @@ def test_spaced_ticks_drop_lengths_too_close_to_read_but_keep_both_ends() -> Non
     assert spaced_ticks([1000, 4000]) == [1000, 4000]
     assert spaced_ticks([50, 100, 400, 800, 1600]) == [50, 100, 400, 800, 1600]  # all far enough apart
     assert spaced_ticks([7]) == [7]
+
+
+def test_a_variant_is_named_in_its_series_and_a_long_title_wraps(repo):
+    here = repo / "leaderboards" / "reproduction" / "budget"
+    for name, per_episode, iterations in (("fo-short", SHORT, 5), ("fo-row", ROW, 10)):
+        doc = fit(per_episode, iterations, method={"variant": "1st order"})
+        put_result(here, doc, name)
+    leaderboards = publish(repo, ["fo-short.json", "fo-row.json"])
+    toml = leaderboards / "published.toml"
+    toml.write_text(toml.read_text().replace('name = "Reptile"', 'name = "1st-order Reptile + Transduction, long"'))
+    drawn = panels(load(leaderboards), repo)
+    assert [s.label for s in drawn[0].series] == ["reptile (1st order): the row's recipe"]
+    fig = Figure()
+    curves_figure(drawn)(fig)
+    title = [ax for ax in fig.axes if ax.get_visible()][0].get_title()
+    assert "\n" in title and all(len(line) <= 40 for line in title.splitlines())

@@ -33,6 +33,8 @@ COLUMNS = 3  # panels per row of a dataset's figure
 #: the least distance between two labelled fit lengths, as a fraction of the panel's log10 span: at 7 pt, labels
 #: like "1.6k" and "2k" overlap below it on a panel a third of the figure wide
 TICK_GAP = 0.12
+#: characters of a panel's title on one line: at 8 pt a longer one runs into the next panel's
+TITLE_WIDTH = 40
 
 
 @dataclass(frozen=True)
@@ -56,16 +58,19 @@ def _length(doc: dict[str, Any]) -> int:
 
 
 def _recipe(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The method's name and the hparams of its fit and scoring as they ran, without those outside a recipe; an
-    hparam a file predates ran as the method's default (or its ``later_hparams`` value) does now."""
+    """The method's name, with its variant as the leaderboard shows it (``maml (1st order)``), and the hparams of
+    its fit and scoring as they ran, without those outside a recipe; an hparam a file predates ran as the method's
+    default (or its ``later_hparams`` value) does now."""
     method = hparams_as_ran(doc["method"], doc["provenance"]["device_type"])
+    variant = doc["method"].get("variant")
+    name = method["name"] + (f" ({variant})" if variant else "")
     hparams = {**((doc.get("init") or {}).get("hparams") or {}), **method["hparams"]}
     try:
         cls = METHODS.get(method["name"])
     except UserError:  # a submitted method, not installed here
-        return method["name"], hparams
+        return name, hparams
     defaults = {f.name: f.default for f in dataclasses.fields(cls.Hparams) if f.default is not dataclasses.MISSING}
-    return method["name"], cls.recipe_hparams({**defaults, **cls.later_hparams, **hparams})
+    return name, cls.recipe_hparams({**defaults, **cls.later_hparams, **hparams})
 
 
 def panel(figure: Figure, repo: Path) -> Panel | None:
@@ -135,7 +140,7 @@ def curves_figure(drawn: list[Panel]) -> Any:
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.margins(x=0.15)
-            ax.set_title(f"{p.title} ({p.episodes} episodes)", fontsize=8)
+            ax.set_title(textwrap.fill(f"{p.title} ({p.episodes} episodes)", TITLE_WIDTH), fontsize=8)
             ax.set_xlabel("fit iterations", fontsize=7)
             ax.set_ylabel("accuracy (%)", fontsize=7)
             ax.tick_params(labelsize=7)
