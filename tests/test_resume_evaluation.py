@@ -29,6 +29,7 @@ from mtbench.run.resume import Plan
 from mtbench.run.runner import RunSpec, run
 
 EPISODES = 6
+FITTED = 5  # the iterations the evaluated fit ran: part of a saved evaluation's identity
 
 
 class Stop(Exception):
@@ -76,7 +77,7 @@ def test_an_evaluation_resumed_scores_every_episode_as_an_uninterrupted_one(path
     method = _method(name, overrides, episodes)
     whole = evaluator.evaluate(method, episodes, progress=False, **kwargs)
     plan = Plan(tmp_path / ".resume" / "run-abc.pt", {"run": name}, 1e-9, None)
-    saver = EvaluationState(plan, episodes.sha, len(episodes))
+    saver = EvaluationState(plan, episodes.sha, len(episodes), FITTED)
     stopped_at = 4 if path == "episode by episode" else 2
     with monkeypatch.context() as m:
         _stop_after(m, stopped_at)
@@ -84,7 +85,7 @@ def test_an_evaluation_resumed_scores_every_episode_as_an_uninterrupted_one(path
             evaluator.evaluate(method, episodes, progress=False, saver=saver, **kwargs)
     saved = tmp_path / ".resume" / "run-abc.evaluation.pt"
     assert saved.exists() and not list(tmp_path.rglob("*.tmp"))
-    again = EvaluationState(dataclasses.replace(plan, resume=True), episodes.sha, len(episodes))
+    again = EvaluationState(dataclasses.replace(plan, resume=True), episodes.sha, len(episodes), FITTED)
     assert again.resumed is not None and again.resumed.episodes == stopped_at
     calls = []
     original = type(method).adapt if path == "episode by episode" else None
@@ -133,16 +134,16 @@ def test_a_run_that_died_in_its_evaluation_resumes_it(method, tmp_path, monkeypa
 
 def test_a_saved_evaluation_of_another_run_or_a_damaged_one_is_refused(episodes, tmp_path) -> None:
     plan = Plan(tmp_path / "run-abc.pt", {"run": "protonet"}, 1e-9, None, resume=True)
-    saver = EvaluationState(dataclasses.replace(plan, resume=False), episodes.sha, len(episodes))
+    saver = EvaluationState(dataclasses.replace(plan, resume=False), episodes.sha, len(episodes), FITTED)
     saver.save(Progress(2, torch.ones(2, 1), [1.0], [0], 1.0))
     with pytest.raises(UserError, match=r"is the evaluation of another run \(episodes_sha .* there, b+ here\)"):
-        EvaluationState(plan, "b" * 12, len(episodes))
+        EvaluationState(plan, "b" * 12, len(episodes), FITTED)
     with pytest.raises(UserError, match=r"is the evaluation of another run \(run protonet there, maml here\)"):
-        EvaluationState(dataclasses.replace(plan, identity={"run": "maml"}), episodes.sha, len(episodes))
+        EvaluationState(dataclasses.replace(plan, identity={"run": "maml"}), episodes.sha, len(episodes), FITTED)
     saved = tmp_path / "run-abc.evaluation.pt"
     saved.write_bytes(saved.read_bytes()[:100])
     with pytest.raises(UserError, match="is damaged .*delete .* to evaluate from the first episode"):
-        EvaluationState(plan, episodes.sha, len(episodes))
+        EvaluationState(plan, episodes.sha, len(episodes), FITTED)
 
 
 def test_a_saved_evaluation_of_a_fit_of_other_length_is_refused(episodes, tmp_path) -> None:

@@ -48,7 +48,7 @@ class EvaluationState:
     ``resumed`` is the saved :class:`Progress` a ``--resume`` continues (``None``: start at the first episode);
     the evaluator calls :meth:`boundary` after each episode or chunk, inside :meth:`deferred_signals`."""
 
-    def __init__(self, plan: Plan, episodes_sha: str, episodes: int, fitted: int | None = None) -> None:
+    def __init__(self, plan: Plan, episodes_sha: str, episodes: int, fitted: int) -> None:
         self.path = evaluation_path(plan)
         self.every_s = plan.every_s
         # ``fitted``: the iterations the evaluated fit ran, which the plan's identity (its budget's) does not say
