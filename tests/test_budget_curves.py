@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from mtbench.core.metrics import mean_ci95
-from mtbench.report.budget_curves import curves_figure, panel, panels, spaced_ticks
+from mtbench.report.budget_curves import curves_figure, length_label, panel, panels, spaced_ticks
 from mtbench.report.published import Reason, load, ordered, verdict
 from mtbench.report.reproduction import _status, reproduction_page
 from tests.support import put_result, result_doc
@@ -146,6 +146,12 @@ def test_spaced_ticks_drop_lengths_too_close_to_read_but_keep_both_ends() -> Non
     assert spaced_ticks([1000, 4000]) == [1000, 4000]
     assert spaced_ticks([50, 100, 400, 800, 1600]) == [50, 100, 400, 800, 1600]  # all far enough apart
     assert spaced_ticks([7]) == [7]
+
+
+def test_a_fit_stopped_by_the_clock_is_labelled_as_run() -> None:
+    # 1,473 meta-iterations read "1.473k" before; round lengths keep their short form
+    assert [length_label(x) for x in (700, 1473, 1500, 2186, 10000, 60000.0)] == \
+        ["700", "1,473", "1.5k", "2,186", "10k", "60k"]
 
 
 def test_a_variant_is_named_in_its_series_and_a_long_title_wraps(repo):

@@ -123,6 +123,13 @@ def spaced_ticks(lengths: list[int] | set[int]) -> list[int]:
     return kept
 
 
+def length_label(x: float) -> str:
+    """A fit length on the axis: thousands in short where that is exact to a hundred (``1.5k``, ``20k``), else in
+    full (``1,473``: a fit stopped by the clock reads as run, not as ``1.473k``)."""
+    n = round(x)
+    return f"{n / 1000:g}k" if n >= 1000 and n % 100 == 0 else f"{n:,}"
+
+
 def curves_figure(drawn: list[Panel]) -> Any:
     """``draw(fig)`` for :func:`mtbench.report.blocks.svg`: the panels in rows of :data:`COLUMNS`."""
 
@@ -137,7 +144,7 @@ def curves_figure(drawn: list[Panel]) -> Any:
                             label=textwrap.fill(s.label, 60))  # a long recipe wraps under its own panel
             ax.set_xscale("log")
             ax.set_xticks(spaced_ticks({x for s in p.series for x, _, _ in s.points}))  # the fit lengths, as run
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: length_label(x)))
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.margins(x=0.15)
             ax.set_title(textwrap.fill(f"{p.title} ({p.episodes} episodes)", TITLE_WIDTH), fontsize=8)
