@@ -23,8 +23,9 @@ device=${DEVICE:-cuda}                  # DEVICE=cpu, with small ROWS and BENCH_
 bench_episodes=${BENCH_EPISODES:-600}
 rows=${ROWS-"maml-20w5s|--method maml --dataset omniglot --ways 20 --shots 5 --budget quick
 reptile-20w5s|--method reptile --dataset omniglot --ways 20 --shots 5 --budget quick --save $out/reptile-20w5s.pt"}
-# ROWS=paper: the Omniglot paper-budget rows that have no result at all (MAML and first-order MAML at 5w5s and
-# 20w1s, Reptile at 20w1s), each fitted for FIT_MINUTES (default 4) and then evaluated as the partial fit it is
+# ROWS=paper: the Omniglot paper-budget rows that the CPU has fitted for under 4 % of their schedule (MAML and
+# first-order MAML at 5w5s and 20w1s) or not at all (Reptile at 20w1s), each fitted for FIT_MINUTES (default 4),
+# from scratch on the GPU unless OUT/<label>/.resume is carried in, and then evaluated as the partial fit it is
 # (mtbench run --fit-minutes: the result says how many of the paper's iterations it reached; --resume continues
 # it); PAPER_EPISODES fewer test episodes for a rehearsal (DEVICE=cpu)
 if [ "$rows" = paper ]; then
