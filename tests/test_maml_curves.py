@@ -64,6 +64,17 @@ def test_a_recipe_sets_the_tasks_the_network_and_the_learners() -> None:
     assert start[0] == start[1]
 
 
+def test_the_20_way_recipe_is_what_maml_trains_at_the_paper_budget() -> None:
+    """omniglot-finn-20w1s compares the learners in the settings of `mtbench run --method maml --budget paper` at
+    Omniglot 20w1s (one query per class in training: the evaluation shots), so its curves speak for that row."""
+    r = RECIPES["omniglot-finn-20w1s"]
+    hp = make_hparams(METHODS.get("maml"), "omniglot", {}, "paper", setting="20w1s")
+    assert (r.dataset, r.ways, r.shots, r.width) == ("omniglot", 20, 1, 64) and hp.backbone == "conv4"
+    assert (r.inner_lr, r.train_steps, r.test_steps, r.meta_batch, r.meta_lr) == \
+        (hp.inner_lr, hp.inner_steps, hp.eval_steps, hp.meta_batch, hp.meta_lr)
+    assert r.train_queries == (hp.train_queries or r.shots) and not hp.first_order
+
+
 def test_an_unknown_recipe_or_a_missing_dataset_is_named_before_measuring(tmp_path) -> None:
     with pytest.raises(UserError, match="--curves-recipe nope: not a recipe; choose one of omniglot-finn"):
         check(BenchSpec(maml_curves=10, curves_recipe="nope"))

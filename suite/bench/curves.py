@@ -2,7 +2,9 @@
 
 Every learner trains on the same tasks (one task generator, seeded alike for each learner) and is scored on the
 same test episodes, in one of the :data:`RECIPES`: Finn et al.'s Omniglot 5-way 1-shot setting (inner lr 0.4,
-one inner step in training and three at test, meta-batch 32, Adam 1e-3, one query per class in training), or
+one inner step in training and three at test, meta-batch 32, Adam 1e-3, one query per class in training), their
+20-way 1-shot setting (inner lr 0.1, five inner steps in training and ten at test, meta-batch 16), which tells
+whether second-order MAML's levelling off there is its implementation's or the recipe's, or
 mtbench's quick miniImageNet recipe (the 32-channel Conv4, inner lr 0.01, one inner step in training and ten at
 test, meta-batch 2, Adam 1e-3, 15 queries per class in training), which tells whether MAML's distance from the
 published miniImageNet figures is its implementation's or the recipe's. mtbench's MAML starts from the peer's
@@ -61,6 +63,11 @@ class Recipe:
 RECIPES = {
     "omniglot-finn": Recipe("omniglot", 5, 1, inner_lr=0.4, meta_batch=32, meta_lr=1e-3, train_steps=1,
                             test_steps=3, train_queries=1, width=64),
+    # Finn et al.'s 20-way recipe, what `mtbench run --method maml --budget paper` trains at Omniglot 20w1s
+    # (baselines/maml.py: paper_settings): does the peer also level off where mtbench's MAML does?
+    "omniglot-finn-20w1s": Recipe("omniglot", 20, 1, inner_lr=0.1, meta_batch=16, meta_lr=1e-3, train_steps=5,
+                                  test_steps=10, train_queries=1, width=64,
+                                  learners=("mtbench maml", "learn2learn-style")),
     # MAML's own --budget quick settings on miniImageNet (baselines/maml.py: presets and quick_presets)
     **{f"miniimagenet-quick-5w{shots}s": Recipe("miniimagenet", 5, shots, inner_lr=0.01, meta_batch=2, meta_lr=1e-3,
                                                 train_steps=1, test_steps=10, train_queries=15, width=32,

@@ -184,6 +184,7 @@ main.add_command(folderscmd.predict_cmd)
 @click.option("--curve-every", type=int, default=50, show_default=True, help="Scoring interval of --maml-curves.")
 @click.option("--curves-recipe", default="omniglot-finn", show_default=True, metavar="NAME",
               help="The tasks and settings of --maml-curves: omniglot-finn (Finn et al.'s Omniglot 5w1s), "
+                   "omniglot-finn-20w1s (their 20-way recipe, MAML's --budget paper at 20w1s), "
                    "miniimagenet-quick-5w1s or miniimagenet-quick-5w5s (MAML's --budget quick recipe there).")
 @user_errors
 def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: int, data_root: str | None,
