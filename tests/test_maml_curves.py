@@ -98,3 +98,14 @@ def test_each_point_keeps_every_episodes_last_step_accuracy(one_thread) -> None:
         for p in points:
             assert len(p["per_episode"]) == 3
             assert abs(sum(p["per_episode"]) / 3 - p["by_step"][-1]["mean"]) < 1e-9
+
+
+def test_the_bench_help_names_every_recipe() -> None:
+    """`mtbench bench --help` lists the recipes by hand (the CLI does not import torch to print its help): a new
+    recipe must be named there too."""
+    from click.testing import CliRunner
+
+    from mtbench.cli import main
+
+    text = " ".join(CliRunner().invoke(main, ["bench", "--help"], terminal_width=400).output.split())
+    assert [name for name in RECIPES if name not in text] == []
