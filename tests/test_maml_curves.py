@@ -109,3 +109,14 @@ def test_the_bench_help_names_every_recipe() -> None:
 
     text = " ".join(CliRunner().invoke(main, ["bench", "--help"], terminal_width=400).output.split())
     assert [name for name in RECIPES if name not in text] == []
+
+
+def test_the_fit_seed_changes_the_start_and_not_the_episodes(one_thread) -> None:
+    """``--curves-fit-seed`` reseeds the initial weights and the training tasks; the test episodes stay those of
+    the episode seed, so fits of several seeds compare on the same episodes."""
+    fit, test = synthetic_split("fit", 20), synthetic_split("test", 10)
+    a, b = (maml_curves(fit, test, iterations=0, every=1, episodes=4, fit_seed=s) for s in (0, 1))
+    assert (a["fit_seed"], b["fit_seed"]) == (0, 1) and a["episodes_sha"] == b["episodes_sha"]
+    assert a["curves"]["learn2learn-style"][0]["by_step"] != b["curves"]["learn2learn-style"][0]["by_step"]
+    with pytest.raises(UserError, match="--curves-fit-seed -1"):
+        check(BenchSpec(maml_curves=10, curves_fit_seed=-1))

@@ -169,22 +169,23 @@ def _peer(source: Split, episodes: EpisodeSet, r: Recipe, iterations: int, eval_
 
 def maml_curves(source: Split, test: Split, iterations: int, every: int, episodes: int, seed: int = 0,
                 log: Callable[[str], None] = lambda _: None, r: Recipe = RECIPES["omniglot-finn"],
-                name: str = "omniglot-finn") -> dict[str, Any]:
-    """Each learner of ``r`` trained ``iterations`` meta-iterations from ``seed``, scored every ``every``
-    iterations on the same ``episodes`` test episodes of ``r``'s ways and shots (15 queries) drawn from ``test``."""
+                name: str = "omniglot-finn", fit_seed: int = 0) -> dict[str, Any]:
+    """Each learner of ``r`` trained ``iterations`` meta-iterations from ``fit_seed`` (the initial weights and the
+    training tasks), scored every ``every`` iterations on the same ``episodes`` test episodes of ``r``'s ways and
+    shots (15 queries) drawn from ``test`` with ``seed``: fits of several seeds are scored on the same episodes."""
     spec = EpisodeSpec(r.ways, r.shots, 15, episodes, seed=seed)
     eps = EpisodeSet(test, spec)
     eval_at = set(range(0, iterations, every))
     curves = {}
     for learner in r.learners:
         if learner == "learn2learn-style":
-            points = _peer(source, eps, r, iterations, eval_at, seed)
+            points = _peer(source, eps, r, iterations, eval_at, fit_seed)
         else:
-            points = _ours(source, eps, r, iterations, eval_at, seed,
+            points = _ours(source, eps, r, iterations, eval_at, fit_seed,
                            "default" if learner.endswith("default init") else "xavier")
         last = points[-1]["by_step"][-1]
         log(f"  {learner}: {last['mean']:.4f} ± {last['ci95']:.4f} after {iterations} meta-iterations "
             f"({points[-1]['seconds']:.0f} s)")
         curves[learner] = points
     return {"recipe": name, "iterations": iterations, "every": every, "episodes": episodes, "seed": seed,
-            "episodes_sha": eps.sha, "settings": r.settings(), "curves": curves}
+            "fit_seed": fit_seed, "episodes_sha": eps.sha, "settings": r.settings(), "curves": curves}

@@ -60,6 +60,8 @@ class BenchSpec:
     curve_every: int = 50
     #: what the curves train and score on (:data:`mtbench.bench.curves.RECIPES`)
     curves_recipe: str = "omniglot-finn"
+    #: the seed of the curves' initial weights and training tasks (their test episodes stay those of seed 0)
+    curves_fit_seed: int = 0
 
 
 def check(spec: BenchSpec) -> None:
@@ -71,6 +73,8 @@ def check(spec: BenchSpec) -> None:
     if spec.maml_curves < 0 or spec.curve_every < 1:
         raise UserError(f"--maml-curves {spec.maml_curves} --curve-every {spec.curve_every}: give meta-iterations "
                         f"≥ 0 and a scoring interval ≥ 1")
+    if spec.curves_fit_seed < 0:
+        raise UserError(f"--curves-fit-seed {spec.curves_fit_seed}: give a whole number ≥ 0")
     from mtbench.bench.curves import recipe, recipe_dataset
     from mtbench.methods import METHODS
 
@@ -147,7 +151,7 @@ def run(spec: BenchSpec, log: Callable[[str], None] = lambda _: None) -> dict[st
         log(f"MAML learning curves ({spec.curves_recipe}), {spec.maml_curves} meta-iterations, scored every "
             f"{spec.curve_every} on {spec.episodes} episodes:")
         doc["maml_curves"] = maml_curves(fit, test, spec.maml_curves, spec.curve_every, spec.episodes, log=log, r=r,
-                                         name=spec.curves_recipe)
+                                         name=spec.curves_recipe, fit_seed=spec.curves_fit_seed)
         # the config's "data" is the throughput measurements' (Omniglot's); the curves say what they ran on
         doc["maml_curves"]["data"] = (f"{fit.dataset} {fit.name} ({fit.num_classes} classes) / {test.name} "
                                       f"({test.num_classes} classes)")

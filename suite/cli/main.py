@@ -186,10 +186,13 @@ main.add_command(folderscmd.predict_cmd)
               help="The tasks and settings of --maml-curves: omniglot-finn (Finn et al.'s Omniglot 5w1s), "
                    "omniglot-finn-20w1s (their 20-way recipe, MAML's --budget paper at 20w1s), "
                    "miniimagenet-quick-5w1s or miniimagenet-quick-5w5s (MAML's --budget quick recipe there).")
+@click.option("--curves-fit-seed", type=int, default=0, show_default=True, metavar="N",
+              help="Seed of the curves' initial weights and training tasks; the test episodes stay the same, so "
+                   "fits of several seeds compare on them.")
 @user_errors
 def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: int, data_root: str | None,
               out: str | None, malloc_tuning: bool, evaluation: str, measurements: bool, maml_curves: int,
-              curve_every: int, curves_recipe: str) -> None:
+              curve_every: int, curves_recipe: str, curves_fit_seed: int) -> None:
     """Measure throughput on Omniglot-shaped tasks (5-way 1-shot, 15 queries, 28x28, Conv4): episode
     sampling, ProtoNet training and evaluation, second-order MAML meta-steps (bmm, vmap, and the per-task
     reference loop); print a table and the ratios."""
@@ -203,7 +206,7 @@ def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: 
     spec = BenchSpec(device=device, meta_batches=parse_meta_batches(meta_batch), repeats=repeats, episodes=episodes,
                      data_root=data_root, out=out, command=shlex.join(["mtbench", *sys.argv[1:]]),
                      evaluation=tuple(names), measurements=measurements, maml_curves=maml_curves,
-                     curve_every=curve_every, curves_recipe=curves_recipe)
+                     curve_every=curve_every, curves_recipe=curves_recipe, curves_fit_seed=curves_fit_seed)
     if malloc_tuning and select_device(device).type == "cpu":
         tune_malloc()
     doc = run(spec, log=lambda text: click.echo(text, err=True))

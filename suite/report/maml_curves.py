@@ -43,8 +43,8 @@ def _describe(name: str, curves: dict[str, Any], machine: dict[str, Any]) -> str
     return (f"{name}: {s['dataset']} {s['ways']}w{s['shots']}s, {s['width']}-channel Conv4, inner lr "
             f"{s['inner_lr']}, {plural(s['train_steps'], 'inner step', 'inner steps')} in training and "
             f"{s['test_steps']} at test, meta-batch {s['meta_batch']}, Adam {s['meta_lr']}, "
-            f"{plural(s['train_queries'], 'query', 'queries')} per class in training; seed {curves['seed']}, the "
-            f"same tasks and the same {curves['episodes']} test episodes for every learner; accuracy (%) after "
+            f"{plural(s['train_queries'], 'query', 'queries')} per class in training; fit seed "
+            f"{curves.get('fit_seed', curves['seed'])}, episode seed {curves['seed']}, the same tasks and the same {curves['episodes']} test episodes for every learner; accuracy (%) after "
             f"{s['test_steps']} test steps ± 95 % CI over the episodes; on {machine['device_name']}, torch "
             f"{machine['torch']}, commit {(machine['git_commit'] or 'unknown')[:12]}.")
 
