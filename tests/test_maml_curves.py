@@ -122,22 +122,26 @@ def test_the_fit_seed_changes_the_start_and_not_the_episodes(one_thread) -> None
         check(BenchSpec(maml_curves=10, curves_fit_seed=-1))
 
 
-def test_in_float64_mtbench_maml_and_the_peer_take_the_same_steps_in_the_20_way_recipe(one_thread) -> None:
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_in_float64_mtbench_maml_and_the_peer_take_the_same_steps(name: str, one_thread) -> None:
     """From the same weights on the same tasks, in float64, mtbench's MAML (meta-loss and Adam as ``fit`` runs
     them) and the learn2learn-style loop move every parameter that the network's output depends on alike, meta-step
-    after meta-step, and adapt alike at test: the two compute the same thing, so where their float32 fits part
-    (the recipe's curves file), that is rounding amplified by training, not a difference of method. The convolution
-    biases are left out: each is followed by BatchNorm, which subtracts it again, so its true gradient is zero and
-    Adam scales the rounding noise of its computed gradient into steps that no output depends on."""
-    r = RECIPES["omniglot-finn-20w1s"]
-    tasks = 2  # per meta-batch; the recipe's 16 would only repeat the same computation
+    after meta-step, and adapt alike at test, in every recipe of the curves: the two compute the same thing, so
+    where their float32 fits part (the curves files), that is rounding amplified by training, not a difference of
+    method. The convolution biases are left out: each is followed by BatchNorm, which subtracts it again, so its
+    true gradient is zero and Adam scales the rounding noise of its computed gradient into steps that no output
+    depends on."""
+    r = RECIPES[name]
+    shape = (1, 28, 28) if r.dataset == "omniglot" else (3, 32, 32)  # smaller than miniImageNet's 84: the same layers
+    tasks = 2  # per meta-batch; the recipe's own count would only repeat the same computation
     cls = METHODS.get("maml")
-    hp = make_hparams(cls, "omniglot", {"inner_lr": str(r.inner_lr), "meta_batch": str(tasks), "meta_lr": str(r.meta_lr),
-                                        "eval_steps": str(r.test_steps), "inner_steps": str(r.train_steps),
-                                        "train_queries": str(r.train_queries), "init": "xavier"})
-    ours = cls(hp, (1, 28, 28), torch.Generator().manual_seed(3), torch.device("cpu"))
+    hp = make_hparams(cls, r.dataset, {"backbone": "conv4" if r.width == 64 else f"conv4-{r.width}",
+                                       "inner_lr": str(r.inner_lr), "meta_batch": str(tasks), "meta_lr": str(r.meta_lr),
+                                       "eval_steps": str(r.test_steps), "inner_steps": str(r.train_steps),
+                                       "train_queries": str(r.train_queries), "init": "xavier"})
+    ours = cls(hp, shape, torch.Generator().manual_seed(3), torch.device("cpu"))
     ours.prepare(r.ways)
-    theirs = peer.conv4((1, 28, 28), r.ways, torch.Generator().manual_seed(3), r.width)
+    theirs = peer.conv4(shape, r.ways, torch.Generator().manual_seed(3), r.width)
     ours.model.double(), theirs.double()
     opt_ours = torch.optim.Adam(ours.model.parameters(), r.meta_lr)
     opt_theirs = torch.optim.Adam(theirs.parameters(), r.meta_lr)
@@ -145,24 +149,25 @@ def test_in_float64_mtbench_maml_and_the_peer_take_the_same_steps_in_the_20_way_
     convs = {f"{i}.bias" for i, m in enumerate(theirs) if isinstance(m, torch.nn.Conv2d)}
     images = torch.Generator().manual_seed(4)
     labels = torch.arange(r.ways)
-    y = labels.expand(tasks, -1)
+    sy, qy = (labels.repeat_interleave(n).expand(tasks, -1) for n in (r.shots, r.train_queries))
 
     def close(a: torch.Tensor, b: torch.Tensor) -> bool:
         return bool((a - b).abs().max() <= 1e-10 * b.abs().max())
 
     for _ in range(3):
-        x = torch.rand(tasks, r.ways, 2, 1, 28, 28, generator=images, dtype=torch.float64)
-        loss = ours.meta_loss(dict(ours.model.named_parameters()), x[:, :, 0], y, x[:, :, 1], y)
+        x = torch.rand(tasks, r.ways, r.shots + r.train_queries, *shape, generator=images, dtype=torch.float64)
+        sx, qx = x[:, :, : r.shots].flatten(1, 2), x[:, :, r.shots:].flatten(1, 2)
+        loss = ours.meta_loss(dict(ours.model.named_parameters()), sx, sy, qx, qy)
         opt_ours.zero_grad(), loss.backward(), opt_ours.step()
-        peer.meta_step(theirs, opt_theirs, x[:, :, 0], y, x[:, :, 1], y, r.inner_lr, r.train_steps)
+        peer.meta_step(theirs, opt_theirs, sx, sy, qx, qy, r.inner_lr, r.train_steps)
         moved = {n for n, a, b in zip(names, ours.model.parameters(), theirs.parameters()) if not close(a, b)}
         assert moved <= convs
-    sx = torch.rand(r.ways, 1, 28, 28, generator=images, dtype=torch.float64)
-    qx = torch.rand(3 * r.ways, 1, 28, 28, generator=images, dtype=torch.float64)
-    predictors = list(ours.adapt(sx, labels, r.ways))
+    sx = torch.rand(r.ways * r.shots, *shape, generator=images, dtype=torch.float64)
+    qx = torch.rand(3 * r.ways, *shape, generator=images, dtype=torch.float64)
+    predictors = list(ours.adapt(sx, sy[0], r.ways))
     params = dict(theirs.named_parameters())
     for step in range(1, r.test_steps + 1):
-        params = peer.adapt_from(theirs, params, sx, labels, r.inner_lr)
+        params = peer.adapt_from(theirs, params, sx, sy[0], r.inner_lr)
         with torch.no_grad():
             theirs_logits = torch.func.functional_call(theirs, {k: v.detach() for k, v in params.items()}, (qx,))
             assert close(predictors[step](qx), theirs_logits)
