@@ -82,7 +82,8 @@ def maml_curves_section(leaderboards: Path) -> tuple[list[Block], dict[str, byte
         s = {**OMNIGLOT_FINN, **curves["settings"]}
         figure = f"{path.stem}.svg" if path.stem.startswith("maml-curves") else f"maml-curves-{path.stem}.svg"
         figures[figure] = svg(_figure(f"MAML against the learn2learn-style loop, {s['dataset']} {s['ways']}w"
-                                      f"{s['shots']}s", learners, s["test_steps"], s["ways"]), (7.0, 3.8))
+                                      f"{s['shots']}s, fit seed {curves.get('fit_seed', curves['seed'])}", learners,
+                                      s["test_steps"], s["ways"]), (7.0, 3.8))
         blocks += [Para((_describe(path.name, curves, machine),)), Table(table),
                    Image(f"{FIGURES}/{figure}", f"accuracy against meta-iterations of each learner, {path.name}")]
     if not blocks:
