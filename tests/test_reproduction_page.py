@@ -363,17 +363,22 @@ def test_maml_curves_of_a_recipe_are_described_by_it_and_drawn(tmp_path):
     mini = {"dataset": "miniimagenet", "ways": 5, "shots": 1, "width": 32}
     machine = {"device_name": "CPU Test (1 threads)", "torch": "2.x", "git_commit": None}
     (tmp_path / "reproduction").mkdir()
-    for name, extra in (("a-old.json", {}), ("b-mini.json", mini)):
+    for name, extra, seeds in (("a-old.json", {}, {}), ("b-mini.json", mini, {}), ("c-fit1.json", {}, {"fit_seed": 1})):
         doc = {"machine": machine, "maml_curves": {"seed": 0, "episodes": 200, "settings": {**settings, **extra},
                                                    "curves": {"mtbench maml": [point(0), point(500)],
-                                                              "learn2learn-style": [point(0), point(500)]}}}
+                                                              "learn2learn-style": [point(0), point(500)]},
+                                                   **seeds}}
         (tmp_path / "reproduction" / name).write_text(json.dumps(doc))
     blocks, figures = maml_curves_section(tmp_path)
     texts = [b.parts[0] for b in blocks if isinstance(b, Para) and isinstance(b.parts[0], str)]
     assert any(t.startswith("a-old.json: omniglot 5w1s, 64-channel Conv4") for t in texts)
     assert any(t.startswith("b-mini.json: miniimagenet 5w1s, 32-channel Conv4, inner lr 0.01, 1 inner step in "
                             "training and 10 at test") and "15 queries per class" in t for t in texts)
-    assert sorted(figures) == ["maml-curves-a-old.svg", "maml-curves-b-mini.svg"]
+    # the fit seed: a file before --curves-fit-seed drew its fit from its episode seed
+    assert any(t.startswith("a-old.json") and "fit seed 0, episode seed 0" in t for t in texts)
+    assert any(t.startswith("c-fit1.json") and "fit seed 1, episode seed 0" in t for t in texts)
+    assert b"fit seed 1" in figures["maml-curves-c-fit1.svg"]
+    assert sorted(figures) == ["maml-curves-a-old.svg", "maml-curves-b-mini.svg", "maml-curves-c-fit1.svg"]
     assert all(f.startswith(b"<?xml") for f in figures.values())
     assert [b.src for b in blocks if isinstance(b, Image)] == [f"figures/{n}" for n in sorted(figures)]
     assert maml_curves_section(tmp_path / "none") == ([], {})

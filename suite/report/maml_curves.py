@@ -37,14 +37,21 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[di
     return curves, machine, learners
 
 
+def _fit_seed(curves: dict[str, Any]) -> int:
+    """The seed of the fit's weights and tasks: a file written before ``--curves-fit-seed`` drew them from its
+    episode seed."""
+    return curves.get("fit_seed", curves["seed"])
+
+
 def _describe(name: str, curves: dict[str, Any], machine: dict[str, Any]) -> str:
     s = {**OMNIGLOT_FINN, **curves["settings"]}
     plural = lambda n, one, many: f"{n} {one if n == 1 else many}"  # noqa: E731
     return (f"{name}: {s['dataset']} {s['ways']}w{s['shots']}s, {s['width']}-channel Conv4, inner lr "
             f"{s['inner_lr']}, {plural(s['train_steps'], 'inner step', 'inner steps')} in training and "
             f"{s['test_steps']} at test, meta-batch {s['meta_batch']}, Adam {s['meta_lr']}, "
-            f"{plural(s['train_queries'], 'query', 'queries')} per class in training; fit seed "
-            f"{curves.get('fit_seed', curves['seed'])}, episode seed {curves['seed']}, the same tasks and the same {curves['episodes']} test episodes for every learner; accuracy (%) after "
+            f"{plural(s['train_queries'], 'query', 'queries')} per class in training; fit seed {_fit_seed(curves)}, "
+            f"episode seed {curves['seed']}, the same tasks and the same {curves['episodes']} test episodes for every "
+            f"learner; accuracy (%) after "
             f"{s['test_steps']} test steps ± 95 % CI over the episodes; on {machine['device_name']}, torch "
             f"{machine['torch']}, commit {(machine['git_commit'] or 'unknown')[:12]}.")
 
@@ -82,7 +89,7 @@ def maml_curves_section(leaderboards: Path) -> tuple[list[Block], dict[str, byte
         s = {**OMNIGLOT_FINN, **curves["settings"]}
         figure = f"{path.stem}.svg" if path.stem.startswith("maml-curves") else f"maml-curves-{path.stem}.svg"
         figures[figure] = svg(_figure(f"MAML against the learn2learn-style loop, {s['dataset']} {s['ways']}w"
-                                      f"{s['shots']}s, fit seed {curves.get('fit_seed', curves['seed'])}", learners,
+                                      f"{s['shots']}s, fit seed {_fit_seed(curves)}", learners,
                                       s["test_steps"], s["ways"]), (7.0, 3.8))
         blocks += [Para((_describe(path.name, curves, machine),)), Table(table),
                    Image(f"{FIGURES}/{figure}", f"accuracy against meta-iterations of each learner, {path.name}")]
