@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtbench.bench import peer
-from mtbench.bench.curves import LEARNERS, RECIPES, Recipe, maml_curves
+from mtbench.bench.curves import LEARNERS, RECIPES, Recipe, maml_curves, recipe_hparams
 from mtbench.bench.record import BenchSpec, check
 from mtbench.bench.workloads import synthetic_split
 from mtbench.core.errors import UserError
@@ -135,10 +135,7 @@ def test_in_float64_mtbench_maml_and_the_peer_take_the_same_steps(name: str, one
     shape = (1, 28, 28) if r.dataset == "omniglot" else (3, 32, 32)  # smaller than miniImageNet's 84: the same layers
     tasks = 2  # per meta-batch; the recipe's own count would only repeat the same computation
     cls = METHODS.get("maml")
-    hp = make_hparams(cls, r.dataset, {"backbone": "conv4" if r.width == 64 else f"conv4-{r.width}",
-                                       "inner_lr": str(r.inner_lr), "meta_batch": str(tasks), "meta_lr": str(r.meta_lr),
-                                       "eval_steps": str(r.test_steps), "inner_steps": str(r.train_steps),
-                                       "train_queries": str(r.train_queries), "init": "xavier"})
+    hp = make_hparams(cls, r.dataset, recipe_hparams(r, meta_batch=tasks))  # what the curves train
     ours = cls(hp, shape, torch.Generator().manual_seed(3), torch.device("cpu"))
     ours.prepare(r.ways)
     theirs = peer.conv4(shape, r.ways, torch.Generator().manual_seed(3), r.width)

@@ -108,14 +108,18 @@ def _point(iteration: int, started: float, by_step: list[tuple[float, float]],
             "per_episode": last}
 
 
+def recipe_hparams(r: Recipe, init: str = "xavier", meta_batch: int | None = None) -> dict[str, str]:
+    """The ``--hp`` values that make mtbench's MAML train and adapt as ``r`` says (``meta_batch``: another
+    meta-batch size than the recipe's)."""
+    return {"backbone": "conv4" if r.width == 64 else f"conv4-{r.width}", "inner_lr": str(r.inner_lr),
+            "meta_batch": str(meta_batch or r.meta_batch), "meta_lr": str(r.meta_lr), "eval_steps": str(r.test_steps),
+            "inner_steps": str(r.train_steps), "train_queries": str(r.train_queries), "init": init}
+
+
 def _ours(source: Split, episodes: EpisodeSet, r: Recipe, iterations: int, eval_at: set[int], seed: int,
           init: str) -> list[dict[str, Any]]:
     cls = METHODS.get("maml")
-    hp = make_hparams(cls, r.dataset, {"backbone": "conv4" if r.width == 64 else f"conv4-{r.width}",
-                                       "inner_lr": str(r.inner_lr), "meta_batch": str(r.meta_batch),
-                                       "meta_lr": str(r.meta_lr), "eval_steps": str(r.test_steps),
-                                       "inner_steps": str(r.train_steps), "train_queries": str(r.train_queries),
-                                       "init": init}, str(iterations))
+    hp = make_hparams(cls, r.dataset, recipe_hparams(r, init), str(iterations))
     method = cls(hp, source.image_shape, torch.Generator().manual_seed(1000 + seed), source.device)  # the peer's seed
     method.prepare(r.ways)
     points: list[dict[str, Any]] = []
