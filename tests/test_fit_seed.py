@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mtbench.board.leaderboard import Entry, Row
+from mtbench.board.leaderboard import Entry, Row, rows
 from mtbench.board.official import load_plan, missing, missing_runs
 from mtbench.board.reproduce import spec_of
 from mtbench.board.sweep import existing, from_file, grid, matches
@@ -28,7 +28,7 @@ from mtbench.results import SCHEMA_VERSION, read_result, result_filename, upgrad
 from mtbench.results.layout import folder
 from mtbench.run import stages
 from mtbench.run.runner import RunSpec, fit_seed, run
-from support import put_result, result_doc
+from support import init_doc, put_result, result_doc
 
 #: ``fit_seed(0)`` as every run before ``--fit-seed`` seeded its fit with for ``--seed 0`` (the committed rows)
 FIT_SEED_0 = 17092034979513180
@@ -95,7 +95,7 @@ def test_the_result_records_the_fit_seed_names_its_file_and_reproduce_uses_it(tm
     [path] = out.glob("*.json")
     assert "_seed0_fit2_" in path.name and "fit seed 2" in result.output
     doc = read_result(path)
-    assert doc["fit"]["seed"] == 2 and doc["schema_version"] == SCHEMA_VERSION == 4
+    assert doc["fit"]["seed"] == 2 and doc["schema_version"] == SCHEMA_VERSION == 5
     assert spec_of(doc, None, "cpu").fit_seed == 2
     assert "_fit" not in result_filename(result_doc("protonet", [0.5]))  # fit seed 0: the names runs always had
     assert "_seed0_fit3_2026" in result_filename(result_doc("protonet", [0.5], fit_seed=3))
@@ -107,10 +107,52 @@ def test_a_version_3_record_gets_the_fit_seed_that_drove_its_fit():
     old["protocol"]["seed"] = 7  # before --fit-seed, --seed 7 fitted from fit_seed(7): that is --fit-seed 7
     del old["fit"]["seed"]
     new = upgrade(old)
-    assert new["schema_version"] == 4 and new["fit"]["seed"] == 7 and validate(new) == []
+    assert new["schema_version"] == 5 and new["fit"]["seed"] == 7 and validate(new) == []
     assert "seed" not in old["fit"]  # the argument is left as it was
     assert {k: v for k, v in new.items() if k not in ("fit", "schema_version")} == \
         {k: v for k, v in old.items() if k not in ("fit", "schema_version")}
+
+
+def test_a_run_from_a_checkpoint_records_its_fit_seed_and_takes_it_unless_told_otherwise(tmp_path, one_thread):
+    saved = tmp_path / "fit2.pt"
+    first = CliRunner().invoke(main, ["run", "--method", "protonet", *TINY, "--fit-seed", "2", "--save", str(saved),
+                                      "--out", str(tmp_path / "first")])
+    assert first.exit_code == 0, first.output
+
+    def from_checkpoint(out: str, *args: str, checkpoint: Path = saved) -> dict:
+        result = CliRunner().invoke(main, ["run", "--method", "protonet", *TINY[:-4], "0", "--device", "cpu",
+                                           "--no-progress", "--init", str(checkpoint), *args, "--out",
+                                           str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+        [path] = (tmp_path / out).glob("*.json")
+        return read_result(path) | {"output": result.output, "name": path.name}
+
+    inherited = from_checkpoint("inherited")  # the second stage of seed 2 of a pipeline is seed 2
+    assert inherited["init"]["fit_seed"] == 2 and inherited["fit"]["seed"] == 2 and "_fit2_" in inherited["name"]
+    assert "it, fit seed 2)" in inherited["output"]
+    told = from_checkpoint("told", "--fit-seed", "0")
+    assert told["init"]["fit_seed"] == 2 and told["fit"]["seed"] == 0
+    blob = torch.load(saved, weights_only=True)
+    del blob["fit_seed"]  # a checkpoint saved before checkpoints kept their fit seed
+    torch.save(blob, tmp_path / "old.pt")
+    old = from_checkpoint("old", checkpoint=tmp_path / "old.pt")
+    assert old["init"]["fit_seed"] is None and old["fit"]["seed"] == 0
+    assert all(validate({k: v for k, v in d.items() if k not in ("output", "name")}) == [] for d in (inherited, old))
+
+
+def test_results_from_checkpoints_of_other_fit_seeds_are_seeds_of_one_row_and_old_ones_read_as_unknown():
+    docs = [result_doc("reptile-transductive", [0.5, 1.0], fit_seed=s, init=init_doc("reptile", fit_seed=s,
+                                                                                      sha256=f"{s}" * 64))
+            for s in (0, 1, 2)]
+    [row] = rows([Entry(Path(f"{i}.json"), d) for i, d in enumerate(docs)])
+    assert row.seeds == [0, 1, 2]
+    old = result_doc("reptile-transductive", [0.5, 1.0], init=init_doc("reptile", init=init_doc("reptile")))
+    old["schema_version"] = 4
+    del old["init"]["fit_seed"], old["init"]["init"]["fit_seed"]
+    new = upgrade(old)
+    assert new["schema_version"] == 5 and validate(new) == []
+    assert new["init"]["fit_seed"] is None and new["init"]["init"]["fit_seed"] is None
+    assert "fit_seed" not in old["init"]  # the argument is left as it was
 
 
 @pytest.mark.parametrize(("args", "says"), [

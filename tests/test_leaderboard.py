@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from mtbench.cli import main
+from mtbench.results import SCHEMA_VERSION
 from mtbench.results.integrity import consistency
 from mtbench.board.leaderboard import Entry, adaptation_speed, configuration, frame, group, load, paired, rows
 from support import put_result, requires_real_data, result_doc, shared_root
@@ -39,7 +40,7 @@ def test_groups_never_mix_draws_settings_or_schema_versions(board):
     assert [(g.dataset, g.setting, g.sha[0], [e.doc["method"]["name"] for e in g.entries]) for g in groups] == [
         ("synthetic", "5w1s", "a", ["good", "worse"]), ("synthetic", "5w1s", "b", ["other-draws"]),
         ("synthetic", "5w5s", "a", ["five-shot"])]
-    later = result_doc("future", GOOD, schema_version=5)
+    later = result_doc("future", GOOD, schema_version=SCHEMA_VERSION + 1)
     assert len(group([(Path("a.json"), result_doc("good", GOOD)), (Path("b.json"), later)])) == 2
 
 

@@ -49,11 +49,12 @@ def fit_seed(doc: dict[str, Any]) -> int:
 
 
 def _recipe(init: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A checkpoint by how it was made (method, hparams, data, budget...), not by its bytes: another seed of
-    the first stage gives another file."""
+    """A checkpoint by how it was made (method, hparams, data, budget...), not by its bytes or its fit seed: another
+    seed of the first stage gives another file, and is another seed of the same row."""
     if init is None:
         return None
-    kept = {k: v for k, v in init.items() if k not in ("path", "sha256", "fit_seconds", "git_commit", "init")}
+    kept = {k: v for k, v in init.items()
+            if k not in ("path", "sha256", "fit_seconds", "fit_seed", "git_commit", "init")}
     return {**kept, "init": _recipe(init["init"])}
 
 

@@ -94,8 +94,9 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--trials", type=int, default=None, help="Transfer: seeded draws of both sets.  [default: 20]"),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of the test episodes (transfer: of the trials' draws) only."),
-        click.option("--fit-seed", type=int, default=0, show_default=True,
-                     help="Seed of every draw of the fit: initial weights, training tasks, BatchNorm recalibration."),
+        click.option("--fit-seed", type=int, default=None,
+                     help="Seed of every draw of the fit: initial weights, training tasks, BatchNorm recalibration.  "
+                          "[default: 0; with --init, the checkpoint's fit seed]"),
         click.option("--budget", default="quick", show_default=True,
                      help="Fit length: quick (a few CPU minutes), paper (the paper's schedule) or a number of iterations."),
         click.option("--hp", "hparams", multiple=True, metavar="NAME=VALUE", help="Override a method hparam (repeatable)."),
@@ -182,7 +183,8 @@ def summary(doc: dict[str, Any], path: Path | None) -> str:
     steps = "  ".join(f"{s['step']}: {s['mean']:.3f}" for s in acc["by_step"])
     rows = [
         ("method", f"{doc['method']['name']}{' (transductive)' if doc['method']['transductive'] else ''}"),
-        *([("init", f"{doc['init']['method']} fitted on {doc['init']['dataset']} ({doc['init']['iterations']} it), "
+        *([("init", f"{doc['init']['method']} fitted on {doc['init']['dataset']} ({doc['init']['iterations']} it"
+                    f"{'' if (i := doc['init']['fit_seed']) is None else f', fit seed {i}'}), "
                     f"{doc['init']['path']}")] if doc["init"] else []),
         ("dataset", f"{doc['dataset']['name']} {doc['dataset']['split']} split"
                     + (f" (fit also saw the {u} split, unlabelled)" if (u := doc['dataset']['unlabelled_split']) else "")),

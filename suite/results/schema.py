@@ -1,4 +1,4 @@
-"""The result document: one JSON per run, defined once, here, by the TypedDicts below (``schema_version`` 4).
+"""The result document: one JSON per run, defined once, here, by the TypedDicts below (``schema_version`` 5).
 
 Every field is required; a field that may be empty is typed ``X | None`` (JSON ``null``). Each field is
 annotated ``Annotated[type, "what it means"]``: :func:`validate` derives its checks from those types and
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypedDict, Union
 
 from mtbench.core.runtime import PRECISIONS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 NUMBER = (int, float)
 
@@ -108,6 +108,7 @@ class Init(TypedDict):
     budget: Annotated[str, "its budget"]
     iterations: Annotated[int, "its fit iterations"]
     fit_seconds: Annotated[float, "its fit time"]
+    fit_seed: Annotated[int | None, "its `--fit-seed`; `null` for a checkpoint saved before checkpoints kept it"]
     init: Annotated[Init | None, "the checkpoint that fit started from (the same fields), or `null`"]
     git_commit: Annotated[str | None, "the commit it was fitted at"]
 
@@ -208,7 +209,7 @@ class Reproduction(TypedDict):
 class Result(TypedDict):
     """One run's result document."""
 
-    schema_version: Annotated[int, "the layout of the document: 4"]
+    schema_version: Annotated[int, "the layout of the document: 5"]
     method: Annotated[Method, "the method"]
     dataset: Annotated[Dataset, "the dataset evaluated on"]
     source: Annotated[Source | None, "the dataset fitted on when it is not `dataset`, or `null`"]

@@ -1,8 +1,8 @@
-"""Reading older result documents: :func:`upgrade` brings a ``schema_version`` 1, 2 or 3 record to the current one.
+"""Reading older result documents: :func:`upgrade` brings a ``schema_version`` 1, 2, 3 or 4 record to the current one.
 
 Version 1 grew fields over time, and older records lack the newer ones; version 2 requires every field
 (see :mod:`mtbench.results.schema`); version 3 adds the ``reproduced`` records; version 4 the fit's own seed
-(``fit.seed``). Each missing field is filled with what its absence meant when the record was written, and
+(``fit.seed``); version 5 the fit seed of the checkpoint a run started from (``init.fit_seed``). Each missing field is filled with what its absence meant when the record was written, and
 nothing else changes: numbers, shas and every field present stay as they are.
 """
 
@@ -18,7 +18,8 @@ from mtbench.results.schema import SCHEMA_VERSION
 def upgrade(doc: Any) -> Any:
     """``doc`` as a result of :data:`SCHEMA_VERSION`, as a new object (``doc`` is not modified).
 
-    An older record gets what it lacks (see :func:`_from_1`, :func:`_from_2`, then :func:`_from_3`); a current
+    An older record gets what it lacks (see :func:`_from_1`, :func:`_from_2`, :func:`_from_3`, then
+    :func:`_from_4`); a current
     one is returned as a copy; a document that is not a result object, or has no known version, is returned as
     a copy for :func:`~mtbench.results.schema.validate` to name its problems. A version newer than this mtbench
     knows is a :class:`UserError`.
@@ -27,12 +28,14 @@ def upgrade(doc: Any) -> Any:
     if not isinstance(doc, dict):
         return doc
     version = doc.get("schema_version")
-    if version in (1, 2, 3) and not isinstance(version, bool):
+    if version in (1, 2, 3, 4) and not isinstance(version, bool):
         if version == 1:
             _from_1(doc)
         if version in (1, 2):
             _from_2(doc)
-        return _from_3(doc)
+        if version in (1, 2, 3):
+            _from_3(doc)
+        return _from_4(doc)
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise UserError(f"schema_version {version} is newer than this mtbench reads (up to {SCHEMA_VERSION}); "
                         f"upgrade mtbench (pip install -U mtbench) to read it")
@@ -90,8 +93,18 @@ def _from_2(doc: dict[str, Any]) -> dict[str, Any]:
 def _from_3(doc: dict[str, Any]) -> dict[str, Any]:
     """Version 3 to 4, in place: before ``--fit-seed``, the episodes' seed also seeded the fit (the generator of
     ``fit_seed(--seed)``, the formula ``--fit-seed`` keeps), so ``fit.seed`` is ``protocol.seed``."""
-    doc["schema_version"] = SCHEMA_VERSION
     protocol = doc.get("protocol")
     if isinstance(protocol, dict) and "seed" in protocol:  # else validate names what is missing
         _fill(doc, "fit", seed=protocol["seed"])
+    return doc
+
+
+def _from_4(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 to 5, in place: a checkpoint saved before version 5 did not keep its fit seed, so the ``init`` a
+    run started from (and the one that checkpoint's fit started from, and so on) has ``fit_seed`` null: unknown."""
+    doc["schema_version"] = SCHEMA_VERSION
+    init = doc.get("init")
+    while isinstance(init, dict):  # else validate names what is wrong
+        init.setdefault("fit_seed", None)
+        init = init.get("init")
     return doc

@@ -54,8 +54,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
 
 
 def init_record(blob: dict[str, Any], sha256: str, path: str, recalibrated: bool) -> dict[str, Any]:
-    """The ``init`` section of a result: which fitted method a run started from, and how it was made."""
-    keys = ("method", "hparams", "dataset", "fit_split", "budget", "iterations", "fit_seconds", "init")
+    """The ``init`` section of a result: which fitted method a run started from, and how it was made (its
+    ``fit_seed`` is ``None`` for a checkpoint saved before checkpoints kept it)."""
+    keys = ("method", "hparams", "dataset", "fit_split", "budget", "iterations", "fit_seconds", "fit_seed", "init")
     return {"path": path, "sha256": sha256, "recalibrated_batchnorm": recalibrated,
             **{k: blob.get(k) for k in keys}, "git_commit": blob.get("provenance", {}).get("git_commit")}
 

@@ -42,7 +42,9 @@ class RunSpec:
         submission: for ``mtbench submit``: the source file, class and the file's sha256, recorded
             as the result's ``submission`` (``None``: a run of a registered method).
         fit_seed: ``--fit-seed``: seeds every draw of the fit (the method's initial weights, its tasks,
-            BatchNorm recalibration), apart from ``episodes.seed``, which fixes the test episodes only.
+            BatchNorm recalibration), apart from ``episodes.seed``, which fixes the test episodes only; ``None``
+            (not given): 0, or from a checkpoint (``init``) the fit seed it was saved with (see
+            :func:`mtbench.run.stages.given_fit_seed`).
         checkpoint_every: ``--checkpoint-every``: save the fit's state under ``out`` every this many minutes
             (and on Ctrl-C / SIGTERM during the fit), ``None`` for never; see :mod:`mtbench.run.resume`.
         resume: ``--resume``: continue the fit from the state saved by the same run.
@@ -76,7 +78,7 @@ class RunSpec:
     compile: bool = False
     submission: dict[str, Any] | None = None
     skip_bad_images: bool = False
-    fit_seed: int = 0
+    fit_seed: int | None = None
     checkpoint_every: float | None = None
     resume: bool = False
     until: int | None = None

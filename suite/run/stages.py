@@ -77,6 +77,8 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     given_source = spec.source or dataset_cls.default_source
     source_cls = DATASETS.get(given_source) if given_source and given_source != spec.dataset else dataset_cls
     check_precision(spec.precision)
+    checkpoint = read_checkpoint(spec.init) if spec.init else None
+    spec = dataclasses.replace(spec, fit_seed=given_fit_seed(spec, method_cls, checkpoint))
     check_fit_seed(spec.fit_seed)
     if spec.fit_seed and not method_cls.fit_seeded:
         raise UserError(f"--fit-seed {spec.fit_seed}: no fit seed changes {method_cls.name}'s numbers (it fits "
@@ -88,7 +90,6 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     setting = setting_of(spec.episodes)
     hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source=source_cls.name,
                            setting=setting)
-    checkpoint = read_checkpoint(spec.init) if spec.init else None
     init_budget = checkpoint[0].get("budget") if checkpoint else None
     if init_budget != "paper" and (left := quick_presets_left_out(method_cls, spec.dataset, dict(spec.hparams),
                                                                     str(spec.budget), source_cls.name)):
@@ -230,6 +231,15 @@ class Fitted:
     origin: dict[str, Any]
 
 
+def given_fit_seed(spec: RunSpec, method_cls: type[Method], checkpoint: tuple[dict[str, Any], str] | None) -> Any:
+    """``--fit-seed``, or where it was not given (``None``) 0, but for a run from a checkpoint (``--init``) of a
+    method that a fit seed changes: the checkpoint's fit seed, so that the stages of a pipeline share one."""
+    if spec.fit_seed is not None:
+        return spec.fit_seed
+    saved = checkpoint[0].get("fit_seed") if checkpoint else None
+    return saved if isinstance(saved, int) and method_cls.fit_seeded else 0
+
+
 def fit(r: Resolved, d: Loaded) -> Fitted:
     """Build the method, start it from the checkpoint if any, fit it within the budget (timed) and,
     with ``--save``, write it as a checkpoint."""
@@ -306,7 +316,7 @@ def save(r: Resolved, d: Loaded, f: Fitted, path: Path) -> Path:
         # not pass for one from the whole fit
         "shots": d.fit_spec.shots, "budget": str(r.spec.budget),
         "iterations": fitted_iterations(r, f.ctx),
-        "fit_seconds": f.seconds, "provenance": f.origin, "init": f.init,
+        "fit_seconds": f.seconds, "fit_seed": r.spec.fit_seed, "provenance": f.origin, "init": f.init,
     }, path)
 
 
