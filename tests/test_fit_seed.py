@@ -141,11 +141,14 @@ def test_a_run_from_a_checkpoint_records_its_fit_seed_and_takes_it_unless_told_o
 
 
 def test_results_from_checkpoints_of_other_fit_seeds_are_seeds_of_one_row_and_old_ones_read_as_unknown():
-    docs = [result_doc("reptile-transductive", [0.5, 1.0], fit_seed=s, init=init_doc("reptile", fit_seed=s,
-                                                                                      sha256=f"{s}" * 64))
-            for s in (0, 1, 2)]
+    # seed 0's checkpoint was saved before Reptile had eval_batch (later_hparams: it ran as eval_batch=0)
+    docs = [result_doc("reptile-transductive", [0.5, 1.0], fit_seed=s, init=init_doc(
+        "reptile", fit_seed=s, sha256=f"{s}" * 64, hparams={"eval_batch": 0} if s else {})) for s in (0, 1, 2)]
     [row] = rows([Entry(Path(f"{i}.json"), d) for i, d in enumerate(docs)])
     assert row.seeds == [0, 1, 2]
+    other = result_doc("reptile-transductive", [0.5, 1.0], fit_seed=3,
+                       init=init_doc("reptile", fit_seed=3, hparams={"eval_batch": 5}))
+    assert len(rows([Entry(Path(f"{i}.json"), d) for i, d in enumerate([*docs, other])])) == 2
     old = result_doc("reptile-transductive", [0.5, 1.0], init=init_doc("reptile", init=init_doc("reptile")))
     old["schema_version"] = 4
     del old["init"]["fit_seed"], old["init"]["init"]["fit_seed"]

@@ -97,6 +97,17 @@ def hparams_as_ran(method: dict[str, Any], device_type: str) -> dict[str, Any]:
     return {**method, "hparams": hparams}
 
 
+def init_hparams_as_ran(init: dict[str, Any]) -> dict[str, Any]:
+    """The hparams a checkpoint (a result's ``init``) was fitted with, with those its installed method added later
+    (``Method.later_hparams``) filled in where the checkpoint lacks them: it was saved before they existed, so it
+    ran as their filled value says (a checkpoint does not record its method's version in a result)."""
+    try:
+        later = METHODS.get(init["method"]).later_hparams
+    except UserError:  # a method not installed here
+        later = {}
+    return {**later, **init["hparams"]}
+
+
 def off_paper_recipe(doc: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """For a result at the paper budget (its own, or that of the fit it adapts with ``--budget 0 --init``): the
     hparams of either stage that differ from what ``--budget paper`` resolves to today for its method, dataset and

@@ -28,7 +28,7 @@ import pandas as pd
 
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci95
-from mtbench.board.labels import budget, distinct_labels, fit_seeded, hparams_as_ran
+from mtbench.board.labels import budget, distinct_labels, fit_seeded, hparams_as_ran, init_hparams_as_ran
 from mtbench.results import partial_fit, setting_name
 from mtbench.results.layout import leaderboard_files
 from mtbench.results.screen import LeftOut, left_out_note, screen
@@ -49,13 +49,13 @@ def fit_seed(doc: dict[str, Any]) -> int:
 
 
 def _recipe(init: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A checkpoint by how it was made (method, hparams, data, budget...), not by its bytes or its fit seed: another
-    seed of the first stage gives another file, and is another seed of the same row."""
+    """A checkpoint by how it was made (method, hparams as they ran, data, budget...), not by its bytes or its fit
+    seed: another seed of the first stage gives another file, and is another seed of the same row."""
     if init is None:
         return None
     kept = {k: v for k, v in init.items()
             if k not in ("path", "sha256", "fit_seconds", "fit_seed", "git_commit", "init")}
-    return {**kept, "init": _recipe(init["init"])}
+    return {**kept, "hparams": init_hparams_as_ran(init), "init": _recipe(init["init"])}
 
 
 def configuration(doc: dict[str, Any], any_cpu: bool = False) -> str:
