@@ -137,7 +137,13 @@ def test_a_run_from_a_checkpoint_records_its_fit_seed_and_takes_it_unless_told_o
     torch.save(blob, tmp_path / "old.pt")
     old = from_checkpoint("old", checkpoint=tmp_path / "old.pt")
     assert old["init"]["fit_seed"] is None and old["fit"]["seed"] == 0
-    assert all(validate({k: v for k, v in d.items() if k not in ("output", "name")}) == [] for d in (inherited, old))
+    # a checkpoint whose own fit started from one saved before: that stage's seed is unknown, and says so
+    blob["init"] = {k: v for k, v in init_doc().items() if k != "fit_seed"}
+    torch.save(blob, tmp_path / "chained.pt")
+    chained = from_checkpoint("chained", checkpoint=tmp_path / "chained.pt")
+    assert chained["init"]["init"]["fit_seed"] is None
+    assert all(validate({k: v for k, v in d.items() if k not in ("output", "name")}) == []
+               for d in (inherited, old, chained))
 
 
 def test_results_from_checkpoints_of_other_fit_seeds_are_seeds_of_one_row_and_old_ones_read_as_unknown():

@@ -2,8 +2,9 @@
 
 Version 1 grew fields over time, and older records lack the newer ones; version 2 requires every field
 (see :mod:`mtbench.results.schema`); version 3 adds the ``reproduced`` records; version 4 the fit's own seed
-(``fit.seed``); version 5 the fit seed of the checkpoint a run started from (``init.fit_seed``). Each missing field is filled with what its absence meant when the record was written, and
-nothing else changes: numbers, shas and every field present stay as they are.
+(``fit.seed``); version 5 the fit seed of the checkpoint a run started from (``init.fit_seed``). Each missing
+field is filled with what its absence meant when the record was written, and nothing else changes: numbers,
+shas and every field present stay as they are.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ def upgrade(doc: Any) -> Any:
     """``doc`` as a result of :data:`SCHEMA_VERSION`, as a new object (``doc`` is not modified).
 
     An older record gets what it lacks (see :func:`_from_1`, :func:`_from_2`, :func:`_from_3`, then
-    :func:`_from_4`); a current
-    one is returned as a copy; a document that is not a result object, or has no known version, is returned as
-    a copy for :func:`~mtbench.results.schema.validate` to name its problems. A version newer than this mtbench
+    :func:`_from_4`); a current one is returned as a copy; a document that is not a result object, or has no known
+    version, is returned as a copy for :func:`~mtbench.results.schema.validate` to name its problems. A version newer than this mtbench
     knows is a :class:`UserError`.
     """
     doc = copy.deepcopy(doc)
