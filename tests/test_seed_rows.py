@@ -167,6 +167,10 @@ def test_leaderboard_compare_and_report_show_seeds_times_episodes(tmp_path):
     shown = CliRunner().invoke(main, ["leaderboard", "--leaderboards", str(lb)])
     assert shown.exit_code == 0, shown.output
     assert "3 seeds × 5 episodes" in shown.output and "1 seed × 5 episodes (single-seed)" in shown.output
+    # the text table lists a row's files under it, one a line, by rank: not a column as wide as three names
+    assert not [line for line in shown.output.splitlines() if line.count(".json") > 1]
+    assert re.search(r"^   1  protonet_seed0\.json\n      protonet_seed1\.json\n      protonet_seed2\.json\n"
+                     r"   2  rival\.json$", shown.output, re.M), shown.output
     compared = CliRunner().invoke(main, ["compare", str(five), "--markdown"])
     assert compared.exit_code == 0, compared.output
     assert re.search(r"\| 1 \| protonet \| [0-9.]+ ± [0-9.]+ \| 3 seeds × 5 episodes \| - \|", compared.output)
