@@ -171,6 +171,8 @@ def test_leaderboard_compare_and_report_show_seeds_times_episodes(tmp_path):
     assert not [line for line in shown.output.splitlines() if line.count(".json") > 1]
     assert re.search(r"^   1  protonet_seed0\.json\n      protonet_seed1\.json\n      protonet_seed2\.json\n"
                      r"   2  rival\.json$", shown.output, re.M), shown.output
+    as_text = CliRunner().invoke(main, ["compare", str(five)])  # compare prints the leaderboard's text tables
+    assert as_text.exit_code == 0 and "   1  protonet_seed0.json\n      protonet_seed1.json\n" in as_text.output
     compared = CliRunner().invoke(main, ["compare", str(five), "--markdown"])
     assert compared.exit_code == 0, compared.output
     assert re.search(r"\| 1 \| protonet \| [0-9.]+ ± [0-9.]+ \| 3 seeds × 5 episodes \| - \|", compared.output)

@@ -38,15 +38,17 @@ def tables(screened: Screened) -> list[tuple[str, pd.DataFrame]]:
 
 
 def render(screened: Screened, fmt: str = "text") -> str:
-    """All tables as text (aligned columns) or Markdown, with the leaderboard's legend, then the files left out;
-    a :class:`UserError` when none is left to show."""
-    from mtbench.board.leaderboard import FRACTION, LEGEND
+    """All tables as text (aligned columns, as ``mtbench leaderboard`` prints them) or Markdown, with the
+    leaderboard's legend, then the files left out; a :class:`UserError` when none is left to show."""
+    from mtbench.board.leaderboard import FRACTION, LEGEND, group
+    from mtbench.board.leaderboard import render as text
 
     if not screened.results:
         raise UserError("no valid result to compare: " + "; ".join(f"{x.path}: {x.reason}" for x in screened.left_out))
-    parts = []
-    for title, frame in tables(screened):
-        body = markdown(frame) if fmt == "markdown" else frame.to_string(index=False)
-        parts.append(f"{'### ' if fmt == 'markdown' else ''}{title}\n\n{body}")
+    if fmt == "markdown":
+        body = "\n\n".join(f"### {title}\n\n{markdown(frame)}" for title, frame in tables(screened)) \
+            + "\n\n" + LEGEND.format(f=FRACTION)
+    else:
+        body = text(group(screened.results))
     note = left_out_note(screened.left_out, markdown=fmt == "markdown")
-    return "\n\n".join(parts) + "\n\n" + LEGEND.format(f=FRACTION) + (f"\n\n{note}" if note else "")
+    return body + (f"\n\n{note}" if note else "")
