@@ -41,7 +41,7 @@ def render(screened: Screened, fmt: str = "text") -> str:
     """All tables as text (aligned columns, as ``mtbench leaderboard`` prints them) or Markdown, with the
     leaderboard's legend, then the files left out; a :class:`UserError` when none is left to show."""
     from mtbench.board.leaderboard import FRACTION, LEGEND, group
-    from mtbench.board.leaderboard import render as text
+    from mtbench.board.text import render as text
 
     if not screened.results:
         raise UserError("no valid result to compare: " + "; ".join(f"{x.path}: {x.reason}" for x in screened.left_out))

@@ -18,7 +18,6 @@ ran on that device, :attr:`Row.timed`; a seed run elsewhere keeps its own timing
 from __future__ import annotations
 
 import json
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,7 +31,7 @@ from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci9
 from mtbench.board.labels import budget, distinct_labels, fit_seeded, hparams_as_ran, init_hparams_as_ran
 from mtbench.results import partial_fit, setting_name
 from mtbench.results.layout import leaderboard_files
-from mtbench.results.screen import LeftOut, left_out_note, screen
+from mtbench.results.screen import LeftOut, screen
 
 FRACTION = 0.95  # adaptation speed: steps / ms to reach this fraction of the final accuracy
 MIB = 2 ** 20
@@ -366,42 +365,3 @@ LEGEND = ("A row is every result of one configuration (method, hparams, data, pr
           "evaluation, the largest over those seeds (GPU: allocated; CPU: process RSS). "
           "(CPU) marks a quick-budget row run on the CPU. reproduced: the latest re-run recorded by mtbench reproduce "
           "--record (yes: its per-episode accuracies came back), - when none was.")
-
-
-# the text table's columns of words, left-aligned (the others hold numbers and are right-aligned)
-WORDS = ("method", "seeds × episodes", "vs best (paired)", "device", "budget", "reproduced")
-
-
-def aligned(g: Group, fraction: float = FRACTION) -> str:
-    """The group's table as text for a terminal, words left-aligned and numbers right-aligned; its files follow
-    it by rank, one per line (a column of a three-seed row's names made the table 1,400 characters wide)."""
-    table = frame(g, fraction).drop(columns=["file"])
-    cols = list(table.columns)
-    cells = [[str(v) for v in row] for row in table.itertuples(index=False)]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) if c in WORDS else v.rjust(w) for c, v, w in zip(cols, values, widths)).rstrip()
-
-    files = ["rank  file"]
-    for rank, row in enumerate(g.rows, 1):
-        files += [f"{rank if i == 0 else '':>4}  {e.path.name}" for i, e in enumerate(row.entries)]
-    return "\n".join([line(cols), *map(line, cells), "", *files])
-
-
-def render(groups: list[Group], fraction: float = FRACTION) -> str:
-    """Every group's table as aligned text, with its title, its files and the legend."""
-    parts = [f"{g.title}\n\n{aligned(g, fraction)}" for g in groups]
-    return "\n\n".join(parts) + "\n\n" + textwrap.fill(LEGEND.format(f=fraction), 110, break_on_hyphens=False)
-
-
-def render_board(b: Board, fraction: float = FRACTION, fmt: str = "text") -> str:
-    """The board as ``mtbench leaderboard`` prints it: every group's table (aligned text or Markdown), the legend,
-    then the files left out, with why."""
-    if fmt == "markdown":
-        text = "\n\n".join(f"### {g.title}\n\n{markdown(frame(g, fraction))}" for g in b.groups) \
-            + "\n\n" + LEGEND.format(f=fraction)
-    else:
-        text = render(b.groups, fraction)
-    note = left_out_note(b.left_out, markdown=fmt == "markdown")
-    return text + (f"\n\n{note}" if note else "")

@@ -124,7 +124,8 @@ def leaderboard_cmd(dataset: str | None, protocol: str | None, leaderboards: str
     """Print the ranked leaderboard: one table per dataset, setting and set of shared episodes; results on other
     draws, protocols or schema versions are never ranked together. Files that fail validate's checks of the file,
     cannot be read or repeat a run are left out and listed after the tables."""
-    from mtbench.board.leaderboard import render_board, shown
+    from mtbench.board.leaderboard import shown
+    from mtbench.board.text import render_board
 
     click.echo(render_board(shown(Path(leaderboards), dataset, protocol), fraction, fmt or "text"))
 
