@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from mtbench.board.leaderboard import Entry, fit_seed, frame, group, paired
 from mtbench.cli import main
-from mtbench.core.metrics import (Z95, mean_ci95, paired_seed_difference, satterthwaite, seed_mean_ci95, seed_table,
-                                  t_cdf, t_quantile)
+from mtbench.core.metrics import (Z95, Interval, mean_ci95, paired_seed_difference, p_text, satterthwaite,
+                                  seed_mean_ci95, seed_table, t_cdf, t_quantile)
 from mtbench.report.build import build
 from support import put_result, result_doc
 
@@ -58,6 +58,11 @@ def test_one_seed_is_the_episode_interval_and_paired_singles_the_paired_normal_i
     assert (d.mean, d.ci95) == pytest.approx((mean, ci))
     assert d.p_value() == pytest.approx(math.erfc(abs(mean) / (ci / Z95) / math.sqrt(2)))
     assert paired_seed_difference([a], [a]).p_value() == 1.0
+    # far in the tail, p is still a number (not 1 - P(T <= t) rounded to 0): z = 10 and Student t with 3 df
+    assert Interval(1.0, Z95 * 0.1, 0.01).p_value() == pytest.approx(math.erfc(10 / math.sqrt(2)), rel=1e-9)
+    t30 = Interval(4.0, 0.1 * t_quantile(0.975, 30), 0.01, ((0.01, 30.0),))  # t = 40 on 30 df
+    assert t30.df == pytest.approx(30) and 0 < t30.p_value() < 1e-20
+    assert (p_text(t30.p_value())[:4], p_text(0.0), p_text(0.2)) == ("p=1.", "p<1e-300, *", "p=0.2")
 
 
 def test_paired_difference_to_a_constant_row_is_the_row_shifted():

@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from mtbench.core.errors import UserError
-from mtbench.core.metrics import Interval, paired_seed_difference, seed_mean_ci95
+from mtbench.core.metrics import Interval, p_text, paired_seed_difference, seed_mean_ci95
 from mtbench.board.labels import budget, distinct_labels, fit_seeded, hparams_as_ran, init_hparams_as_ran
 from mtbench.results import partial_fit, setting_name
 from mtbench.results.layout import leaderboard_files
@@ -321,7 +321,7 @@ def frame(g: Group, fraction: float = FRACTION) -> pd.DataFrame:
             "method": names[rank - 1] + (" [submission]" if doc["submission"] else ""),
             "accuracy ± 95% CI": f"{row.accuracy.mean:.4f} ± {row.accuracy.ci95:.4f}",
             "seeds × episodes": row.shape(),
-            "vs best (paired)": "-" if rank == 1 else f"{d_mean:+.4f} ± {d_ci:.4f} (p={p:.2g}{', *' if p < 0.05 else ''})",
+            "vs best (paired)": "-" if rank == 1 else f"{d_mean:+.4f} ± {d_ci:.4f} ({p_text(p)})",
             f"step to {fraction:.0%}": step,
             f"ms to {fraction:.0%}": f"{ms:.1f}",
             "fit s": f"{row.mean_of(fit_seconds):.0f}",

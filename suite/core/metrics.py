@@ -165,10 +165,17 @@ class Interval:
 
     def p_value(self) -> float:
         """Two-sided p-value of a zero mean from Student's t with :attr:`df` (below 0.05 exactly when the
-        interval excludes 0); 1.0 for an exact zero with no spread, 0.0 for a non-zero one."""
+        interval excludes 0); 1.0 for an exact zero with no spread, 0.0 for a non-zero one. The lower tail at
+        -|t| is computed directly: 1 - P(T <= |t|) rounds to 0 beyond p ~ 1e-16, which printed as "p=0"."""
         if self.variance <= 0:
             return 1.0 if self.mean == 0 else 0.0
-        return 2.0 * (1.0 - t_cdf(abs(self.mean) / math.sqrt(self.variance), self.df))
+        return 2.0 * t_cdf(-abs(self.mean) / math.sqrt(self.variance), self.df)
+
+
+def p_text(p: float) -> str:
+    """A p-value as the boards print it, with ``*`` below 0.05: two significant digits, and ``p<1e-300`` where
+    it is below what a float holds (a z of about 37 and more), not ``p=0``."""
+    return (f"p={p:.2g}" if p > 0 else "p<1e-300") + (", *" if p < 0.05 else "")
 
 
 def _combine(mean: float, parts: list[tuple[float, float]]) -> Interval:

@@ -26,7 +26,7 @@ from matplotlib.ticker import NullFormatter
 
 from mtbench.board import leaderboard as lb
 from mtbench.board.labels import budget, distinct_labels
-from mtbench.core.metrics import Z95, t_quantile
+from mtbench.core.metrics import Z95, p_text, t_quantile
 from mtbench.report.blocks import FIGURES, Block, Built, Code, Heading, Image, Para, Table, svg
 
 FIGURE = "seeds-spread.svg"
@@ -137,9 +137,8 @@ def _flip_table(found: list[Flip]) -> pd.DataFrame:
     out = []
     for f in found:
         mean, ci, p = f.difference
-        star = ", *" if p < 0.05 else ""
         out.append({"higher row": row(f.higher), "lower row": row(f.lower),
-                    "difference (paired, seeds counted)": f"{mean:+.4f} ± {ci:.4f} (p={p:.2g}{star})",
+                    "difference (paired, seeds counted)": f"{mean:+.4f} ± {ci:.4f} ({p_text(p)})",
                     "pairs of fits ranked the other way": f"{f.reversed} of {f.pairs}"})
     return pd.DataFrame(out)
 
