@@ -174,7 +174,7 @@ class Interval:
 
 def p_text(p: float) -> str:
     """A p-value as the boards print it, with ``*`` below 0.05: two significant digits, and ``p<1e-300`` where
-    it is below what a float holds (a z of about 37 and more), not ``p=0``."""
+    it is below what a float holds (a normal z beyond about 38.5), not ``p=0``."""
     return (f"p={p:.2g}" if p > 0 else "p<1e-300") + (", *" if p < 0.05 else "")
 
 
