@@ -58,7 +58,7 @@ def test_one_seed_is_the_episode_interval_and_paired_singles_the_paired_normal_i
     assert (d.mean, d.ci95) == pytest.approx((mean, ci))
     assert d.p_value() == pytest.approx(math.erfc(abs(mean) / (ci / Z95) / math.sqrt(2)))
     assert paired_seed_difference([a], [a]).p_value() == 1.0
-    # far in the tail, p is still a number (not 1 - P(T <= t) rounded to 0): z = 10 and Student t with 3 df
+    # far in the tail, p is still a number (not 1 - P(T <= t) rounded to 0): z = 10, and t = 40 on 30 df
     assert Interval(1.0, Z95 * 0.1, 0.01).p_value() == pytest.approx(math.erfc(10 / math.sqrt(2)), rel=1e-9)
     t30 = Interval(4.0, 0.1 * t_quantile(0.975, 30), 0.01, ((0.01, 30.0),))  # t = 40 on 30 df
     assert t30.df == pytest.approx(30) and 0 < t30.p_value() < 1e-20

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtbench.board.leaderboard import markdown
 from mtbench.core.errors import UserError
-from mtbench.results.screen import Screened, left_out_note, screen
+from mtbench.results.screen import Screened, screen
 
 
 def collect(paths: Iterable[str | Path]) -> Screened:
@@ -38,17 +37,11 @@ def tables(screened: Screened) -> list[tuple[str, pd.DataFrame]]:
 
 
 def render(screened: Screened, fmt: str = "text") -> str:
-    """All tables as text (aligned columns, as ``mtbench leaderboard`` prints them) or Markdown, with the
-    leaderboard's legend, then the files left out; a :class:`UserError` when none is left to show."""
-    from mtbench.board.leaderboard import FRACTION, LEGEND, group
-    from mtbench.board.text import render as text
+    """All tables as text (aligned columns) or Markdown, as ``mtbench leaderboard`` prints them, with the legend,
+    then the files left out; a :class:`UserError` when none is left to show."""
+    from mtbench.board.leaderboard import group
+    from mtbench.board.text import render_groups
 
     if not screened.results:
         raise UserError("no valid result to compare: " + "; ".join(f"{x.path}: {x.reason}" for x in screened.left_out))
-    if fmt == "markdown":
-        body = "\n\n".join(f"### {title}\n\n{markdown(frame)}" for title, frame in tables(screened)) \
-            + "\n\n" + LEGEND.format(f=FRACTION)
-    else:
-        body = text(group(screened.results))
-    note = left_out_note(screened.left_out, markdown=fmt == "markdown")
-    return body + (f"\n\n{note}" if note else "")
+    return render_groups(group(screened.results), screened.left_out, fmt=fmt)

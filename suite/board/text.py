@@ -6,7 +6,7 @@ from __future__ import annotations
 import textwrap
 
 from mtbench.board.leaderboard import FRACTION, LEGEND, Board, Group, frame, markdown
-from mtbench.results.screen import left_out_note
+from mtbench.results.screen import LeftOut, left_out_note
 
 # the text table's columns of words, left-aligned (the others hold numbers and are right-aligned)
 WORDS = ("method", "seeds × episodes", "vs best (paired)", "device", "budget", "reproduced")
@@ -36,12 +36,17 @@ def render(groups: list[Group], fraction: float = FRACTION) -> str:
 
 
 def render_board(b: Board, fraction: float = FRACTION, fmt: str = "text") -> str:
-    """The board as ``mtbench leaderboard`` prints it: every group's table (aligned text or Markdown), the legend,
-    then the files left out, with why."""
+    """The board as ``mtbench leaderboard`` prints it (see :func:`render_groups`)."""
+    return render_groups(b.groups, b.left_out, fraction, fmt)
+
+
+def render_groups(groups: list[Group], left_out: list[LeftOut], fraction: float = FRACTION, fmt: str = "text") -> str:
+    """Every group's table (aligned text or Markdown), the legend, then the files left out, with why: what
+    ``mtbench leaderboard`` and ``mtbench compare`` print."""
     if fmt == "markdown":
-        text = "\n\n".join(f"### {g.title}\n\n{markdown(frame(g, fraction))}" for g in b.groups) \
+        text = "\n\n".join(f"### {g.title}\n\n{markdown(frame(g, fraction))}" for g in groups) \
             + "\n\n" + LEGEND.format(f=fraction)
     else:
-        text = render(b.groups, fraction)
-    note = left_out_note(b.left_out, markdown=fmt == "markdown")
+        text = render(groups, fraction)
+    note = left_out_note(left_out, markdown=fmt == "markdown")
     return text + (f"\n\n{note}" if note else "")

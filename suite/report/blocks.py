@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
-from mtbench.board.compare import markdown
+from mtbench.board.leaderboard import markdown
 
 FIGURES = "figures"
 

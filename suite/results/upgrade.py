@@ -21,8 +21,8 @@ def upgrade(doc: Any) -> Any:
 
     An older record gets what it lacks (see :func:`_from_1`, :func:`_from_2`, :func:`_from_3`, then
     :func:`_from_4`); a current one is returned as a copy; a document that is not a result object, or has no known
-    version, is returned as a copy for :func:`~mtbench.results.schema.validate` to name its problems. A version newer than this mtbench
-    knows is a :class:`UserError`.
+    version, is returned as a copy for :func:`~mtbench.results.schema.validate` to name its problems. A version
+    newer than this mtbench knows is a :class:`UserError`.
     """
     doc = copy.deepcopy(doc)
     if not isinstance(doc, dict):
