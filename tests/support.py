@@ -69,7 +69,7 @@ def result_doc(method: str, per_episode: list[float], *, dataset: str = "synthet
     steps = [*(by_step or []), mean]
     ms = ms_by_step or [float(i + 1) for i in range(len(steps))]
     doc = {
-        "schema_version": 5,
+        "schema_version": 6,
         "method": {"name": method, "version": version, "hparams": {}, "transductive": False, "variant": ""},
         "dataset": {"name": dataset, "version": "1", "fit_split": "train", "split": "test", "unlabelled_split": None,
                     "support_split": None, "notes": []},
@@ -106,7 +106,7 @@ def init_doc(method: str = "protonet", **fields) -> dict:
     from mtbench.methods import METHODS
 
     doc = {"path": f"{method}.pt", "sha256": "c" * 64, "recalibrated_batchnorm": False, "method": method,
-           "hparams": {}, "dataset": "synthetic", "fit_split": "train", "budget": "quick", "fit_seconds": 1.0,
+           "method_version": METHODS.get(method).version, "hparams": {}, "dataset": "synthetic", "fit_split": "train", "budget": "quick", "fit_seconds": 1.0,
            "fit_seed": 0, "init": None, "git_commit": None, **fields}
     return {**doc, "iterations": fields.get("iterations", METHODS.get(method).iterations_for(doc["budget"],
                                                                                              doc["dataset"]))}

@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from mtbench.board.labels import label
 from mtbench.board.leaderboard import Entry, Row, rows
 from mtbench.board.official import load_plan, missing, missing_runs
 from mtbench.board.reproduce import spec_of
@@ -95,7 +96,7 @@ def test_the_result_records_the_fit_seed_names_its_file_and_reproduce_uses_it(tm
     [path] = out.glob("*.json")
     assert "_seed0_fit2_" in path.name and "fit seed 2" in result.output
     doc = read_result(path)
-    assert doc["fit"]["seed"] == 2 and doc["schema_version"] == SCHEMA_VERSION == 5
+    assert doc["fit"]["seed"] == 2 and doc["schema_version"] == SCHEMA_VERSION == 6
     assert spec_of(doc, None, "cpu").fit_seed == 2
     assert "_fit" not in result_filename(result_doc("protonet", [0.5]))  # fit seed 0: the names runs always had
     assert "_seed0_fit3_2026" in result_filename(result_doc("protonet", [0.5], fit_seed=3))
@@ -107,7 +108,7 @@ def test_a_version_3_record_gets_the_fit_seed_that_drove_its_fit():
     old["protocol"]["seed"] = 7  # before --fit-seed, --seed 7 fitted from fit_seed(7): that is --fit-seed 7
     del old["fit"]["seed"]
     new = upgrade(old)
-    assert new["schema_version"] == 5 and new["fit"]["seed"] == 7 and validate(new) == []
+    assert new["schema_version"] == SCHEMA_VERSION and new["fit"]["seed"] == 7 and validate(new) == []
     assert "seed" not in old["fit"]  # the argument is left as it was
     assert {k: v for k, v in new.items() if k not in ("fit", "schema_version")} == \
         {k: v for k, v in old.items() if k not in ("fit", "schema_version")}
@@ -129,19 +130,20 @@ def test_a_run_from_a_checkpoint_records_its_fit_seed_and_takes_it_unless_told_o
 
     inherited = from_checkpoint("inherited")  # the second stage of seed 2 of a pipeline is seed 2
     assert inherited["init"]["fit_seed"] == 2 and inherited["fit"]["seed"] == 2 and "_fit2_" in inherited["name"]
+    assert inherited["init"]["method_version"] == METHODS.get("protonet").version
     assert "it, fit seed 2)" in inherited["output"]
     told = from_checkpoint("told", "--fit-seed", "0")
     assert told["init"]["fit_seed"] == 2 and told["fit"]["seed"] == 0
     blob = torch.load(saved, weights_only=True)
-    del blob["fit_seed"]  # a checkpoint saved before checkpoints kept their fit seed
+    del blob["fit_seed"], blob["method_version"]  # a checkpoint saved before checkpoints kept their fit seed
     torch.save(blob, tmp_path / "old.pt")
     old = from_checkpoint("old", checkpoint=tmp_path / "old.pt")
-    assert old["init"]["fit_seed"] is None and old["fit"]["seed"] == 0
+    assert old["init"]["fit_seed"] is None and old["fit"]["seed"] == 0 and old["init"]["method_version"] is None
     # a checkpoint whose own fit started from one saved before: that stage's seed is unknown, and says so
-    blob["init"] = {k: v for k, v in init_doc().items() if k != "fit_seed"}
+    blob["init"] = {k: v for k, v in init_doc().items() if k not in ("fit_seed", "method_version")}
     torch.save(blob, tmp_path / "chained.pt")
     chained = from_checkpoint("chained", checkpoint=tmp_path / "chained.pt")
-    assert chained["init"]["init"]["fit_seed"] is None
+    assert chained["init"]["init"]["fit_seed"] is None and chained["init"]["init"]["method_version"] is None
     assert all(validate({k: v for k, v in d.items() if k not in ("output", "name")}) == []
                for d in (inherited, old, chained))
 
@@ -159,9 +161,31 @@ def test_results_from_checkpoints_of_other_fit_seeds_are_seeds_of_one_row_and_ol
     old["schema_version"] = 4
     del old["init"]["fit_seed"], old["init"]["init"]["fit_seed"]
     new = upgrade(old)
-    assert new["schema_version"] == 5 and validate(new) == []
+    assert new["schema_version"] == SCHEMA_VERSION and validate(new) == []
     assert new["init"]["fit_seed"] is None and new["init"]["init"]["fit_seed"] is None
     assert "fit_seed" not in old["init"]  # the argument is left as it was
+
+
+def test_a_first_stage_of_another_or_unrecorded_method_version_is_another_row_and_says_so():
+    installed = METHODS.get("reptile").version
+    known = [result_doc("reptile-transductive", [0.5, 1.0], fit_seed=s,
+                       init=init_doc("reptile", fit_seed=s, sha256=f"{s}" * 64)) for s in (0, 1)]
+    [row] = rows([Entry(Path(f"{i}.json"), d) for i, d in enumerate(known)])
+    assert row.seeds == [0, 1] and label(known[0]) == "reptile → reptile-transductive"
+    older = result_doc("reptile-transductive", [0.5, 1.0], fit_seed=2, init=init_doc("reptile", fit_seed=2,
+                                                                                     method_version="0"))
+    assert label(older) == "reptile v0 → reptile-transductive" and installed != "0"
+    # a version-5 result did not record its checkpoint's method version: unknown, never joined with a known one
+    v5 = result_doc("reptile-transductive", [0.5, 1.0], fit_seed=3, init=init_doc("reptile", fit_seed=3,
+                                                                                  init=init_doc("reptile")))
+    v5["schema_version"] = 5
+    del v5["init"]["method_version"], v5["init"]["init"]["method_version"]
+    unknown = upgrade(v5)
+    assert unknown["schema_version"] == SCHEMA_VERSION and validate(unknown) == []
+    assert unknown["init"]["method_version"] is None and unknown["init"]["init"]["method_version"] is None
+    assert label(unknown) == "reptile → reptile-transductive" and "method_version" not in v5["init"]
+    split = rows([Entry(Path(f"{i}.json"), d) for i, d in enumerate([*known, older, unknown])])
+    assert sorted(r.seeds for r in split) == [[0, 1], [2], [3]]
 
 
 @pytest.mark.parametrize(("args", "says"), [

@@ -239,14 +239,15 @@ def test_mean_ci95_edge_cases():
 
 
 # -- the schema: one definition -----------------------------------------------------------------
-INIT = {"path": "a.pt", "sha256": "b" * 64, "recalibrated_batchnorm": False, "method": "protonet", "hparams": {},
+INIT = {"path": "a.pt", "sha256": "b" * 64, "recalibrated_batchnorm": False, "method": "protonet",
+        "method_version": "1", "hparams": {},
         "dataset": "synthetic", "fit_split": "train", "budget": "quick", "iterations": 10, "fit_seconds": 1.5, "fit_seed": 0,
         "init": None, "git_commit": None}
 
 
 def test_result_doc_is_a_current_valid_result():
     assert validate(result_doc("x", [0.5, 1.0])) == []
-    assert result_doc("x", [0.5])["schema_version"] == SCHEMA_VERSION == 5
+    assert result_doc("x", [0.5])["schema_version"] == SCHEMA_VERSION == 6
 
 
 def test_validate_checks_nested_sections_at_any_depth():
@@ -268,7 +269,7 @@ def test_validate_takes_either_protocol_kind():
     assert validate(doc) == ["protocol.trials: missing"]
     doc = result_doc("x", [0.5, 0.5])
     doc["protocol"]["trials"] = 2  # an episodes protocol has no trials
-    assert validate(doc) == ["protocol.trials: not a field of schema_version 5"]
+    assert validate(doc) == ["protocol.trials: not a field of schema_version 6"]
 
 
 def test_validate_takes_an_int_for_a_float_but_never_a_bool():
@@ -302,7 +303,7 @@ def test_every_field_is_required_and_says_what_it_means():
 def test_readme_table_is_the_schema():
     text = (ROOT / "README.md").read_text()
     table = fields_table()
-    assert "### Result fields (`schema_version` 5)" in text
+    assert "### Result fields (`schema_version` 6)" in text
     assert f"\n{table}\n" in text
     rows = [line.split("`")[1] for line in table.splitlines()[2:]]
     assert len(rows) == len(set(rows))
@@ -400,7 +401,7 @@ def test_every_committed_result_reads_through_upgrade_and_validates():
         # as mtbench run wrote it (version 1, version 4 or the current version for the fits added since, e.g. other fit
         # seeds),
         # or rewritten by `mtbench reproduce --record` (version 3 then), with its record
-        assert raw["schema_version"] in (1, 4, SCHEMA_VERSION) or (raw["schema_version"] == 3 and raw["reproduced"]), path
+        assert raw["schema_version"] in (1, 4, 5, SCHEMA_VERSION) or (raw["schema_version"] == 3 and raw["reproduced"]), path
         doc = read_result(path)
         assert validate(doc) == [], path
         assert doc["accuracy"] == raw["accuracy"] and doc["protocol"]["episodes_sha"] == raw["protocol"]["episodes_sha"]

@@ -15,13 +15,16 @@ def label(doc: dict[str, Any]) -> str:
     (``finetune → feature-extract``; ``maml (saved fit)`` from its own), with its precision and
     compilation when not fp32 and uncompiled (e.g. ``protonet (bf16)``); ``maml v1`` when the installed
     method of that name is at another version (a change to its numbers bumps it), so that a result of
-    older code never stands in a row of today's, and ``mtbench official`` runs it again."""
+    older code never stands in a row of today's, and ``mtbench official`` runs it again; the same for the
+    checkpoint's method where the result recorded its version (``reptile v3 → reptile-transductive``)."""
     method = doc["method"]
     variant = method["variant"]
     name = method["name"] + stale_version(method) + (f" ({variant})" if variant else "")
     init = doc["init"]
     if init:
-        name = f"{name} (saved fit)" if init["method"] == method["name"] else f"{init['method']} → {name}"
+        first = stale_version({"name": init["method"], "version": init.get("method_version")})
+        name = (f"{name} (saved fit{first})" if init["method"] == method["name"]
+                else f"{init['method']}{first} → {name}")
     return name + execution_label(doc)
 
 
@@ -53,8 +56,9 @@ def fit_seeded(doc: dict[str, Any]) -> bool:
 
 def stale_version(method: dict[str, Any]) -> str:
     """`` v<version>`` when the installed method called ``method["name"]`` is at another version than the
-    result's, else (and for a method not installed here, e.g. a submitted one) nothing."""
-    if "version" not in method:  # a label being derived for a plan entry
+    result's, else (and for a method not installed here, e.g. a submitted one, or a version not recorded)
+    nothing."""
+    if method.get("version") is None:  # a label being derived for a plan entry, or a checkpoint's unrecorded version
         return ""
     try:
         installed = METHODS.get(method["name"])
@@ -100,12 +104,16 @@ def hparams_as_ran(method: dict[str, Any], device_type: str) -> dict[str, Any]:
 def init_hparams_as_ran(init: dict[str, Any]) -> dict[str, Any]:
     """The hparams a checkpoint (a result's ``init``) was fitted with, with those its installed method added later
     (``Method.later_hparams``) filled in where the checkpoint lacks them: it was saved before they existed, so it
-    ran as their filled value says (a checkpoint does not record its method's version in a result)."""
+    ran as their filled value says. As for :func:`hparams_as_ran`, not where its recorded method version differs
+    from the installed one; an unrecorded version (``null``, a result before schema 6) is taken to be the same."""
     try:
-        later = METHODS.get(init["method"]).later_hparams
+        installed = METHODS.get(init["method"])
     except UserError:  # a method not installed here
-        later = {}
-    return {**later, **init["hparams"]}
+        return init["hparams"]
+    version = init.get("method_version")
+    if version is not None and str(installed.version) != str(version):
+        return init["hparams"]
+    return {**installed.later_hparams, **init["hparams"]}
 
 
 def off_paper_recipe(doc: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -126,7 +134,7 @@ def off_paper_recipe(doc: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     if doc["budget"]["name"] == "paper":
         stages.append(own)
     elif not doc["budget"]["iterations"] and init and init["budget"] == "paper":
-        # a checkpoint records no method version: its hparams are read as recorded
+        # a checkpoint's hparams are read as recorded
         stages += [(init["method"], init["hparams"], init["dataset"], None), own]
     off: dict[str, tuple[Any, Any]] = {}
     for i, (name, ran, dataset, fitted_on) in enumerate(stages):

@@ -49,8 +49,9 @@ def fit_seed(doc: dict[str, Any]) -> int:
 
 
 def _recipe(init: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A checkpoint by how it was made (method, hparams as they ran, data, budget...), not by its bytes or its fit
-    seed: another seed of the first stage gives another file, and is another seed of the same row."""
+    """A checkpoint by how it was made (method and its version, hparams as they ran, data, budget...), not by its
+    bytes or its fit seed: another seed of the first stage gives another file, and is another seed of the same row.
+    A result that did not record the version (``null``, before schema 6) is never joined with one that did."""
     if init is None:
         return None
     kept = {k: v for k, v in init.items()

@@ -1,4 +1,4 @@
-"""The result document: one JSON per run, defined once, here, by the TypedDicts below (``schema_version`` 5).
+"""The result document: one JSON per run, defined once, here, by the TypedDicts below (``schema_version`` 6).
 
 Every field is required; a field that may be empty is typed ``X | None`` (JSON ``null``). Each field is
 annotated ``Annotated[type, "what it means"]``: :func:`validate` derives its checks from those types and
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, TypedDict, Union
 
 from mtbench.core.runtime import PRECISIONS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 NUMBER = (int, float)
 
@@ -102,6 +102,8 @@ class Init(TypedDict):
     sha256: Annotated[str, "sha256 of the file"]
     recalibrated_batchnorm: Annotated[bool, "BatchNorm statistics were recomputed on the fit split"]
     method: Annotated[str, "the method that was fitted"]
+    method_version: Annotated[str | None, "that method's version (a change to its numbers bumps it); `null` in a "
+                                          "result written before version 6, which did not record it"]
     hparams: Annotated[dict[str, Any], "its hyperparameters"]
     dataset: Annotated[str, "the dataset it was fitted on"]
     fit_split: Annotated[str, "the split it was fitted on"]
@@ -209,7 +211,7 @@ class Reproduction(TypedDict):
 class Result(TypedDict):
     """One run's result document."""
 
-    schema_version: Annotated[int, "the layout of the document: 5"]
+    schema_version: Annotated[int, "the layout of the document: 6"]
     method: Annotated[Method, "the method"]
     dataset: Annotated[Dataset, "the dataset evaluated on"]
     source: Annotated[Source | None, "the dataset fitted on when it is not `dataset`, or `null`"]

@@ -1,10 +1,10 @@
-"""Reading older result documents: :func:`upgrade` brings a ``schema_version`` 1, 2, 3 or 4 record to the current one.
+"""Reading older result documents: :func:`upgrade` brings a ``schema_version`` 1 to 5 record to the current one.
 
 Version 1 grew fields over time, and older records lack the newer ones; version 2 requires every field
 (see :mod:`mtbench.results.schema`); version 3 adds the ``reproduced`` records; version 4 the fit's own seed
-(``fit.seed``); version 5 the fit seed of the checkpoint a run started from (``init.fit_seed``). Each missing
-field is filled with what its absence meant when the record was written, and nothing else changes: numbers,
-shas and every field present stay as they are.
+(``fit.seed``); version 5 the fit seed of the checkpoint a run started from (``init.fit_seed``); version 6 the
+version of that checkpoint's method (``init.method_version``). Each missing field is filled with what its absence
+meant when the record was written, and nothing else changes: numbers, shas and every field present stay as they are.
 """
 
 from __future__ import annotations
@@ -19,23 +19,25 @@ from mtbench.results.schema import SCHEMA_VERSION
 def upgrade(doc: Any) -> Any:
     """``doc`` as a result of :data:`SCHEMA_VERSION`, as a new object (``doc`` is not modified).
 
-    An older record gets what it lacks (see :func:`_from_1`, :func:`_from_2`, :func:`_from_3`, then
-    :func:`_from_4`); a current one is returned as a copy; a document that is not a result object, or has no known
-    version, is returned as a copy for :func:`~mtbench.results.schema.validate` to name its problems. A version
-    newer than this mtbench knows is a :class:`UserError`.
+    An older record gets what it lacks (see :func:`_from_1`, :func:`_from_2`, :func:`_from_3`, :func:`_from_4`,
+    then :func:`_from_5`); a current one is returned as a copy; a document that is not a result object, or has no
+    known version, is returned as a copy for :func:`~mtbench.results.schema.validate` to name its problems. A
+    version newer than this mtbench knows is a :class:`UserError`.
     """
     doc = copy.deepcopy(doc)
     if not isinstance(doc, dict):
         return doc
     version = doc.get("schema_version")
-    if version in (1, 2, 3, 4) and not isinstance(version, bool):
+    if version in (1, 2, 3, 4, 5) and not isinstance(version, bool):
         if version == 1:
             _from_1(doc)
         if version in (1, 2):
             _from_2(doc)
         if version in (1, 2, 3):
             _from_3(doc)
-        return _from_4(doc)
+        if version in (1, 2, 3, 4):
+            _from_4(doc)
+        return _from_5(doc)
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise UserError(f"schema_version {version} is newer than this mtbench reads (up to {SCHEMA_VERSION}); "
                         f"upgrade mtbench (pip install -U mtbench) to read it")
@@ -53,7 +55,8 @@ def _fill(doc: dict[str, Any], section: str, **missing: Any) -> None:
 
 
 def _from_1(doc: dict[str, Any]) -> dict[str, Any]:
-    """Version 1 to 2, in place on a copy (``schema_version``: by :func:`_from_3`). A field absent from a version-1 record meant:
+    """Version 1 to 2, in place on a copy (``schema_version``: by :func:`_from_5`). A field absent from a version-1
+    record meant:
 
     * ``init``, ``source``, ``submission``: null (no checkpoint, fitted on the dataset itself, a
       registered method: the features did not exist yet);
@@ -102,9 +105,24 @@ def _from_3(doc: dict[str, Any]) -> dict[str, Any]:
 def _from_4(doc: dict[str, Any]) -> dict[str, Any]:
     """Version 4 to 5, in place: a checkpoint saved before version 5 did not keep its fit seed, so the ``init`` a
     run started from (and the one that checkpoint's fit started from, and so on) has ``fit_seed`` null: unknown."""
-    doc["schema_version"] = SCHEMA_VERSION
-    init = doc.get("init")
-    while isinstance(init, dict):  # else validate names what is wrong
-        init.setdefault("fit_seed", None)
-        init = init.get("init")
+    _fill_init(doc, fit_seed=None)
     return doc
+
+
+def _from_5(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 5 to 6, in place: a result before version 6 did not record the method version of the checkpoint it
+    started from (its checkpoint kept it), so ``init.method_version`` is null down the chain: unknown. A leaderboard
+    row never joins such a result with one whose first stage's version is known."""
+    doc["schema_version"] = SCHEMA_VERSION
+    _fill_init(doc, method_version=None)
+    return doc
+
+
+def _fill_init(doc: dict[str, Any], **missing: Any) -> None:
+    """Set each of ``missing`` that the ``init`` chain's records lack (a record that is not an object is left for
+    validate to report)."""
+    init = doc.get("init")
+    while isinstance(init, dict):
+        for key, value in missing.items():
+            init.setdefault(key, value)
+        init = init.get("init")

@@ -54,20 +54,22 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
 
 
 def init_record(blob: dict[str, Any], sha256: str, path: str, recalibrated: bool) -> dict[str, Any]:
-    """The ``init`` section of a result: which fitted method a run started from, and how it was made (its
-    ``fit_seed`` is ``None`` for a checkpoint saved before checkpoints kept it)."""
-    keys = ("method", "hparams", "dataset", "fit_split", "budget", "iterations", "fit_seconds", "fit_seed")
+    """The ``init`` section of a result: which fitted method a run started from (at which version), and how it was
+    made (``fit_seed`` and ``method_version`` are ``None`` where the checkpoint did not keep them)."""
+    keys = ("method", "method_version", "hparams", "dataset", "fit_split", "budget", "iterations", "fit_seconds",
+            "fit_seed")
     return {"path": path, "sha256": sha256, "recalibrated_batchnorm": recalibrated,
-            **{k: blob.get(k) for k in keys}, "init": _with_fit_seed(blob.get("init")),
+            **{k: blob.get(k) for k in keys}, "init": _filled(blob.get("init")),
             "git_commit": blob.get("provenance", {}).get("git_commit")}
 
 
-def _with_fit_seed(init: dict[str, Any] | None) -> dict[str, Any] | None:
+def _filled(init: dict[str, Any] | None) -> dict[str, Any] | None:
     """A checkpoint's own ``init`` record (the checkpoint its fit started from, and so on down), with ``fit_seed``
-    ``None`` where it was recorded before results kept it."""
+    and ``method_version`` ``None`` where it was recorded before results kept them."""
     if init is None:
         return None
-    return {**init, "fit_seed": init.get("fit_seed"), "init": _with_fit_seed(init.get("init"))}
+    return {**init, "fit_seed": init.get("fit_seed"), "method_version": init.get("method_version"),
+            "init": _filled(init.get("init"))}
 
 
 def same_family(saved: str, method: Method) -> bool:
