@@ -49,7 +49,7 @@ def test_batch_norm_option_has_no_running_statistics(name: str) -> None:
 @pytest.mark.parametrize(("shape", "features"), [((1, 28, 28), 64 * 2 * 2), ((3, 84, 84), 64 * 6 * 6)])
 def test_strided_conv4_downsamples_by_its_convolutions(shape, features: int) -> None:
     """conv4-strided: the same four 64-filter 3x3 convolutions as conv4 with stride 2 and no pooling, so on 28x28
-    Omniglot its feature is 256-d (MAML's and Reptile's Omniglot network) where conv4's is 64-d."""
+    Omniglot its feature is 256-d (Reptile's Omniglot network) where conv4's is 64-d."""
     strided = build_backbone("conv4-strided", shape, torch.Generator().manual_seed(0))
     pooled = build_backbone("conv4", shape, torch.Generator().manual_seed(0))
     assert strided.out_features == features and strided(torch.zeros(2, *shape)).shape == (2, features)
@@ -58,6 +58,18 @@ def test_strided_conv4_downsamples_by_its_convolutions(shape, features: int) -> 
     assert [c.stride for c in convs] == [(2, 2)] * 4
     assert sum(p.numel() for p in strided.parameters()) == sum(p.numel() for p in pooled.parameters())
     assert build_backbone("conv4", (1, 28, 28), torch.Generator().manual_seed(0)).out_features == 64
+
+
+def test_strided_conv4_averaged_is_the_same_network_pooled_to_its_channels() -> None:
+    """conv4-strided-avg (MAML's Omniglot network): conv4-strided's weights, its last map averaged over positions,
+    so its 64-d feature is the mean of the 256-d flattened one's four positions per channel."""
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    flat = build_backbone("conv4-strided", (1, 28, 28), torch.Generator().manual_seed(0))
+    avg = build_backbone("conv4-strided-avg", (1, 28, 28), torch.Generator().manual_seed(0))
+    assert avg.out_features == 64 and flat.out_features == 256
+    assert all(torch.equal(a, b) for a, b in zip(avg.state_dict().values(), flat.state_dict().values()))
+    flat.eval(), avg.eval()
+    torch.testing.assert_close(avg(x), flat(x).view(3, 64, 4).mean(dim=2))
 
 
 def test_batch_stat_norm_matches_functional_batch_norm() -> None:

@@ -118,11 +118,14 @@ BACKBONES.register(conv4_32)
 
 class Conv4Strided(nn.Module):
     """4 x [conv3x3-``width`` with stride 2, BatchNorm, ReLU]: Conv4 with strided convolutions instead of
-    max-pooling, the Omniglot network of MAML's and Reptile's code (Finn et al. 2017; Nichol et al. 2018). On 28x28
-    images the feature is 64 x 2 x 2 = 256-d (padding 1 takes 28, 14, 7, 4 to 14, 7, 4, 2), where Conv4's
-    max-pooling floors 7 to 3 and ends at 64-d."""
+    max-pooling. With ``average=False`` the last map is flattened, Reptile's Omniglot network (Nichol et al. 2018):
+    on 28x28 images 64 x 2 x 2 = 256-d (padding 1 takes 28, 14, 7, 4 to 14, 7, 4, 2), where Conv4's max-pooling
+    floors 7 to 3 and ends at 64-d. With ``average=True`` the last map is averaged over its positions to 64-d, the
+    Omniglot network of MAML's code (Finn et al. 2017: ``tf.reduce_mean(hidden4, [1, 2])`` in its ``forward_conv``
+    for every dataset but miniImageNet)."""
 
-    def __init__(self, in_shape: tuple[int, int, int], width: int = 64, norm: str = "running") -> None:
+    def __init__(self, in_shape: tuple[int, int, int], width: int = 64, norm: str = "running",
+                 average: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels, h, w = in_shape
@@ -130,19 +133,30 @@ class Conv4Strided(nn.Module):
             layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), _norm(width, norm), nn.ReLU()]
             channels, h, w = width, (h + 1) // 2, (w + 1) // 2
         self.features = nn.Sequential(*layers)
-        self.out_features = width * h * w
+        self.average = average
+        self.out_features = width if average else width * h * w
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.features(x).flatten(1)
+        x = self.features(x)
+        return x.mean(dim=(2, 3)) if self.average else x.flatten(1)
 
 
 def conv4_strided(in_shape: tuple[int, int, int], norm: str = "running") -> nn.Module:
-    """4 x [conv3x3-64 stride 2, BatchNorm, ReLU]: MAML's and Reptile's Omniglot network (256-d on 28x28)."""
+    """4 x [conv3x3-64 stride 2, BatchNorm, ReLU], flattened: Reptile's Omniglot network (256-d on 28x28)."""
     return Conv4Strided(in_shape, norm=norm)
 
 
 conv4_strided.name = "conv4-strided"  # type: ignore[attr-defined]
 BACKBONES.register(conv4_strided)
+
+
+def conv4_strided_avg(in_shape: tuple[int, int, int], norm: str = "running") -> nn.Module:
+    """4 x [conv3x3-64 stride 2, BatchNorm, ReLU], averaged over positions: MAML's Omniglot network (64-d)."""
+    return Conv4Strided(in_shape, norm=norm, average=True)
+
+
+conv4_strided_avg.name = "conv4-strided-avg"  # type: ignore[attr-defined]
+BACKBONES.register(conv4_strided_avg)
 
 
 def _norm(channels: int, norm: str) -> nn.Module:
