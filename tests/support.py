@@ -106,8 +106,8 @@ def init_doc(method: str = "protonet", **fields) -> dict:
     from mtbench.methods import METHODS
 
     doc = {"path": f"{method}.pt", "sha256": "c" * 64, "recalibrated_batchnorm": False, "method": method,
-           "method_version": METHODS.get(method).version, "hparams": {}, "dataset": "synthetic", "fit_split": "train", "budget": "quick", "fit_seconds": 1.0,
-           "fit_seed": 0, "init": None, "git_commit": None, **fields}
+           "method_version": METHODS.get(method).version, "hparams": {}, "dataset": "synthetic", "fit_split": "train",
+           "budget": "quick", "fit_seconds": 1.0, "fit_seed": 0, "init": None, "git_commit": None, **fields}
     return {**doc, "iterations": fields.get("iterations", METHODS.get(method).iterations_for(doc["budget"],
                                                                                              doc["dataset"]))}
 

@@ -135,7 +135,7 @@ def test_a_run_from_a_checkpoint_records_its_fit_seed_and_takes_it_unless_told_o
     told = from_checkpoint("told", "--fit-seed", "0")
     assert told["init"]["fit_seed"] == 2 and told["fit"]["seed"] == 0
     blob = torch.load(saved, weights_only=True)
-    del blob["fit_seed"], blob["method_version"]  # a checkpoint saved before checkpoints kept their fit seed
+    del blob["fit_seed"], blob["method_version"]  # a checkpoint saved before it kept its fit seed (and version)
     torch.save(blob, tmp_path / "old.pt")
     old = from_checkpoint("old", checkpoint=tmp_path / "old.pt")
     assert old["init"]["fit_seed"] is None and old["fit"]["seed"] == 0 and old["init"]["method_version"] is None
