@@ -87,6 +87,27 @@ def test_cli_unknown_filter_is_a_one_line_error(board, args, mentions):
     assert result.exit_code == 2 and mentions in result.output and "Traceback" not in result.output
 
 
+def test_a_folder_given_as_an_argument_is_a_leaderboard_or_one_of_its_dataset_or_setting_folders(board, tmp_path):
+    whole = invoke("leaderboard", str(board))
+    assert whole.exit_code == 0 and "synthetic 5w1s" in whole.output and "synthetic 5w5s" in whole.output
+    setting = invoke("leaderboard", str(board / "synthetic" / "5w5s"))
+    assert setting.exit_code == 0, setting.output
+    assert "five-shot" in setting.output and "synthetic 5w1s" not in setting.output
+    assert setting.output == invoke("leaderboard", "--leaderboards", str(board), "-p", "5w5s").output
+    dataset = invoke("leaderboard", str(board / "synthetic"), "-p", "5w1s")
+    assert dataset.exit_code == 0 and "good" in dataset.output and "five-shot" not in dataset.output
+    (board / "throughput").mkdir()
+    (board / "throughput" / "bench.json").write_text("{}")
+    assert invoke("leaderboard", str(board)).output == whole.output  # bench files are not results
+    for args, says in [((str(board / "synthetic" / "5w5s"), "-p", "5w1s"), "--protocol 5w1s is not the"),
+                       ((str(board), "--leaderboards", str(board)), "give the folder once"),
+                       ((str(board / "throughput"),), "holds `mtbench bench` files, not results"),
+                       ((str(tmp_path / "nowhere"),), "is not a folder"),
+                       ((str(tmp_path),), "give a leaderboard folder, e.g. leaderboards")]:
+        result = invoke("leaderboard", *args)
+        assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, (args, result.output)
+
+
 def test_committed_omniglot_leaderboard_prints():
     result = invoke("leaderboard", "--leaderboards", str(REPO / "leaderboards"), "--dataset", "omniglot")
     assert result.exit_code == 0, result.output

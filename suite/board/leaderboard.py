@@ -242,7 +242,8 @@ def shown(root: Path, dataset: str | None = None, setting: str | None = None) ->
     """:func:`board`, where no result to show is an error that says what the folder has and what it left out."""
     found = board(root, dataset, setting)
     if not found.groups:
-        left = "".join(f"; left out {x.path}: {x.reason}" for x in found.left_out)
+        left = "".join(f"; left out {x.path}: {x.reason}" for x in found.left_out[:3])
+        left += f"; and {len(found.left_out) - 3} more left out" if len(found.left_out) > 3 else ""
         raise UserError(f"no results for dataset {dataset or 'any'}, protocol {setting or 'any'} under {root}; "
                         f"it has: {', '.join(found.has) or 'nothing'}{left}")
     return found

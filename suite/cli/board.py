@@ -111,23 +111,36 @@ def validate_cmd(paths: tuple[str, ...], data_root: str | None, no_shas: bool) -
 
 
 @click.command("leaderboard")
+@click.argument("folder", required=False, type=click.Path())
 @click.option("--dataset", "-d", default=None, help="Only this dataset (e.g. omniglot).")
 @click.option("--protocol", "-p", default=None, help="Only this setting, e.g. 5w1s, 20w1s or transfer200-50.")
-@click.option("--leaderboards", type=click.Path(), default="leaderboards", show_default=True,
-              help="The leaderboard folder (<dataset>/<setting>/<result>.json).")
+@click.option("--leaderboards", type=click.Path(), default=None,
+              help="The leaderboard folder (<dataset>/<setting>/<result>.json)  [default: leaderboards].")
 @click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
               help="Adaptation speed: steps and ms to reach this fraction of the final accuracy.")
 @click.option("--markdown", "fmt", flag_value="markdown", help="Markdown tables instead of aligned text.")
 @user_errors
-def leaderboard_cmd(dataset: str | None, protocol: str | None, leaderboards: str, fraction: float,
-                    fmt: str | None) -> None:
-    """Print the ranked leaderboard: one table per dataset, setting and set of shared episodes; results on other
-    draws, protocols or schema versions are never ranked together. Files that fail validate's checks of the file,
-    cannot be read or repeat a run are left out and listed after the tables."""
+def leaderboard_cmd(folder: str | None, dataset: str | None, protocol: str | None, leaderboards: str | None,
+                    fraction: float, fmt: str | None) -> None:
+    """Print the ranked leaderboard of FOLDER (default: leaderboards; or one of its <dataset> or <dataset>/<setting>
+    folders, e.g. leaderboards/omniglot/20w1s): one table per dataset, setting and set of shared episodes; results
+    on other draws, protocols or schema versions are never ranked together. Files that fail validate's checks of
+    the file, cannot be read or repeat a run are left out and listed after the tables."""
     from mtbench.board.leaderboard import shown
     from mtbench.board.text import render_board
+    from mtbench.results.layout import scope
 
-    click.echo(render_board(shown(Path(leaderboards), dataset, protocol), fraction, fmt or "text"))
+    if folder is not None and leaderboards is not None:
+        raise UserError(f"give the folder once: {folder} or --leaderboards {leaderboards}, not both")
+    root = Path(leaderboards or "leaderboards")
+    if folder is not None:
+        root, in_dataset, in_setting = scope(folder)
+        for flag, given, implied in (("--dataset", dataset, in_dataset), ("--protocol", protocol, in_setting)):
+            if given is not None and implied is not None and given != implied:
+                raise UserError(f"{flag} {given} is not the {folder} folder's {implied}; drop {flag} or give "
+                                f"the leaderboard folder")
+        dataset, protocol = dataset or in_dataset, protocol or in_setting
+    click.echo(render_board(shown(root, dataset, protocol), fraction, fmt or "text"))
 
 
 @click.command("submit")

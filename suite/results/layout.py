@@ -22,6 +22,34 @@ def folder(root: str | Path, dataset: str, setting: str) -> Path:
     return Path(root) / dataset / setting
 
 
+def scope(path: str | Path) -> tuple[Path, str | None, str | None]:
+    """``(root, dataset, setting)`` of a folder given to a board: a leaderboard folder itself (``None, None``), one
+    of its ``<dataset>`` folders, or one of its ``<dataset>/<setting>`` folders, told apart by where the result
+    files lie (``*.json`` directly in it: a setting's folder; two levels down: a leaderboard folder; one level
+    down: a dataset's). Any other folder is a :class:`UserError`, as are ``throughput/`` (``mtbench bench`` files)
+    and ``reproduction/`` (leaderboard folders one level down)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder; give a leaderboard folder, or its <dataset> or "
+                        f"<dataset>/<setting> folder")
+    whole = path.resolve()  # "." has no parent to take a setting's root from
+    if whole.name == THROUGHPUT:
+        raise UserError(f"{path} holds `mtbench bench` files, not results: see reports/throughput.md, or give a "
+                        f"leaderboard folder")
+    if whole.name == REPRODUCTION:  # bench files of its own, and leaderboard folders of measurements below
+        inner = sorted(str(d) for d in path.iterdir() if d.is_dir() and leaderboard_files(d))
+        raise UserError(f"{path} holds the reproduction page's measurements in leaderboard folders of their own: "
+                        f"give one of {', '.join(inner) or 'them'}")
+    if any(path.glob("*.json")):
+        return whole.parent.parent, whole.parent.name, whole.name
+    if leaderboard_files(path):
+        return path, None, None
+    if any(p.parts[-2] not in NOT_RESULTS and not p.parts[-2].startswith(".") for p in path.glob("*/*.json")):
+        return whole.parent, whole.name, None
+    raise UserError(f"{path} has no results laid out as <dataset>/<setting>/*.json, nor is it such a <dataset> or "
+                    f"<dataset>/<setting> folder; give a leaderboard folder, e.g. leaderboards")
+
+
 def throughput_folder(root: str | Path) -> Path:
     """The folder of the ``mtbench bench`` files: ``<root>/throughput``."""
     return Path(root) / THROUGHPUT
@@ -29,7 +57,7 @@ def throughput_folder(root: str | Path) -> Path:
 
 def leaderboard_files(root: str | Path) -> list[Path]:
     """The result files of a leaderboard folder, exactly as laid out (``<dataset>/<setting>/*.json``), sorted."""
-    return sorted(p for p in Path(root).glob("*/*/*.json") if p.parts[-3] not in NOT_RESULTS)
+    return sorted(p for p in Path(root).glob("*/*/*.json") if not set(p.parts[-3:-1]) & set(NOT_RESULTS))
 
 
 def folders(root: str | Path) -> list[tuple[str, str]]:
