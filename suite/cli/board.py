@@ -122,10 +122,12 @@ def validate_cmd(paths: tuple[str, ...], data_root: str | None, no_shas: bool) -
 @user_errors
 def leaderboard_cmd(folder: str | None, dataset: str | None, protocol: str | None, leaderboards: str | None,
                     fraction: float, fmt: str | None) -> None:
-    """Print the ranked leaderboard of FOLDER (default: leaderboards; or one of its <dataset> or <dataset>/<setting>
-    folders, e.g. leaderboards/omniglot/20w1s): one table per dataset, setting and set of shared episodes; results
-    on other draws, protocols or schema versions are never ranked together. Files that fail validate's checks of
-    the file, cannot be read or repeat a run are left out and listed after the tables."""
+    """Print the ranked leaderboard of FOLDER.
+
+    FOLDER is a leaderboard folder (default: leaderboards) or one of its <dataset> or <dataset>/<setting> folders,
+    e.g. leaderboards/omniglot/20w1s. One table per dataset, setting and set of shared episodes; results on other
+    draws, protocols or schema versions are never ranked together. Files that fail validate's checks of the file,
+    cannot be read or repeat a run are left out and listed after the tables."""
     from mtbench.board.leaderboard import shown
     from mtbench.board.text import render_board
     from mtbench.results.layout import scope
