@@ -45,6 +45,11 @@ def test_ls_lists_every_builtin_component():
         assert name in result.output
     for header in ("datasets:", "methods:", "backbones:"):
         assert header in result.output
+    # each section's descriptions start in one column, whatever the length of its names (reptile-transductive)
+    for section in result.output.split(":\n")[1:]:
+        rows = [line for line in section.splitlines() if line.startswith("  ")]
+        starts = {len(line) - len(line[2:].split("  ", 1)[1].lstrip()) for line in rows}
+        assert len(starts) == 1, rows
 
 
 def test_ls_of_one_kind_lists_only_that_kind():

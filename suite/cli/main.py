@@ -36,8 +36,10 @@ def ls(kind: str | None) -> None:
         if kind and kind != name:
             continue
         click.echo(f"{name}:")
-        for item, obj in registry.items():
-            click.echo(f"  {item:<12} {describe(obj)}")
+        items = list(registry.items())
+        width = max((len(item) for item, _ in items), default=0)  # the section's longest name sets its column
+        for item, obj in items:
+            click.echo(f"  {item:<{width}}  {describe(obj)}")
 
 
 @main.command("run")
