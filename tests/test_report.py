@@ -115,9 +115,18 @@ def test_second_run_is_byte_identical_and_depends_on_the_files_alone(leaderboard
     report(leaderboards, first)
     assert files(first) == before
     moved = shutil.copytree(leaderboards, tmp_path / "elsewhere" / "lb")
-    report(leaderboards, second)
+    report(leaderboards, second, progress=True)  # the bar goes to stderr, never into a page
     report(moved, third)
     assert files(second) == files(third) == before
+
+
+def test_the_cli_shows_a_progress_bar_over_the_pages_unless_told_not_to(leaderboards, tmp_path):
+    shown = CliRunner().invoke(main, ["report", "--leaderboards", str(leaderboards), "--out", str(tmp_path / "a")])
+    quiet = CliRunner().invoke(main, ["report", "--leaderboards", str(leaderboards), "--out", str(tmp_path / "b"),
+                                      "--no-progress"])
+    assert shown.exit_code == quiet.exit_code == 0, shown.output
+    assert "report: 100%" in shown.stderr and "page" in shown.stderr and quiet.stderr == ""
+    assert files(tmp_path / "a") == files(tmp_path / "b")
 
 
 def test_strings_from_files_are_escaped_in_markdown_and_html(tmp_path):

@@ -16,8 +16,11 @@ atomically, so a failure leaves the previous report as it was.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from tqdm import tqdm
 
 from mtbench.core.atomic import atomic_write
 from mtbench.core.errors import UserError
@@ -45,16 +48,17 @@ def all_pages(leaderboards: Path) -> list[Page]:
     return [*board_pages(leaderboards), *PAGES]
 
 
-def build(leaderboards: Path, pages: Sequence[Page] | None = None) -> dict[str, bytes]:
+def build(leaderboards: Path, pages: Sequence[Page] | None = None, progress: bool = False) -> dict[str, bytes]:
     """Every file of the report, by path relative to the report folder, rendered in memory; ``pages``
-    defaults to :func:`all_pages`."""
+    defaults to :func:`all_pages`; ``progress`` shows a bar over the pages on stderr."""
     leaderboards = Path(leaderboards)
     if not leaderboards.is_dir():
         raise UserError(f"no leaderboard folder {leaderboards}; run mtbench report in the repository root, or "
                         f"give the folder with --leaderboards")
     if pages is None:
         pages = all_pages(leaderboards)
-    built = [(page, b) for page in pages if (b := page.build(leaderboards)) is not None]
+    bar = tqdm(pages, desc="report", unit="page", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    built = [(page, b) for page in bar if (b := page.build(leaderboards)) is not None]
     if not built:
         wants = "; ".join(page.wants.replace("<leaderboards>", str(leaderboards)) for page in pages)
         raise UserError(f"nothing to report in {leaderboards}: no result files (<dataset>/<setting>/*.json, written "
@@ -104,6 +108,6 @@ def write(files: dict[str, bytes], out: Path) -> list[Path]:
     return written
 
 
-def report(leaderboards: Path, out: Path) -> list[Path]:
+def report(leaderboards: Path, out: Path, progress: bool = False) -> list[Path]:
     """Regenerate the report in ``out`` from ``leaderboards``; the written paths."""
-    return write(build(leaderboards), out)
+    return write(build(leaderboards, progress=progress), out)
