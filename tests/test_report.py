@@ -120,13 +120,16 @@ def test_second_run_is_byte_identical_and_depends_on_the_files_alone(leaderboard
     assert files(second) == files(third) == before
 
 
-def test_the_cli_shows_a_progress_bar_over_the_pages_unless_told_not_to(leaderboards, tmp_path):
-    shown = CliRunner().invoke(main, ["report", "--leaderboards", str(leaderboards), "--out", str(tmp_path / "a")])
-    quiet = CliRunner().invoke(main, ["report", "--leaderboards", str(leaderboards), "--out", str(tmp_path / "b"),
-                                      "--no-progress"])
-    assert shown.exit_code == quiet.exit_code == 0, shown.output
-    assert "report: 100%" in shown.stderr and "page" in shown.stderr and quiet.stderr == ""
-    assert files(tmp_path / "a") == files(tmp_path / "b")
+def test_the_cli_shows_a_progress_bar_over_the_pages_when_asked_or_on_a_terminal(leaderboards, tmp_path):
+    def run(out: str, *flags: str):
+        return CliRunner().invoke(main, ["report", "--leaderboards", str(leaderboards), "--out", str(tmp_path / out),
+                                         *flags])
+
+    shown, quiet, default = run("a", "--progress"), run("b", "--no-progress"), run("c")
+    assert shown.exit_code == quiet.exit_code == default.exit_code == 0, shown.output
+    assert "report:   0%" in shown.stderr and "page/s" in shown.stderr and shown.stderr.endswith("\r")  # cleared
+    assert quiet.stderr == default.stderr == ""  # the test's stderr is not a terminal
+    assert files(tmp_path / "a") == files(tmp_path / "b") == files(tmp_path / "c")
 
 
 def test_strings_from_files_are_escaped_in_markdown_and_html(tmp_path):

@@ -223,9 +223,10 @@ def bench_cmd(device: str, meta_batch: tuple[str, ...], repeats: int, episodes: 
               help="The leaderboard folder; the throughput page reads the `mtbench bench` files in its throughput/.")
 @click.option("--out", type=click.Path(), default="reports", show_default=True,
               help="Folder for the pages (index, throughput: .md and .html) and figures/; they are replaced.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar over the pages.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar over the pages  [default: when stderr is a terminal].")
 @user_errors
-def report_cmd(leaderboards: str, out: str, progress: bool) -> None:
+def report_cmd(leaderboards: str, out: str, progress: bool | None) -> None:
     """Regenerate the report from the leaderboard folder alone: Markdown pages for GitHub, self-contained
     HTML pages, SVG figures, and an index; the same inputs give byte-identical files."""
     from mtbench.report import report

@@ -48,17 +48,19 @@ def all_pages(leaderboards: Path) -> list[Page]:
     return [*board_pages(leaderboards), *PAGES]
 
 
-def build(leaderboards: Path, pages: Sequence[Page] | None = None, progress: bool = False) -> dict[str, bytes]:
+def build(leaderboards: Path, pages: Sequence[Page] | None = None, progress: bool | None = False) -> dict[str, bytes]:
     """Every file of the report, by path relative to the report folder, rendered in memory; ``pages``
-    defaults to :func:`all_pages`; ``progress`` shows a bar over the pages on stderr."""
+    defaults to :func:`all_pages`. ``progress`` shows a bar over the pages on stderr (``None``: when stderr is a
+    terminal); it is cleared when done or failed, so that what follows starts on a line of its own."""
     leaderboards = Path(leaderboards)
     if not leaderboards.is_dir():
         raise UserError(f"no leaderboard folder {leaderboards}; run mtbench report in the repository root, or "
                         f"give the folder with --leaderboards")
     if pages is None:
         pages = all_pages(leaderboards)
-    bar = tqdm(pages, desc="report", unit="page", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    built = [(page, b) for page in bar if (b := page.build(leaderboards)) is not None]
+    with tqdm(pages, desc="report", unit="page", disable=None if progress is None else not progress, leave=False,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        built = [(page, b) for page in bar if (b := page.build(leaderboards)) is not None]
     if not built:
         wants = "; ".join(page.wants.replace("<leaderboards>", str(leaderboards)) for page in pages)
         raise UserError(f"nothing to report in {leaderboards}: no result files (<dataset>/<setting>/*.json, written "
@@ -108,6 +110,6 @@ def write(files: dict[str, bytes], out: Path) -> list[Path]:
     return written
 
 
-def report(leaderboards: Path, out: Path, progress: bool = False) -> list[Path]:
+def report(leaderboards: Path, out: Path, progress: bool | None = False) -> list[Path]:
     """Regenerate the report in ``out`` from ``leaderboards``; the written paths."""
     return write(build(leaderboards, progress=progress), out)
