@@ -87,7 +87,7 @@ def test_cli_unknown_filter_is_a_one_line_error(board, args, mentions):
     assert result.exit_code == 2 and mentions in result.output and "Traceback" not in result.output
 
 
-def test_a_folder_given_as_an_argument_is_a_leaderboard_or_one_of_its_dataset_or_setting_folders(board, tmp_path):
+def test_a_folder_given_as_an_argument_is_a_leaderboard_one_of_its_folders_or_a_folder_of_results(board, tmp_path):
     whole = invoke("leaderboard", str(board))
     assert whole.exit_code == 0 and "synthetic 5w1s" in whole.output and "synthetic 5w5s" in whole.output
     setting = invoke("leaderboard", str(board / "synthetic" / "5w5s"))
@@ -96,14 +96,20 @@ def test_a_folder_given_as_an_argument_is_a_leaderboard_or_one_of_its_dataset_or
     assert setting.output == invoke("leaderboard", "--leaderboards", str(board), "-p", "5w5s").output
     dataset = invoke("leaderboard", str(board / "synthetic"), "-p", "5w1s")
     assert dataset.exit_code == 0 and "good" in dataset.output and "five-shot" not in dataset.output
+    # where `mtbench run --out results` wrote its files, in no layout: ranked as they are
+    put_result(tmp_path / "results", result_doc("good", GOOD), "a")
+    put_result(tmp_path / "results", result_doc("worse", WORSE), "b")
+    loose = invoke("leaderboard", str(tmp_path / "results"))
+    assert loose.exit_code == 0 and loose.output.index("good") < loose.output.index("worse"), loose.output
     (board / "throughput").mkdir()
     (board / "throughput" / "bench.json").write_text("{}")
     assert invoke("leaderboard", str(board)).output == whole.output  # bench files are not results
-    for args, says in [((str(board / "synthetic" / "5w5s"), "-p", "5w1s"), "--protocol 5w1s is not the"),
+    (tmp_path / "empty").mkdir()
+    for args, says in [((str(board / "synthetic" / "5w5s"), "-p", "5w1s"), "no results for dataset any, protocol"),
                        ((str(board), "--leaderboards", str(board)), "give the folder once"),
                        ((str(board / "throughput"),), "holds `mtbench bench` files, not results"),
                        ((str(tmp_path / "nowhere"),), "is not a folder"),
-                       ((str(tmp_path),), "give a leaderboard folder, e.g. leaderboards")]:
+                       ((str(tmp_path / "empty"),), "give a leaderboard folder, e.g. leaderboards")]:
         result = invoke("leaderboard", *args)
         assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, (args, result.output)
 

@@ -223,24 +223,28 @@ class Board:
     has: list[str]  # the "<dataset> <setting>" of every valid result of the folder, filtered or not
 
 
-def board(root: Path, dataset: str | None = None, setting: str | None = None) -> Board:
-    """The result files under ``root`` (``<dataset>/<setting>/*.json``), optionally filtered, screened as every
-    board screens them (:func:`mtbench.results.screen.screen`: what fails ``mtbench validate``'s checks of the
-    file, cannot be read or repeats a run is left out and listed) and grouped; a left-out file counts in
-    the folder it lies in."""
-    if not root.is_dir():
+def board(root: Path, dataset: str | None = None, setting: str | None = None,
+          files: list[Path] | None = None) -> Board:
+    """The result files under ``root`` (``<dataset>/<setting>/*.json``; or ``files``, found in a part of such a
+    folder by :func:`mtbench.results.layout.board_files`), optionally filtered, screened as every board screens
+    them (:func:`mtbench.results.screen.screen`: what fails ``mtbench validate``'s checks of the file, cannot be read
+    or repeats a run is left out and listed) and grouped; a left-out file of a leaderboard folder counts in the
+    folder it lies in, one of ``files`` is always listed."""
+    if files is None and not root.is_dir():
         raise UserError(f"leaderboard folder {root} does not exist; give --leaderboards DIR")
-    screened = screen(leaderboard_files(root))
+    screened = screen(leaderboard_files(root) if files is None else files)
     picked = [(p, d) for p, d in screened.results
               if dataset in (None, d["dataset"]["name"]) and setting in (None, setting_name(d["protocol"]))]
-    left = [x for x in screened.left_out if dataset in (None, x.path.parts[-3]) and setting in (None, x.path.parts[-2])]
+    left = [x for x in screened.left_out if files is not None or (
+        dataset in (None, x.path.parts[-3]) and setting in (None, x.path.parts[-2]))]
     return Board(group(picked), left, sorted({f"{d['dataset']['name']} {setting_name(d['protocol'])}"
                                                for _, d in screened.results}))
 
 
-def shown(root: Path, dataset: str | None = None, setting: str | None = None) -> Board:
+def shown(root: Path, dataset: str | None = None, setting: str | None = None,
+          files: list[Path] | None = None) -> Board:
     """:func:`board`, where no result to show is an error that says what the folder has and what it left out."""
-    found = board(root, dataset, setting)
+    found = board(root, dataset, setting, files)
     if not found.groups:
         left = "".join(f"; left out {x.path}: {x.reason}" for x in found.left_out[:3])
         left += f"; and {len(found.left_out) - 3} more left out" if len(found.left_out) > 3 else ""

@@ -124,25 +124,20 @@ def leaderboard_cmd(folder: str | None, dataset: str | None, protocol: str | Non
                     fraction: float, fmt: str | None) -> None:
     """Print the ranked leaderboard of FOLDER.
 
-    FOLDER is a leaderboard folder (default: leaderboards) or one of its <dataset> or <dataset>/<setting> folders,
-    e.g. leaderboards/omniglot/20w1s. One table per dataset, setting and set of shared episodes; results on other
-    draws, protocols or schema versions are never ranked together. Files that fail validate's checks of the file,
-    cannot be read or repeat a run are left out and listed after the tables."""
+    FOLDER is a leaderboard folder (default: leaderboards), one of its <dataset> or <dataset>/<setting> folders
+    (e.g. leaderboards/omniglot/20w1s), or a folder that `mtbench run --out` wrote results into. One table per
+    dataset, setting and set of shared episodes; results on other draws, protocols or schema versions are never
+    ranked together. Files that fail validate's checks of the file, cannot be read or repeat a run are left out and
+    listed after the tables."""
     from mtbench.board.leaderboard import shown
     from mtbench.board.text import render_board
-    from mtbench.results.layout import scope
+    from mtbench.results.layout import board_files
 
     if folder is not None and leaderboards is not None:
         raise UserError(f"give the folder once: {folder} or --leaderboards {leaderboards}, not both")
-    root = Path(leaderboards or "leaderboards")
-    if folder is not None:
-        root, in_dataset, in_setting = scope(folder)
-        for flag, given, implied in (("--dataset", dataset, in_dataset), ("--protocol", protocol, in_setting)):
-            if given is not None and implied is not None and given != implied:
-                raise UserError(f"{flag} {given} is not the {folder} folder's {implied}; drop {flag} or give "
-                                f"the leaderboard folder")
-        dataset, protocol = dataset or in_dataset, protocol or in_setting
-    click.echo(render_board(shown(root, dataset, protocol), fraction, fmt or "text"))
+    root = Path(folder or leaderboards or "leaderboards")
+    files = board_files(folder) if folder is not None else None
+    click.echo(render_board(shown(root, dataset, protocol, files), fraction, fmt or "text"))
 
 
 @click.command("submit")

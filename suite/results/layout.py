@@ -22,32 +22,31 @@ def folder(root: str | Path, dataset: str, setting: str) -> Path:
     return Path(root) / dataset / setting
 
 
-def scope(path: str | Path) -> tuple[Path, str | None, str | None]:
-    """``(root, dataset, setting)`` of a folder given to a board: a leaderboard folder itself (``None, None``), one
-    of its ``<dataset>`` folders, or one of its ``<dataset>/<setting>`` folders, told apart by where the result
-    files lie (``*.json`` directly in it: a setting's folder; two levels down: a leaderboard folder; one level
-    down: a dataset's). Any other folder is a :class:`UserError`, as are ``throughput/`` (``mtbench bench`` files)
-    and ``reproduction/`` (leaderboard folders one level down)."""
+def board_files(path: str | Path) -> list[Path]:
+    """The result files of a folder given to a board: a leaderboard folder (``<dataset>/<setting>/*.json``), one
+    of its ``<dataset>`` folders (``<setting>/*.json``), or a folder of results itself (``*.json``: a
+    ``<dataset>/<setting>`` folder, or where ``mtbench run --out`` wrote them), sorted. A folder with none of these,
+    ``throughput/`` (``mtbench bench`` files) and ``reproduction/`` (leaderboard folders one level down) are a
+    :class:`UserError`."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path} is not a folder; give a leaderboard folder, or its <dataset> or "
-                        f"<dataset>/<setting> folder")
-    whole = path.resolve()  # "." has no parent to take a setting's root from
-    if whole.name == THROUGHPUT:
+        raise UserError(f"{path} is not a folder; give a leaderboard folder, one of its <dataset> or "
+                        f"<dataset>/<setting> folders, or a folder of result files")
+    name = path.resolve().name  # "." too
+    if name == THROUGHPUT:
         raise UserError(f"{path} holds `mtbench bench` files, not results: see reports/throughput.md, or give a "
                         f"leaderboard folder")
-    if whole.name == REPRODUCTION:  # bench files of its own, and leaderboard folders of measurements below
+    if name == REPRODUCTION:  # bench files of its own, and leaderboard folders of measurements below
         inner = sorted(str(d) for d in path.iterdir() if d.is_dir() and leaderboard_files(d))
         raise UserError(f"{path} holds the reproduction page's measurements in leaderboard folders of their own: "
                         f"give one of {', '.join(inner) or 'them'}")
-    if any(path.glob("*.json")):
-        return whole.parent.parent, whole.parent.name, whole.name
-    if leaderboard_files(path):
-        return path, None, None
-    if any(p.parts[-2] not in NOT_RESULTS and not p.parts[-2].startswith(".") for p in path.glob("*/*.json")):
-        return whole.parent, whole.name, None
-    raise UserError(f"{path} has no results laid out as <dataset>/<setting>/*.json, nor is it such a <dataset> or "
-                    f"<dataset>/<setting> folder; give a leaderboard folder, e.g. leaderboards")
+    for found in (sorted(path.glob("*.json")), leaderboard_files(path),
+                  sorted(p for p in path.glob("*/*.json") if p.parts[-2] not in NOT_RESULTS
+                         and not p.parts[-2].startswith("."))):
+        if found:
+            return found
+    raise UserError(f"{path} has no result files (*.json) in it, nor laid out as <setting>/*.json or "
+                    f"<dataset>/<setting>/*.json; give a leaderboard folder, e.g. leaderboards")
 
 
 def throughput_folder(root: str | Path) -> Path:
