@@ -42,6 +42,10 @@ def test_groups_never_mix_draws_settings_or_schema_versions(board):
         ("synthetic", "5w5s", "a", ["five-shot"])]
     later = result_doc("future", GOOD, schema_version=SCHEMA_VERSION + 1)
     assert len(group([(Path("a.json"), result_doc("good", GOOD)), (Path("b.json"), later)])) == 2
+    # one sha claimed with another number of episodes (a hand-made file): ranked apart, never paired (which raised)
+    shorter = result_doc("shorter", GOOD[:2])
+    assert [len(g.entries) for g in group([(Path("a.json"), result_doc("good", GOOD)), (Path("c.json"), shorter)])] \
+        == [1, 1]
 
 
 def test_ranked_table_has_paired_difference_speed_and_device(board):
@@ -99,8 +103,11 @@ def test_a_folder_given_as_an_argument_is_a_leaderboard_one_of_its_folders_or_a_
     # where `mtbench run --out results` wrote its files, in no layout: ranked as they are
     put_result(tmp_path / "results", result_doc("good", GOOD), "a")
     put_result(tmp_path / "results", result_doc("worse", WORSE), "b")
+    (tmp_path / "results" / ".venv").mkdir()
+    (tmp_path / "results" / ".venv" / "package.json").write_text("{}")  # a hidden folder's JSON is not a result
     loose = invoke("leaderboard", str(tmp_path / "results"))
     assert loose.exit_code == 0 and loose.output.index("good") < loose.output.index("worse"), loose.output
+    assert "package.json" not in loose.output
     (board / "throughput").mkdir()
     (board / "throughput" / "bench.json").write_text("{}")
     assert invoke("leaderboard", str(board)).output == whole.output  # bench files are not results
@@ -109,7 +116,7 @@ def test_a_folder_given_as_an_argument_is_a_leaderboard_one_of_its_folders_or_a_
                        ((str(board), "--leaderboards", str(board)), "give the folder once"),
                        ((str(board / "throughput"),), "holds `mtbench bench` files, not results"),
                        ((str(tmp_path / "nowhere"),), "is not a folder"),
-                       ((str(tmp_path / "empty"),), "give a leaderboard folder, e.g. leaderboards")]:
+                       ((str(tmp_path / "empty"),), "holds no result files")]:
         result = invoke("leaderboard", *args)
         assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output, (args, result.output)
 

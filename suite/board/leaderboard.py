@@ -202,15 +202,17 @@ class Group:
 
 def group(results: list[tuple[Path, dict[str, Any]]]) -> list[Group]:
     """Rankable groups of ``results``, sorted by dataset, setting and sha; each ranked by accuracy."""
-    groups: dict[tuple[str, str, str, int], list[Entry]] = {}
+    groups: dict[tuple[str, str, str, int, int], list[Entry]] = {}
     for path, doc in results:
+        # the number of scored episodes too: files that claim one sha with different counts (hand-made or edited
+        # ones) cannot be paired, and rank apart rather than fail
         key = (doc["dataset"]["name"], setting_name(doc["protocol"]), doc["protocol"]["episodes_sha"],
-               doc["schema_version"])
+               doc["schema_version"], len(doc["accuracy"]["per_episode"]))
         groups.setdefault(key, []).append(Entry(Path(path), doc))
     out = []
     for key, entries in sorted(groups.items()):
         ranked = sorted(joined_across_cpus(rows(entries)), key=lambda r: (-r.accuracy.mean, r.path.name))
-        out.append(Group(*key, ranked))
+        out.append(Group(*key[:4], ranked))
     return out
 
 

@@ -23,30 +23,21 @@ def folder(root: str | Path, dataset: str, setting: str) -> Path:
 
 
 def board_files(path: str | Path) -> list[Path]:
-    """The result files of a folder given to a board: a leaderboard folder (``<dataset>/<setting>/*.json``), one
-    of its ``<dataset>`` folders (``<setting>/*.json``), or a folder of results itself (``*.json``: a
-    ``<dataset>/<setting>`` folder, or where ``mtbench run --out`` wrote them), sorted. A folder with none of these,
-    ``throughput/`` (``mtbench bench`` files) and ``reproduction/`` (leaderboard folders one level down) are a
-    :class:`UserError`."""
+    """The result files a board ranks for a folder given to it: those :func:`result_files` finds under it (a
+    leaderboard folder, one of its ``<dataset>`` or ``<dataset>/<setting>`` folders, or where ``mtbench run --out``
+    wrote results). A folder without any, or a folder of bench files itself (``throughput/``, ``reproduction/``), is
+    a :class:`UserError`."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a folder; give a leaderboard folder, one of its <dataset> or "
                         f"<dataset>/<setting> folders, or a folder of result files")
-    name = path.resolve().name  # "." too
-    if name == THROUGHPUT:
-        raise UserError(f"{path} holds `mtbench bench` files, not results: see reports/throughput.md, or give a "
-                        f"leaderboard folder")
-    if name == REPRODUCTION:  # bench files of its own, and leaderboard folders of measurements below
-        inner = sorted(str(d) for d in path.iterdir() if d.is_dir() and leaderboard_files(d))
-        raise UserError(f"{path} holds the reproduction page's measurements in leaderboard folders of their own: "
-                        f"give one of {', '.join(inner) or 'them'}")
-    for found in (sorted(path.glob("*.json")), leaderboard_files(path),
-                  sorted(p for p in path.glob("*/*.json") if p.parts[-2] not in NOT_RESULTS
-                         and not p.parts[-2].startswith("."))):
-        if found:
-            return found
-    raise UserError(f"{path} has no result files (*.json) in it, nor laid out as <setting>/*.json or "
-                    f"<dataset>/<setting>/*.json; give a leaderboard folder, e.g. leaderboards")
+    if path.resolve().name in NOT_RESULTS:  # "." too
+        raise UserError(f"{path} holds `mtbench bench` files, not results (see reports/); give a leaderboard folder, "
+                        f"or one of the folders of results inside it")
+    found = result_files([path])
+    if not found:
+        raise UserError(f"{path} holds no result files (*.json); give a leaderboard folder, e.g. leaderboards")
+    return found
 
 
 def throughput_folder(root: str | Path) -> Path:
@@ -66,12 +57,15 @@ def folders(root: str | Path) -> list[tuple[str, str]]:
 
 def result_files(paths: Iterable[str | Path]) -> list[Path]:
     """The result JSON files under ``paths`` (files, or folders searched recursively; ``throughput/`` folders
-    and ``reproduction/`` folders hold benchmark files, not results, and are skipped)."""
+    and ``reproduction/`` folders hold benchmark files, not results, and are skipped, as are hidden folders such
+    as a ``.venv``)."""
     found: list[Path] = []
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found += sorted(f for f in path.rglob("*.json") if not set(NOT_RESULTS) & set(f.relative_to(path).parts))
+            found += sorted(f for f in path.rglob("*.json")
+                            if not any(part in NOT_RESULTS or part.startswith(".")
+                                       for part in f.relative_to(path).parts[:-1]))
         elif path.is_file():
             found.append(path)
         else:
