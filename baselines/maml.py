@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from mtbench.methods import taskbatched
-from mtbench.methods.backbones import Conv4, build_backbone, linear_head, ZeroHeadForOtherWays
+from mtbench.methods.backbones import BatchStatNorm2d, Conv4, build_backbone, linear_head, ZeroHeadForOtherWays
 from mtbench.data.episodes import sample_indices
 from mtbench.methods.graphs import GraphedStep, capturable_adam
 from mtbench.methods.functional import Params, accuracy, channels_last, detached, forward, last, params_of, sgd_inner_loop
@@ -45,6 +45,16 @@ class MAMLHparams:
             the choice.
         cuda_graph: on a CUDA device, replay the meta-step as a CUDA graph after 3 eager steps
             (:mod:`mtbench.methods.graphs`). No effect on the CPU.
+        adapt_norm: whether the inner steps move BatchNorm's scale and offset, as learn2learn's and most PyTorch
+            ports' do. Finn et al.'s code does not: its ``tf_layers.batch_norm`` keeps its offset outside the
+            weights the inner steps move (meta-learned only) and has no scale. ``false`` leaves both to the
+            meta-update.
+        inner_loss: the support loss the inner steps descend: ``mean``, the cross-entropy averaged over the
+            support set (learn2learn and most PyTorch ports), or ``sum``, Finn et al.'s code's: the per-example
+            cross-entropy divided by the shots (``xent`` in its ``utils.py``), a vector that ``tf.gradients``
+            differentiates as its sum, which is ``ways`` times the mean. Their step of 0.4 at 5 ways and their 0.1
+            at 20 ways are both a step of 2.0 on the mean. The inner loop being plain SGD, ``sum`` is run as the
+            mean with its step multiplied by the ways.
         init: the network's initialisation (:func:`mtbench.methods.backbones.init_parameters`): ``xavier``,
             as Finn et al.'s code and learn2learn initialise MAML's Conv4, or PyTorch's ``default``. From
             PyTorch's default MAML starts slower: 0.287 against 0.440 after 3 test steps at meta-iteration 0,
@@ -63,6 +73,8 @@ class MAMLHparams:
     head_only: bool = False
     task_batching: Literal["auto", "bmm", "vmap", "loop"] = "auto"
     cuda_graph: bool = True
+    adapt_norm: bool = True
+    inner_loss: Literal["mean", "sum"] = "mean"
     init: Literal["xavier", "default"] = "xavier"
 
     def __post_init__(self) -> None:
@@ -74,6 +86,8 @@ class MAMLHparams:
             if getattr(self, name) < 1:
                 raise UserError(f"--hp {name}={getattr(self, name)}: must be ≥ 1")
 
+
+NORMS = (nn.BatchNorm2d, BatchStatNorm2d)
 
 # task_batching=auto: the fastest meta-gradient per device type in `mtbench bench` (second order, Conv4,
 # Omniglot 5w1s); the measurements are on the throughput page (reports/throughput.md)
@@ -120,6 +134,8 @@ class MAML(ZeroHeadForOtherWays, Method):
     version = "4"
     # CUDA graphs are a CUDA matter: on the CPU a result with or without the hparam ran the same code
     device_hparams = {"cuda_graph": "cuda"}
+    # results saved before these existed adapted the norms and descended the mean
+    later_hparams = {"adapt_norm": True, "inner_loss": "mean"}
     not_recipe = frozenset({"task_batching"})
     #: what ``task_batching=auto`` picks per device type (read by ``mtbench bench`` too)
     AUTO_BATCHING = AUTO_BATCHING
@@ -158,19 +174,33 @@ class MAML(ZeroHeadForOtherWays, Method):
             head = linear_head(self.backbone.out_features, ways, self._generator, self.hparams.init)
             self.model = nn.Sequential(self.backbone, head).to(self.device)
             self.ways = ways
+            # the same names in a zero-headed target model, which shares the backbone
+            self._norm_params = {f"{name}.{p}" for name, module in self.model.named_modules()
+                                 if isinstance(module, NORMS) for p, _ in module.named_parameters(recurse=False)}
         elif ways != self.ways:
             raise UserError(f"this MAML model was built for {self.ways}-way tasks, not {ways}-way")
         return self.model
 
     def adapted(self, params: Params) -> list[str] | None:
-        """The parameters the inner steps move: all (``None``), or with ``head_only`` (ANIL) the head's ("1.")."""
-        return [k for k in params if k.startswith("1.")] if self.hparams.head_only else None
+        """The parameters the inner steps move: all (``None``); with ``head_only`` (ANIL) the head's ("1."); with
+        ``adapt_norm=false`` all but the norm layers'."""
+        if self.hparams.head_only:
+            return [k for k in params if k.startswith("1.")]
+        if not self.hparams.adapt_norm:
+            return [k for k in params if k not in self._norm_params]
+        return None
 
     def inner_loop(self, params: Params, x: Tensor, y: Tensor, steps: int,
                    model: nn.Module | None = None) -> Iterator[Params]:
-        hp = self.hparams
-        return sgd_inner_loop(model or self.model, params, x, y, steps, hp.inner_lr, hp.first_order,
+        model = model or self.model
+        return sgd_inner_loop(model, params, x, y, steps, self.inner_step(model), self.hparams.first_order,
                               self.adapted(params))
+
+    def inner_step(self, model: nn.Module) -> float:
+        """The inner step on the mean support loss: ``inner_lr``, times the ways for ``inner_loss=sum``
+        (``model`` ends in its ``ways``-output head)."""
+        hp = self.hparams
+        return hp.inner_lr * (model[-1].out_features if hp.inner_loss == "sum" else 1)
 
     def task_loss(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
         """Query loss and accuracy after adapting ``params`` on the support set of one task."""
@@ -182,8 +212,8 @@ class MAML(ZeroHeadForOtherWays, Method):
         """Mean query loss over a meta-batch: ``sx: float[T, S, C, H, W]`` etc."""
         hp = self.hparams
         if hp.task_batching == "bmm":
-            return taskbatched.meta_loss(self.model, params, sx, sy, qx, qy, hp.inner_steps, hp.inner_lr,
-                                         hp.first_order, self.adapted(params))
+            return taskbatched.meta_loss(self.model, params, sx, sy, qx, qy, hp.inner_steps,
+                                         self.inner_step(self.model), hp.first_order, self.adapted(params))
         if hp.task_batching == "vmap":
             losses, _ = vmap(self.task_loss, in_dims=(None, 0, 0, 0, 0))(params, sx, sy, qx, qy)
             return losses.mean()
@@ -285,7 +315,7 @@ class MAMLReferenceLoop(MAML):
 
     def meta_loss(self, params: Params, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         hp = self.hparams
-        return reference_meta_loss(self.model, params, sx, sy, qx, qy, hp.inner_steps, hp.inner_lr,
+        return reference_meta_loss(self.model, params, sx, sy, qx, qy, hp.inner_steps, self.inner_step(self.model),
                                    hp.first_order, self.adapted(params))
 
 

@@ -17,10 +17,11 @@ WAYS, SHOTS, QUERIES, TASKS = 3, 2, 2, 4
 
 
 def build(batching: str, first_order: bool, inner_steps: int = 2, head_only: bool = False,
-          cls: type[MAML] = MAML) -> MAML:
+          cls: type[MAML] = MAML, inner_loss: str = "mean", adapt_norm: bool = True) -> MAML:
     hp = make_hparams(MAML, "synthetic", {"task_batching": batching, "first_order": str(first_order),
                                           "inner_steps": str(inner_steps), "inner_lr": "0.3",
-                                          "head_only": str(head_only)})
+                                          "head_only": str(head_only), "inner_loss": inner_loss,
+                                          "adapt_norm": str(adapt_norm)})
     m = cls(hp, (1, 16, 16), torch.Generator().manual_seed(1), torch.device("cpu"))
     m._build(WAYS).double()
     return m
@@ -43,7 +44,13 @@ def meta_gradient(m: MAML, tasks: int = TASKS) -> list[torch.Tensor]:
 
 def reference_gradient(m: MAML, second_order: bool) -> list[torch.Tensor]:
     """The textbook loop: per task, unrolled SGD with autograd.grad(create_graph=True); with
-    ``head_only`` (ANIL) the inner steps move the head's parameters only."""
+    ``head_only`` (ANIL) the inner steps move the head's parameters only; with ``inner_loss=sum`` the support
+    loss is Finn et al.'s, the per-example cross-entropy summed and divided by the shots; with ``adapt_norm=false``
+    the norm layers' scale and offset stay put."""
+    from mtbench.methods.backbones import BatchStatNorm2d
+
+    norms = {f"{a}.weight" for a, mod in m.model.named_modules() if isinstance(mod, BatchStatNorm2d)}
+    norms |= {f"{a}.bias" for a, mod in m.model.named_modules() if isinstance(mod, BatchStatNorm2d)}
     names = [n for n, _ in m.model.named_parameters()]
     params = [p for _, p in m.model.named_parameters()]
     sx, sy, qx, qy = data()
@@ -51,9 +58,14 @@ def reference_gradient(m: MAML, second_order: bool) -> list[torch.Tensor]:
     for t in range(TASKS):
         fast = params
         for _ in range(m.hparams.inner_steps):
-            loss = F.cross_entropy(functional_call(m.model, dict(zip(names, fast)), (sx[t],)), sy[t])
+            logits = functional_call(m.model, dict(zip(names, fast)), (sx[t],))
+            if m.hparams.inner_loss == "sum":
+                loss = F.cross_entropy(logits, sy[t], reduction="sum") / SHOTS
+            else:
+                loss = F.cross_entropy(logits, sy[t])
             grads = torch.autograd.grad(loss, fast, create_graph=second_order)
-            moves = [not m.hparams.head_only or n.startswith("1.") for n in names]
+            moves = [(not m.hparams.head_only or n.startswith("1.")) and (m.hparams.adapt_norm or n not in norms)
+                     for n in names]
             fast = [p - m.hparams.inner_lr * g if move else p for p, g, move in zip(fast, grads, moves)]
         total = total + F.cross_entropy(functional_call(m.model, dict(zip(names, fast)), (qx[t],)), qy[t])
     return list(torch.autograd.grad(total / TASKS, params))
@@ -81,6 +93,46 @@ def test_anil_meta_gradient_matches_unrolled_reference(first_order: bool, batchi
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11, msg=f"ANIL meta-gradient of {name}")
     full = reference_gradient(build("vmap", first_order), second_order=not first_order)
     assert max_abs_diff(ref, full) > 1e-4  # adapting the head only is a different algorithm here
+
+
+@pytest.mark.parametrize("batching", ["bmm", "vmap", "loop"])
+def test_finns_summed_inner_loss_matches_unrolled_reference(batching: str) -> None:
+    """``inner_loss=sum``, run as the mean with the step times the ways, takes Finn et al.'s steps: the meta-gradient
+    of a reference that descends their summed support loss; and the benchmarked loop and evaluation
+    take them too."""
+    m = build(batching, first_order=False, inner_loss="sum")
+    ours, ref = meta_gradient(m), reference_gradient(m, second_order=True)
+    for (name, _), x, y in zip(m.model.named_parameters(), ours, ref):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11, msg=f"meta-gradient of {name}")
+    loop = build(batching, first_order=False, inner_loss="sum", cls=MAMLReferenceLoop)
+    assert max_abs_diff(meta_gradient(loop), ref) < 1e-10
+    assert max_abs_diff(ref, reference_gradient(build(batching, first_order=False), second_order=True)) > 1e-4
+    sx, sy, qx, _ = data()
+    start = dict(m.model.named_parameters())
+    summed = F.cross_entropy(functional_call(m.model, start, (sx[0],)), sy[0], reduction="sum") / SHOTS
+    grads = torch.autograd.grad(summed, list(start.values()))
+    stepped = {k: p - m.hparams.inner_lr * g for (k, p), g in zip(start.items(), grads)}
+    with torch.no_grad():
+        one_step = list(m.adapt(sx[0], sy[0], WAYS))[1]
+        torch.testing.assert_close(one_step(qx[0]), functional_call(m.model, stepped, (qx[0],)), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("batching", ["bmm", "vmap", "loop"])
+def test_norms_left_to_the_meta_update_match_unrolled_reference(batching: str) -> None:
+    """``adapt_norm=false`` (Finn et al.'s code): the inner steps leave BatchNorm's scale and offset alone, which
+    still get a meta-gradient; the rest moves as before."""
+    m = build(batching, first_order=False, adapt_norm=False)
+    ours, ref = meta_gradient(m), reference_gradient(m, second_order=True)
+    for (name, _), x, y in zip(m.model.named_parameters(), ours, ref):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11, msg=f"meta-gradient of {name}")
+    assert max_abs_diff(ref, reference_gradient(build(batching, first_order=False), second_order=True)) > 1e-4
+    sx, sy, _, _ = data()
+    start = dict(m.model.named_parameters())
+    adapted = list(m.inner_loop(start, sx[0], sy[0], 2))[-1]
+    moved = {name for name in start if not torch.equal(adapted[name], start[name])}
+    assert moved == {name for name in start if not name.startswith("0.features.")
+                     or name.split(".")[2] in ("0", "4", "8", "12")}, moved  # convolutions and head, not norms
+    assert all(float(g.abs().max()) > 0 for (name, _), g in zip(m.model.named_parameters(), ours) if name not in moved)
 
 
 def test_anil_adaptation_leaves_the_backbone_alone() -> None:
