@@ -56,10 +56,10 @@ class MAMLHparams:
             at 20 ways are both a step of 2.0 on the mean. The inner loop being plain SGD, ``sum`` is run as the
             mean with its step multiplied by the ways.
         init: the network's initialisation (:func:`mtbench.methods.backbones.init_parameters`): ``xavier``,
-            as Finn et al.'s code and learn2learn initialise MAML's Conv4, or PyTorch's ``default``. From
-            PyTorch's default MAML starts slower: 0.287 against 0.440 after 3 test steps at meta-iteration 0,
-            0.689 against 0.767 at 100 (Omniglot 5w1s, 100 episodes; leaderboards/reproduction/, shown on
-            reports/reproduction.md).
+            as Finn et al.'s code (but for its Omniglot head, drawn from N(0, 1)) and learn2learn initialise MAML's
+            Conv4, or PyTorch's ``default``. From PyTorch's default MAML starts slower: 0.287 against 0.440 after 3
+            test steps at meta-iteration 0, 0.689 against 0.767 at 100 (Omniglot 5w1s, 100 episodes;
+            leaderboards/reproduction/, shown on reports/reproduction.md).
     """
 
     backbone: str = "conv4"

@@ -241,7 +241,8 @@ def init_parameters(module: nn.Module, generator: torch.Generator, scheme: str =
     ``default``: PyTorch's own schemes. Conv and Linear weights: Kaiming-uniform (a=sqrt(5)); biases uniform
     in ±1/sqrt(fan_in); norm layers: weight 1, bias 0; recurrent layers: uniform in ±1/sqrt(hidden_size).
     ``xavier``: MAML's as its reference implementations have it: Xavier-uniform conv and linear weights, zero
-    biases (Finn et al.'s code), norm weights uniform in [0, 1] and zero biases (learn2learn's ``CNN4``);
+    biases (Finn et al.'s code, but for its Omniglot head, drawn from N(0, 1)), norm weights uniform in [0, 1] and
+    zero biases (learn2learn's ``CNN4``);
     the draws of :func:`mtbench.bench.peer.conv4`, in its order. Parameters must be on the CPU (generators are
     CPU ones), so the same seed gives the same weights on every device.
     """
