@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from mtbench.methods import taskbatched
-from mtbench.methods.backbones import BatchStatNorm2d, Conv4, build_backbone, linear_head, ZeroHeadForOtherWays
+from mtbench.methods.backbones import NORMS, Conv4, build_backbone, linear_head, ZeroHeadForOtherWays
 from mtbench.data.episodes import sample_indices
 from mtbench.methods.graphs import GraphedStep, capturable_adam
 from mtbench.methods.functional import Params, accuracy, channels_last, detached, forward, last, params_of, sgd_inner_loop
@@ -86,8 +86,6 @@ class MAMLHparams:
             if getattr(self, name) < 1:
                 raise UserError(f"--hp {name}={getattr(self, name)}: must be ≥ 1")
 
-
-NORMS = (nn.BatchNorm2d, BatchStatNorm2d)
 
 # task_batching=auto: the fastest meta-gradient per device type in `mtbench bench` (second order, Conv4,
 # Omniglot 5w1s); the measurements are on the throughput page (reports/throughput.md)

@@ -235,6 +235,10 @@ def timm_backbone(model_name: str, in_shape: tuple[int, int, int], generator: to
 INIT_SCHEMES = ("default", "xavier")
 
 
+#: the norm layers of our backbones, whose scale and offset init_parameters sets apart (and MAML can leave unadapted)
+NORMS = (nn.BatchNorm2d, BatchStatNorm2d)
+
+
 def init_parameters(module: nn.Module, generator: torch.Generator, scheme: str = "default") -> nn.Module:
     """Re-initialise ``module`` in place from ``generator``, module by module in registration order.
 
@@ -261,7 +265,7 @@ def init_parameters(module: nn.Module, generator: torch.Generator, scheme: str =
                 fan_in = m.weight[0].numel()
                 bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
                 nn.init.uniform_(m.bias, -bound, bound, generator=generator)
-        elif isinstance(m, (nn.BatchNorm2d, BatchStatNorm2d)):
+        elif isinstance(m, NORMS):
             if scheme == "xavier":
                 nn.init.uniform_(m.weight, generator=generator)
             else:
@@ -327,5 +331,5 @@ class ZeroHeadForOtherWays:
         return heads[ways]
 
 
-__all__ = ["BACKBONES", "BatchStatNorm2d", "Conv4", "INIT_SCHEMES", "build_backbone", "conv4", "conv4_32", "init_parameters", "linear_head", "under_transform", "under_vmap",
+__all__ = ["BACKBONES", "BatchStatNorm2d", "Conv4", "INIT_SCHEMES", "NORMS", "build_backbone", "conv4", "conv4_32", "init_parameters", "linear_head", "under_transform", "under_vmap",
            "resnet12", "timm_backbone", "zero_head", "ZeroHeadForOtherWays"]
