@@ -57,7 +57,8 @@ class MAMLHparams:
             mean with its step multiplied by the ways.
         init: the network's initialisation (:func:`mtbench.methods.backbones.init_parameters`): ``xavier``,
             as Finn et al.'s code (but for its Omniglot head, drawn from N(0, 1)) and learn2learn initialise MAML's
-            Conv4, or PyTorch's ``default``. From PyTorch's default MAML starts slower: 0.287 against 0.440 after 3
+            Conv4, PyTorch's ``default``, or ``finn``, Finn et al.'s Omniglot code's (Xavier convolutions, the head
+            from N(0, 1), BatchNorm scales at 1). From PyTorch's default MAML starts slower: 0.287 against 0.440 after 3
             test steps at meta-iteration 0, 0.689 against 0.767 at 100 (Omniglot 5w1s, 100 episodes;
             leaderboards/reproduction/, shown on reports/reproduction.md).
     """
@@ -75,7 +76,7 @@ class MAMLHparams:
     cuda_graph: bool = True
     adapt_norm: bool = True
     inner_loss: Literal["mean", "sum"] = "mean"
-    init: Literal["xavier", "default"] = "xavier"
+    init: Literal["xavier", "default", "finn"] = "xavier"
 
     def __post_init__(self) -> None:
         positive("inner_lr", self.inner_lr)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from mtbench.methods.backbones import BACKBONES, BatchStatNorm2d, build_backbone
+from mtbench.methods.backbones import BACKBONES, NORMS, BatchStatNorm2d, build_backbone, linear_head
 from mtbench.methods.functional import stacked_copies
 from mtbench.core.errors import UserError
 from support import DEVICES
@@ -37,6 +37,21 @@ def test_initialisation_comes_from_the_generator_only(name: str) -> None:
     c = build_backbone(name, (1, 28, 28), torch.Generator().manual_seed(6))
     assert same_weights(a, b) and not same_weights(a, c)
     torch.set_rng_state(rng_before)
+
+
+def test_finn_initialisation_is_xavier_convolutions_a_standard_normal_head_and_unit_norm_scales() -> None:
+    """``init=finn`` (Finn et al.'s Omniglot code): Xavier-uniform convolutions, N(0, 1) head, norm scales at 1."""
+    net = build_backbone("conv4", (1, 28, 28), torch.Generator().manual_seed(0), init="finn", norm="batch")
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in net.modules() if isinstance(m, NORMS)]
+    assert convs and norms
+    for conv in convs:  # Xavier-uniform: within ±sqrt(6 / (fan_in + fan_out)), and filling most of it
+        fan_in, fan_out = conv.weight[0].numel(), conv.weight.shape[0] * conv.weight[0, 0].numel()
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert 0.9 * bound < conv.weight.abs().max() <= bound and not conv.bias.any()
+    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any() for m in norms)
+    head = linear_head(64, 20, torch.Generator().manual_seed(0), "finn")
+    assert 0.9 < head.weight.std() < 1.1 and head.weight.abs().max() > 2.5 and not head.bias.any()
 
 
 @pytest.mark.parametrize("name", BACKBONES.names())

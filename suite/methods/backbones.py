@@ -232,7 +232,7 @@ def timm_backbone(model_name: str, in_shape: tuple[int, int, int], generator: to
 
 
 #: the initialisation schemes of :func:`init_parameters`
-INIT_SCHEMES = ("default", "xavier")
+INIT_SCHEMES = ("default", "xavier", "finn")
 
 
 #: the norm layers of our backbones, whose scale and offset init_parameters sets apart (and MAML can leave unadapted)
@@ -247,13 +247,21 @@ def init_parameters(module: nn.Module, generator: torch.Generator, scheme: str =
     ``xavier``: MAML's as its reference implementations have it: Xavier-uniform conv and linear weights, zero
     biases (Finn et al.'s code, but for its Omniglot head, drawn from N(0, 1)), norm weights uniform in [0, 1] and
     zero biases (learn2learn's ``CNN4``);
-    the draws of :func:`mtbench.bench.peer.conv4`, in its order. Parameters must be on the CPU (generators are
-    CPU ones), so the same seed gives the same weights on every device.
+    the draws of :func:`mtbench.bench.peer.conv4`, in its order.
+    ``finn``: Finn et al.'s Omniglot code: Xavier-uniform convolution weights, linear weights from
+    N(0, 1) (its head, ``tf.random_normal``), zero biases, and norm weights 1 (its ``batch_norm`` has no scale;
+    here the scale exists, starts at 1 and is meta-learned).
+    Parameters must be on the CPU (generators are CPU ones), so the same seed gives the same weights on every
+    device.
     """
     if scheme not in INIT_SCHEMES:
         raise UserError(f"initialisation {scheme!r}: use one of {', '.join(INIT_SCHEMES)}")
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and scheme == "xavier":
+        if isinstance(m, nn.Linear) and scheme == "finn":
+            nn.init.normal_(m.weight, generator=generator)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Conv2d, nn.Linear)) and scheme in ("xavier", "finn"):
             # drawn into a contiguous tensor: filling a channels-last weight in place draws in its memory order
             with torch.no_grad():
                 m.weight.copy_(nn.init.xavier_uniform_(torch.empty(m.weight.shape), generator=generator))
