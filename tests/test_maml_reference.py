@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from mtbench.baselines.maml import MAML, MAMLReferenceLoop
 from mtbench.methods import make_hparams
-from mtbench.methods.backbones import BatchStatNorm2d
+from mtbench.methods.backbones import NORMS
 
 WAYS, SHOTS, QUERIES, TASKS = 3, 2, 2, 4
 
@@ -54,7 +54,7 @@ def reference_gradient(m: MAML, second_order: bool) -> list[torch.Tensor]:
     ``head_only`` (ANIL) the inner steps move the head's parameters only; with ``inner_loss=sum`` the support
     loss is Finn et al.'s, the per-example cross-entropy summed and divided by the shots; with ``adapt_norm=false``
     the norm layers' scale and offset stay put."""
-    norms = names_in(m.model, (torch.nn.BatchNorm2d, BatchStatNorm2d))
+    norms = names_in(m.model, NORMS)
     names = [n for n, _ in m.model.named_parameters()]
     params = [p for _, p in m.model.named_parameters()]
     sx, sy, qx, qy = data()

@@ -257,14 +257,12 @@ def init_parameters(module: nn.Module, generator: torch.Generator, scheme: str =
     if scheme not in INIT_SCHEMES:
         raise UserError(f"initialisation {scheme!r}: use one of {', '.join(INIT_SCHEMES)}")
     for m in module.modules():
-        if isinstance(m, nn.Linear) and scheme == "finn":
-            nn.init.normal_(m.weight, generator=generator)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.Conv2d, nn.Linear)) and scheme in ("xavier", "finn"):
-            # drawn into a contiguous tensor: filling a channels-last weight in place draws in its memory order
-            with torch.no_grad():
-                m.weight.copy_(nn.init.xavier_uniform_(torch.empty(m.weight.shape), generator=generator))
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and scheme in ("xavier", "finn"):
+            if isinstance(m, nn.Linear) and scheme == "finn":
+                nn.init.normal_(m.weight, generator=generator)
+            else:  # drawn into a contiguous tensor: filling a channels-last weight in place draws in its memory order
+                with torch.no_grad():
+                    m.weight.copy_(nn.init.xavier_uniform_(torch.empty(m.weight.shape), generator=generator))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
