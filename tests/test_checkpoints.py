@@ -119,3 +119,38 @@ def test_a_reptile_fit_evaluates_transductively_in_full(tmp_path: Path, one_thre
     assert torch.equal(method.model[1].weight, blob["state"]["model"]["1.weight"])  # the head came along
     doc, _ = run(spec("reptile-transductive", budget="0", init=str(ckpt)))
     assert doc["init"]["method"] == "reptile" and doc["method"]["transductive"] is True
+
+
+def test_a_run_from_its_own_fit_names_the_hparams_it_changes_and_a_wrong_backbone_fails_before_the_data(
+        tmp_path: Path, capsys) -> None:
+    """A fit made with ``--hp adapt_norm=false`` and scored with ``--budget 0 --init`` adapts with the default unless
+    the run says it again: the run names the hparam and the --hp that keeps it; what --hp sets, hparams outside the
+    recipe (task_batching) and another method's checkpoint (only its backbone moves) are not named. A checkpoint of
+    another backbone is refused by resolve, before any data is read."""
+    import dataclasses
+
+    from mtbench.run.checkpoints import FORMAT
+    from mtbench.run.stages import resolve
+
+    fitted = dataclasses.asdict(make_hparams(METHODS.get("maml"), "omniglot",
+                                             {"adapt_norm": "false", "task_batching": "loop"}, "quick"))
+    ckpt = tmp_path / "maml.pt"
+    torch.save({"format": FORMAT, "method": "maml", "budget": "quick", "hparams": fitted}, ckpt)
+
+    def note(method: str = "maml", *hp: tuple[str, str]) -> str:
+        resolve(RunSpec(method=method, dataset="omniglot", budget="0", init=str(ckpt), out=None, hparams=hp))
+        return capsys.readouterr().err.strip()
+
+    assert note() == ("mtbench: note: the fit at --init was made with adapt_norm=False; this run adapts with "
+                      "adapt_norm=True; to keep the fit's add --hp adapt_norm=False")
+    assert note("maml", ("adapt_norm", "false")) == ""
+    assert note("maml", ("adapt_norm", "true")) == ""  # asked for: the question is the user's
+    assert "the fit at --init" not in note("finetune")
+    # a variant's own defaults are what it is: source-only scores a DANN fit without being told domain_weight=1
+    dann = tmp_path / "dann.pt"
+    torch.save({"format": FORMAT, "method": "dann", "budget": "quick", "hparams": dataclasses.asdict(
+        make_hparams(METHODS.get("dann"), "omniglot-shift", {}, "quick"))}, dann)
+    resolve(RunSpec(method="source-only", dataset="omniglot-shift", budget="0", init=str(dann), out=None))
+    assert "the fit at --init" not in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"backbone is 'conv4', this run's is 'conv4-strided'; add --hp backbone=conv4"):
+        note("maml", ("backbone", "conv4-strided"))

@@ -338,7 +338,7 @@ def test_scoring_a_paper_fit_with_budget_0_names_the_papers_test_recipe_it_leave
 
     def scored(budget: str, ways: int, hparams: tuple = ()) -> str:
         ckpt = tmp_path / f"{budget}.pt"
-        torch.save({"format": FORMAT, "method": "reptile", "budget": budget}, ckpt)
+        torch.save({"format": FORMAT, "method": "reptile", "budget": budget, "hparams": {"backbone": "conv4"}}, ckpt)
         resolve(RunSpec(method="reptile-transductive", dataset="omniglot", episodes=EpisodeSpec(ways, 1, 5, 10, 0),
                         budget="0", init=str(ckpt), out=None, hparams=hparams))
         return capsys.readouterr().err.strip()

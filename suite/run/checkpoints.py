@@ -72,13 +72,13 @@ def _filled(init: dict[str, Any] | None) -> dict[str, Any] | None:
             "init": _filled(init.get("init"))}
 
 
-def same_family(saved: str, method: Method) -> bool:
-    """Whether a checkpoint of method ``saved`` restores all of ``method``: the same method, or a
+def same_family(saved: str, method: type[Method]) -> bool:
+    """Whether a checkpoint of method ``saved`` restores all of ``method`` (a method's class): the same method, or a
     registered variant of it (``reptile`` <-> ``reptile-transductive``, ``dann`` <-> ``source-only``),
     i.e. one is a subclass of the other, so one fit can be evaluated both ways."""
     if saved == method.name:
         return True
-    ours = {getattr(c, "name", None) for c in type(method).__mro__}
+    ours = {getattr(c, "name", None) for c in method.__mro__}
     try:
         theirs = {getattr(c, "name", None) for c in METHODS.get(saved).__mro__}
     except UserError:
@@ -86,13 +86,38 @@ def same_family(saved: str, method: Method) -> bool:
     return saved in ours or method.name in theirs
 
 
-def load_into(method: Method, blob: dict[str, Any], ways: int) -> list[str]:
-    """Load a checkpoint into ``method``; return the names of BatchNorm statistics it did not provide."""
-    theirs, ours = blob.get("hparams", {}).get("backbone"), getattr(method.hparams, "backbone", None)
+def hparams_changed(blob: dict[str, Any], method: type[Method], hparams: Any, given: Any) -> dict[str, Any]:
+    """The recipe hparams that a run from a checkpoint of its own method's family changes from those the checkpoint
+    was fitted with, less those ``--hp`` sets (``given``), as ``{name: the checkpoint's value}``: the run builds its
+    hparams from its own budget and presets, so e.g. a fit made with ``--hp adapt_norm=false`` adapts with the
+    default unless the run says it again. ``{}`` for another method's checkpoint (it moves only a backbone), and
+    for hparams outside a recipe (``not_recipe``, ``device_hparams``), that the method does not have, or whose
+    defaults make a variant what it is (``source-only`` is ``dann`` with ``domain_weight`` 0)."""
+    if not same_family(str(blob.get("method")), method):
+        return {}
+    ran = method.recipe_hparams(dataclasses.asdict(hparams))
+    ours, theirs = (_defaults(c.Hparams) for c in (method, METHODS.get(str(blob["method"]))))
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in (blob.get("hparams") or {}).items()}
+    return {k: v for k, v in saved.items()
+            if k in ran and k not in given and v != ran[k] and ours.get(k) == theirs.get(k)}
+
+
+def _defaults(hparams_cls: type) -> dict[str, Any]:
+    return {f.name: f.default for f in dataclasses.fields(hparams_cls)}
+
+
+def check_backbone(blob: dict[str, Any], hparams: Any) -> None:
+    """A :class:`UserError` unless the checkpoint's backbone is the one ``hparams`` builds (the weights fit no other)."""
+    theirs, ours = (blob.get("hparams") or {}).get("backbone"), getattr(hparams, "backbone", None)
     if theirs != ours:
         raise UserError(f"--init: the checkpoint's backbone is {theirs!r}, this run's is {ours!r}; "
                         f"add --hp backbone={theirs} to use it")
-    whole = same_family(blob["method"], method)
+
+
+def load_into(method: Method, blob: dict[str, Any], ways: int) -> list[str]:
+    """Load a checkpoint into ``method``; return the names of BatchNorm statistics it did not provide."""
+    check_backbone(blob, method.hparams)
+    whole = same_family(blob["method"], type(method))
     # the whole method is rebuilt as it was fitted (its heads for its own ways); another method only
     # takes the backbone and builds its heads for this run's ways
     method.prepare(int(blob.get("ways", ways)) if whole else ways)

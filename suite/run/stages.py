@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,14 @@ from mtbench.data import DATASETS, Dataset, Split, resolve_cache_dir, resolve_da
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.data.protocols import TransferSpec
 from mtbench.data.transforms import to_input
-from mtbench.methods import (METHODS, FitContext, Method, make_hparams, paper_setting_left_out, quick_presets_left_out,
-                             setting_key)
+from mtbench.methods import METHODS, FitContext, Method, make_hparams, setting_key
 from mtbench.results import SCHEMA_VERSION, provenance
-from mtbench.run.checkpoints import init_record, load_into, read_checkpoint, recalibrate_batchnorm, save_checkpoint
+from mtbench.run.checkpoints import (check_backbone, init_record, load_into, read_checkpoint, recalibrate_batchnorm,
+                                     save_checkpoint)
 from mtbench.run import resume
 from mtbench.run.evaluate import evaluate
 from mtbench.run.evaluation_state import EvaluationState
+from mtbench.run.notes import recipe_notes
 from mtbench.run.preflight import (check_cache, check_finite, check_memory, check_structure, readable_data,
                                    writable)
 from mtbench.run.spec import SOURCE_EPISODES, RunSpec, check_fit_minutes, check_fit_seed, fit_seed
@@ -90,26 +90,9 @@ def resolve(spec: RunSpec, method_cls: type[Method] | None = None) -> Resolved:
     setting = setting_of(spec.episodes)
     hparams = make_hparams(method_cls, spec.dataset, dict(spec.hparams), str(spec.budget), source=source_cls.name,
                            setting=setting)
-    init_budget = checkpoint[0].get("budget") if checkpoint else None
-    if init_budget != "paper" and (left := quick_presets_left_out(method_cls, spec.dataset, dict(spec.hparams),
-                                                                    str(spec.budget), source_cls.name)):
-        # a user lengthening a quick fit with --budget N, or adapting a quick fit's checkpoint with --budget 0,
-        # easily expects the quick recipe: say so before the fit
-        add = " ".join(f"--hp {k}={v}" for k, v in left.items())
-        does = "fits" if int(spec.budget) else "adapts with"
-        print(f"mtbench: note: --budget {spec.budget} {does} {method_cls.name}'s full recipe on {spec.dataset}, as "
-              f"--budget paper does, without the quick budget's changes; to keep them add {add}", file=sys.stderr)
-    if left := paper_setting_left_out(method_cls, source_cls.name, setting, dict(spec.hparams), str(spec.budget),
-                                      init_budget):
-        if int(spec.budget):
-            print(f"mtbench: note: --budget {spec.budget} fits {method_cls.name}'s {source_cls.name} recipe, not the "
-                  f"paper's {setting} one; for that recipe, part of the way: --budget paper --until {spec.budget}",
-                  file=sys.stderr)
-        else:  # scoring a paper fit: its row is checked against the paper's recipe (board.labels.off_paper_recipe)
-            add = " ".join(f"--hp {k}={v}" for k, v in left.items())
-            print(f"mtbench: note: --budget 0 scores the paper-budget fit at --init with {method_cls.name}'s "
-                  f"{source_cls.name} recipe, not the paper's {setting} one; to score it the paper's way add {add}",
-                  file=sys.stderr)
+    if checkpoint:
+        check_backbone(checkpoint[0], hparams)  # before the data: the weights fit no other backbone
+    recipe_notes(spec, method_cls, source_cls.name, setting, hparams, checkpoint[0] if checkpoint else None)
     iterations = method_cls.iterations_for(spec.budget, source_cls.name, setting)
     device = select_device(spec.device)
     check_memory(spec.episodes)
