@@ -102,6 +102,42 @@ def test_an_evaluation_resumed_scores_every_episode_as_an_uninterrupted_one(path
     assert again.notes(EPISODES)[0].startswith(f"evaluation resumed at episode {stopped_at + 1} of {EPISODES}")
 
 
+@pytest.mark.parametrize("long_units", [True, False], ids=["long episodes", "short episodes"])
+def test_a_signal_in_a_long_episode_stops_at_once_and_in_a_short_one_waits_for_its_end(long_units, episodes, tmp_path,
+                                                                                       monkeypatch, one_thread) -> None:
+    """An episode as long as an X-ray trial (minutes) is saved as soon as it ends, so SIGTERM during the next one stops
+    the run at once (that episode is adapted again on --resume); after short unsaved ones, the signal waits for the
+    episode in progress, which is saved with them. Either way the resumed run scores as an uninterrupted one."""
+    method = _method("maml", {"meta_batch": "2"}, episodes)
+    whole = evaluator.evaluate(method, episodes, progress=False, batched=False)
+    monkeypatch.setattr("mtbench.run.evaluation_state.LONG_UNIT_S", 0.0 if long_units else float("inf"))
+    adapt, finished = type(method).adapt, []
+
+    def signalled(self, *args):  # SIGTERM after the first predictor of the third episode
+        for step, predictor in enumerate(adapt(self, *args)):
+            if len(finished) == 2 and step == 1:
+                signal.raise_signal(signal.SIGTERM)
+            yield predictor
+        finished.append(1)
+
+    def terminate(signum, frame):
+        raise Stop
+
+    plan = Plan(tmp_path / ".resume" / "run-abc.pt", {"run": "maml"}, 1e9, None)  # no save for the period
+    before = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with monkeypatch.context() as m, pytest.raises(Stop):
+            m.setattr(type(method), "adapt", signalled)
+            evaluator.evaluate(method, episodes, progress=False, batched=False,
+                               saver=EvaluationState(plan, episodes.sha, len(episodes), FITTED))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    again = EvaluationState(dataclasses.replace(plan, resume=True), episodes.sha, len(episodes), FITTED)
+    assert len(finished) == again.resumed.episodes == (2 if long_units else 3)
+    resumed = evaluator.evaluate(method, episodes, progress=False, batched=False, saver=again)
+    assert resumed["accuracy"]["per_episode"] == whole["accuracy"]["per_episode"]
+
+
 def _spec(method: str, out: Path, **extra) -> RunSpec:
     hp = {"maml": (("meta_batch", "2"),), "scratch": (("steps", "3"), ("report_steps", "0,1"))}[method]
     return RunSpec(method=method, dataset="synthetic", episodes=EpisodeSpec(5, 1, 2, 4, 0),
@@ -157,10 +193,11 @@ def test_a_saved_evaluation_of_a_fit_of_other_length_is_refused(episodes, tmp_pa
     assert EvaluationState(plan, episodes.sha, len(episodes), 434).resumed.episodes == 2
 
 
-def test_sigterm_during_the_evaluation_saves_it_and_the_resumed_run_scores_as_an_uninterrupted_one(tmp_path) -> None:
-    """Through the CLI: SIGTERM in the evaluation waits for the chunk in progress, saves the scored episodes beside
-    the fit, names both files and the command that resumes them; that command scores every episode as a run that
-    was never stopped does (40 synthetic episodes: 5 chunks of 8 on the CPU)."""
+def test_sigterm_during_the_evaluation_stops_it_and_the_resumed_run_scores_as_an_uninterrupted_one(tmp_path) -> None:
+    """Through the CLI: SIGTERM in the evaluation stops it, with the scored episodes saved beside the fit where there
+    are any (those of a chunk in progress are not: the signal waits for it only while earlier ones are unsaved), names
+    the files and the command that resumes them; that command scores every episode as a run that was never stopped
+    does (40 synthetic episodes: 5 chunks of 8 on the CPU)."""
     env = {**os.environ, "MTBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
 
     def cli(out: Path, *args: str) -> list[str]:
@@ -185,9 +222,8 @@ def test_sigterm_during_the_evaluation_saves_it_and_the_resumed_run_scores_as_an
     assert proc.wait(timeout=300) == 143
     lines = err.read_text().replace("\r", "\n").strip().splitlines()
     (fit,) = (out / ".resume").glob("*[0-9a-f].pt")
-    (evaluation,) = (out / ".resume").glob("*.evaluation.pt")
-    assert lines[-2] == (f"mtbench: interrupted by SIGTERM; it had written a fit state at {fit} and an evaluation "
-                         f"state at {evaluation}, nothing else")
+    written = [f"a fit state at {fit}"] + [f"an evaluation state at {e}" for e in (out / ".resume").glob("*.evaluation.pt")]
+    assert lines[-2] == f"mtbench: interrupted by SIGTERM; it had written {' and '.join(written)}, nothing else"
     command = shlex.split(lines[-1].removeprefix("mtbench: resume with: "))
     assert command[-1] == "--resume" and not list(out.glob("*.json"))
     done = subprocess.run([sys.executable, "-m", "mtbench.cli", *command[1:], "--no-progress"], capture_output=True,
@@ -197,7 +233,8 @@ def test_sigterm_during_the_evaluation_saves_it_and_the_resumed_run_scores_as_an
     (reference,) = (tmp_path / "whole").glob("*.json")
     doc = json.loads(result.read_text())
     assert doc["accuracy"]["per_episode"] == json.loads(reference.read_text())["accuracy"]["per_episode"]
-    assert any(n.startswith("evaluation resumed at episode ") for n in doc["fit"]["notes"])
+    # the note says where the evaluation resumed exactly when its state was written
+    assert any(n.startswith("evaluation resumed at episode ") for n in doc["fit"]["notes"]) == (len(written) == 2)
     assert not list((out / ".resume").iterdir())
 
 

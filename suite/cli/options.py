@@ -132,7 +132,7 @@ def resume_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                            "--resume).")(fn)
     return click.option("--checkpoint-every", "checkpoint_every", type=float, default=None, metavar="MINUTES",
                         help="Save the fit's state under --out/.resume every MINUTES (fractions allowed) and on "
-                             "Ctrl-C or SIGTERM, and the evaluation's progress after the episode in progress.")(fn)
+                             "Ctrl-C or SIGTERM, and the evaluation's progress (the episodes scored so far).")(fn)
 
 
 def run_spec(method: str, dataset: str, out: str, *, protocol: str | None, ways: int | None, shots: int | None,

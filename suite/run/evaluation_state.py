@@ -1,10 +1,12 @@
 """Long evaluations saved and resumed, beside the fit's state (:mod:`mtbench.run.resume`).
 
 A run with ``--checkpoint-every MINUTES`` saves its evaluation too: after the episode (or chunk of episodes) in
-progress when ``MINUTES`` have passed since the last save, and when Ctrl-C or SIGTERM arrives (the signal waits
-for the episode or chunk to end; a second one stops at once), the scores of the episodes done so far are written
+progress when ``MINUTES`` have passed since the last save, after an episode or chunk that took
+:data:`LONG_UNIT_S` or more, and when Ctrl-C or SIGTERM arrives, the scores of the episodes done so far are written
 atomically to ``<out>/.resume/<run>.evaluation.pt``, next to the fit's state, which is kept until the result is
-written. ``mtbench run ... --resume`` then restores the fit, skips the episodes already scored and goes on from
+written. A signal waits for the episode or chunk in progress to end only while episodes done are not saved yet (at
+most one short unit); otherwise, as in a long unit (an X-ray transfer trial of Reptile takes minutes on a CPU) or a
+second signal, it stops the run at once and the unit in progress is adapted again on ``--resume``. ``mtbench run ... --resume`` then restores the fit, skips the episodes already scored and goes on from
 the next one: the evaluation of an Omniglot 20-way or miniImageNet Reptile row takes hours on a CPU, longer
 than a session or a GPU lease. Each episode is adapted on its own (a chunk's episodes as they are adapted
 together), so the per-episode accuracies are those of an uninterrupted run; ``evaluation.seconds`` and the
@@ -27,6 +29,9 @@ from mtbench.core.errors import UserError
 from mtbench.run.resume import UNREADABLE, Plan, Signals, differences, evaluation_path
 
 FORMAT, VERSION = "mtbench evaluation state", 1
+#: an episode or chunk that takes this long is saved as soon as it ends, so that a signal during the next one (as
+#: long, likely) has nothing unsaved to wait for: a save costs milliseconds, under 0.1 % of such a unit
+LONG_UNIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,9 @@ class EvaluationState:
         # ``fitted``: the iterations the evaluated fit ran, which the plan's identity (its budget's) does not say
         self.identity = {**plan.identity, "episodes_sha": episodes_sha, "episodes": episodes, "fitted": fitted}
         self.saves, self.saving_seconds = 0, 0.0
-        self.last_save = time.monotonic()
+        self.last_save = self.last_boundary = time.monotonic()
+        #: whether every episode scored so far is saved (or there is none): a signal then has nothing to wait for
+        self.all_saved = True
         self.signals = Signals()
         self.resumed = self._read() if plan.resume and self.path.exists() else None
 
@@ -74,10 +81,13 @@ class EvaluationState:
                         [int(x) for x in blob["step_numbers"]], float(blob["seconds"]))
 
     def boundary(self, progress: Callable[[], Progress]) -> None:
-        """After an episode or a chunk: save ``progress()`` when ``--checkpoint-every``'s period has passed or a
-        signal is waiting, then let a waiting signal's own handler run."""
-        due = self.every_s is not None and time.monotonic() - self.last_save >= self.every_s
-        if due or self.signals.pending is not None:
+        """After an episode or a chunk: save ``progress()`` when ``--checkpoint-every``'s period has passed, the unit
+        took :data:`LONG_UNIT_S` or more, or a signal is waiting, then let a waiting signal's own handler run."""
+        now = time.monotonic()
+        long_unit, self.last_boundary = now - self.last_boundary >= LONG_UNIT_S, now
+        due = self.every_s is not None and now - self.last_save >= self.every_s
+        self.all_saved = False
+        if due or long_unit or self.signals.pending is not None:
             self.save(progress())
         self.signals.fire()
 
@@ -88,7 +98,8 @@ class EvaluationState:
                 "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write(self.path, lambda tmp: torch.save(blob, tmp), what="evaluation state")
         self.saves += 1
-        self.last_save = time.monotonic()
+        self.last_save = self.last_boundary = time.monotonic()
+        self.all_saved = True
         self.saving_seconds += self.last_save - began
 
     def notes(self, total: int) -> list[str]:
@@ -102,9 +113,11 @@ class EvaluationState:
         return out
 
     def deferred_signals(self) -> contextlib.AbstractContextManager[None]:
-        """Ctrl-C or SIGTERM during the evaluation waits for the episode or chunk in progress to end, where the
-        state is saved and the signal's own handler runs; a second signal runs it at once. Main thread only."""
-        return self.signals.deferring(self.every_s is not None, lambda: True)
+        """Ctrl-C or SIGTERM during the evaluation, while episodes done are not saved, waits for the episode or
+        chunk in progress to end, where the state is saved and the signal's own handler runs; when all are saved,
+        or for a second signal, the handler runs at once (the unit in progress is lost, and adapted again by
+        ``--resume`` as it would have been). Main thread only."""
+        return self.signals.deferring(self.every_s is not None, lambda: not self.all_saved)
 
 
 __all__ = ["EvaluationState", "Progress"]
