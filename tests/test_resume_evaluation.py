@@ -222,7 +222,8 @@ def test_sigterm_during_the_evaluation_stops_it_and_the_resumed_run_scores_as_an
     assert proc.wait(timeout=300) == 143
     lines = err.read_text().replace("\r", "\n").strip().splitlines()
     (fit,) = (out / ".resume").glob("*[0-9a-f].pt")
-    written = [f"a fit state at {fit}"] + [f"an evaluation state at {e}" for e in (out / ".resume").glob("*.evaluation.pt")]
+    evaluations = (out / ".resume").glob("*.evaluation.pt")
+    written = [f"a fit state at {fit}"] + [f"an evaluation state at {e}" for e in evaluations]
     assert lines[-2] == f"mtbench: interrupted by SIGTERM; it had written {' and '.join(written)}, nothing else"
     command = shlex.split(lines[-1].removeprefix("mtbench: resume with: "))
     assert command[-1] == "--resume" and not list(out.glob("*.json"))

@@ -96,7 +96,8 @@ def hparams_changed(blob: dict[str, Any], method: type[Method], hparams: Any, gi
     if not same_family(str(blob.get("method")), method):
         return {}
     ran = method.recipe_hparams(dataclasses.asdict(hparams))
-    ours, theirs = (_defaults(c.Hparams) for c in (method, METHODS.get(str(blob["method"]))))
+    saved_cls = method if blob["method"] == method.name else METHODS.get(str(blob["method"]))
+    ours, theirs = _defaults(method.Hparams), _defaults(saved_cls.Hparams)
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in (blob.get("hparams") or {}).items()}
     return {k: v for k, v in saved.items()
             if k in ran and k not in given and v != ran[k] and ours.get(k) == theirs.get(k)}
@@ -107,7 +108,7 @@ def _defaults(hparams_cls: type) -> dict[str, Any]:
 
 
 def check_backbone(blob: dict[str, Any], hparams: Any) -> None:
-    """A :class:`UserError` unless the checkpoint's backbone is the one ``hparams`` builds (the weights fit no other)."""
+    """A :class:`UserError` unless the checkpoint's backbone is the one ``hparams`` builds: its weights fit no other."""
     theirs, ours = (blob.get("hparams") or {}).get("backbone"), getattr(hparams, "backbone", None)
     if theirs != ours:
         raise UserError(f"--init: the checkpoint's backbone is {theirs!r}, this run's is {ours!r}; "

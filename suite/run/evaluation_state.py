@@ -5,10 +5,11 @@ progress when ``MINUTES`` have passed since the last save, after an episode or c
 :data:`LONG_UNIT_S` or more, and when Ctrl-C or SIGTERM arrives, the scores of the episodes done so far are written
 atomically to ``<out>/.resume/<run>.evaluation.pt``, next to the fit's state, which is kept until the result is
 written. A signal waits for the episode or chunk in progress to end only while episodes done are not saved yet (at
-most one short unit); otherwise, as in a long unit (an X-ray transfer trial of Reptile takes minutes on a CPU) or a
-second signal, it stops the run at once and the unit in progress is adapted again on ``--resume``. ``mtbench run ... --resume`` then restores the fit, skips the episodes already scored and goes on from
-the next one: the evaluation of an Omniglot 20-way or miniImageNet Reptile row takes hours on a CPU, longer
-than a session or a GPU lease. Each episode is adapted on its own (a chunk's episodes as they are adapted
+most one short unit); otherwise, as in a long unit (an X-ray transfer trial of Reptile takes minutes on a CPU) or
+for a second signal, it stops the run at once and the unit in progress is adapted again on ``--resume``.
+``mtbench run ... --resume`` restores the fit, skips the episodes already scored and goes on from the next one:
+the evaluation of an Omniglot 20-way or miniImageNet Reptile row takes hours on a CPU, longer than a session or a
+GPU lease. Each episode is adapted on its own (a chunk's episodes as they are adapted
 together), so the per-episode accuracies are those of an uninterrupted run; ``evaluation.seconds`` and the
 adaptation times add the saved part's, and ``fit.notes`` says that the evaluation was resumed.
 """
