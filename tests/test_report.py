@@ -15,7 +15,7 @@ from mtbench.bench import workloads as bench
 from mtbench.bench import record as benchcmd
 from mtbench.cli import main
 from mtbench.report import report
-from mtbench.report.blocks import md_text, slugs
+from mtbench.report.blocks import md_text, slugs, svg
 from mtbench.results import provenance
 from mtbench.core.runtime import malloc_setting
 
@@ -118,6 +118,17 @@ def test_second_run_is_byte_identical_and_depends_on_the_files_alone(leaderboard
     report(leaderboards, second, progress=True)  # the bar goes to stderr, never into a page
     report(moved, third)
     assert files(second) == files(third) == before
+
+
+def test_a_figure_is_the_same_bytes_when_its_coordinates_differ_in_their_last_bits() -> None:
+    """Another CPU computes a log axis's positions a few ulps apart: the SVG must not change with them (at 6 decimals,
+    a point shifted by ~1e-7 pt is written differently; at 0.001 pt it is not)."""
+    def figure(shift: float) -> bytes:
+        return svg(lambda fig: fig.subplots().plot([0.0, 0.123456789 + shift, 1.0], [0.0, 0.5, 1.0]), (4.0, 3.0))
+
+    same, moved = figure(0.0), figure(1e-9)
+    assert same == moved
+    assert not re.search(rb"\d\.\d{4,}", same)
 
 
 def test_the_cli_shows_a_progress_bar_over_the_pages_when_asked_or_on_a_terminal(leaderboards, tmp_path):

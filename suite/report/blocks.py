@@ -195,10 +195,17 @@ def to_html(title: str, blocks: Sequence[Block], nav: bool = True) -> str:
 
 
 # -- figures ---------------------------------------------------------------------------------------
+#: a coordinate as matplotlib writes it, with 6 decimals
+_COORDINATE = re.compile(rb"-?\d+\.\d{4,}")
+
+
 def svg(draw: Callable[[Any], None], size: tuple[float, float]) -> bytes:
     """An SVG of a figure that ``draw(fig)`` fills, the same bytes every time: a fixed hash salt, no date,
     text as paths, and no mathtext (a ``$`` in a name from a file stays a ``$``; so tick labels need plain
-    formatters, not the log axis's default ``$10^{2}$``)."""
+    formatters, not the log axis's default ``$10^{2}$``). Coordinates are rounded to 0.001 pt: written with 6
+    decimals, a log axis's grid line came out 41.512812 on one CPU and 41.512813 on another (the log scale's
+    arithmetic differs in its last bits between CPUs), so the committed report changed with the machine that
+    rebuilt it."""
     style = {"svg.hashsalt": "mtbench-report", "svg.fonttype": "path", "text.parse_math": False,
              "font.family": "DejaVu Sans", "font.size": 9}
     with rc_context(style):
@@ -206,7 +213,7 @@ def svg(draw: Callable[[Any], None], size: tuple[float, float]) -> bytes:
         draw(fig)
         buf = io.BytesIO()
         fig.savefig(buf, format="svg", metadata={"Date": None}, bbox_inches="tight")
-    return buf.getvalue()
+    return _COORDINATE.sub(lambda m: b"%.3f" % float(m.group()), buf.getvalue())
 
 
 def slugs(names: Sequence[str]) -> dict[str, str]:
