@@ -64,6 +64,11 @@ def for_dataset(table: Mapping[str, Any], dataset: str, default: Any) -> Any:
     return table.get(of, default) if of else default
 
 
+def defaults(hparams_cls: type) -> dict[str, Any]:
+    """The dataclass defaults of a method's ``Hparams`` (fields without a plain default are left out)."""
+    return {f.name: f.default for f in dataclasses.fields(hparams_cls) if f.default is not dataclasses.MISSING}
+
+
 def setting_key(ways: int, shots: int) -> str:
     """``"20w1s"``: how ``paper_settings`` (and leaderboard folders) name a few-shot setting."""
     return f"{ways}w{shots}s"

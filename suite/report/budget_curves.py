@@ -13,7 +13,6 @@ data, is left out.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import textwrap
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from mtbench.board.labels import hparams_as_ran
 from mtbench.core.errors import UserError
 from mtbench.core.metrics import mean_ci95
 from mtbench.methods import METHODS
+from mtbench.methods.hparams import defaults
 from mtbench.report.evidence import result_or_none, same_episodes
 from mtbench.report.published import Figure
 
@@ -69,8 +69,7 @@ def _recipe(doc: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         cls = METHODS.get(method["name"])
     except UserError:  # a submitted method, not installed here
         return name, hparams
-    defaults = {f.name: f.default for f in dataclasses.fields(cls.Hparams) if f.default is not dataclasses.MISSING}
-    return name, cls.recipe_hparams({**defaults, **cls.later_hparams, **hparams})
+    return name, cls.recipe_hparams({**defaults(cls.Hparams), **cls.later_hparams, **hparams})
 
 
 def panel(figure: Figure, repo: Path) -> Panel | None:

@@ -25,6 +25,7 @@ from mtbench.core.atomic import atomic_write
 from mtbench.data import Split
 from mtbench.core.errors import UserError
 from mtbench.methods import METHODS, Method
+from mtbench.methods.hparams import defaults
 
 FORMAT = "mtbench-checkpoint"
 VERSION = 1
@@ -97,14 +98,10 @@ def hparams_changed(blob: dict[str, Any], method: type[Method], hparams: Any, gi
         return {}
     ran = method.recipe_hparams(dataclasses.asdict(hparams))
     saved_cls = method if blob["method"] == method.name else METHODS.get(str(blob["method"]))
-    ours, theirs = _defaults(method.Hparams), _defaults(saved_cls.Hparams)
+    ours, theirs = defaults(method.Hparams), defaults(saved_cls.Hparams)
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in (blob.get("hparams") or {}).items()}
     return {k: v for k, v in saved.items()
             if k in ran and k not in given and v != ran[k] and ours.get(k) == theirs.get(k)}
-
-
-def _defaults(hparams_cls: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(hparams_cls)}
 
 
 def check_backbone(blob: dict[str, Any], hparams: Any) -> None:
