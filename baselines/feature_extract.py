@@ -14,7 +14,7 @@ from mtbench.core.runtime import in_passes
 from mtbench.methods.backbones import build_backbone
 from mtbench.methods import METHODS, FitContext, Method, Predictor, positive
 from mtbench.methods.logreg import fit_logistic_regression
-from mtbench.methods.training import make_head, pretrain_classifier
+from mtbench.methods.training import PRETRAIN_BUDGETS, PRETRAIN_QUICK_PRESETS, make_head, pretrain_classifier
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,8 @@ class FeatureExtract(Method):
     name = "feature-extract"
     description = "frozen pre-trained backbone + logistic regression or nearest centroid on support features"
     Hparams = FeatureExtractHparams
-    budgets = {"default": {"quick": 300, "paper": 30000}, "omniglot": {"quick": 3000, "paper": 30000},
-               "miniimagenet": {"quick": 1000, "paper": 30000}}
-    # quick: 4x the paper's minibatch, so 3,000 steps see ~40 images per class of Omniglot
-    quick_presets = {"omniglot": {"batch_size": 64}, "miniimagenet": {"batch_size": 64}}
+    budgets = PRETRAIN_BUDGETS
+    quick_presets = PRETRAIN_QUICK_PRESETS
     transductive = False
     compilable = True
     # 2: the logistic regression solved exactly by batched Newton steps instead of torch.optim.LBFGS run to its

@@ -16,7 +16,8 @@ from mtbench.core.runtime import in_passes
 from mtbench.methods.backbones import build_backbone
 from mtbench.methods.functional import stacked_copies
 from mtbench.methods import METHODS, FitContext, Method, Predictor, at_step, positive, report_steps
-from mtbench.methods.training import episode_generator, make_head, minibatches, pretrain_classifier
+from mtbench.methods.training import (PRETRAIN_BUDGETS, PRETRAIN_QUICK_PRESETS, episode_generator, make_head,
+                                      minibatches, pretrain_classifier)
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,8 @@ class Finetune(Method):
     name = "finetune"
     description = "Baseline/Baseline++: pre-train on base classes, fine-tune a new head (Chen et al. 2019)"
     Hparams = FinetuneHparams
-    budgets = {"default": {"quick": 300, "paper": 30000}, "omniglot": {"quick": 3000, "paper": 30000},
-               "miniimagenet": {"quick": 1000, "paper": 30000}}
-    # quick: 4x the paper's minibatch, so 3,000 steps see ~40 images per class of Omniglot
-    quick_presets = {"omniglot": {"batch_size": 64}, "miniimagenet": {"batch_size": 64}}
+    budgets = PRETRAIN_BUDGETS
+    quick_presets = PRETRAIN_QUICK_PRESETS
     transductive = False
     compilable = True
 

@@ -42,6 +42,13 @@ def make_head(kind: str, in_features: int, classes: int, generator: torch.Genera
     return head
 
 
+# The pre-training schedule of the methods that pre-train a classifier on the base classes (finetune,
+# feature-extract), in steps. quick: 4x the paper's minibatch, so 3,000 steps see ~40 images per class of Omniglot.
+PRETRAIN_BUDGETS = {"default": {"quick": 300, "paper": 30000}, "omniglot": {"quick": 3000, "paper": 30000},
+                    "miniimagenet": {"quick": 1000, "paper": 30000}}
+PRETRAIN_QUICK_PRESETS = {"omniglot": {"batch_size": 64}, "miniimagenet": {"batch_size": 64}}
+
+
 def pretrain_classifier(backbone: nn.Module, head: nn.Module, ctx: FitContext, batch_size: int, lr: float,
                         desc: str, steps: int | None = None, augment: bool = False) -> None:
     """Standard supervised training of ``head(backbone(x))`` on every class of ``ctx.source``, for
