@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from mtbench.core.errors import UserError
+from mtbench.core.runtime import device_name
 from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSpec
 from mtbench.methods import METHODS, FitContext, make_hparams
@@ -116,6 +117,27 @@ def test_a_saved_fit_holds_the_optimiser_and_the_loop_reached(splits, tmp_path, 
     assert [t["kind"] for t in saved["tracked"]] == ["Sequential", "Adam", "Adam"]
     assert saved["tracked"][2]["state"]["state"][0]["step"] == 1  # the episode Adam's moments, one step in
     assert saved["modules"].keys() == {"backbone"} and saved["seconds"] > 0
+
+
+def test_a_fit_resumed_on_another_device_says_how_long_each_part_ran_there(splits, tmp_path, one_thread) -> None:
+    """Each saved state records the devices of the fit so far; a fit resumed elsewhere (here: with another
+    number of threads, which the device name holds) names every part in its notes; one resumed where it ran, none."""
+    hp, one = {"train_ways": "5"}, device_name(CPU)
+    path = tmp_path / "state.pt"
+    _fit("protonet", hp, 4, splits, path, stop_at=3)
+    saved = resume.read_state(path)
+    assert [name for name, _ in saved["devices"]] == [one] and saved["devices"][0][1] > 0
+    _, same = _fit("protonet", hp, 4, splits, path, saved=saved)
+    assert not [n for n in same.notes if "more than one device" in n]
+    torch.set_num_threads(2)
+    try:
+        two = device_name(CPU)
+        _, ctx = _fit("protonet", hp, 4, splits, path, saved=saved)
+    finally:
+        torch.set_num_threads(1)
+    (note,) = [n for n in ctx.notes if "more than one device" in n]
+    before = saved["devices"][0][1]
+    assert note.startswith(f"fit.seconds ran on more than one device: {before:.1f} s on {one}, ") and f"s on {two};" in note
 
 
 # -- whole runs -----------------------------------------------------------------------------------

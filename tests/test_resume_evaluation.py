@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from mtbench.core.errors import UserError
+from mtbench.core.runtime import device_name
 from mtbench.data import DATASETS
 from mtbench.data.episodes import EpisodeSet, EpisodeSpec
 from mtbench.methods import METHODS, make_hparams
@@ -99,7 +100,29 @@ def test_an_evaluation_resumed_scores_every_episode_as_an_uninterrupted_one(path
     assert [len(resumed["adaptation"]["ms_by_step"]), resumed["evaluation"]["batched_episodes"]] == [
         len(whole["adaptation"]["ms_by_step"]), whole["evaluation"]["batched_episodes"]]
     assert resumed["evaluation"]["seconds"] > again.resumed.seconds > 0
-    assert again.notes(EPISODES)[0].startswith(f"evaluation resumed at episode {stopped_at + 1} of {EPISODES}")
+    assert again.notes(EPISODES, 1.0)[0].startswith(f"evaluation resumed at episode {stopped_at + 1} of {EPISODES}")
+
+
+def test_an_evaluation_resumed_on_another_device_names_both(episodes, tmp_path, monkeypatch, one_thread) -> None:
+    method = _method("protonet", {}, episodes)
+    plan = Plan(tmp_path / "run-abc.pt", {"run": "protonet"}, 1e-9, None)
+    with monkeypatch.context() as m:
+        _stop_after(m, 2)
+        with pytest.raises(Stop):
+            evaluator.evaluate(method, episodes, progress=False, max_values=2 * 5 * 3 * 3 * 16 * 16,
+                               saver=EvaluationState(plan, episodes.sha, len(episodes), FITTED))
+    one, resumed = device_name(torch.device("cpu")), dataclasses.replace(plan, resume=True)
+    same = EvaluationState(resumed, episodes.sha, len(episodes), FITTED)
+    assert not [n for n in same.notes(len(episodes), same.resumed.seconds + 1.0) if "more than one device" in n]
+    torch.set_num_threads(2)
+    try:
+        two = device_name(torch.device("cpu"))
+        again = EvaluationState(resumed, episodes.sha, len(episodes), FITTED)
+    finally:
+        torch.set_num_threads(1)
+    (note,) = [n for n in again.notes(len(episodes), again.resumed.seconds + 1.0) if "more than one device" in n]
+    assert note == (f"evaluation.seconds ran on more than one device: {again.resumed.seconds:.1f} s on {one}, 1.0 s on "
+                    f"{two}; its seconds and the rates made from them add these parts")
 
 
 @pytest.mark.parametrize("long_units", [True, False], ids=["long episodes", "short episodes"])

@@ -81,6 +81,27 @@ def device_name(device: torch.device) -> str:
     return f"CPU {model} ({torch.get_num_threads()} threads)"
 
 
+def ran_on(before: list[list[Any]], here: str, seconds: float) -> list[list[Any]]:
+    """The devices a resumable fit or evaluation has run on, in order, each as ``[name, seconds]``: ``before`` (what
+    its saved state recorded), then ``here`` (a :func:`device_name`) for this process's ``seconds``; consecutive
+    parts on one device are one entry."""
+    out = [list(entry) for entry in before]
+    if out and out[-1][0] == here:
+        out[-1][1] = float(out[-1][1]) + seconds
+    else:
+        out.append([here, seconds])
+    return out
+
+
+def mixed_devices_note(what: str, devices: list[list[Any]]) -> str | None:
+    """A result note when ``devices`` (from :func:`ran_on`) names more than one device: ``what``'s seconds, and the
+    rates made from them, then mix devices (say a fit resumed on another GPU, or with another number of threads)."""
+    if len({name for name, _ in devices if name is not None}) < 2:  # None: a part saved before states recorded it
+        return None
+    parts = ", ".join(f"{float(seconds):.1f} s on {name or 'a device not recorded'}" for name, seconds in devices)
+    return f"{what} ran on more than one device: {parts}; its seconds and the rates made from them add these parts"
+
+
 def check_precision(precision: str) -> None:
     """A :class:`UserError` unless ``precision`` is one of :data:`PRECISIONS`."""
     if precision not in PRECISIONS:

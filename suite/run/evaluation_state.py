@@ -21,12 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from mtbench.core.atomic import atomic_write
 from mtbench.core.errors import UserError
+from mtbench.core.runtime import device_name, mixed_devices_note, ran_on
 from mtbench.run.resume import UNREADABLE, Plan, Signals, differences, evaluation_path
 
 FORMAT, VERSION = "mtbench evaluation state", 1
@@ -64,6 +66,9 @@ class EvaluationState:
         #: whether every episode scored so far is saved (or there is none): a signal then has nothing to wait for
         self.all_saved = True
         self.signals = Signals()
+        self.device = device_name(torch.device(plan.device))
+        #: the devices the saved part ran on, each with its seconds (a state saved before they were recorded: unknown)
+        self.devices_before: list[list[Any]] = []
         self.resumed = self._read() if plan.resume and self.path.exists() else None
 
     def _read(self) -> Progress:
@@ -78,8 +83,13 @@ class EvaluationState:
             raise UserError(f"--resume: {self.path} is not an evaluation state this mtbench wrote; {fix}")
         if diff := differences(blob["identity"], self.identity):
             raise UserError(f"--resume: {self.path} is the evaluation of another run ({'; '.join(diff[:3])}); {fix}")
+        self.devices_before = blob.get("devices") or [[None, float(blob["seconds"])]]
         return Progress(int(blob["episodes"]), blob["accs"], [float(x) for x in blob["ms_sums"]],
                         [int(x) for x in blob["step_numbers"]], float(blob["seconds"]))
+
+    def devices(self, seconds: float) -> list[list[Any]]:
+        """The devices the evaluation has run on when ``seconds`` of it are done, each with its seconds."""
+        return ran_on(self.devices_before, self.device, seconds - (self.resumed.seconds if self.resumed else 0.0))
 
     def boundary(self, progress: Callable[[], Progress]) -> None:
         """After an episode or a chunk: save ``progress()`` when ``--checkpoint-every``'s period has passed, the unit
@@ -96,19 +106,21 @@ class EvaluationState:
         began = time.monotonic()
         blob = {"format": FORMAT, "version": VERSION, "identity": self.identity, "episodes": p.episodes,
                 "accs": p.accs.cpu(), "ms_sums": p.ms_sums, "step_numbers": p.step_numbers, "seconds": p.seconds,
-                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "devices": self.devices(p.seconds), "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write(self.path, lambda tmp: torch.save(blob, tmp), what="evaluation state")
         self.saves += 1
         self.last_save = self.last_boundary = time.monotonic()
         self.all_saved = True
         self.saving_seconds += self.last_save - began
 
-    def notes(self, total: int) -> list[str]:
-        """What the result's ``fit.notes`` say of the evaluation's saves and resume."""
+    def notes(self, total: int, seconds: float) -> list[str]:
+        """What the result's ``fit.notes`` say of the evaluation's saves and resume, after ``seconds`` of it."""
         out = []
         if self.resumed is not None:
             out.append(f"evaluation resumed at episode {self.resumed.episodes + 1} of {total} (evaluation.seconds "
                        f"and the adaptation times add the {self.resumed.seconds:.1f} s before it)")
+            if mixed := mixed_devices_note("evaluation.seconds", self.devices(seconds)):
+                out.append(mixed)
         if self.saves:
             out.append(f"evaluation state saved {self.saves} times ({self.saving_seconds:.1f} s)")
         return out

@@ -42,6 +42,7 @@ from torch import Tensor
 from mtbench import __version__
 from mtbench.core.atomic import atomic_write
 from mtbench.core.errors import UserError
+from mtbench.core.runtime import device_name, mixed_devices_note, ran_on
 from mtbench.methods import FitContext, Method
 from mtbench.results.provenance import git_state
 
@@ -132,6 +133,7 @@ class Plan:
     saved: dict[str, Any] | None
     commit: str | None = None
     resume: bool = False  # --resume: continue the saved fit, and the saved evaluation where there is one
+    device: str = "cpu"  # the run's device, as --device names it: which one each part ran on is recorded
 
 
 def plan(spec: Any, ident: dict[str, Any]) -> Plan | None:
@@ -171,7 +173,8 @@ def plan(spec: Any, ident: dict[str, Any]) -> Plan | None:
         what = "fit" if path.exists() else "evaluation"
         raise UserError(f"a saved {what} of this run is at {path if path.exists() else evaluated}: add --resume to "
                         f"continue it, or delete it to start over")
-    return Plan(path, ident, every * 60.0 if every is not None else None, saved, git_state()[0], resume)
+    return Plan(path, ident, every * 60.0 if every is not None else None, saved, git_state()[0], resume,
+                str(ident["device"]))
 
 
 def _missing(path: Path, ident: dict[str, Any]) -> str:
@@ -221,7 +224,11 @@ class FitState:
         self.plan, self.method, self.ctx, self.clock = p, method, ctx, clock
         self.started = clock()
         self.seconds_before = float(p.saved["seconds"]) if p.saved else 0.0
+        # the devices of the parts before (a state saved before they were recorded: one part, device unknown)
+        self.devices_before = (p.saved.get("devices") or [[None, self.seconds_before]]) if p.saved else []
         self.saving_seconds, self.saves = 0.0, 0
+        # where this process starts: a boundary anywhere else means it ran iterations (a part of the fit's own)
+        self.position, self.ran = ((p.saved["stage"], p.saved["iteration"]) if p.saved else None), False
         self.last_save = time.monotonic()
         self.totals: dict[int, int] = {}
         self.restored = p.saved is None
@@ -245,6 +252,7 @@ class FitState:
     def boundary(self, ctx: FitContext, stage: int, iteration: int) -> None:
         if not self.restored:  # a loop skipped on the way to the saved one: its state is not this run's yet
             return
+        self.ran = self.ran or (stage, iteration) != self.position
         due = ((self.plan.every_s is not None
                 and (iteration == self.totals[stage] or time.monotonic() - self.last_save >= self.plan.every_s))
                or iteration == ctx.until)  # a fit stopped by --until keeps its state, for --resume to continue
@@ -256,6 +264,14 @@ class FitState:
         """The fit's seconds: before the resume, plus this process's, less the time spent saving."""
         return self.seconds_before + self.clock() - self.started - self.saving_seconds
 
+    def devices(self) -> list[list[Any]]:
+        """The devices the fit has run on, each with its seconds (:func:`~mtbench.core.runtime.ran_on`); this
+        process is a part once it has run an iteration (restoring a finished fit to evaluate it is none)."""
+        if not self.ran:
+            return [list(part) for part in self.devices_before]
+        here = device_name(torch.device(self.plan.device))
+        return ran_on(self.devices_before, here, self.fit_seconds() - self.seconds_before)
+
     def save(self, stage: int, iteration: int) -> None:
         """Write the state as it is at this boundary (iterations ``0 .. iteration - 1`` of loop ``stage`` done)."""
         began = time.monotonic()
@@ -265,7 +281,7 @@ class FitState:
             "iteration": iteration, "seconds": self.fit_seconds(), "tasks": ctx.tasks, "images": ctx.images,
             "notes": list(ctx.notes), "modules": {k: m.state_dict() for k, m in self.method.modules().items()},
             "tracked": [{"kind": type(o).__name__, "state": _state_of(o)} for o in ctx.tracked],
-            "generator": ctx.generator.get_state(), "git_commit": self.plan.commit,
+            "generator": ctx.generator.get_state(), "git_commit": self.plan.commit, "devices": self.devices(),
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write(self.plan.path, lambda tmp: torch.save(blob, tmp), what="fit state")
@@ -306,6 +322,8 @@ class FitState:
             if saved.get("git_commit") != self.plan.commit:
                 self.ctx.note(f"fit saved at commit {saved.get('git_commit')}, resumed at commit {self.plan.commit} "
                               f"(the method's source file unchanged)")
+            if mixed := mixed_devices_note("fit.seconds", self.devices()):
+                self.ctx.note(mixed)
         if self.saves:
             self.ctx.note(f"fit state saved {self.saves} times ({self.saving_seconds:.1f} s, not in fit.seconds)")
 

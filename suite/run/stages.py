@@ -312,7 +312,7 @@ def score(r: Resolved, d: Loaded, f: Fitted) -> dict[str, Any]:
              if r.fit_state else None)
     with autocast(r.device, r.spec.precision):
         scores = evaluate(f.method, d.episodes, r.spec.progress, saver=saver)
-    for note in saver.notes(len(d.episodes)) if saver else []:
+    for note in saver.notes(len(d.episodes), scores["evaluation"]["seconds"]) if saver else []:
         f.ctx.note(note)
     return check_finite(scores, r.method_cls.name)
 
