@@ -137,7 +137,8 @@ def test_a_fit_resumed_on_another_device_says_how_long_each_part_ran_there(split
         torch.set_num_threads(1)
     (note,) = [n for n in ctx.notes if "more than one device" in n]
     before = saved["devices"][0][1]
-    assert note.startswith(f"fit.seconds ran on more than one device: {before:.1f} s on {one}, ") and f"s on {two};" in note
+    assert note.startswith(f"fit.seconds ran on more than one device: {before:.1f} s on {one}, ")
+    assert f"s on {two};" in note
 
 
 # -- whole runs -----------------------------------------------------------------------------------

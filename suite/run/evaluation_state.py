@@ -106,7 +106,8 @@ class EvaluationState:
         began = time.monotonic()
         blob = {"format": FORMAT, "version": VERSION, "identity": self.identity, "episodes": p.episodes,
                 "accs": p.accs.cpu(), "ms_sums": p.ms_sums, "step_numbers": p.step_numbers, "seconds": p.seconds,
-                "devices": self.devices(p.seconds), "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "devices": self.devices(p.seconds),
+                "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write(self.path, lambda tmp: torch.save(blob, tmp), what="evaluation state")
         self.saves += 1
         self.last_save = self.last_boundary = time.monotonic()
